@@ -1,0 +1,61 @@
+"""Tier 1 — make an asset browsable: BLAKE3 content hash + thumbnails, in the CPU pool.
+
+One agent per lane on its own topic, so each lane has its own bounded concurrency (interactive work is never
+queued behind the batch lane's in-flight files inside this worker). The work itself is the pure function
+:func:`agents.browse.browse_file`; this module only schedules it and publishes what it found:
+``AssetBrowsable`` on ``assets`` (for the catalog) and on ``t2.<lane>`` (work for tier 2).
+"""
+
+from __future__ import annotations
+
+import faust
+
+from agents.browse import browse_file
+from agents.handling import EventHandler
+from agents.pool import WorkPool
+from schemas import AssetBrowsable, FileDiscovered, encode, now
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get(__name__)
+
+
+def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
+    """Attach the tier-1 agents (one per lane) to ``app``."""
+    handler = EventHandler(app, topics, tier=1, group=settings.group_id)
+    tier2 = {lane: app.topic(topics.tier2(lane)) for lane in ("interactive", "batch")}
+    data_dir = str(settings.data_path)
+
+    async def browse(record: FileDiscovered) -> None:
+        result = await pool.run(
+            browse_file, record.path, data_dir,
+            sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
+            max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
+        )
+        browsable = AssetBrowsable(
+            event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
+            asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
+            format=result.format, width=result.width, height=result.height,
+            thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated,
+            discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
+            display_name=record.display_name,
+        )
+        key = result.asset_id.encode()
+        await handler.emit(browsable, result.asset_id)
+        lane = record.lane if record.lane in tier2 else "batch"
+        await (await tier2[lane].send(key=key, value=encode(browsable)))
+        log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
+
+    lanes = {
+        "interactive": (topics.t1_interactive, settings.tier1_interactive_concurrency),
+        "batch": (topics.t1_batch, settings.batch_concurrency),
+    }
+    for lane, (topic_name, concurrency) in lanes.items():
+        topic = app.topic(topic_name, partitions=settings.partitions)
+
+        async def agent(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await handler.process(event, browse)
+
+        app.agent(topic, name=f"tier1-{lane}", concurrency=concurrency)(agent)

@@ -1,0 +1,485 @@
+"""The catalog: a SQLite projection of the ``assets`` topic, plus the scanner's batch totals.
+
+Broker-free on purpose: the catalog sink feeds decoded events to :meth:`Catalog.apply`, publishes what
+:meth:`Catalog.progress` returns, and only then commits offsets. The scanner and the CLI open the same file
+read-only while the sink writes; WAL lets them see every commit without blocking the writer.
+
+Delivery is at-least-once, and one file's events travel on different partitions (failures keyed by path,
+successes by asset id), so every write here is idempotent *and* order-independent:
+
+* first-sight times are the ``MIN`` of what was seen, running totals the ``MAX``, completion is sticky;
+* a (file, tier) state never leaves ``done`` once reached: a late failure of an attempt whose retry already
+  succeeded changes nothing. Among failure outcomes the one with the latest time wins.
+
+States, in ``batch_files`` and ``asset_tiers`` alike: ``done``, ``retrying``, ``failed``, ``dead_lettered``.
+``failed`` and ``dead_lettered`` are both final and are counted *apart*, so every file of a batch is in exactly
+one of done / failed / dead-lettered / in flight. ``retrying`` counts as in flight: the file will be tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from schemas.events import AssetBrowsable, AssetFailed, BatchScanned, Event, ProgressEvent
+from streams.errors import PermanentError
+
+#: Bumped when the tables change; a catalog written by newer code is refused rather than misread.
+CATALOG_VERSION = 1
+#: What "done" is called per tier when shown to people.
+DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
+TIERS = tuple(DONE_NAMES)
+#: Shortest hex prefix accepted for an asset id, so a typo rarely matches something by chance.
+MIN_PREFIX = 6
+
+DONE, RETRYING, FAILED, DEAD_LETTERED = "done", "retrying", "failed", "dead_lettered"
+_HEX = re.compile(r"[0-9a-f]+")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS assets (
+    asset_id      TEXT PRIMARY KEY,
+    size          INTEGER,          -- NULL while only a failure has named the asset
+    format        TEXT,
+    width         INTEGER,
+    height        INTEGER,
+    thumbnails    TEXT NOT NULL DEFAULT '{}',
+    first_seen_at REAL NOT NULL,
+    browsable_at  REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS asset_tiers (
+    asset_id TEXT NOT NULL, tier INTEGER NOT NULL, state TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (asset_id, tier)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locations (       -- only paths that became browsable: what a rescan may skip
+    path TEXT PRIMARY KEY, asset_id TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    batch_id TEXT NOT NULL, source TEXT NOT NULL, display_name TEXT,
+    first_seen_at REAL NOT NULL, last_seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locations_by_asset ON locations (asset_id);
+CREATE TABLE IF NOT EXISTS failures (         -- the latest failure per path and tier
+    path TEXT NOT NULL, tier INTEGER NOT NULL, asset_id TEXT, batch_id TEXT NOT NULL, event_id TEXT NOT NULL,
+    error_class TEXT NOT NULL, error_code TEXT NOT NULL, reason TEXT NOT NULL, outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL, failed_at REAL NOT NULL,
+    PRIMARY KEY (path, tier)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS failures_by_asset ON failures (asset_id);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY, lane TEXT NOT NULL, root TEXT,
+    scanned_total INTEGER NOT NULL DEFAULT 0,      -- the scanner's running count: MAX of reports
+    skipped_unchanged INTEGER NOT NULL DEFAULT 0, skipped_other INTEGER NOT NULL DEFAULT 0,
+    scan_complete INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL, updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batches_by_start ON batches (started_at);
+CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) and tier: idempotent counting
+    batch_id TEXT NOT NULL, event_id TEXT NOT NULL, tier INTEGER NOT NULL, path TEXT NOT NULL,
+    asset_id TEXT, state TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (batch_id, event_id, tier)
+) WITHOUT ROWID;
+"""
+
+
+def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
+    """``SET`` clauses taking each column from the incoming row only when ``newer`` holds for it."""
+    return ",\n    ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE {table}.{c} END" for c in cols)
+
+
+def _state_upsert(table: str, key: tuple[str, ...], extra: tuple[str, ...] = (), fill: tuple[str, ...] = ()) -> str:
+    """An upsert of a (file or asset, tier) state: ``done`` is sticky, otherwise the later ``updated_at`` wins.
+
+    ``extra`` columns follow the winner; ``fill`` columns are only ever filled in, never cleared (a failure
+    before hashing does not know the asset id that a success later brings).
+    """
+    wins = f"({table}.state <> 'done' AND (excluded.state = 'done' OR excluded.updated_at >= {table}.updated_at))"
+    cols = (*key, *extra, *fill, "state", "updated_at")
+    sets = [_newer_wins(table, wins, (*extra, "state"))]
+    # Done twice (a duplicate, or the same bytes again): it has been done since the earlier time.
+    sets.append(f"updated_at = CASE WHEN {table}.state = 'done' AND excluded.state = 'done' "
+                f"THEN MIN({table}.updated_at, excluded.updated_at) "
+                f"WHEN {wins} THEN excluded.updated_at ELSE {table}.updated_at END")
+    sets += [f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in fill]
+    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})\n"
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET\n    " + ",\n    ".join(sets))
+
+
+_UPSERT_BATCH_FILE = _state_upsert("batch_files", ("batch_id", "event_id", "tier"), ("path",), ("asset_id",))
+_UPSERT_ASSET_TIER = _state_upsert("asset_tiers", ("asset_id", "tier"))
+
+_UPSERT_ASSET = """
+INSERT INTO assets (asset_id, size, format, width, height, thumbnails, first_seen_at, browsable_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (asset_id) DO UPDATE SET
+    size = excluded.size, format = excluded.format, width = excluded.width, height = excluded.height,
+    thumbnails = excluded.thumbnails,
+    first_seen_at = MIN(assets.first_seen_at, excluded.first_seen_at),
+    browsable_at = MIN(COALESCE(assets.browsable_at, excluded.browsable_at), excluded.browsable_at)
+"""
+_STUB_ASSET = """
+INSERT INTO assets (asset_id, first_seen_at) VALUES (?, ?)
+ON CONFLICT (asset_id) DO UPDATE SET first_seen_at = MIN(assets.first_seen_at, excluded.first_seen_at)
+"""
+# The content at a path is whatever was seen there last; a replay of older content does not win it back.
+_UPSERT_LOCATION = f"""
+INSERT INTO locations (path, asset_id, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (path) DO UPDATE SET
+    {_newer_wins("locations", "excluded.last_seen_at >= locations.last_seen_at",
+                 ("asset_id", "size", "mtime_ns", "batch_id", "source"))},
+    display_name = COALESCE(locations.display_name, excluded.display_name),
+    first_seen_at = MIN(locations.first_seen_at, excluded.first_seen_at),
+    last_seen_at = MAX(locations.last_seen_at, excluded.last_seen_at)
+"""
+# A path keeps its latest failure per tier (e.g. "retrying" at attempt 1 gives way to "dead_lettered" at 3).
+_UPSERT_FAILURE = f"""
+INSERT INTO failures (path, tier, asset_id, batch_id, event_id, error_class, error_code, reason, outcome,
+                      attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (path, tier) DO UPDATE SET
+    {_newer_wins("failures", "excluded.failed_at >= failures.failed_at",
+                 ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome"))},
+    asset_id = COALESCE(excluded.asset_id, failures.asset_id),
+    attempts = MAX(failures.attempts, excluded.attempts),
+    failed_at = MAX(failures.failed_at, excluded.failed_at)
+"""
+_TOUCH_BATCH = """
+INSERT INTO batches (batch_id, lane, started_at, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (batch_id) DO UPDATE SET
+    started_at = MIN(batches.started_at, excluded.started_at),
+    updated_at = MAX(batches.updated_at, excluded.updated_at)
+"""
+_UPSERT_SCAN = """
+INSERT INTO batches (batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, scan_complete,
+                     started_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (batch_id) DO UPDATE SET
+    lane = excluded.lane, root = excluded.root,
+    scanned_total = MAX(batches.scanned_total, excluded.scanned_total),
+    skipped_unchanged = MAX(batches.skipped_unchanged, excluded.skipped_unchanged),
+    skipped_other = MAX(batches.skipped_other, excluded.skipped_other),
+    scan_complete = MAX(batches.scan_complete, excluded.scan_complete),
+    started_at = MIN(batches.started_at, excluded.started_at),
+    updated_at = MAX(batches.updated_at, excluded.updated_at)
+"""
+
+
+class CatalogError(PermanentError):
+    """The catalog cannot do what was asked (read-only handle written to, newer schema)."""
+
+    code = "catalog"
+
+
+class CatalogUnavailable(CatalogError):
+    """There is no catalog to read yet (nothing has been ingested into this data directory)."""
+
+    code = "catalog_unavailable"
+
+
+class AmbiguousId(CatalogError):
+    """An asset id prefix matches more than one asset, or is too short to be trusted."""
+
+    code = "ambiguous_id"
+
+
+@dataclass
+class _Tally:
+    """Per-tier state counts of one batch, read once and shared by every tier's figures."""
+
+    seen: int = 0
+    states: dict[int, Counter[str]] = field(default_factory=dict)
+    last_done: dict[int, float] = field(default_factory=dict)
+
+
+class Catalog:
+    """The SQLite catalog. One writer per file; any number of ``readonly=True`` handles beside it.
+
+    Not safe for concurrent use from several threads at once; one thread at a time (e.g. an executor) is fine.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            if not self.path.is_file():
+                raise CatalogUnavailable("no catalog yet", path=str(self.path))
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._check_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > CATALOG_VERSION:
+            raise CatalogError(f"catalog schema {version} is newer than supported {CATALOG_VERSION}",
+                               path=str(self.path))
+        if version == CATALOG_VERSION:
+            return
+        if self.readonly:
+            raise CatalogUnavailable("catalog not initialised yet", path=str(self.path))
+        # IF NOT EXISTS makes a race between two first openers harmless.
+        self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {CATALOG_VERSION}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def apply(self, events: Iterable[Event]) -> set[str]:
+        """Project a batch of events in one transaction; return the ids of the batches they touched.
+
+        Idempotent and order-independent (see the module doc); event types the catalog does not
+        project are ignored.
+        """
+        if self.readonly:
+            raise CatalogError("catalog opened read-only", path=str(self.path))
+        touched: set[str] = set()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for event in events:
+                if isinstance(event, AssetBrowsable):
+                    self._browsable(event)
+                elif isinstance(event, AssetFailed):
+                    self._failed(event)
+                elif isinstance(event, BatchScanned):
+                    db.execute(_UPSERT_SCAN, (
+                        event.batch_id, event.lane, event.root, event.found, event.skipped_unchanged,
+                        event.skipped_other, int(event.complete), event.started_at, event.scanned_at,
+                    ))
+                else:
+                    continue
+                touched.add(event.batch_id)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return touched
+
+    def _browsable(self, e: AssetBrowsable) -> None:
+        db = self._db
+        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.discovered_at, e.browsable_at))
+        # Thumbnails merge, and are stored sorted, so the result does not depend on delivery order.
+        row = db.execute("SELECT thumbnails FROM assets WHERE asset_id = ?", (e.asset_id,)).fetchone()
+        thumbnails = {**(json.loads(row[0]) if row else {}), **e.thumbnails}
+        db.execute(_UPSERT_ASSET, (e.asset_id, e.size, e.format, e.width, e.height,
+                                   json.dumps(thumbnails, sort_keys=True), e.discovered_at, e.browsable_at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, DONE, e.browsable_at))
+        db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, e.mtime_ns, e.batch_id, e.source,
+                                      e.display_name, e.discovered_at, e.discovered_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, DONE, e.browsable_at))
+
+    def _failed(self, e: AssetFailed) -> None:
+        db = self._db
+        state = e.outcome  # the outcomes are spelled as the catalog's states: retrying, failed, dead_lettered
+        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.failed_at, e.failed_at))
+        db.execute(_UPSERT_FAILURE, (e.path, e.tier, e.asset_id, e.batch_id, e.event_id, e.error_class,
+                                     e.error_code, e.reason, e.outcome, e.attempts, e.failed_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, state, e.failed_at))
+        if e.asset_id:
+            # A stub row, so `damflow show ID` explains an asset that never became browsable.
+            db.execute(_STUB_ASSET, (e.asset_id, e.failed_at))
+            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, state, e.failed_at))
+
+    # -- progress ----------------------------------------------------------------------------------
+
+    def progress(self, batch_id: str, tier: int, *, now: float | None = None) -> ProgressEvent | None:
+        """Where ``batch_id`` stands in ``tier``, or ``None`` for a batch the catalog has never seen.
+
+        ``failed`` and ``dead_lettered`` are disjoint final counts; ``in_flight`` = known total − done −
+        failed − dead-lettered, so it includes ``retrying``. ``known_total`` for tier 1 is the larger of the
+        scanner's count and the files seen; for a later tier it is what the tier before finished as done.
+        ``rate`` is done per second since the batch started (until its last done once the tier is finished);
+        ``eta_s`` is in-flight / rate — a lower bound while the scan still runs. A file is counted by its
+        event id, which later tiers' events carry on from the file's tier-1 event.
+        """
+        batch = self._batch_row(batch_id)
+        if batch is None:
+            return None
+        figures = self._tier_figures(batch, tier, self._tally(batch_id), time.time() if now is None else now)
+        return ProgressEvent(batch_id=batch_id, tier=tier, **figures)
+
+    def _batch_row(self, batch_id: str) -> sqlite3.Row | None:
+        return self._db.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+
+    def _tally(self, batch_id: str) -> _Tally:
+        tally = _Tally()
+        tally.seen = self._db.execute(
+            "SELECT COUNT(DISTINCT event_id) FROM batch_files WHERE batch_id = ?", (batch_id,)).fetchone()[0]
+        rows = self._db.execute(
+            "SELECT tier, state, COUNT(*), MAX(updated_at) FROM batch_files WHERE batch_id = ? GROUP BY tier, state",
+            (batch_id,))
+        for tier, state, count, last in rows:
+            tally.states.setdefault(tier, Counter())[state] = count
+            if state == DONE:
+                tally.last_done[tier] = last
+        return tally
+
+    @staticmethod
+    def _tier_figures(batch: sqlite3.Row, tier: int, tally: _Tally, now: float) -> dict[str, Any]:
+        """The ProgressEvent fields (less batch id and tier) of one tier; earlier tiers bound later ones."""
+        known = max(batch["scanned_total"], tally.seen)
+        final = bool(batch["scan_complete"])
+        done = failed = dead = retrying = in_flight = 0
+        for t in range(1, tier + 1):
+            counts = tally.states.get(t, Counter())
+            if t > 1:  # a later tier gets exactly what the tier before finished as done
+                known = max(done, sum(counts.values()))
+                final = final and in_flight == 0
+            done, failed, dead, retrying = counts[DONE], counts[FAILED], counts[DEAD_LETTERED], counts[RETRYING]
+            in_flight = max(known - done - failed - dead, 0)
+        finished = final and in_flight == 0
+        end = tally.last_done.get(tier, now) if finished else now
+        elapsed = end - batch["started_at"]
+        rate = done / elapsed if done and elapsed > 0 else 0.0
+        eta = 0.0 if finished else (in_flight / rate if rate > 0 else None)
+        return {"known_total": known, "total_final": final, "done": done, "failed": failed,
+                "retrying": retrying, "dead_lettered": dead, "in_flight": in_flight,
+                "rate": rate, "eta_s": eta, "at": now}
+
+    # -- lookups -----------------------------------------------------------------------------------
+
+    def location(self, path: str) -> tuple[int, int, str | None] | None:
+        """``(size, mtime_ns, asset_id)`` of a path that became browsable, for the scanner's unchanged check."""
+        row = self._db.execute("SELECT size, mtime_ns, asset_id FROM locations WHERE path = ?", (path,)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def locations_under(self, root: str) -> dict[str, tuple[int, int]]:
+        """``path -> (size, mtime_ns)`` of every browsable path under ``root``, in one index range scan.
+
+        Failed paths are left out on purpose, so a rescan of the folder tries them again.
+        """
+        prefix = root.rstrip("/") + "/"
+        upper = prefix[:-1] + chr(ord("/") + 1)  # every "<root>/…" sorts in [prefix, upper)
+        rows = self._db.execute(
+            "SELECT path, size, mtime_ns FROM locations WHERE path >= ? AND path < ?", (prefix, upper))
+        return {path: (size, mtime) for path, size, mtime in rows}
+
+    def asset(self, ref: str) -> dict[str, Any] | None:
+        """One asset as JSON-able data, by path, full id or unique id prefix (≥ 6 hex chars).
+
+        Raises :class:`AmbiguousId` for a prefix matching several assets or shorter than 6 characters.
+        Shape: ``asset_id, size, format, width, height, thumbnails {name: relative path}, first_seen_at,
+        browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
+        locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
+        failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome, attempts,
+        failed_at}]``.
+        """
+        asset_id = self._resolve(ref.strip())
+        if asset_id is None:
+            return None
+        db = self._db
+        row = db.execute("SELECT * FROM assets WHERE asset_id = ?", (asset_id,)).fetchone()
+        out: dict[str, Any] = dict(row)
+        out["thumbnails"] = json.loads(row["thumbnails"])
+        states = dict(db.execute("SELECT tier, state FROM asset_tiers WHERE asset_id = ?", (asset_id,)).fetchall())
+        for tier in sorted(set(TIERS) | set(states)):
+            out[f"tier{tier}_state"] = _shown_state(tier, states.get(tier))
+        out["locations"] = [dict(r) for r in db.execute(
+            "SELECT path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at "
+            "FROM locations WHERE asset_id = ? ORDER BY first_seen_at, path", (asset_id,))]
+        # A failure names the asset, or (tier 1, before hashing) only a path that later became this asset.
+        out["failures"] = [dict(r) for r in db.execute(
+            "SELECT path, tier, event_id, batch_id, error_class, error_code, reason, outcome, attempts, failed_at "
+            "FROM failures WHERE asset_id = ? OR (asset_id IS NULL AND path IN "
+            "(SELECT path FROM locations WHERE asset_id = ?)) ORDER BY failed_at, path, tier",
+            (asset_id, asset_id))]
+        return out
+
+    def _resolve(self, ref: str) -> str | None:
+        row = self._db.execute("SELECT asset_id FROM locations WHERE path = ?", (ref,)).fetchone()
+        if row is not None:
+            return row[0]
+        ref = ref.lower()
+        if not _HEX.fullmatch(ref):
+            return None
+        if len(ref) < MIN_PREFIX:
+            raise AmbiguousId(f"id prefix {ref!r} is too short: give at least {MIN_PREFIX} hex characters")
+        # Hex ids sort below "g", so the prefix range is [ref, ref + "g").
+        ids = [r[0] for r in self._db.execute(
+            "SELECT asset_id FROM assets WHERE asset_id >= ? AND asset_id < ? ORDER BY asset_id LIMIT 3",
+            (ref, ref + "g"))]
+        if len(ids) > 1:
+            raise AmbiguousId(f"id prefix {ref!r} matches several assets ({', '.join(i[:12] for i in ids)}, …)")
+        return ids[0] if ids else None
+
+    # -- overview ----------------------------------------------------------------------------------
+
+    def status(self, *, limit: int = 20, now: float | None = None) -> dict[str, Any]:
+        """The whole catalog at a glance, JSON-able.
+
+        Shape: ``{at, assets, locations, batch_count, asset_states: {"tier1": {state: n, …, "pending": n}, …},
+        batches: [{batch_id, lane, root, scan_complete, scanned_total, skipped_unchanged, skipped_other,
+        started_at, updated_at, tiers: {"tier1": {known_total, total_final, done, failed, retrying,
+        dead_lettered, in_flight, rate, eta_s, at}, …}}]}`` — batches newest first, at most ``limit``; a batch
+        lists tier 1 and every later tier it has outcomes for.
+        """
+        now = time.time() if now is None else now
+        counts = self.counts()
+        states: dict[int, Counter[str]] = {t: Counter() for t in TIERS}
+        for tier, state, n in self._db.execute("SELECT tier, state, COUNT(*) FROM asset_tiers GROUP BY tier, state"):
+            states.setdefault(tier, Counter())[_shown_state(tier, state)] = n
+        asset_states = {}
+        for tier, counter in sorted(states.items()):
+            asset_states[f"tier{tier}"] = {**counter, "pending": counts["assets"] - sum(counter.values())}
+        batches = []
+        for batch in self._db.execute("SELECT * FROM batches ORDER BY started_at DESC, batch_id LIMIT ?", (limit,)):
+            tally = self._tally(batch["batch_id"])
+            tiers = sorted({1} | set(tally.states))
+            info: dict[str, Any] = {k: batch[k] for k in batch.keys()}
+            info["scan_complete"] = bool(batch["scan_complete"])
+            info["tiers"] = {f"tier{t}": self._tier_figures(batch, t, tally, now) for t in tiers}
+            batches.append(info)
+        return {"at": now, "assets": counts["assets"], "locations": counts["locations"],
+                "batch_count": counts["batches"], "asset_states": asset_states, "batches": batches}
+
+    def counts(self) -> dict[str, int]:
+        """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done), for checks and tests."""
+        one = self._scalar
+        return {
+            "assets": one("SELECT COUNT(*) FROM assets"),
+            "browsable": one("SELECT COUNT(*) FROM asset_tiers WHERE tier = 1 AND state = 'done'"),
+            "locations": one("SELECT COUNT(*) FROM locations"),
+            "failures": one("SELECT COUNT(*) FROM failures"),
+            "batches": one("SELECT COUNT(*) FROM batches"),
+            "batch_files": one("SELECT COUNT(*) FROM batch_files"),
+        }
+
+    def asset_count(self) -> int:
+        """Distinct assets (by content), including those only a failure has named."""
+        return self._scalar("SELECT COUNT(*) FROM assets")
+
+    def location_count(self) -> int:
+        """Distinct browsable paths."""
+        return self._scalar("SELECT COUNT(*) FROM locations")
+
+    def _scalar(self, sql: str) -> int:
+        return self._db.execute(sql).fetchone()[0]
+
+
+def _shown_state(tier: int, state: str | None) -> str | None:
+    """The stored state as people read it: ``done`` becomes the tier's own word (browsable, indexed, …)."""
+    return DONE_NAMES.get(tier, DONE) if state == DONE else state

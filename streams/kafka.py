@@ -1,0 +1,87 @@
+"""Plain aiokafka plumbing shared by the producers, sinks and CLI waiters (the workers use faust)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.errors import BrokerError
+from streams.settings import Settings
+
+
+async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 20.0) -> None:
+    """Create the topics that do not exist yet (idempotent); waits for the broker to answer first."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [n for n in names if n not in existing]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(
+                        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                    )
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(f"broker {bootstrap} not usable: {exc!r}") from exc
+            await asyncio.sleep(0.1)  # broker still starting: retry with a short pause
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKafkaProducer]:
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
+    try:
+        await prod.start()
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
+    try:
+        yield prod
+    finally:
+        await prod.stop()
+
+
+@contextlib.asynccontextmanager
+async def tail(
+    bootstrap: str, topic: str, settings: Settings, *, from_beginning: bool = False
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer of every partition of ``topic``, positioned at the end (or the beginning).
+
+    Entering returns once positions are fixed, so anything produced afterwards will be seen: start the tail
+    *before* producing what you wait for.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
+            parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            raise BrokerError(f"topic {topic} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the lazy seek now, so later records are not skipped
+            await consumer.position(tp)
+        yield consumer
+    finally:
+        await consumer.stop()

@@ -1,0 +1,141 @@
+"""The folder scanner: walks a folder and publishes one ``FileDiscovered`` per image file on ``t1.<lane>``.
+
+- Image files are recognised by their content (magic bytes); a file with an image extension whose content is
+  not recognised (empty, truncated, mislabelled) is still published, so it ends as a recorded failure rather
+  than a silently skipped file. Anything else (notes, sidecars) is counted as skipped.
+- Links are followed only while they stay inside the root; directory loops are visited once.
+- A file the catalog already shows as browsable with the same size and mtime is skipped (unchanged).
+- The running total goes out on ``progress`` as ``BatchScanned`` while the walk goes on, so a progress bar can
+  show a total before the scan ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from agents.sniff import sniff_file
+from consumers.catalog import Catalog
+from schemas import BatchScanned, FileDiscovered, encode, new_id, now
+from streams.errors import SourceMissing
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get(__name__)
+
+IMAGE_SUFFIXES = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .tif .tiff .bmp .avif .heic .heif .jxl .mpo .psd .ico".split()
+)
+_REPORT_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    batch_id: str
+    root: str
+    found: int
+    skipped_unchanged: int
+    skipped_other: int
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (path, stat) of every regular file under ``root``, following links only within ``root``."""
+    real_root = os.path.realpath(root)
+    seen_dirs: set[tuple[int, int]] = set()
+    stack = [real_root]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("scan_unreadable_dir", path=directory, error=str(exc))
+            continue
+        subdirs = []
+        for entry in entries:
+            path = entry.path
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(path)
+                    if not _inside(target, real_root):
+                        log.info("scan_link_outside_root", path=path, target=target)
+                        continue
+                    path = target
+                if entry.is_dir(follow_symlinks=True):
+                    subdirs.append(path)
+                elif entry.is_file(follow_symlinks=True):
+                    yield path, os.stat(path)
+            except OSError as exc:  # vanished or unreadable between listing and stat
+                log.warning("scan_unreadable_entry", path=path, error=str(exc))
+        stack.extend(reversed(subdirs))
+
+
+def looks_like_image(path: str) -> bool:
+    try:
+        if sniff_file(Path(path)) is not None:
+            return True
+    except OSError:
+        pass  # unreadable now: let tier 1 record why, if it is named like an image
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+async def scan(
+    settings: Settings, topics: Topics, prod: AIOKafkaProducer, root: Path, *,
+    lane: str = "batch", batch_id: str | None = None,
+) -> ScanResult:
+    """Walk ``root`` and publish its image files as one batch; returns once the broker has them all."""
+    if not root.is_dir():
+        raise SourceMissing(f"not a directory: {root}", path=str(root))
+    batch_id = batch_id or new_id()
+    real_root = os.path.realpath(root)
+    known: dict[str, tuple[int, int]] = {}
+    if settings.catalog_path.exists():
+        with Catalog(settings.catalog_path, readonly=True) as catalog:
+            known = catalog.locations_under(real_root)
+    started = now()
+    found = unchanged = other = 0
+    last_report = time.monotonic()
+    topic = topics.tier1(lane)
+
+    async def report(complete: bool = False) -> None:
+        event = BatchScanned(
+            batch_id=batch_id, lane=lane, root=real_root, found=found, skipped_unchanged=unchanged,
+            skipped_other=other, complete=complete, started_at=started, scanned_at=now(),
+        )
+        await prod.send(topics.progress, encode(event), key=batch_id.encode())
+
+    await report()
+    for path, st in walk(root):
+        if not looks_like_image(path):
+            other += 1
+            continue
+        if known.get(path) == (st.st_size, st.st_mtime_ns):
+            unchanged += 1
+            continue
+        event = FileDiscovered(
+            event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
+            mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
+        )
+        await prod.send(topic, encode(event), key=path.encode())
+        found += 1
+        if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
+            await report()
+            last_report = time.monotonic()
+    await prod.flush()
+    await report(complete=True)
+    await prod.flush()
+    log.info("scan_done", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged, other=other)
+    return ScanResult(batch_id, real_root, found, unchanged, other)

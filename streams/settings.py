@@ -1,0 +1,120 @@
+"""The one settings object. Read once from ``DAMFLOW_*`` environment variables and passed in.
+
+No other module reads ``os.environ`` for damflow settings. Every field is documented here and in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """damflow's configuration; ``Settings()`` reads the environment, keyword arguments override it."""
+
+    model_config = SettingsConfigDict(env_prefix="DAMFLOW_", frozen=True, extra="forbid")
+
+    # -- broker ----------------------------------------------------------------------------------
+    #: ``host:port[,host:port]`` of an external Kafka/Redpanda; empty = start the embedded broker.
+    broker_url: str | None = None
+    #: Loopback address and port of the embedded broker; port 0 picks a free one.
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 0
+    #: Prefix of every topic name, so several pipelines (or tests) can share one broker.
+    topic_prefix: str = "damflow."
+    partitions: int = Field(default=4, ge=1)
+    #: Consumer group (the Faust app id) the workers share.
+    group_id: str = "damflow-workers"
+    #: How long a consumer fetch may wait for data. The embedded broker answers only after a fraction
+    #: of this even when data waits, so keep it short; real Kafka returns as soon as data arrives.
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
+    #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout).
+    session_timeout_s: float = Field(default=4.0, gt=0)
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    rebalance_timeout_s: float = Field(default=3.0, gt=0)
+
+    # -- storage -----------------------------------------------------------------------------------
+    data_dir: Path = Path("damflow-data")
+
+    # -- work --------------------------------------------------------------------------------------
+    #: Processes in the CPU pool of one worker (decode, hash, thumbnails). Default: the cores.
+    pool_size: int = Field(default_factory=_cores, ge=1)
+    #: Files one worker keeps in flight per lane of tier 1. Default: pool size + 1 for batch.
+    tier1_batch_concurrency: int | None = Field(default=None, ge=1)
+    tier1_interactive_concurrency: int = Field(default=2, ge=1)
+    #: Thumbnail sizes (longest side, px): the first is always made, the others when the source is larger.
+    thumbnail_sizes: tuple[int, ...] = (256, 1440)
+    thumbnail_quality: int = Field(default=80, ge=1, le=100)
+    #: Images declaring more pixels than this are refused as decompression bombs.
+    max_image_pixels: int = Field(default=178_956_970, ge=1)
+    #: Files larger than this are refused before being read.
+    max_file_bytes: int = Field(default=2 * 1024**3, ge=1)
+
+    # -- scanner / upload -------------------------------------------------------------------------------
+    #: Publish a running total at least every this many files found.
+    scan_report_every: int = Field(default=50, ge=1)
+    upload_max_bytes: int = Field(default=200 * 1024**2, ge=1)
+    upload_token: SecretStr | None = None
+
+    # -- logging -----------------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    #: ``auto``: pretty on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def batch_concurrency(self) -> int:
+        return self.tier1_batch_concurrency or self.pool_size + 1
+
+    @cached_property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_path / "catalog.sqlite"
+
+    @property
+    def thumbs_dir(self) -> Path:
+        return self.data_path / "thumbs"
+
+    @property
+    def originals_dir(self) -> Path:
+        return self.data_path / "originals"
+
+    @property
+    def runtime_file(self) -> Path:
+        """Where ``damflow up`` records the broker address it started, for the other commands."""
+        return self.data_path / "run" / "broker.json"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``DAMFLOW_*`` variables that reproduce ``settings`` in a child process (explicitly set fields only)."""
+    env = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple | list):
+            value = json.dumps(list(value))
+        env[f"DAMFLOW_{name.upper()}"] = str(value)
+    return env

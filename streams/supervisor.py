@@ -1,0 +1,125 @@
+"""``damflow up``: the whole pipeline on one machine — embedded broker, topics, worker processes, catalog sink.
+
+Shutdown runs in reverse: workers first (SIGTERM, they finish and commit), then the sink, then the broker last.
+Children are started with a parent-death signal, so even a SIGKILLed supervisor leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from consumers.catalog_sink import CatalogSink
+from streams.broker import EmbeddedBroker, clear_runtime, die_with_parent, record_runtime
+from streams.errors import BrokerError
+from streams.kafka import ensure_topics
+from streams.logs import get
+from streams.settings import Settings, settings_env
+from streams.topics import topics_for
+from streams.worker import READY_LINE
+
+log = get(__name__)
+
+
+class Stack:
+    """The running pipeline; ``async with Stack(settings) as stack:`` starts it and stops it cleanly."""
+
+    def __init__(self, settings: Settings, *, workers: int = 1, ready_timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.topics = topics_for(settings)
+        self.n_workers = workers
+        self.ready_timeout = ready_timeout
+        self.broker: EmbeddedBroker | None = None
+        self.bootstrap = ""
+        self.workers: list[asyncio.subprocess.Process] = []
+        self._tasks: list[asyncio.Task] = []
+        self.sink: CatalogSink | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_path.mkdir(parents=True, exist_ok=True)
+        if s.embedded:
+            run_dir = s.runtime_file.parent
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.broker = EmbeddedBroker(s.embedded_host, s.embedded_port, log_path=run_dir / "broker.log")
+            self.bootstrap = await asyncio.to_thread(self.broker.start)
+            record_runtime(s, self.bootstrap)
+        else:
+            self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
+        log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
+        await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)
+        self.sink = CatalogSink(s, self.topics, self.bootstrap)
+        self._tasks.append(asyncio.create_task(self.sink.run(), name="catalog-sink"))
+        for _ in range(self.n_workers):
+            await self.add_worker()
+        await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(settings_env(self.settings))
+        env["DAMFLOW_DATA_DIR"] = str(self.settings.data_path)
+        env["DAMFLOW_BROKER_URL"] = self.bootstrap
+        return env
+
+    async def add_worker(self) -> asyncio.subprocess.Process:
+        """Start one more worker process and wait until it has joined the group and got partitions."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "worker",
+            env=self.child_env(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        self.workers.append(proc)
+        ready = asyncio.get_running_loop().create_future()
+        self._tasks.append(asyncio.create_task(self._watch_stdout(proc, ready)))
+        try:
+            await asyncio.wait_for(ready, self.ready_timeout)
+        except (TimeoutError, EOFError) as exc:
+            raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
+        log.info("worker_ready", pid=proc.pid)
+        return proc
+
+    @staticmethod
+    async def _watch_stdout(proc: asyncio.subprocess.Process, ready: asyncio.Future) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            text = line.decode(errors="replace").rstrip()
+            if text == READY_LINE:
+                if not ready.done():
+                    ready.set_result(True)
+            elif text:
+                sys.stdout.write(text + "\n")
+        if not ready.done():
+            ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
+
+    async def stop(self) -> None:
+        for proc in self.workers:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+            clear_runtime(self.settings)
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

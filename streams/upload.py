@@ -1,0 +1,64 @@
+"""Interactive uploads: store the bytes content-addressed under the data directory, publish on ``t1.interactive``.
+
+The stored copy's path is derived from the content hash only (``originals/ab/<id>.<ext>``); no name or path from
+the client is ever used on disk — the client's file name is kept as ``display_name`` for people to read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from agents.hashing import hash_file
+from agents.sniff import sniff_file
+from schemas import FileDiscovered, encode, new_id, now
+from streams.errors import UploadRejected
+from streams.settings import Settings
+from streams.topics import Topics
+
+_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp",
+        "AVIF": ".avif", "HEIF": ".heic", "JXL": ".jxl"}
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    asset_id: str
+    path: Path
+    size: int
+    format: str
+
+
+def store_original(settings: Settings, source: Path) -> StoredUpload:
+    """Copy ``source`` into the content-addressed originals store (atomically; a no-op if already there)."""
+    fmt = sniff_file(source)
+    if fmt is None:
+        raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
+    asset_id, size = hash_file(source, max_bytes=settings.upload_max_bytes)
+    dest = settings.originals_dir / asset_id[:2] / f"{asset_id}{_EXT.get(fmt, '.bin')}"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return StoredUpload(asset_id, dest, size, fmt)
+
+
+def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | None) -> FileDiscovered:
+    st = stored.path.stat()
+    return FileDiscovered(
+        event_id=new_id(), batch_id=batch_id, lane="interactive", source="upload", path=str(stored.path),
+        size=st.st_size, mtime_ns=st.st_mtime_ns, discovered_at=now(), display_name=display_name,
+    )
+
+
+async def publish_upload(prod: AIOKafkaProducer, topics: Topics, event: FileDiscovered) -> None:
+    """Send on the interactive lane and wait for the broker's acknowledgement."""
+    await prod.send_and_wait(topics.t1_interactive, encode(event), key=event.path.encode())

@@ -1,0 +1,56 @@
+"""One worker process: the faust app with the tier agents, and its CPU pool.
+
+Workers share the topics through the consumer group (``Settings.group_id``): start more with ``damflow worker``
+on any machine that reaches the broker and sees the same data directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import faust
+
+from agents import tier1
+from agents.pool import WorkPool
+from streams.app import create_app
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import topics_for
+
+log = get(__name__)
+
+#: Printed on stdout once the worker's partitions are assigned, for a supervisor waiting on it.
+READY_LINE = "damflow-worker-ready"
+
+
+def run_worker(settings: Settings, bootstrap: str) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    app = create_app(settings, bootstrap)
+    pool = WorkPool(settings.pool_size)
+    pool.warm()
+    tier1.register(app, settings, topics_for(settings), pool)
+    announced = False
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **_kw) -> None:  # noqa: ARG001
+        nonlocal announced
+        log.info("partitions_assigned", count=len(assigned))
+        if not announced:
+            announced = True
+            print(READY_LINE, flush=True)
+
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, override_logging=False, quiet=True, redirect_stdouts=False,
+    )
+    worker.spinner = None  # its terminal escapes would land in the supervisor's pipe
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        pool.shutdown()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_worker(Settings(), sys.argv[1]))

@@ -1,0 +1,402 @@
+"""The catalog projection: idempotent, order-independent, and honest about progress."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.catalog import (
+    CATALOG_VERSION,
+    AmbiguousId,
+    Catalog,
+    CatalogError,
+    CatalogUnavailable,
+)
+from schemas.events import AssetBrowsable, AssetFailed, BatchScanned, FileDiscovered, ProgressEvent
+from streams.errors import PermanentError
+
+ROOT = "/data/shoot"
+T0 = 1_700_000_000.0
+A1 = "a1" * 32
+A2 = "b2" * 32
+
+
+def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1", at: float = T0 + 10,
+              size: int = 1500, mtime_ns: int = 7, **kw) -> AssetBrowsable:
+    return AssetBrowsable(
+        event_id=event_id, batch_id=batch, lane="batch", source="scan", asset_id=asset_id, path=path, size=size,
+        mtime_ns=mtime_ns, format="PNG", width=1024, height=768,
+        thumbnails={"256": f"thumbs/{asset_id[:2]}/{asset_id}.256.webp"}, discovered_at=at - 1, browsable_at=at,
+        **kw,
+    )
+
+
+def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: float = T0 + 20, batch: str = "b1",
+           tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated") -> AssetFailed:
+    return AssetFailed(
+        event_id=event_id, batch_id=batch, lane="batch", source="scan", tier=tier, path=path, asset_id=asset_id,
+        error_class="CorruptImage", error_code="corrupt_image", reason=reason, retriable=outcome == "retrying",
+        outcome=outcome, attempts=attempts, failed_at=at,
+    )
+
+
+def scanned(found: int, *, complete: bool = False, batch: str = "b1", at: float = T0 + 1,
+            skipped: int = 0, started: float = T0) -> BatchScanned:
+    return BatchScanned(batch_id=batch, lane="batch", root=ROOT, found=found, skipped_unchanged=skipped,
+                        complete=complete, started_at=started, scanned_at=at)
+
+
+@pytest.fixture
+def make_catalog(tmp_path: Path) -> Iterator[Callable[..., Catalog]]:
+    """Fresh catalogs under ``tmp_path``, closed after the test."""
+    opened: list[Catalog] = []
+
+    def make(name: str = "catalog.sqlite", **kw) -> Catalog:
+        cat = Catalog(tmp_path / "data" / name, **kw)
+        opened.append(cat)
+        return cat
+
+    yield make
+    for cat in opened:
+        cat.close()
+
+
+@pytest.fixture
+def catalog(make_catalog) -> Catalog:
+    return make_catalog()
+
+
+def dump(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, sorted: two equal dumps mean two equal catalogs."""
+    db = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+    finally:
+        db.close()
+
+
+def mixed_history() -> list:
+    """One batch through everything the catalog projects, in delivery order."""
+    return [
+        scanned(2),
+        browsable("e1", f"{ROOT}/a.png"),
+        failed("e2", f"{ROOT}/b.png", outcome="retrying", at=T0 + 11),
+        browsable("e3", f"{ROOT}/copy-of-a.png", at=T0 + 12),
+        scanned(4, complete=True, at=T0 + 13),
+        failed("e4", f"{ROOT}/c.png", outcome="dead_lettered", asset_id=A2, at=T0 + 14),
+        browsable("e2", f"{ROOT}/b.png", asset_id="c3" * 32, at=T0 + 15),
+        failed("e1", f"{ROOT}/a.png", tier=2, asset_id=A1, at=T0 + 16, outcome="failed"),
+    ]
+
+
+# -- opening ---------------------------------------------------------------------------------------
+
+
+def test_creates_parents_wal_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "catalog.sqlite"
+    with Catalog(path):
+        pass
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION
+    db.close()
+    with Catalog(path) as again:  # reopening an existing catalog is a no-op, not an error
+        assert again.counts()["assets"] == 0
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite"
+    Catalog(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {CATALOG_VERSION + 1}")
+    db.close()
+    with pytest.raises(CatalogError, match="newer"):
+        Catalog(path)
+
+
+def test_readonly_without_catalog_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogUnavailable):
+        Catalog(tmp_path / "missing.sqlite", readonly=True)
+    assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_readonly_handle_sees_writer_commits_and_cannot_write(make_catalog) -> None:
+    writer = make_catalog()
+    reader = make_catalog(readonly=True)
+    assert reader.location(f"{ROOT}/a.png") is None
+    writer.apply([browsable("e1", f"{ROOT}/a.png")])
+    assert reader.location(f"{ROOT}/a.png") == (1500, 7, A1)
+    assert reader.asset_count() == 1
+    with pytest.raises(CatalogError, match="read-only"):
+        reader.apply([browsable("e2", f"{ROOT}/b.png", A2)])
+    writer.close()
+    assert reader.asset_count() == 1  # still readable once the writer has gone
+
+
+def test_readonly_opens_after_writer_closed(make_catalog) -> None:
+    with make_catalog() as writer:
+        writer.apply([browsable("e1", f"{ROOT}/a.png")])
+    reader = make_catalog(readonly=True)
+    assert reader.locations_under(ROOT) == {f"{ROOT}/a.png": (1500, 7)}
+
+
+# -- idempotence -----------------------------------------------------------------------------------
+
+
+def test_apply_twice_changes_nothing(catalog: Catalog) -> None:
+    events = mixed_history()
+    assert catalog.apply(events) == {"b1"}
+    once = dump(catalog.path)
+    assert catalog.apply(events) == {"b1"}
+    assert dump(catalog.path) == once
+    assert catalog.progress("b1", 1, now=T0 + 100) == catalog.progress("b1", 1, now=T0 + 100)
+
+
+def test_any_delivery_order_gives_the_same_catalog(make_catalog) -> None:
+    events = mixed_history()
+    in_order, reversed_, one_by_one = make_catalog("a.sqlite"), make_catalog("b.sqlite"), make_catalog("c.sqlite")
+    in_order.apply(events)
+    reversed_.apply(reversed(events))
+    for event in events[3:] + events[:3] + events[::2]:  # rotated, then partly redelivered
+        one_by_one.apply([event])
+    assert dump(reversed_.path) == dump(in_order.path)
+    assert dump(one_by_one.path) == dump(in_order.path)
+
+
+def test_failed_apply_rolls_back_the_whole_batch(catalog: Catalog) -> None:
+    def events():
+        yield browsable("e1", f"{ROOT}/a.png")
+        raise RuntimeError("decoder blew up mid-batch")
+
+    with pytest.raises(RuntimeError):
+        catalog.apply(events())
+    assert catalog.counts() == {k: 0 for k in catalog.counts()}
+    catalog.apply([browsable("e1", f"{ROOT}/a.png")])  # the connection is usable afterwards
+    assert catalog.asset_count() == 1
+
+
+def test_other_event_types_are_ignored(catalog: Catalog) -> None:
+    discovered = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/x.png",
+                                size=1, mtime_ns=1, discovered_at=T0)
+    progress = ProgressEvent(batch_id="b1", tier=1, known_total=1, total_final=True, done=1, at=T0)
+    assert catalog.apply([discovered, progress]) == set()
+    assert catalog.counts()["batches"] == 0
+    assert catalog.progress("b1", 1) is None
+
+
+# -- assets and locations --------------------------------------------------------------------------
+
+
+def test_identical_bytes_at_two_paths_are_one_asset_with_two_locations(catalog: Catalog) -> None:
+    catalog.apply([browsable("e1", f"{ROOT}/a.png", at=T0 + 5),
+                   browsable("e2", f"{ROOT}/sub/a-copy.png", at=T0 + 3, deduplicated=True)])
+    assert catalog.asset_count() == 1
+    assert catalog.location_count() == 2
+    asset = catalog.asset(A1)
+    assert [loc["path"] for loc in asset["locations"]] == [f"{ROOT}/sub/a-copy.png", f"{ROOT}/a.png"]
+    assert asset["first_seen_at"] == T0 + 2  # earliest sighting, whatever the delivery order
+    assert asset["browsable_at"] == T0 + 3
+
+
+def test_new_content_at_a_path_replaces_the_old_and_replays_do_not_revert(catalog: Catalog) -> None:
+    old = browsable("e1", f"{ROOT}/a.png", A1, at=T0 + 5, size=100, mtime_ns=1)
+    new = browsable("e2", f"{ROOT}/a.png", A2, at=T0 + 50, size=200, mtime_ns=2, batch="b2")
+    catalog.apply([old, new, old])
+    assert catalog.location(f"{ROOT}/a.png") == (200, 2, A2)
+    assert catalog.asset_count() == 2  # the old content stays an asset; it just has no location now
+    assert catalog.asset(A1)["locations"] == []
+
+
+def test_locations_under_a_root_only(catalog: Catalog) -> None:
+    catalog.apply([
+        browsable("e1", f"{ROOT}/a.png"),
+        browsable("e2", f"{ROOT}/deep/er/b.png", A2, size=9, mtime_ns=3),
+        browsable("e3", f"{ROOT}2/sibling.png", A2),  # shares the root's spelling, not its folder
+        browsable("e4", "/data/other.png", A2),
+        failed("e5", f"{ROOT}/broken.png"),  # failures are retried by a rescan, so not listed
+    ])
+    expected = {f"{ROOT}/a.png": (1500, 7), f"{ROOT}/deep/er/b.png": (9, 3)}
+    assert catalog.locations_under(ROOT) == expected
+    assert catalog.locations_under(ROOT + "/") == expected
+    assert set(catalog.locations_under("/")) == set(expected) | {f"{ROOT}2/sibling.png", "/data/other.png"}
+    assert catalog.location(f"{ROOT}/broken.png") is None
+
+
+def test_failure_with_asset_id_makes_a_stub_and_without_records_the_path(catalog: Catalog) -> None:
+    catalog.apply([failed("e1", f"{ROOT}/x.png", asset_id=A2, reason="bad crc"),
+                   failed("e2", f"{ROOT}/y.png", reason="unreadable")])
+    assert catalog.counts()["failures"] == 2
+    assert catalog.counts()["browsable"] == 0
+    stub = catalog.asset(A2)
+    assert stub["size"] is None and stub["tier1_state"] == "dead_lettered"
+    assert [f["reason"] for f in stub["failures"]] == ["bad crc"]
+    assert catalog.asset(f"{ROOT}/y.png") is None  # no asset behind a path that never hashed
+
+
+def test_retry_that_succeeds_is_done_and_a_late_failure_does_not_undo_it(catalog: Catalog) -> None:
+    path = f"{ROOT}/a.png"
+    catalog.apply([failed("e1", path, outcome="retrying", at=T0 + 5, asset_id=A1)])
+    assert catalog.progress("b1", 1, now=T0 + 6).retrying == 1
+    assert catalog.asset(A1)["tier1_state"] == "retrying"
+
+    catalog.apply([browsable("e1", path, at=T0 + 8)])
+    catalog.apply([failed("e1", path, outcome="dead_lettered", at=T0 + 9, asset_id=A1)])  # stale, reordered
+    p = catalog.progress("b1", 1, now=T0 + 10)
+    assert (p.done, p.retrying, p.dead_lettered, p.failed) == (1, 0, 0, 0)
+    asset = catalog.asset(A1)
+    assert asset["tier1_state"] == "browsable"
+    assert asset["failures"][0]["outcome"] == "dead_lettered"  # the history stays readable
+
+
+def test_tier1_failure_before_hashing_shows_on_the_asset_it_became(catalog: Catalog) -> None:
+    path = f"{ROOT}/a.png"
+    catalog.apply([failed("e1", path, outcome="retrying", at=T0 + 5), browsable("e1", path, at=T0 + 8)])
+    assert [f["path"] for f in catalog.asset(A1)["failures"]] == [path]
+
+
+def test_latest_failure_outcome_wins_whatever_the_order(catalog: Catalog) -> None:
+    path = f"{ROOT}/a.png"
+    first = failed("e1", path, outcome="retrying", at=T0 + 5, attempts=1)
+    last = failed("e1", path, outcome="dead_lettered", at=T0 + 9, attempts=3)
+    catalog.apply([last, first])
+    p = catalog.progress("b1", 1, now=T0 + 10)
+    assert (p.retrying, p.dead_lettered) == (0, 1)
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+def test_progress_counts_every_file_in_exactly_one_bucket(catalog: Catalog) -> None:
+    catalog.apply([
+        scanned(6, complete=True),
+        browsable("e1", f"{ROOT}/1.png"), browsable("e2", f"{ROOT}/2.png", A2),
+        failed("e3", f"{ROOT}/3.png", outcome="failed"),
+        failed("e4", f"{ROOT}/4.png", outcome="dead_lettered"),
+        failed("e5", f"{ROOT}/5.png", outcome="retrying"),
+    ])
+    p = catalog.progress("b1", 1, now=T0 + 40)
+    assert isinstance(p, ProgressEvent)
+    assert (p.known_total, p.total_final) == (6, True)
+    assert (p.done, p.failed, p.dead_lettered, p.retrying) == (2, 1, 1, 1)
+    assert p.in_flight == 2  # the retrying file and the one not heard of yet
+    assert p.done + p.failed + p.dead_lettered + p.in_flight == p.known_total
+
+
+def test_out_of_order_scan_reports_keep_the_largest_total_and_completion(catalog: Catalog) -> None:
+    catalog.apply([scanned(10, complete=True, at=T0 + 9, skipped=3)])
+    catalog.apply([scanned(4, at=T0 + 2, skipped=1)])  # an earlier running total, delivered late
+    p = catalog.progress("b1", 1, now=T0 + 10)
+    assert (p.known_total, p.total_final) == (10, True)
+    assert catalog.status()["batches"][0]["skipped_unchanged"] == 3
+
+
+def test_batch_seen_before_any_scan_report_grows_with_files_seen(catalog: Catalog) -> None:
+    catalog.apply([browsable("e1", f"{ROOT}/1.png"), failed("e2", f"{ROOT}/2.png", outcome="retrying")])
+    p = catalog.progress("b1", 1, now=T0 + 30)
+    assert (p.known_total, p.total_final, p.in_flight) == (2, False, 1)
+    catalog.apply([scanned(1, at=T0 + 31)])  # the scanner's count lags the files already seen
+    catalog.apply([browsable("e3", f"{ROOT}/3.png", A2)])
+    assert catalog.progress("b1", 1, now=T0 + 40).known_total == 3
+
+
+def test_rate_and_eta_while_running_then_frozen_once_finished(catalog: Catalog) -> None:
+    catalog.apply([scanned(10)] + [browsable(f"e{i}", f"{ROOT}/{i}.png", f"{i:02d}" * 32, at=T0 + i)
+                                   for i in range(1, 5)])
+    running = catalog.progress("b1", 1, now=T0 + 10)
+    assert running.rate == pytest.approx(0.4)  # 4 done in the 10 s since the scan started
+    assert running.eta_s == pytest.approx(6 / 0.4)
+    assert running.at == T0 + 10
+
+    catalog.apply([scanned(11, complete=True, at=T0 + 11)])
+    catalog.apply([browsable(f"e{i}", f"{ROOT}/{i}.png", f"{i:02d}" * 32, at=T0 + 5) for i in range(5, 11)])
+    catalog.apply([failed("e11", f"{ROOT}/11.png", at=T0 + 30)])
+    done = catalog.progress("b1", 1, now=T0 + 1000)
+    assert (done.known_total, done.done, done.dead_lettered, done.in_flight, done.eta_s) == (11, 10, 1, 0, 0.0)
+    assert done.rate == pytest.approx(10 / 5)  # up to the last done, not to "now"
+
+
+def test_no_rate_means_no_eta(catalog: Catalog) -> None:
+    catalog.apply([scanned(3)])
+    p = catalog.progress("b1", 1, now=T0 + 5)
+    assert (p.done, p.rate, p.eta_s, p.in_flight) == (0, 0.0, None, 3)
+
+
+def test_later_tier_expects_what_the_tier_before_finished(catalog: Catalog) -> None:
+    catalog.apply([
+        scanned(3, complete=True),
+        browsable("e1", f"{ROOT}/1.png"), browsable("e2", f"{ROOT}/2.png", A2),
+        failed("e3", f"{ROOT}/3.png", outcome="dead_lettered"),
+        failed("e1", f"{ROOT}/1.png", tier=2, asset_id=A1, outcome="dead_lettered"),
+    ])
+    p2 = catalog.progress("b1", 2, now=T0 + 30)
+    assert (p2.known_total, p2.total_final, p2.dead_lettered, p2.in_flight) == (2, True, 1, 1)
+    assert catalog.progress("b1", 1, now=T0 + 30).dead_lettered == 1  # tier 2's failure is not tier 1's
+    assert catalog.asset(A1)["tier1_state"] == "browsable"
+    assert catalog.asset(A1)["tier2_state"] == "dead_lettered"
+
+
+def test_unknown_batch_has_no_progress(catalog: Catalog) -> None:
+    assert catalog.progress("nope", 1) is None
+
+
+# -- lookups ---------------------------------------------------------------------------------------
+
+
+def test_asset_by_full_id_prefix_and_path(catalog: Catalog) -> None:
+    catalog.apply([browsable("e1", f"{ROOT}/a.png"), browsable("e2", f"{ROOT}/b.png", A2)])
+    assert catalog.asset(A1)["asset_id"] == A1
+    assert catalog.asset(A1[:6].upper())["asset_id"] == A1
+    assert catalog.asset(f"  {ROOT}/b.png ")["asset_id"] == A2
+    assert catalog.asset("ffffff") is None
+    assert catalog.asset("/not/there.png") is None
+
+
+def test_ambiguous_or_short_prefix_is_a_clear_permanent_error(catalog: Catalog) -> None:
+    twin = A1[:10] + "f" * 54
+    catalog.apply([browsable("e1", f"{ROOT}/a.png"), browsable("e2", f"{ROOT}/b.png", twin)])
+    with pytest.raises(AmbiguousId, match="several") as info:
+        catalog.asset(A1[:8])
+    assert isinstance(info.value, PermanentError) and not info.value.retriable
+    assert catalog.asset(A1[:11])["asset_id"] == A1  # one more character tells them apart
+    with pytest.raises(AmbiguousId, match="too short"):
+        catalog.asset(A1[:5])
+
+
+def test_asset_is_json_able_with_locations_failures_and_thumbnails(catalog: Catalog) -> None:
+    catalog.apply(mixed_history())
+    asset = catalog.asset(A1)
+    assert json.loads(json.dumps(asset)) == asset
+    assert asset["thumbnails"] == {"256": f"thumbs/a1/{A1}.256.webp"}
+    assert (asset["format"], asset["width"], asset["height"], asset["size"]) == ("PNG", 1024, 768, 1500)
+    assert len(asset["locations"]) == 2
+    assert (asset["tier1_state"], asset["tier2_state"], asset["tier3_state"]) == ("browsable", "failed", None)
+    assert [(f["tier"], f["error_code"]) for f in asset["failures"]] == [(2, "corrupt_image")]
+
+
+# -- status ----------------------------------------------------------------------------------------
+
+
+def test_status_shape_counts_and_newest_batch_first(catalog: Catalog) -> None:
+    catalog.apply(mixed_history())
+    catalog.apply([BatchScanned(batch_id="b2", lane="interactive", root="/up", found=1, complete=True,
+                                started_at=T0 + 500, scanned_at=T0 + 500)])
+    status = catalog.status(now=T0 + 600)
+    assert json.loads(json.dumps(status)) == status
+    assert (status["assets"], status["locations"], status["batch_count"]) == (3, 3, 2)
+    assert status["asset_states"]["tier1"] == {"browsable": 2, "dead_lettered": 1, "pending": 0}
+    assert status["asset_states"]["tier2"] == {"failed": 1, "pending": 2}
+    assert status["asset_states"]["tier3"] == {"pending": 3}
+    assert [b["batch_id"] for b in status["batches"]] == ["b2", "b1"]
+    b1 = status["batches"][1]
+    assert b1["scan_complete"] is True and b1["root"] == ROOT and b1["started_at"] == T0
+    assert set(b1["tiers"]) == {"tier1", "tier2"}
+    tier1 = b1["tiers"]["tier1"]
+    assert {k: tier1[k] for k in ("known_total", "done", "failed", "dead_lettered", "retrying", "in_flight")} == {
+        "known_total": 4, "done": 3, "failed": 0, "dead_lettered": 1, "retrying": 0, "in_flight": 0}
+    assert catalog.status(limit=1)["batches"][0]["batch_id"] == "b2"
+    assert status["batches"][0]["tiers"]["tier1"]["in_flight"] == 1

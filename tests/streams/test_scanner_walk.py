@@ -1,0 +1,65 @@
+"""The scanner's walk and image recognition, without a broker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from streams.scanner import looks_like_image, walk
+from tests.images import make_jpeg, make_png
+
+
+def _mk(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+
+
+def _paths(root: Path) -> set[str]:
+    return {os.path.relpath(p, os.path.realpath(root)) for p, _ in walk(root)}
+
+
+def test_walk_is_recursive_and_sorted(tmp_path: Path) -> None:
+    _mk(tmp_path / "sub" / "deeper")
+    make_png(tmp_path / "b.png", size=(8, 8))
+    make_png(tmp_path / "sub" / "deeper" / "c.png", size=(8, 8))
+    (tmp_path / "a.txt").write_text("x")
+    assert _paths(tmp_path) == {"a.txt", "b.png", os.path.join("sub", "deeper", "c.png")}
+
+
+def test_links_out_of_the_root_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    _mk(outside, tmp_path / "root")
+    make_png(outside / "secret.png", size=(8, 8))
+    root = tmp_path / "root"
+    make_png(root / "in.png", size=(8, 8))
+    (root / "dirlink").symlink_to(outside, target_is_directory=True)
+    (root / "filelink.png").symlink_to(outside / "secret.png")
+    (root / "uplink").symlink_to(tmp_path, target_is_directory=True)
+    assert _paths(root) == {"in.png"}
+
+
+def test_links_inside_the_root_and_loops_are_walked_once(tmp_path: Path) -> None:
+    _mk(tmp_path / "a")
+    make_png(tmp_path / "a" / "x.png", size=(8, 8))
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "alias.png").symlink_to(tmp_path / "a" / "x.png")
+    found = [p for p, _ in walk(tmp_path)]
+    # the alias resolves to the real file: same path twice at most, never an endless loop
+    assert set(found) == {os.path.realpath(tmp_path / "a" / "x.png")}
+
+
+def test_images_are_recognised_by_content_not_extension(tmp_path: Path) -> None:
+    disguised = make_jpeg(tmp_path / "photo.dat", size=(8, 8))
+    assert looks_like_image(str(disguised))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert not looks_like_image(str(notes))
+
+
+def test_files_named_like_images_are_kept_even_if_unreadable_content(tmp_path: Path) -> None:
+    # an empty or garbage ".png" must reach tier 1 and end as a recorded failure, not vanish
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(os.urandom(64))
+    assert looks_like_image(str(empty)) and looks_like_image(str(garbage))
