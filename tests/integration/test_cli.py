@@ -1,0 +1,60 @@
+"""The quick-start main job and the reporting commands, run as a newcomer would: `damflow` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def damflow(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_run_ingests_the_demo_set_and_status_and_show_report_it(tmp_path: Path) -> None:
+    env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
+               DAMFLOW_LOG_LEVEL="warn")
+    run = damflow("run", "--json", env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    progress = report["progress"]
+    # demo set: 24 renders + 1 photo + 1 exact copy + 1 truncated file; notes.txt is not an image
+    assert report["found"] == 27 and report["skipped_other"] == 1
+    assert progress["done"] == 26 and progress["failed"] + progress["dead_lettered"] == 1
+    assert progress["total_final"] is True
+
+    status = damflow("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["locations"] == 26
+    assert data["asset_states"]["tier1"]["browsable"] == 25  # the copy is the same asset
+    [batch] = data["batches"]
+    assert batch["batch_id"] == report["batch_id"] and batch["scan_complete"]
+
+    photo = str((tmp_path / "data" / "demo" / "camera" / "IMG_0001.jpg").resolve())
+    show = damflow("show", photo, "--json", env=env)
+    assert show.returncode == 0, show.stderr
+    asset = json.loads(show.stdout)
+    assert asset["tier1_state"] == "browsable"
+    assert (asset["width"], asset["height"]) == (480, 640)  # EXIF orientation 6 applied
+    assert (tmp_path / "data" / asset["thumbnails"]["256"]).is_file()
+    by_prefix = damflow("show", asset["asset_id"][:10], env=env)
+    assert by_prefix.returncode == 0 and asset["asset_id"] in by_prefix.stdout
+
+
+def test_commands_fail_with_a_one_line_reason(tmp_path: Path) -> None:
+    env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "nothing-here"))
+    for args in (["status"], ["show", "abcdef"], ["ingest", str(tmp_path)], ["ingest", str(tmp_path / "missing")]):
+        result = damflow(*args, env=env, timeout=30)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("damflow"), result.stderr
+    bad = damflow("status", env=dict(env, DAMFLOW_PARTITIONS="zero"), timeout=30)
+    assert bad.returncode == 2 and "DAMFLOW_PARTITIONS" in bad.stderr

@@ -1,0 +1,101 @@
+"""The embedded broker and `damflow up` start, stop and leave no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie left for init to reap counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in {"Z", "X"}
+
+
+def _await(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_embedded_broker_listens_on_loopback_and_stops(tmp_path: Path) -> None:
+    broker = EmbeddedBroker(log_path=tmp_path / "b.log")
+    bootstrap = broker.start()
+    host, port = bootstrap.split(":")
+    assert host == "127.0.0.1"
+    pid = broker.process.pid
+    socket.create_connection((host, int(port)), timeout=1).close()
+    broker.stop()
+    assert _gone(pid)
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=1).close()
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; from streams.broker import EmbeddedBroker\n"
+        "b = EmbeddedBroker(); b.start(); print(b.process.pid, flush=True); time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    broker_pid = int(parent.stdout.readline())
+    assert not _gone(broker_pid)
+    parent.kill()  # SIGKILL: no cleanup code runs in the parent
+    parent.wait()
+    _await(lambda: _gone(broker_pid), 10, "the orphaned broker to exit")
+
+
+def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
+               DAMFLOW_POOL_SIZE="1")
+    up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # `up` prints its banner once the broker, the worker and the catalog are ready
+        for line in up.stderr:
+            if line.startswith("damflow up:"):
+                break
+        else:
+            raise AssertionError(f"damflow up exited early with {up.wait()}")
+        runtime = json.loads((tmp_path / "data" / "run" / "broker.json").read_text())
+        assert runtime["pid"] == up.pid
+        children = _children(up.pid)
+        assert len(children) >= 2  # broker + worker
+        grandchildren = [g for c in children for g in _children(c)]  # the worker's CPU pool
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+        for pid in children + grandchildren:
+            _await(lambda pid=pid: _gone(pid), 15, f"child {pid} to exit")
+        assert not (tmp_path / "data" / "run" / "broker.json").exists()
+    finally:
+        if up.poll() is None:
+            up.kill()
