@@ -1,0 +1,75 @@
+"""Tier 1's unit of work: make one file browsable — its content hash, then its thumbnails.
+
+:func:`browse_file` runs in a pool process, so it is a top-level function taking and returning small picklable
+values (paths as strings, a frozen dataclass back). It touches no broker and no global state besides Pillow's
+module settings, which makes it testable on its own and safe to run again: the same bytes give the same id and
+the same thumbnail files, and a second run only notices they exist.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.hashing import hash_file
+from agents.thumbnails import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, make_thumbnails
+from streams.errors import DamflowError
+
+
+@dataclass(frozen=True, slots=True)
+class Browsed:
+    """The outcome of :func:`browse_file`: enough to announce the asset as browsable.
+
+    ``width``/``height`` are as displayed (EXIF orientation applied); ``thumbnails`` maps size name to the path
+    relative to the data directory; ``deduplicated`` is true when every thumbnail already existed (this content
+    was browsed before); ``work_ms`` is the wall time of the call, for progress and benchmarks.
+    """
+
+    asset_id: str
+    size: int
+    format: str
+    width: int
+    height: int
+    thumbnails: dict[str, str]
+    deduplicated: bool
+    work_ms: float
+
+
+def browse_file(
+    path: str,
+    data_dir: str,
+    *,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    quality: int = DEFAULT_QUALITY,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = None,
+) -> Browsed:
+    """Hash the file at ``path`` and make its thumbnails under ``data_dir/thumbs``.
+
+    Hashing comes first so that every failure after it still names the content: a :class:`DamflowError` raised
+    while making thumbnails carries ``asset_id`` and ``size`` attributes (they survive pickling back from the
+    pool), so the dead letter and the failed-asset event key on the hash. Errors from hashing itself
+    (missing, unreadable, too large) carry neither.
+    """
+    started = time.perf_counter()
+    asset_id, size = hash_file(path, max_bytes=max_file_bytes)
+    try:
+        thumbs = make_thumbnails(
+            path, asset_id, Path(data_dir) / "thumbs", sizes=sizes, quality=quality, max_pixels=max_pixels
+        )
+    except DamflowError as exc:
+        exc.asset_id = asset_id  # type: ignore[attr-defined]
+        exc.size = size  # type: ignore[attr-defined]
+        raise
+    return Browsed(
+        asset_id=asset_id,
+        size=size,
+        format=thumbs.format,
+        width=thumbs.width,
+        height=thumbs.height,
+        thumbnails=thumbs.files,
+        deduplicated=not thumbs.created,
+        work_ms=(time.perf_counter() - started) * 1000,
+    )
