@@ -54,7 +54,7 @@ class EventHandler:
     def __init__(self, app: faust.App, topics: Topics, *, tier: int, group: str) -> None:
         self.tier = tier
         self.group = group
-        self._assets = app.topic(topics.assets)
+        self.assets = app.topic(topics.assets)
         self._dlq = app.topic(topics.dlq(tier))
 
     async def process(
@@ -76,7 +76,7 @@ class EventHandler:
 
     async def emit(self, result: Event, key: str) -> None:
         """Publish a result on ``assets`` and wait for the broker's ack (offsets commit after effects)."""
-        fut = await self._assets.send(key=key.encode(), value=encode(result))
+        fut = await self.assets.send(key=key.encode(), value=encode(result))
         await fut
 
     async def _fail(self, event: faust.EventT, record: FileDiscovered, exc: BaseException) -> None:

@@ -8,6 +8,8 @@ queued behind the batch lane's in-flight files inside this worker). The work its
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 
 from agents.browse import browse_file
@@ -41,10 +43,13 @@ def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool)
             discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
             display_name=record.display_name,
         )
-        key = result.asset_id.encode()
-        await handler.emit(browsable, result.asset_id)
         lane = record.lane if record.lane in tier2 else "batch"
-        await (await tier2[lane].send(key=key, value=encode(browsable)))
+        # both sends in flight together; done only when the broker has acked both (then the offset may commit)
+        value = encode(browsable)
+        await asyncio.gather(
+            await handler.assets.send(key=result.asset_id.encode(), value=value),
+            await tier2[lane].send(key=result.asset_id.encode(), value=value),
+        )
         log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
 
     lanes = {

@@ -56,7 +56,7 @@ class CatalogSink:
             group_id=f"{self.settings.group_id}-catalog",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=self.settings.sink_fetch_max_wait_ms,
             session_timeout_ms=int(self.settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
             rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),

@@ -47,7 +47,7 @@ def comfy_like_png(path: Path, seed: int, size: tuple[int, int] = (1024, 1024), 
     info.add_text("prompt", json.dumps(prompt))
     info.add_text("workflow", json.dumps(workflow))
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, pnginfo=info, compress_level=1)
+    img.save(path, pnginfo=info, compress_level=4)  # what ComfyUI's SaveImage uses
     return path
 
 

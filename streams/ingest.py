@@ -43,7 +43,9 @@ async def ingest_folder(
     async with contextlib.AsyncExitStack() as stack:
         follower = None
         if wait:  # position on `progress` before publishing, so no event of this batch can be missed
-            watcher = await stack.enter_async_context(tail(bootstrap, topics.progress, settings))
+            watcher = await stack.enter_async_context(
+                tail(bootstrap, topics.progress, settings, fetch_max_wait_ms=settings.sink_fetch_max_wait_ms)
+            )
             follower = asyncio.create_task(follow(watcher, batch_id, bar=bar, timeout=timeout))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
         try:

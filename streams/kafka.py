@@ -53,7 +53,7 @@ async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKa
 
 @contextlib.asynccontextmanager
 async def tail(
-    bootstrap: str, topic: str, settings: Settings, *, from_beginning: bool = False
+    bootstrap: str, topic: str, settings: Settings, *, from_beginning: bool = False, fetch_max_wait_ms: int | None = None,
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A group-less consumer of every partition of ``topic``, positioned at the end (or the beginning).
 
@@ -63,7 +63,7 @@ async def tail(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms,
         auto_offset_reset="earliest",
     )
     await consumer.start()

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     #: How long a consumer fetch may wait for data. The embedded broker answers only after a fraction
     #: of this even when data waits, so keep it short; real Kafka returns as soon as data arrives.
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: The same for consumers where a few tens of ms do not matter (catalog sink, progress bars): each idle
+    #: poll costs the broker CPU that the workers would rather have.
+    sink_fetch_max_wait_ms: int = Field(default=100, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout).
     session_timeout_s: float = Field(default=4.0, gt=0)
@@ -53,7 +56,8 @@ class Settings(BaseSettings):
     # -- work --------------------------------------------------------------------------------------
     #: Processes in the CPU pool of one worker (decode, hash, thumbnails). Default: the cores.
     pool_size: int = Field(default_factory=_cores, ge=1)
-    #: Files one worker keeps in flight per lane of tier 1. Default: pool size + 1 for batch.
+    #: Files one worker keeps in flight per lane of tier 1. Default for batch: twice the pool size, so the
+    #: pool never idles while finished files are being published.
     tier1_batch_concurrency: int | None = Field(default=None, ge=1)
     tier1_interactive_concurrency: int = Field(default=2, ge=1)
     #: Thumbnail sizes (longest side, px): the first is always made, the others when the source is larger.
@@ -81,7 +85,7 @@ class Settings(BaseSettings):
 
     @property
     def batch_concurrency(self) -> int:
-        return self.tier1_batch_concurrency or self.pool_size + 1
+        return self.tier1_batch_concurrency or 2 * self.pool_size
 
     @cached_property
     def data_path(self) -> Path:
