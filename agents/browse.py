@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.faults import inject
 from agents.hashing import hash_file
 from agents.thumbnails import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, make_thumbnails
 from streams.errors import DamflowError
@@ -45,15 +46,18 @@ def browse_file(
     quality: int = DEFAULT_QUALITY,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int | None = None,
+    faults: bool = False,
 ) -> Browsed:
     """Hash the file at ``path`` and make its thumbnails under ``data_dir/thumbs``.
 
     Hashing comes first so that every failure after it still names the content: a :class:`DamflowError` raised
     while making thumbnails carries ``asset_id`` and ``size`` attributes (they survive pickling back from the
     pool), so the dead letter and the failed-asset event key on the hash. Errors from hashing itself
-    (missing, unreadable, too large) carry neither.
+    (missing, unreadable, too large) carry neither. ``faults`` turns on the test hooks of :mod:`agents.faults`.
     """
     started = time.perf_counter()
+    if faults:
+        inject(path)
     asset_id, size = hash_file(path, max_bytes=max_file_bytes)
     try:
         thumbs = make_thumbnails(

@@ -1,8 +1,15 @@
 """The per-event wrapper every agent uses: decode, bind log context, run the work, classify and route failures.
 
-An agent stays a thin loop (``async for event in stream: await handler.process(event, work)``); this module is
-the one place that knows what happens when work fails. Decoding is done here, not by faust's serializer: a
-malformed message must become a dead letter, not an exception inside the stream that kills the worker.
+An agent stays a thin loop (``async for event in stream.events(): await handler.process(event, work)``); this
+module is the one place that knows what happens when work fails:
+
+- undecodable message (poison pill) -> dead letter at once, raw bytes kept;
+- permanent error, or transient error on the last attempt -> dead letter + ``AssetFailed(dead_lettered)``;
+- transient error with attempts left -> ``t<tier>.retry.<n>`` with a due time + ``AssetFailed(retrying)``.
+
+Decoding is done here, not by faust's serializer: a malformed message must become a dead letter, not an exception
+inside the stream that kills the worker. Results and failures are awaited until the broker acks them, so the
+offset commits only after the effects.
 """
 
 from __future__ import annotations
@@ -21,12 +28,17 @@ import structlog
 from schemas import AssetFailed, DeadLetter, Event, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError
 from streams.logs import get
+from streams.retries import FailureHistory, backoff_s
+from streams.settings import Settings
 from streams.topics import Topics
 
 log = get(__name__)
 
 _HOST = socket.gethostname()
 _TRACEBACK_LIMIT = 4000
+
+#: The work an agent runs per event: the decoded record and the number of this attempt (1 = first).
+Work = Callable[[FileDiscovered, int], Awaitable[Any]]
 
 
 def _version(dist: str) -> str:
@@ -37,7 +49,7 @@ def _version(dist: str) -> str:
 
 
 LIBRARY_VERSIONS = {
-    d: _version(d) for d in ("damflow", "faust-streaming", "aiokafka", "Pillow", "blake3", "pyexiv2")
+    d: _version(d) for d in ("damflow", "faust-streaming", "aiokafka", "Pillow", "blake3", "pyexiv2", "pebble")
 } | {"python": platform.python_version()}
 
 
@@ -51,53 +63,72 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 class EventHandler:
     """Runs one tier's work for each event of its topics and turns every failure into recorded events."""
 
-    def __init__(self, app: faust.App, topics: Topics, *, tier: int, group: str) -> None:
+    def __init__(self, app: faust.App, topics: Topics, settings: Settings, *, tier: int) -> None:
         self.tier = tier
-        self.group = group
+        self.settings = settings
+        self.topics = topics
+        self.group = settings.group_id
         self.assets = app.topic(topics.assets)
         self._dlq = app.topic(topics.dlq(tier))
+        self._retry = {n: app.topic(topics.retry(tier, n)) for n in range(1, settings.max_attempts)}
 
-    async def process(
-        self, event: faust.EventT, work: Callable[[FileDiscovered], Awaitable[Any]]
-    ) -> None:
+    async def process(self, event: faust.EventT, work: Work) -> None:
+        history = FailureHistory.from_headers(event.message.headers)
         try:
             record = decode(event.value, FileDiscovered)
         except DamflowError as exc:
             log.error("poison_pill", tier=self.tier, topic=event.message.topic, error=str(exc))
-            await self._dead_letter(event, exc, None)
+            await self._dead_letter(event, exc, None, history)
             return
         with structlog.contextvars.bound_contextvars(
             batch_id=record.batch_id, tier=self.tier, lane=record.lane, path=record.path
         ):
             try:
-                await work(record)
+                await work(record, history.attempts + 1)
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
-                await self._fail(event, record, exc)
+                await self._fail(event, record, exc, history)
 
     async def emit(self, result: Event, key: str) -> None:
         """Publish a result on ``assets`` and wait for the broker's ack (offsets commit after effects)."""
-        fut = await self.assets.send(key=key.encode(), value=encode(result))
-        await fut
+        await (await self.assets.send(key=key.encode(), value=encode(result)))
 
-    async def _fail(self, event: faust.EventT, record: FileDiscovered, exc: BaseException) -> None:
+    async def _fail(
+        self, event: faust.EventT, record: FileDiscovered, exc: BaseException, history: FailureHistory
+    ) -> None:
         code, retriable = classify(exc)
+        at = now()
+        attempts = history.attempts + 1
+        history = FailureHistory(
+            attempts=attempts, first_failure_at=history.first_failure_at or at,
+            source_topic=history.source_topic or event.message.topic,
+        )
         asset_id = getattr(exc, "asset_id", None)
-        log.warning("work_failed", error_class=type(exc).__name__, code=code, reason=str(exc), asset_id=asset_id)
-        failed = AssetFailed(
+        retry = retriable and attempts < self.settings.max_attempts
+        log.warning("work_failed", error_class=type(exc).__name__, code=code, reason=str(exc), asset_id=asset_id,
+                    attempts=attempts, outcome="retrying" if retry else "dead_lettered")
+        if retry:
+            due = at + backoff_s(attempts, self.settings)
+            history = FailureHistory(attempts, history.first_failure_at, history.source_topic, due)
+            msg = event.message
+            await (await self._retry[attempts].send(
+                key=msg.key, value=event.value,
+                headers=history.headers(error_class=type(exc).__name__, error_message=str(exc)),
+            ))
+        else:
+            await self._dead_letter(event, exc, record, history, asset_id=asset_id, size=getattr(exc, "size", None))
+        await self.emit(AssetFailed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             tier=self.tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
-            error_code=code, reason=str(exc), retriable=retriable, outcome="dead_lettered",
-            attempts=1, failed_at=now(),
-        )
-        await self._dead_letter(event, exc, record, asset_id=asset_id, size=getattr(exc, "size", None))
-        await self.emit(failed, asset_id or record.path)
+            error_code=code, reason=str(exc), retriable=retriable,
+            outcome="retrying" if retry else "dead_lettered", attempts=attempts, failed_at=at,
+        ), asset_id or record.path)
 
     async def _dead_letter(
-        self, event: faust.EventT, exc: BaseException, record: FileDiscovered | None,
+        self, event: faust.EventT, exc: BaseException, record: FileDiscovered | None, history: FailureHistory,
         *, asset_id: str | None = None, size: int | None = None,
     ) -> None:
         msg = event.message
-        raw: bytes = event.value if isinstance(event.value, bytes | bytearray) else b""
+        raw: bytes = bytes(event.value) if isinstance(event.value, bytes | bytearray) else b""
         try:
             payload, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -105,28 +136,29 @@ class EventHandler:
         code, _ = classify(exc)
         at = now()
         letter = DeadLetter(
-            original_topic=msg.topic, original_partition=msg.partition, original_offset=msg.offset,
+            original_topic=history.source_topic or msg.topic, original_partition=msg.partition,
+            original_offset=msg.offset,
             original_timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
             original_key=msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else None,
             original_payload=payload, payload_encoding=encoding, consumer_group=self.group,
             error_class=type(exc).__name__, error_code=code, error_message=str(exc),
             cause=repr(exc.__cause__) if exc.__cause__ else None,
             traceback="".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:],
-            first_failure_at=at, last_failure_at=at, worker_host=_HOST,
-            worker_version=LIBRARY_VERSIONS["damflow"], library_versions=LIBRARY_VERSIONS, tier=self.tier,
-            file_path=record.path if record else None, file_hash=asset_id,
+            attempts=max(history.attempts, 1), first_failure_at=history.first_failure_at or at, last_failure_at=at,
+            worker_host=_HOST, worker_version=LIBRARY_VERSIONS["damflow"], library_versions=LIBRARY_VERSIONS,
+            tier=self.tier, file_path=record.path if record else None, file_hash=asset_id,
             file_size=size if size is not None else (record.size if record else None),
             replay_count=record.replay_count if record else 0, batch_id=record.batch_id if record else None,
         )
         headers = {
             "damflow-error-class": letter.error_class, "damflow-error-code": code,
-            "damflow-error-message": letter.error_message[:500], "damflow-original-topic": msg.topic,
+            "damflow-error-message": letter.error_message[:500], "damflow-original-topic": letter.original_topic,
             "damflow-original-partition": str(msg.partition), "damflow-original-offset": str(msg.offset),
             "damflow-tier": str(self.tier), "damflow-attempts": str(letter.attempts),
-            "damflow-replay-count": str(letter.replay_count),
+            "damflow-replay-count": str(letter.replay_count), "damflow-worker-host": _HOST,
+            "damflow-batch-id": letter.batch_id or "", "damflow-file-path": (letter.file_path or "")[:500],
         }
-        fut = await self._dlq.send(
+        await (await self._dlq.send(
             key=msg.key if isinstance(msg.key, bytes) else None, value=encode(letter),
             headers={k: v.encode() for k, v in headers.items()},
-        )
-        await fut
+        ))

@@ -1,72 +1,79 @@
-"""The bounded CPU pool a worker runs decode/hash/thumbnail work in, off the event loop.
+"""The bounded CPU pool a worker runs decode/hash/thumbnail work in, off the event loop, isolated per file.
 
-Processes, not threads: Pillow and BLAKE3 release the GIL only in parts, and a separate process means a
-decoder crash costs one file — a broken pool is replaced and the file's failure reported as transient.
-``forkserver`` because the faust worker has threads by the time work is submitted; forking a threaded process
-is unsafe. The work module is preloaded so a fresh pool process is ready at once.
+Processes, not threads: Pillow and BLAKE3 release the GIL only in parts, and a separate process is what lets a
+decoder crash, hang or memory blow-up cost one file. :mod:`pebble` supervises each pool process on its own: a
+job past its time limit has its process killed and replaced, a process that dies fails only the job it was
+running, and the pool keeps its size. Every process runs under an address-space limit (``RLIMIT_AS``), so a
+decoder that tries to allocate too much gets a ``MemoryError`` instead of taking the machine down.
+``forkserver`` because the faust worker has threads by the time work is submitted (forking a threaded process is
+unsafe); the work module is preloaded so a replacement process is ready at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import resource
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
-from streams.errors import TransientError
+import pebble
+
+from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
 from streams.logs import get
 
 T = TypeVar("T")
 log = get(__name__)
 
 
-class PoolCrashed(TransientError):
-    """A pool process died while working (a decoder crash); the pool was replaced."""
+def _limit_memory(limit_mb: int) -> None:
+    if limit_mb > 0:
+        limit = limit_mb * 1024 * 1024
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    code = "pool_crashed"
 
-
-def _warm(_: int) -> int:
+def _pid(_: int = 0) -> int:
     return os.getpid()
 
 
 class WorkPool:
-    """A process pool of fixed size; ``await pool.run(fn, *args)`` from the event loop."""
+    """``await pool.run(fn, *args, **kwargs)`` from the event loop; at most ``size`` jobs run at once."""
 
-    def __init__(self, size: int, preload: tuple[str, ...] = ("agents.browse",)) -> None:
+    def __init__(
+        self, size: int, *, timeout_s: float | None = None, memory_mb: int = 0,
+        preload: tuple[str, ...] = ("agents.browse",),
+    ) -> None:
         self.size = size
-        self._preload = preload
-        self._executor = self._new_executor()
-
-    def _new_executor(self) -> ProcessPoolExecutor:
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(list(self._preload))
-        return ProcessPoolExecutor(max_workers=self.size, mp_context=ctx)
+        ctx.set_forkserver_preload(list(preload))
+        self._pool = pebble.ProcessPool(
+            max_workers=size, initializer=_limit_memory, initargs=(memory_mb,), context=ctx,
+        )
 
-    def warm(self) -> None:
-        """Start every pool process now rather than on the first file (first-asset latency)."""
-        list(self._executor.map(_warm, range(self.size)))
+    def warm(self) -> set[int]:
+        """Start every pool process now rather than on the first file (first-asset latency); returns their pids."""
+        futures = [self._pool.schedule(_pid, (i,)) for i in range(self.size * 2)]
+        return {f.result() for f in futures}
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
+        future = self._pool.schedule(fn, args, kwargs, timeout=self.timeout_s)
         try:
-            if kwargs:
-                return await loop.run_in_executor(executor, _call, fn, args, kwargs)
-            return await loop.run_in_executor(executor, fn, *args)
-        except BrokenProcessPool as exc:
-            if self._executor is executor:  # the first to notice replaces it
-                log.warning("pool_replaced", reason=str(exc))
-                executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = self._new_executor()
-            raise PoolCrashed(f"a pool process died while working: {exc}") from exc
+            return await asyncio.wrap_future(future)
+        except FutureTimeout as exc:
+            raise DecoderTimeout(f"no result within {self.timeout_s:g} s; the decoding process was killed") from exc
+        except pebble.ProcessExpired as exc:
+            log.warning("pool_process_died", exitcode=exc.exitcode)
+            raise DecoderCrashed(f"the decoding process died (exit code {exc.exitcode})") from exc
+        except MemoryError as exc:
+            raise DecoderOutOfMemory(f"decoding needed more than the {self.memory_mb} MB limit") from exc
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    return fn(*args, **kwargs)
+        self._pool.close()
+        self._pool.join(timeout=10)
+        self._pool.stop()

@@ -25,15 +25,16 @@ log = get(__name__)
 
 def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
     """Attach the tier-1 agents (one per lane) to ``app``."""
-    handler = EventHandler(app, topics, tier=1, group=settings.group_id)
+    handler = EventHandler(app, topics, settings, tier=1)
     tier2 = {lane: app.topic(topics.tier2(lane)) for lane in ("interactive", "batch")}
     data_dir = str(settings.data_path)
 
-    async def browse(record: FileDiscovered) -> None:
+    async def browse(record: FileDiscovered, attempt: int) -> None:
         result = await pool.run(
             browse_file, record.path, data_dir,
             sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
             max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
+            faults=settings.fault_injection,
         )
         browsable = AssetBrowsable(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
@@ -41,7 +42,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool)
             format=result.format, width=result.width, height=result.height,
             thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated,
             discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
-            display_name=record.display_name,
+            display_name=record.display_name, attempts=attempt,
         )
         lane = record.lane if record.lane in tier2 else "batch"
         # both sends in flight together; done only when the broker has acked both (then the offset may commit)

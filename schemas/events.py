@@ -80,6 +80,8 @@ class AssetBrowsable(Event, frozen=True, kw_only=True):
     #: CPU time spent on this file's tier-1 work, milliseconds.
     work_ms: float = 0.0
     display_name: str | None = None
+    #: Which attempt succeeded (1 = the first; more after transient failures and retries).
+    attempts: int = 1
 
 
 class AssetFailed(Event, frozen=True, kw_only=True):

@@ -22,7 +22,7 @@ from schemas import Event, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
 from streams.errors import DamflowError
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, producer
 from streams.settings import Settings
 from streams.topics import topics_for
 
@@ -115,6 +115,22 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.retrier import Retrier
+
+    async def main() -> None:
+        bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
+        await ensure_topics(bootstrap, topics.all(), settings.partitions)
+        task = asyncio.create_task(Retrier(settings, topics, bootstrap).run())
+        await _until_signal()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0
+
+
 # -- producers --------------------------------------------------------------------------------------------
 
 
@@ -175,6 +191,60 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- dead letters -----------------------------------------------------------------------------------------------
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers import dlq
+
+    topics = topics_for(settings)
+    tiers = [args.tier] if args.tier else [1, 2, 3]
+    since = dlq.parse_when(args.since) if args.since else None
+    until = dlq.parse_when(args.until) if args.until else None
+    ids = getattr(args, "ids", None) or []
+
+    async def main() -> object:
+        letters = await dlq.read_letters(resolve_bootstrap(settings), topics, tiers)
+        ledger = dlq.Ledger(settings.dlq_ledger_path)
+        try:
+            ledger.annotate(letters)
+            statuses = ("pending", "replayed", "purged") if getattr(args, "all", False) else ("pending",)
+            chosen = dlq.select(letters, ids=ids, error_class=args.error_class, batch=args.batch, since=since,
+                                until=until, statuses=statuses)
+            if args.action == "list":
+                return [letter.summary() for letter in chosen]
+            if args.action == "show":
+                if not chosen:
+                    raise DamflowError(f"no dead letter {', '.join(ids)}")
+                return [letter.to_dict() for letter in chosen]
+            if args.action == "purge":
+                return dlq.purge(chosen, ledger, dry_run=args.dry_run)
+            async with producer(resolve_bootstrap(settings)) as prod:
+                return await dlq.replay(chosen, prod, ledger, settings, topics, dry_run=args.dry_run, rate=args.rate)
+        finally:
+            ledger.close()
+
+    rows = asyncio.run(main())
+    if args.json or args.action == "show":
+        _print_json(rows)
+    else:
+        print(render_dlq(rows, args.action))
+    return 0
+
+
+def render_dlq(rows: list[dict], action: str) -> str:
+    if not rows:
+        return "no dead letters match" if action == "list" else "nothing to do"
+    if action != "list":
+        return "\n".join(f"{r['id']:12s} {r['result']}" + (f"  {r['path']}" if r.get("path") else "") for r in rows)
+    lines = [f"{'ID':12s} {'TIER':4s} {'ERROR':22s} {'TRIES':5s} {'REPLAYS':7s} PATH / MESSAGE"]
+    for r in rows:
+        lines.append(f"{r['id']:12s} {r['tier']:<4d} {r['error_class'][:22]:22s} {r['attempts'] or '-'!s:5s} "
+                     f"{r['replay_count'] if r['replay_count'] is not None else '-'!s:7s} "
+                     f"{r['path'] or ''}  {(r['message'] or '')[:80]}")
+    return "\n".join(lines)
+
+
 # -- parser -----------------------------------------------------------------------------------------------------
 
 
@@ -210,6 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "asset counts per tier, and per batch", json_flag=True)
     p = add("show", cmd_show, "one asset: locations, per-tier state, thumbnails", json_flag=True)
     p.add_argument("id", help="asset id (or a unique prefix of at least 6 characters)")
+    p = add("dlq", cmd_dlq, "dead letters: list, show, replay or purge what failed")
+    dsub = p.add_subparsers(dest="action", required=True)
+    for action, help_ in (("list", "letters not yet replayed or purged"), ("show", "full envelopes of IDs"),
+                          ("replay", "send the original events again (after fixing the cause)"),
+                          ("purge", "mark letters as dealt with")):
+        d = dsub.add_parser(action, help=help_, description=help_)
+        d.add_argument("ids", nargs="*" if action != "show" else "+", help="letter ids (tier:partition:offset)")
+        d.add_argument("--tier", type=int, choices=[1, 2, 3])
+        d.add_argument("--error-class", help="error class or code, e.g. CorruptImage or corrupt_image")
+        d.add_argument("--batch", help="batch id")
+        d.add_argument("--since", help="failed after: 30m, 2h, 1d, an epoch or an ISO time")
+        d.add_argument("--until", help="failed before (same forms)")
+        d.add_argument("--json", action="store_true", help="machine-readable output")
+        if action == "list":
+            d.add_argument("--all", action="store_true", help="include replayed and purged letters")
+        if action in ("replay", "purge"):
+            d.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+        if action == "replay":
+            d.add_argument("--rate", type=float, default=50.0, help="events per second at most (default 50)")
+    add("retrier", cmd_retrier, "run only the retrier (when not using `damflow up`)")
     return parser
 
 

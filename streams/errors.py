@@ -99,3 +99,24 @@ class UploadRejected(PermanentError):
     """An upload request was refused (too large, not an image, bad token)."""
 
     code = "upload_rejected"
+
+
+# -- isolated decoding -----------------------------------------------------------------------------
+
+
+class DecoderTimeout(TransientError):
+    """Decoding one file took longer than the time limit; its pool process was killed and replaced."""
+
+    code = "decoder_timeout"
+
+
+class DecoderCrashed(TransientError):
+    """The pool process decoding one file died (segfault, abort, killed); it was replaced."""
+
+    code = "decoder_crashed"
+
+
+class DecoderOutOfMemory(PermanentError):
+    """Decoding one file needed more memory than the per-file limit allows."""
+
+    code = "decoder_out_of_memory"

@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     #: Files larger than this are refused before being read.
     max_file_bytes: int = Field(default=2 * 1024**3, ge=1)
+    #: Per-file bounds of the isolated decoder: a file past either costs its pool process, nothing more.
+    decode_timeout_s: float = Field(default=60.0, gt=0)
+    decode_memory_mb: int = Field(default=3072, ge=0)
+    #: Test hook: lets file names and sidecar files inject decoder crashes, hangs and transient failures
+    #: (see ``agents.faults``). Never enable in production.
+    fault_injection: bool = False
+
+    # -- failures ---------------------------------------------------------------------------------------
+    #: Attempts per event before a transient failure is dead-lettered (1 = no retries).
+    max_attempts: int = Field(default=3, ge=1)
+    #: Backoff before retry n is ``retry_backoff_s * 2**(n-1)``, capped, with +-``retry_jitter`` of it random.
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    retry_backoff_max_s: float = Field(default=300.0, ge=0)
+    retry_jitter: float = Field(default=0.25, ge=0, le=1)
+    #: ``damflow dlq replay`` refuses an event replayed this many times already.
+    replay_cap: int = Field(default=3, ge=1)
 
     # -- scanner / upload -------------------------------------------------------------------------------
     #: Publish a running total at least every this many files found.
@@ -102,6 +118,10 @@ class Settings(BaseSettings):
     @property
     def originals_dir(self) -> Path:
         return self.data_path / "originals"
+
+    @property
+    def dlq_ledger_path(self) -> Path:
+        return self.data_path / "dlq.sqlite"
 
     @property
     def runtime_file(self) -> Path:

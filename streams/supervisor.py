@@ -1,4 +1,5 @@
-"""``damflow up``: the whole pipeline on one machine — embedded broker, topics, worker processes, catalog sink.
+"""``damflow up``: the whole pipeline on one machine — embedded broker, topics, worker processes, catalog sink,
+retrier.
 
 Shutdown runs in reverse: workers first (SIGTERM, they finish and commit), then the sink, then the broker last.
 Children are started with a parent-death signal, so even a SIGKILLed supervisor leaves no orphans behind.
@@ -17,6 +18,7 @@ from streams.broker import EmbeddedBroker, clear_runtime, die_with_parent, recor
 from streams.errors import BrokerError
 from streams.kafka import ensure_topics
 from streams.logs import get
+from streams.retrier import Retrier
 from streams.settings import Settings, settings_env
 from streams.topics import topics_for
 from streams.worker import READY_LINE
@@ -37,6 +39,7 @@ class Stack:
         self.workers: list[asyncio.subprocess.Process] = []
         self._tasks: list[asyncio.Task] = []
         self.sink: CatalogSink | None = None
+        self.retrier: Retrier | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -52,10 +55,13 @@ class Stack:
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
         await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)
         self.sink = CatalogSink(s, self.topics, self.bootstrap)
+        self.retrier = Retrier(s, self.topics, self.bootstrap)
         self._tasks.append(asyncio.create_task(self.sink.run(), name="catalog-sink"))
+        self._tasks.append(asyncio.create_task(self.retrier.run(), name="retrier"))
         for _ in range(self.n_workers):
             await self.add_worker()
         await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
+        await asyncio.wait_for(self.retrier.ready.wait(), self.ready_timeout)
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -5,6 +5,8 @@
  upload  ─FileDiscovered─▶ t1.interactive ─┴▶ tier-1 agent ─AssetBrowsable/AssetFailed─▶ assets ─▶ catalog
                                                └─FileDiscovered-like work─▶ t2.<lane> ─▶ tier 2 (later issue)
  scanner ─BatchScanned─▶ progress ◀─ProgressEvent─ catalog        (ingest --wait reads progress)
+ a failure ─▶ t<tier>.retry.<n> (due time in headers) ─▶ retrier ─▶ back to its source topic
+           └─▶ t<tier>.dlq (DeadLetter envelope) once permanent or out of attempts ─▶ `damflow dlq replay`
 ```
 
 Names carry the configured prefix. Keys: the file's path before tier 1, the asset id after it, the batch id on
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from streams.settings import Settings
 
 LANES = ("interactive", "batch")
+TIERS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Topics:
     """The topic names for one prefix."""
 
     prefix: str
+    #: Retry levels per tier: ``t<tier>.retry.<n>`` holds events waiting for their n-th retry (max_attempts - 1).
+    retry_levels: int = 2
 
     def _n(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -70,13 +75,23 @@ class Topics:
     def dlq(self, tier: int) -> str:
         return self._n(f"t{tier}.dlq")
 
+    def retry(self, tier: int, attempt: int) -> str:
+        """Where an event waits after its ``attempt``-th failure (one topic per level keeps due times ordered)."""
+        return self._n(f"t{tier}.retry.{attempt}")
+
+    def retries(self) -> list[str]:
+        return [self.retry(t, n) for t in TIERS for n in range(1, self.retry_levels + 1)]
+
+    def dlqs(self) -> list[str]:
+        return [self.dlq(t) for t in TIERS]
+
     def all(self) -> list[str]:
         """Every topic the pipeline uses, for creating them up front."""
         return [
             self.t1_interactive, self.t1_batch, self.t2_interactive, self.t2_batch, self.t3_background,
-            self.assets, self.progress, self.dlq(1), self.dlq(2), self.dlq(3),
+            self.assets, self.progress, *self.dlqs(), *self.retries(),
         ]
 
 
 def topics_for(settings: Settings) -> Topics:
-    return Topics(settings.topic_prefix)
+    return Topics(settings.topic_prefix, retry_levels=settings.max_attempts - 1)

@@ -26,7 +26,7 @@ READY_LINE = "damflow-worker-ready"
 def run_worker(settings: Settings, bootstrap: str) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     app = create_app(settings, bootstrap)
-    pool = WorkPool(settings.pool_size)
+    pool = WorkPool(settings.pool_size, timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb)
     pool.warm()
     tier1.register(app, settings, topics_for(settings), pool)
     announced = False

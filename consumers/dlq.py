@@ -1,0 +1,235 @@
+"""Dead-letter topics for people: list, inspect, replay and purge what failed.
+
+Letters are read straight from ``t<tier>.dlq`` (start to current end, no consumer group). What has been done to
+a letter — replayed or purged — is recorded in a small ledger (``dlq.sqlite`` in the data directory), keyed by
+the letter's topic/partition/offset, which makes ``replay`` idempotent: replaying twice sends once. A replayed
+event keeps its event id and batch (so progress counts it once), gets ``source="replay"`` and its
+``replay_count`` raised by one; past ``Settings.replay_cap`` it is refused, so nothing loops forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import DeadLetter, FileDiscovered, decode, encode, now
+from streams.errors import DamflowError, PermanentError
+from streams.settings import Settings
+from streams.topics import TIERS, Topics
+
+
+class BadFilter(PermanentError):
+    code = "bad_filter"
+
+
+@dataclass
+class Letter:
+    tier: int
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    envelope: DeadLetter | None
+    #: Why the envelope itself could not be read (it should never happen; kept visible if it does).
+    unreadable: str | None = None
+    status: str = "pending"
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.tier}:{self.partition}:{self.offset}"
+
+    def summary(self) -> dict:
+        e = self.envelope
+        return {
+            "id": self.id, "tier": self.tier, "status": self.status,
+            "error_class": e.error_class if e else "UnreadableEnvelope",
+            "error_code": e.error_code if e else None,
+            "message": e.error_message if e else self.unreadable,
+            "path": e.file_path if e else None, "batch_id": e.batch_id if e else None,
+            "attempts": e.attempts if e else None, "replay_count": e.replay_count if e else None,
+            "failed_at": e.last_failure_at if e else self.timestamp_ms / 1000,
+        }
+
+    def to_dict(self) -> dict:
+        return self.summary() | {
+            "topic": self.topic, "partition": self.partition, "offset": self.offset,
+            "envelope": msgspec.to_builtins(self.envelope) if self.envelope else None, "history": self.history,
+        }
+
+
+class Ledger:
+    """What was done to which letter; the one writer is the CLI invocation holding it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS actions (topic TEXT, partition INTEGER, offset INTEGER, action TEXT,"
+            " at REAL, detail TEXT, PRIMARY KEY (topic, partition, offset, action))"
+        )
+
+    def annotate(self, letters: Iterable[Letter]) -> None:
+        for letter in letters:
+            rows = self.db.execute(
+                "SELECT action, at, detail FROM actions WHERE topic=? AND partition=? AND offset=? ORDER BY at",
+                (letter.topic, letter.partition, letter.offset),
+            ).fetchall()
+            letter.history = [{"action": a, "at": at, "detail": d} for a, at, d in rows]
+            actions = {a for a, _, _ in rows}
+            letter.status = "purged" if "purged" in actions else "replayed" if "replayed" in actions else "pending"
+
+    def record(self, letter: Letter, action: str, detail: str = "") -> bool:
+        """True when newly recorded; False when this action was already taken on this letter."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO actions VALUES (?, ?, ?, ?, ?, ?)",
+            (letter.topic, letter.partition, letter.offset, action, now(), detail),
+        )
+        return cur.rowcount == 1
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TIERS) -> list[Letter]:
+    """Every letter currently on the chosen tiers' dead-letter topics."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    letters: list[Letter] = []
+    try:
+        tier_of = {topics.dlq(t): t for t in tiers}
+        tps = [TopicPartition(name, p) for name in tier_of for p in sorted(consumer.partitions_for_topic(name) or [])]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+                for rec in records:
+                    try:
+                        envelope, why = decode(rec.value, DeadLetter), None
+                    except DamflowError as exc:
+                        envelope, why = None, str(exc)
+                    letters.append(Letter(tier_of[tp.topic], tp.topic, tp.partition, rec.offset,
+                                          rec.timestamp, envelope, why))
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(letters, key=lambda x: (x.tier, x.partition, x.offset))
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+
+
+def parse_when(text: str) -> float:
+    """'30m', '2h', '1d' ago; an epoch number; or an ISO date/time -> epoch seconds."""
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError as exc:
+        raise BadFilter(f"not a time: {text!r} (use 30m, 2h, 1d, an epoch or an ISO date)") from exc
+
+
+def select(
+    letters: Iterable[Letter], *, ids: Iterable[str] = (), error_class: str | None = None,
+    batch: str | None = None, since: float | None = None, until: float | None = None,
+    statuses: Iterable[str] = ("pending",),
+) -> list[Letter]:
+    wanted_ids, statuses = set(ids), set(statuses)
+    out = []
+    for letter in letters:
+        s = letter.summary()
+        if wanted_ids:
+            if letter.id not in wanted_ids:
+                continue
+        elif letter.status not in statuses:
+            continue
+        if error_class and error_class not in (s["error_class"], s["error_code"]):
+            continue
+        if batch and s["batch_id"] != batch:
+            continue
+        if since is not None and s["failed_at"] < since:
+            continue
+        if until is not None and s["failed_at"] > until:
+            continue
+        out.append(letter)
+    return out
+
+
+def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | None, str]:
+    """The event to send again, or None and why not."""
+    e = letter.envelope
+    if e is None:
+        return None, f"unreadable envelope: {letter.unreadable}"
+    raw = base64.b64decode(e.original_payload) if e.payload_encoding == "base64" else e.original_payload.encode()
+    try:
+        record = decode(raw, FileDiscovered)
+    except DamflowError as exc:
+        return None, f"poison pill, nothing to replay: {exc}"
+    if record.replay_count >= settings.replay_cap:
+        return None, f"refused: already replayed {record.replay_count} times (cap {settings.replay_cap})"
+    return msgspec.structs.replace(record, replay_count=record.replay_count + 1, source="replay",
+                                   discovered_at=now()), ""
+
+
+async def replay(
+    letters: list[Letter], prod: AIOKafkaProducer, ledger: Ledger, settings: Settings, topics: Topics, *,
+    dry_run: bool = False, rate: float | None = None,
+) -> list[dict]:
+    """Send each letter's original event back to its source topic (at most ``rate`` per second)."""
+    results = []
+    tier_topics = {topics.tier1(lane) for lane in ("interactive", "batch")} | {
+        topics.tier2(lane) for lane in ("interactive", "batch")} | {topics.t3_background}
+    for letter in letters:
+        row = {"id": letter.id, "path": letter.summary()["path"]}
+        if letter.status == "replayed":
+            results.append(row | {"result": "skipped: already replayed"})
+            continue
+        event, why = replayable(letter, settings)
+        if event is None:
+            results.append(row | {"result": why})
+            continue
+        target = letter.envelope.original_topic if letter.envelope.original_topic in tier_topics \
+            else topics.tier1("batch")
+        if dry_run:
+            results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
+            continue
+        await prod.send_and_wait(target, encode(event), key=event.path.encode())
+        ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
+        letter.status = "replayed"
+        results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})
+        if rate:
+            await asyncio.sleep(1 / rate)  # a rate limit, not synchronisation
+    return results
+
+
+def purge(letters: list[Letter], ledger: Ledger, *, dry_run: bool = False) -> list[dict]:
+    """Mark letters as dealt with; they leave ``list`` (their bytes stay on the topic until retention)."""
+    out = []
+    for letter in letters:
+        if dry_run:
+            out.append({"id": letter.id, "result": "would purge"})
+        else:
+            fresh = ledger.record(letter, "purged")
+            out.append({"id": letter.id, "result": "purged" if fresh else "already purged"})
+    return out

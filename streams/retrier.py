@@ -1,0 +1,93 @@
+"""The retrier: holds failed events on ``t<tier>.retry.<n>`` until their due time, then sends them back.
+
+It never sleeps in the stream: a partition whose head is not due yet is paused and its position set back to
+that message, and a timer resumes it at the due time — other partitions and topics keep flowing meanwhile.
+One retry topic per attempt level means the messages of a partition carry (nearly) increasing due times, so
+waiting on the head holds nothing up that is due earlier. Pauses are re-derived after a rebalance: a newly
+assigned partition is read, found not due, and paused again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from schemas import now
+from streams.kafka import producer
+from streams.logs import get
+from streams.retries import DUE_AT, FailureHistory, header_dict
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get(__name__)
+
+
+class Retrier:
+    def __init__(self, settings: Settings, topics: Topics, bootstrap: str) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.bootstrap = bootstrap
+        self.ready = asyncio.Event()
+        self.forwarded = 0
+
+    async def run(self) -> None:
+        names = self.topics.retries()
+        if not names:  # max_attempts == 1: nothing is ever retried
+            self.ready.set()
+            await asyncio.Event().wait()
+        consumer = AIOKafkaConsumer(
+            *names, bootstrap_servers=self.bootstrap, group_id=f"{self.settings.group_id}-retrier",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.sink_fetch_max_wait_ms,
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
+        )
+        timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+        loop = asyncio.get_running_loop()
+
+        def resume(tp: TopicPartition) -> None:
+            timers.pop(tp, None)
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+        try:
+            await consumer.start()
+            async with producer(self.bootstrap) as prod:
+                self.ready.set()
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    commits: dict[TopicPartition, OffsetAndMetadata] = {}
+                    sends = []
+                    for tp, records in batches.items():
+                        for rec in records:
+                            history = FailureHistory.from_headers(rec.headers)
+                            wait = (history.due_at or 0) - now()
+                            if wait > 0:
+                                consumer.seek(tp, rec.offset)
+                                consumer.pause(tp)
+                                if tp in timers:
+                                    timers[tp].cancel()
+                                timers[tp] = loop.call_later(wait, resume, tp)
+                                break
+                            target = history.source_topic or self._fallback_source(rec.topic)
+                            headers = [(k, v) for k, v in header_dict(rec.headers).items() if k != DUE_AT]
+                            sends.append(await prod.send(target, rec.value, key=rec.key, headers=headers))
+                            commits[tp] = OffsetAndMetadata(rec.offset + 1, "")
+                    if sends:
+                        await asyncio.gather(*sends)
+                        self.forwarded += len(sends)
+                    if commits:
+                        await consumer.commit(commits)
+        finally:
+            for handle in timers.values():
+                handle.cancel()
+            await consumer.stop()
+
+    def _fallback_source(self, retry_topic: str) -> str:
+        """An event that lost its source header goes to its tier's batch lane rather than nowhere."""
+        tier = retry_topic.removeprefix(self.topics.prefix).split(".")[0]
+        log.warning("retry_without_source", topic=retry_topic)
+        return self.topics.tier1("batch") if tier == "t1" else self.topics.tier2("batch")
