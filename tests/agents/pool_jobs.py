@@ -1,0 +1,24 @@
+"""Jobs for the pool tests; a module of their own so forkserver children can import them by name."""
+
+import os
+import time
+
+
+def crash() -> None:
+    os.abort()
+
+
+def hang() -> None:
+    time.sleep(3600)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def hog() -> int:
+    return len(bytearray(3 * 1024**3))
+
+
+def pid() -> int:
+    return os.getpid()

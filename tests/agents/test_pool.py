@@ -1,0 +1,39 @@
+"""The isolated CPU pool: a crash, a hang or a memory blow-up costs one job, and the pool heals itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.pool import WorkPool
+from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
+from tests.agents import pool_jobs
+
+
+@pytest.fixture
+def pool():
+    p = WorkPool(2, timeout_s=1.5, memory_mb=1024, preload=("tests.agents.pool_jobs",))
+    yield p
+    p.shutdown()
+
+
+async def test_bad_jobs_fail_alone_with_typed_errors(pool: WorkPool) -> None:
+    results = await asyncio.gather(
+        pool.run(pool_jobs.crash), pool.run(pool_jobs.hang), pool.run(pool_jobs.double, 2),
+        pool.run(pool_jobs.hog), pool.run(pool_jobs.double, 5), return_exceptions=True,
+    )
+    crash, hang, four, hog, ten = results
+    assert isinstance(crash, DecoderCrashed) and crash.retriable
+    assert isinstance(hang, DecoderTimeout) and hang.retriable
+    assert isinstance(hog, DecoderOutOfMemory) and not hog.retriable
+    assert (four, ten) == (4, 10)
+
+
+async def test_pool_keeps_its_size_after_losing_processes(pool: WorkPool) -> None:
+    before = await asyncio.gather(*(pool.run(pool_jobs.pid) for _ in range(4)))
+    with pytest.raises(DecoderCrashed):
+        await pool.run(pool_jobs.crash)
+    after = await asyncio.gather(*(pool.run(pool_jobs.double, i) for i in range(6)))
+    assert after == [0, 2, 4, 6, 8, 10]
+    assert len(set(before)) <= 2

@@ -1,0 +1,75 @@
+"""Dead-letter selection, replay eligibility and the idempotent ledger, without a broker."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+
+from consumers.dlq import BadFilter, Ledger, Letter, parse_when, replayable, select
+from schemas import DeadLetter, FileDiscovered, encode
+from streams.settings import Settings
+
+
+def letter(offset: int, *, replay_count: int = 0, error_class: str = "CorruptImage", batch: str = "b1",
+           failed_at: float = 1000.0, payload: bytes | None = None) -> Letter:
+    record = FileDiscovered(event_id=f"e{offset}", batch_id=batch, lane="batch", source="scan", path=f"/p/{offset}.png",
+                            size=1, mtime_ns=1, discovered_at=1.0, replay_count=replay_count)
+    raw = encode(record) if payload is None else payload
+    try:
+        text, enc = raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        text, enc = base64.b64encode(raw).decode(), "base64"
+    env = DeadLetter(original_topic="damflow.t1.batch", original_partition=0, original_offset=offset,
+                     original_payload=text, payload_encoding=enc, consumer_group="g", error_class=error_class,
+                     error_code="x", error_message="m", first_failure_at=failed_at, last_failure_at=failed_at,
+                     worker_host="h", worker_version="0", tier=1, file_path=record.path, batch_id=batch,
+                     replay_count=replay_count)
+    return Letter(1, "damflow.t1.dlq", 0, offset, 0, env)
+
+
+def test_select_filters_by_class_batch_time_status_and_ids() -> None:
+    letters = [letter(1), letter(2, error_class="DecoderTimeout"), letter(3, batch="b2"), letter(4, failed_at=5000)]
+    letters[0].status = "replayed"
+    assert [x.offset for x in select(letters)] == [2, 3, 4]
+    assert [x.offset for x in select(letters, error_class="DecoderTimeout")] == [2]
+    assert [x.offset for x in select(letters, batch="b2")] == [3]
+    assert [x.offset for x in select(letters, since=2000)] == [4]
+    assert [x.offset for x in select(letters, until=2000)] == [2, 3]
+    assert [x.offset for x in select(letters, ids=["1:0:1"])] == [1]  # explicit ids ignore the status
+    assert len(select(letters, statuses=("pending", "replayed"))) == 4
+
+
+def test_replay_raises_the_count_and_refuses_past_the_cap() -> None:
+    settings = Settings(replay_cap=2)
+    event, why = replayable(letter(1, replay_count=1), settings)
+    assert why == "" and event.replay_count == 2 and event.source == "replay" and event.event_id == "e1"
+    refused, why = replayable(letter(2, replay_count=2), settings)
+    assert refused is None and "cap 2" in why
+
+
+def test_poison_pills_are_not_replayable() -> None:
+    event, why = replayable(letter(1, payload=b"\x00\xffnot json"), Settings())
+    assert event is None and "poison pill" in why
+
+
+def test_ledger_records_each_action_once(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+    x = letter(7)
+    assert ledger.record(x, "replayed") is True
+    assert ledger.record(x, "replayed") is False
+    ledger.annotate([x])
+    assert x.status == "replayed" and [h["action"] for h in x.history] == ["replayed"]
+    ledger.record(x, "purged")
+    ledger.annotate([x])
+    assert x.status == "purged"
+
+
+def test_parse_when() -> None:
+    assert abs(parse_when("2h") - (time.time() - 7200)) < 5
+    assert parse_when("1700000000") == 1700000000.0
+    assert parse_when("2026-01-02T03:04:05+00:00") == 1767323045.0
+    with pytest.raises(BadFilter):
+        parse_when("yesterday-ish")

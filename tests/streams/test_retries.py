@@ -1,0 +1,32 @@
+"""Retry policy and the failure history carried in headers."""
+
+from __future__ import annotations
+
+import random
+
+from streams.retries import FailureHistory, backoff_s, header_dict
+from streams.settings import Settings
+
+
+def test_history_round_trips_through_headers_in_any_shape() -> None:
+    h = FailureHistory(attempts=2, first_failure_at=1700000000.25, source_topic="damflow.t1.batch", due_at=17.5)
+    headers = h.headers(error_class="SourceUnreadable", error_message="busy")
+    assert FailureHistory.from_headers(headers) == h
+    assert FailureHistory.from_headers(list(headers.items())) == h  # aiokafka gives a list of pairs
+    assert header_dict(headers)["damflow-error-class"] == b"SourceUnreadable"
+
+
+def test_missing_or_garbled_headers_mean_a_first_attempt() -> None:
+    assert FailureHistory.from_headers(None) == FailureHistory()
+    garbled = FailureHistory.from_headers([("damflow-attempts", b"\xff"), ("damflow-due-at", b"soon")])
+    assert garbled.attempts == 0 and garbled.due_at is None
+
+
+def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
+    s = Settings(retry_backoff_s=1.0, retry_backoff_max_s=10.0, retry_jitter=0.25)
+    rng = random.Random(1)
+    for attempt, base in ((1, 1.0), (2, 2.0), (3, 4.0), (5, 10.0), (9, 10.0)):
+        values = [backoff_s(attempt, s, rng) for _ in range(200)]
+        assert all(base * 0.75 <= v <= base * 1.25 for v in values)
+        assert max(values) - min(values) > base * 0.2  # jitter really spreads retries out
+    assert backoff_s(3, Settings(retry_backoff_s=1.0, retry_jitter=0.0)) == 4.0
