@@ -1,0 +1,215 @@
+"""PNG: walk the chunk list ourselves.
+
+Pillow stops reading text at the first IDAT (later chunks appear only after ``load()``), and exiv2 refuses a
+truncated PNG outright; a plain chunk walk keeps every tEXt/zTXt/iTXt wherever it stands (A1111 and ImageMagick
+put some after IDAT), the eXIf chunk wherever it is, and ImageMagick's hex-encoded ``Raw profile type exif/xmp``
+text. Pixel data is seeked over, never read, so a 2-MB PNG costs a few dozen small reads.
+
+A damaged chunk (bad CRC, cut short, garbage where a chunk header should be) becomes a warning; whatever was read
+before it is kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from agents.metadata.blobs import (
+    MAX_INFLATED_BYTES,
+    RAW_INLINE_BYTES,
+    Blobs,
+    decode_text,
+    raw_value,
+)
+from agents.metadata.iptc import iim_from_photoshop
+from agents.metadata.model import Containers
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+#: Read whole (everything else is seeked over or summarised).
+_READ = _TEXT | {b"IHDR", b"eXIf", b"acTL", b"tIME"}
+#: Standard chunks that say nothing a metadata reader keeps (pixels, colour, framing).
+_KNOWN = frozenset({
+    b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"bKGD", b"hIST",
+    b"sPLT", b"iCCP", b"acTL", b"fcTL", b"fdAT", b"cICP", b"mDCV", b"cLLI", b"mDCv", b"cLLi", b"oFFs", b"sCAL",
+})
+_XMP_KEYWORD = "XML:com.adobe.xmp"
+_RAW_PROFILE = "Raw profile type "
+
+
+@dataclass
+class PngLayout:
+    """Where the pixels are, for the stealth-metadata probe (which must not decode a whole image to say no)."""
+
+    width: int = 0
+    height: int = 0
+    bit_depth: int = 0
+    color_type: int = 0
+    interlace: int = 0
+    #: (file offset, length) of every IDAT chunk's data, in order.
+    idat: list[tuple[int, int]] = field(default_factory=list)
+
+
+def walk_png(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> PngLayout:
+    """Read the chunks of the PNG open in ``source`` (``size`` bytes) into ``out`` and ``blobs``."""
+    layout = PngLayout()
+    pos = len(SIGNATURE)
+    source.seek(pos)
+    first = True
+    ended = stopped = False
+    while pos < size:
+        header = source.read(8)
+        if len(header) < 8:
+            out.warnings.append(f"png: truncated chunk header at offset {pos}")
+            stopped = True
+            break
+        length, kind = struct.unpack(">I4s", header)
+        if not kind.isalpha() or not kind.isascii():
+            out.warnings.append(f"png: no valid chunk at offset {pos} (type {kind!r}); stopped there")
+            stopped = True
+            break
+        name = kind.decode("ascii")
+        if first and kind != b"IHDR":
+            out.warnings.append(f"png: first chunk is {name}, not IHDR")
+        first = False
+        data_at = pos + 8
+        end = data_at + length + 4
+        if end > size:
+            out.warnings.append(f"png: {name} chunk at offset {pos} is cut off by the end of the file")
+            if kind == b"IDAT":
+                layout.idat.append((data_at, max(0, size - data_at)))
+            stopped = True
+            break
+        if kind == b"IDAT":
+            layout.idat.append((data_at, length))
+        elif kind == b"iCCP":
+            out.flags["icc"] = True
+        elif kind == b"caBX":  # C2PA manifest store (JUMBF) in PNG
+            out.flags["c2pa"] = True
+        if kind in _READ and length > MAX_INFLATED_BYTES:
+            out.warnings.append(f"png: {name} chunk at offset {pos} has {length} bytes; skipped")
+            source.seek(end)
+        elif kind in _READ or (kind not in _KNOWN and length <= RAW_INLINE_BYTES):
+            data = source.read(length)
+            crc = source.read(4)
+            if zlib.crc32(kind + data) != int.from_bytes(crc, "big"):
+                out.warnings.append(f"png: bad CRC in {name} chunk at offset {pos}")
+            _chunk(kind, data, out, blobs, layout)
+        else:
+            if kind not in _KNOWN:
+                out.raw[_unique(out.raw, f"png:{name}")] = f"omitted:{length} bytes"
+            source.seek(end)
+        pos = end
+        if kind == b"IEND":
+            ended = True
+            break
+    if not ended and not stopped:
+        out.warnings.append("png: no IEND chunk (file truncated?)")
+    return layout
+
+
+def _chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, layout: PngLayout) -> None:
+    if kind == b"IHDR":
+        if len(data) >= 13:
+            (layout.width, layout.height, layout.bit_depth, layout.color_type, _, _,
+             layout.interlace) = struct.unpack(">IIBBBBB", data[:13])
+            out.width, out.height = layout.width, layout.height
+    elif kind in _TEXT:
+        _text_chunk(kind, data, out, blobs)
+    elif kind == b"eXIf":
+        blobs.exif.append(data[6:] if data.startswith(b"Exif\x00") else data)
+    elif kind == b"acTL":
+        out.flags["animated"] = True
+    elif kind == b"tIME":
+        if len(data) == 7:
+            year, month, day, hour, minute, second = struct.unpack(">HBBBBB", data)
+            try:
+                out.raw["png:tIME"] = datetime.datetime(year, month, day, hour, minute, second).isoformat()
+            except ValueError:
+                out.raw["png:tIME"] = raw_value(data)
+    else:  # an unknown small ancillary chunk: keep it verbatim
+        out.raw[_unique(out.raw, f"png:{kind.decode('ascii')}")] = raw_value(data)
+
+
+def _text_chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs) -> None:
+    keyword_bytes, _, rest = data.partition(b"\x00")
+    keyword = keyword_bytes.decode("latin-1")
+    what = f"png: {kind.decode('ascii')} {keyword!r}"
+    if kind == b"tEXt":
+        body: bytes | None = rest
+    elif kind == b"zTXt":
+        body = _inflate(rest[1:], what, out)
+    else:  # iTXt: compression flag, method, language tag, translated keyword, text (UTF-8)
+        flag = rest[:1]  # the method byte after it has one defined value (zlib); inflate judges the stream
+        _language, _, rest = rest[2:].partition(b"\x00")
+        _translated, _, body = rest.partition(b"\x00")
+        if flag == b"\x01":
+            body = _inflate(body, what, out)
+    if body is None:
+        return
+    # tEXt/zTXt are Latin-1 by the letter of the spec, but many writers put UTF-8 there; valid UTF-8 is never
+    # plausible Latin-1 text, so UTF-8 first loses nothing.
+    text = decode_text(body)
+    if keyword not in out.text:
+        out.text[keyword] = text
+    out.raw[_unique(out.raw, f"png:{keyword}")] = text
+    if keyword == _XMP_KEYWORD:
+        blobs.xmp.append(body)
+    elif keyword.startswith(_RAW_PROFILE):
+        _imagemagick_profile(keyword[len(_RAW_PROFILE):].lower(), text, out, blobs)
+
+
+def _imagemagick_profile(profile: str, text: str, out: Containers, blobs: Blobs) -> None:
+    """ImageMagick's ``Raw profile type <name>``: ``\\n<name>\\n<length>\\n<hex lines>``."""
+    parts = text.split(None, 2)
+    try:
+        length = int(parts[1])
+        data = bytes.fromhex("".join(parts[2].split()))[:length]
+    except (IndexError, ValueError):
+        out.warnings.append(f"png: unreadable ImageMagick raw profile {profile!r}")
+        return
+    if profile in ("exif", "app1"):
+        if data.startswith(b"Exif\x00"):
+            data = data[6:]
+        if data.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
+            blobs.xmp.append(data[29:])
+        else:
+            blobs.exif.append(data)
+    elif profile == "xmp":
+        blobs.xmp.append(data)
+    elif profile in ("iptc", "8bim"):
+        iim = iim_from_photoshop(data) if data.startswith(b"8BIM") else data
+        if iim:
+            blobs.iptc.append(iim)
+    elif profile in ("icc", "icm"):
+        out.flags["icc"] = True
+
+
+def _inflate(data: bytes, what: str, out: Containers) -> bytes | None:
+    """zlib-inflate at most :data:`MAX_INFLATED_BYTES`; a bomb or broken stream is a warning, not a crash."""
+    inflater = zlib.decompressobj()
+    try:
+        result = inflater.decompress(data, MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        out.warnings.append(f"{what}: cannot inflate ({exc})")
+        return None
+    if inflater.unconsumed_tail:
+        out.warnings.append(f"{what}: inflates beyond {MAX_INFLATED_BYTES} bytes; dropped")
+        return None
+    if not inflater.eof:
+        out.warnings.append(f"{what}: compressed text is truncated")
+    return result
+
+
+def _unique(raw: dict[str, str], key: str) -> str:
+    """``key``, or ``key#2``, ``key#3``... when a chunk of that name was already kept."""
+    if key not in raw:
+        return key
+    n = 2
+    while f"{key}#{n}" in raw:
+        n += 1
+    return f"{key}#{n}"
