@@ -25,7 +25,7 @@ from typing import Any
 import faust
 import structlog
 
-from schemas import AssetFailed, DeadLetter, Event, FileDiscovered, decode, encode, now
+from schemas import AssetBrowsable, AssetFailed, DeadLetter, Event, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError
 from streams.logs import get
 from streams.retries import FailureHistory, backoff_s
@@ -37,8 +37,10 @@ log = get(__name__)
 _HOST = socket.gethostname()
 _TRACEBACK_LIMIT = 4000
 
+#: What an agent consumes: tier 1 takes ``FileDiscovered``, tier 2 the ``AssetBrowsable`` tier 1 produced.
+Record = FileDiscovered | AssetBrowsable
 #: The work an agent runs per event: the decoded record and the number of this attempt (1 = first).
-Work = Callable[[FileDiscovered, int], Awaitable[Any]]
+Work = Callable[[Any, int], Awaitable[Any]]
 
 
 def _version(dist: str) -> str:
@@ -63,8 +65,12 @@ def classify(exc: BaseException) -> tuple[str, bool]:
 class EventHandler:
     """Runs one tier's work for each event of its topics and turns every failure into recorded events."""
 
-    def __init__(self, app: faust.App, topics: Topics, settings: Settings, *, tier: int) -> None:
+    def __init__(
+        self, app: faust.App, topics: Topics, settings: Settings, *, tier: int,
+        expected: type[Record] = FileDiscovered,
+    ) -> None:
         self.tier = tier
+        self.expected = expected
         self.settings = settings
         self.topics = topics
         self.group = settings.group_id
@@ -75,7 +81,7 @@ class EventHandler:
     async def process(self, event: faust.EventT, work: Work) -> None:
         history = FailureHistory.from_headers(event.message.headers)
         try:
-            record = decode(event.value, FileDiscovered)
+            record = decode(event.value, self.expected)
         except DamflowError as exc:
             log.error("poison_pill", tier=self.tier, topic=event.message.topic, error=str(exc))
             await self._dead_letter(event, exc, None, history)
@@ -93,7 +99,7 @@ class EventHandler:
         await (await self.assets.send(key=key.encode(), value=encode(result)))
 
     async def _fail(
-        self, event: faust.EventT, record: FileDiscovered, exc: BaseException, history: FailureHistory
+        self, event: faust.EventT, record: Record, exc: BaseException, history: FailureHistory
     ) -> None:
         code, retriable = classify(exc)
         at = now()
@@ -102,7 +108,7 @@ class EventHandler:
             attempts=attempts, first_failure_at=history.first_failure_at or at,
             source_topic=history.source_topic or event.message.topic,
         )
-        asset_id = getattr(exc, "asset_id", None)
+        asset_id = getattr(exc, "asset_id", None) or getattr(record, "asset_id", None)
         retry = retriable and attempts < self.settings.max_attempts
         log.warning("work_failed", error_class=type(exc).__name__, code=code, reason=str(exc), asset_id=asset_id,
                     attempts=attempts, outcome="retrying" if retry else "dead_lettered")
@@ -124,7 +130,7 @@ class EventHandler:
         ), asset_id or record.path)
 
     async def _dead_letter(
-        self, event: faust.EventT, exc: BaseException, record: FileDiscovered | None, history: FailureHistory,
+        self, event: faust.EventT, exc: BaseException, record: Record | None, history: FailureHistory,
         *, asset_id: str | None = None, size: int | None = None,
     ) -> None:
         msg = event.message
@@ -148,7 +154,7 @@ class EventHandler:
             worker_host=_HOST, worker_version=LIBRARY_VERSIONS["damflow"], library_versions=LIBRARY_VERSIONS,
             tier=self.tier, file_path=record.path if record else None, file_hash=asset_id,
             file_size=size if size is not None else (record.size if record else None),
-            replay_count=record.replay_count if record else 0, batch_id=record.batch_id if record else None,
+            replay_count=getattr(record, "replay_count", 0), batch_id=record.batch_id if record else None,
         )
         headers = {
             "damflow-error-class": letter.error_class, "damflow-error-code": code,

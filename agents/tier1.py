@@ -18,7 +18,7 @@ from agents.pool import WorkPool
 from schemas import AssetBrowsable, FileDiscovered, encode, now
 from streams.logs import get
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import LANES, Topics
 
 log = get(__name__)
 
@@ -26,7 +26,7 @@ log = get(__name__)
 def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
     """Attach the tier-1 agents (one per lane) to ``app``."""
     handler = EventHandler(app, topics, settings, tier=1)
-    tier2 = {lane: app.topic(topics.tier2(lane)) for lane in ("interactive", "batch")}
+    tier2 = {lane: app.topic(topics.tier2(lane)) for lane in LANES}
     data_dir = str(settings.data_path)
 
     async def browse(record: FileDiscovered, attempt: int) -> None:

@@ -5,6 +5,7 @@ from schemas.events import (
     SCHEMA_VERSION,
     AssetBrowsable,
     AssetFailed,
+    AssetIndexed,
     BatchScanned,
     DeadLetter,
     Event,
@@ -15,6 +16,6 @@ from schemas.events import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "AssetBrowsable", "AssetFailed", "BatchScanned", "DeadLetter", "Event",
+    "SCHEMA_VERSION", "AssetBrowsable", "AssetFailed", "AssetIndexed", "BatchScanned", "DeadLetter", "Event",
     "FileDiscovered", "ProgressEvent", "decode", "encode", "new_id", "now", "to_dict",
 ]

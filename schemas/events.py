@@ -16,7 +16,7 @@ import msgspec
 SCHEMA_VERSION = 1
 
 Lane = Literal["interactive", "batch", "background"]
-Source = Literal["scan", "upload", "replay", "reconcile"]
+Source = Literal["scan", "upload", "replay", "reconcile", "reprocess"]
 
 
 def new_id() -> str:
@@ -81,6 +81,47 @@ class AssetBrowsable(Event, frozen=True, kw_only=True):
     work_ms: float = 0.0
     display_name: str | None = None
     #: Which attempt succeeded (1 = the first; more after transient failures and retries).
+    attempts: int = 1
+
+
+class AssetIndexed(Event, frozen=True, kw_only=True):
+    """Tier 2 is done: metadata read and normalised, ready for search. Keyed by ``asset_id`` on ``assets``
+    (and on ``t3.background`` when the cost gate lets it through to tier 3).
+
+    The searchable summary travels here; everything read (raw chunks, EXIF/IPTC/XMP, ComfyUI graphs) is in the
+    JSON document at ``metadata_path`` (relative to the data directory), so messages stay small.
+    """
+
+    event_id: str
+    batch_id: str
+    lane: Lane
+    source: Source
+    asset_id: str
+    path: str
+    #: ``agents.metadata.model.PARSER_VERSION`` of the extractor that produced this.
+    parser_version: int
+    metadata_path: str
+    #: "comfyui", "a1111", ... or None when the file carries no generation parameters.
+    generator: str | None = None
+    model: str | None = None
+    loras: list[str] = []
+    vae: str | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    scheduler: str | None = None
+    denoise: float | None = None
+    positive: str | None = None
+    negative: str | None = None
+    #: Camera fields: make, model, lens, datetime_original, software, artist, description, keywords ...
+    camera: dict[str, str] = {}
+    gps: tuple[float, float] | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    warnings: list[str] = []
+    indexed_at: float
     attempts: int = 1
 
 
@@ -173,4 +214,6 @@ class DeadLetter(Event, frozen=True, kw_only=True):
     batch_id: str | None = None
 
 
-AnyEvent = FileDiscovered | AssetBrowsable | AssetFailed | BatchScanned | ProgressEvent | DeadLetter
+AnyEvent = (
+    FileDiscovered | AssetBrowsable | AssetIndexed | AssetFailed | BatchScanned | ProgressEvent | DeadLetter
+)

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     #: (see ``agents.faults``). Never enable in production.
     fault_injection: bool = False
 
+    #: Files in flight per lane of tier 2 (metadata: light, I/O-bound work).
+    tier2_concurrency: int = Field(default=4, ge=1)
+    #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
+    tier3_enabled: bool = True
+    #: Skip images smaller than this many pixels (icons, previews, 1x1 crops).
+    tier3_min_pixels: int = Field(default=128 * 128, ge=0)
+    #: Skip exact duplicates (the same bytes already went through under another path).
+    tier3_skip_duplicates: bool = True
+
     # -- failures ---------------------------------------------------------------------------------------
     #: Attempts per event before a transient failure is dead-lettered (1 = no retries).
     max_attempts: int = Field(default=3, ge=1)

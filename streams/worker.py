@@ -10,7 +10,7 @@ import sys
 
 import faust
 
-from agents import tier1
+from agents import tier1, tier2
 from agents.pool import WorkPool
 from streams.app import create_app
 from streams.logs import get
@@ -26,9 +26,12 @@ READY_LINE = "damflow-worker-ready"
 def run_worker(settings: Settings, bootstrap: str) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     app = create_app(settings, bootstrap)
-    pool = WorkPool(settings.pool_size, timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb)
+    pool = WorkPool(settings.pool_size, timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb,
+                    preload=("agents.browse", "agents.index"))
     pool.warm()
-    tier1.register(app, settings, topics_for(settings), pool)
+    topics = topics_for(settings)
+    tier1.register(app, settings, topics, pool)
+    tier2.register(app, settings, topics, pool)
     announced = False
 
     @app.on_partitions_assigned.connect

@@ -1,0 +1,114 @@
+"""Tier 2's unit of work: read everything a file's metadata holds, normalise it, keep it, summarise it.
+
+:func:`index_file` runs in a pool process. It reads the containers losslessly (:mod:`agents.metadata.containers`),
+detects the generator's parameters (:mod:`agents.metadata.generators`), writes the full record as a JSON document
+under the data directory (content-addressed and versioned: ``metadata/ab/<id>.v<parser>.json``, written
+atomically), and returns the searchable summary that travels in ``AssetIndexed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.metadata.containers import read_containers
+from agents.metadata.generators import detect
+from agents.metadata.model import PARSER_VERSION, Containers, Generation
+
+#: Camera / authoring fields for search and display: summary name -> where to look, first found wins.
+CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "make": (("exif", "Exif.Image.Make"),),
+    "model": (("exif", "Exif.Image.Model"),),
+    "lens": (("exif", "Exif.Photo.LensModel"), ("exif", "Exif.Photo.LensMake")),
+    "datetime_original": (("exif", "Exif.Photo.DateTimeOriginal"), ("exif", "Exif.Image.DateTime")),
+    "software": (("exif", "Exif.Image.Software"), ("xmp", "Xmp.xmp.CreatorTool")),
+    "artist": (("exif", "Exif.Image.Artist"), ("iptc", "Iptc.Application2.Byline"), ("xmp", "Xmp.dc.creator")),
+    "description": (("xmp", "Xmp.dc.description"), ("iptc", "Iptc.Application2.Caption"),
+                    ("exif", "Exif.Image.ImageDescription")),
+    "keywords": (("iptc", "Iptc.Application2.Keywords"), ("xmp", "Xmp.dc.subject")),
+    "title": (("iptc", "Iptc.Application2.ObjectName"), ("xmp", "Xmp.dc.title")),
+    "city": (("xmp", "Xmp.photoshop.City"), ("iptc", "Iptc.Application2.City")),
+}
+#: ComfyUI WebP savers put JSON into Make/Model: that is not a camera.
+_NOT_A_CAMERA = ("prompt:", "workflow:", "{")
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """What :func:`index_file` found; ``summary`` holds the ``AssetIndexed`` fields."""
+
+    metadata_path: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    work_ms: float = 0.0
+
+
+def _text(value: Any) -> str | None:
+    """pyexiv2 values come as str, list (repeatable) or dict (lang-alt); flatten to one string."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get('lang="x-default"') or next(iter(value.values()), None)
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value if v)
+    text = str(value).strip()
+    return text or None
+
+
+def camera_fields(c: Containers) -> dict[str, str]:
+    out: dict[str, str] = {}
+    sources = {"exif": c.exif, "iptc": c.iptc, "xmp": c.xmp}
+    for name, places in CAMERA_FIELDS.items():
+        for source, key in places:
+            value = _text(sources[source].get(key))
+            if value and not value.startswith(_NOT_A_CAMERA):
+                out[name] = value[:2000]
+                break
+    return out
+
+
+def summarise(c: Containers, g: Generation | None) -> dict[str, Any]:
+    """The ``AssetIndexed`` fields for one file (pixels' size, not the generator's claimed size)."""
+    summary: dict[str, Any] = {
+        "camera": camera_fields(c), "gps": c.gps, "width": c.width, "height": c.height, "format": c.format,
+        "warnings": c.warnings[:20],
+    }
+    if g is not None:
+        summary |= {
+            "generator": g.generator, "model": g.model, "loras": [lora.name for lora in g.loras], "vae": g.vae,
+            "seed": g.seed, "steps": g.steps, "cfg": g.cfg, "sampler": g.sampler, "scheduler": g.scheduler,
+            "denoise": g.denoise, "positive": g.positive, "negative": g.negative,
+        }
+    return summary
+
+
+def metadata_relpath(asset_id: str) -> str:
+    return f"metadata/{asset_id[:2]}/{asset_id}.v{PARSER_VERSION}.json"
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
+    """Read, normalise and keep the metadata of the file at ``path`` (whose content hash is ``asset_id``)."""
+    started = time.perf_counter()
+    containers = read_containers(path)
+    generation = detect(containers)
+    rel = metadata_relpath(asset_id)
+    document = {
+        "asset_id": asset_id, "parser_version": PARSER_VERSION, "path": path,
+        "containers": asdict(containers), "generation": asdict(generation) if generation else None,
+    }
+    _write_atomic(Path(data_dir) / rel, json.dumps(document, default=str, ensure_ascii=False).encode())
+    return Indexed(rel, summarise(containers, generation), (time.perf_counter() - started) * 1000)

@@ -1,0 +1,62 @@
+"""Tier 2 — make an asset searchable: read and normalise its metadata, in the CPU pool.
+
+Consumes the ``AssetBrowsable`` events tier 1 sends to ``t2.<lane>`` (one agent per lane, interactive first, as in
+tier 1), runs :func:`agents.index.index_file`, and publishes ``AssetIndexed`` on ``assets`` (for the catalog and
+its full-text index) and, when the cost gate lets it through, on ``t3.background`` (work for tier 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+
+from agents.handling import EventHandler
+from agents.index import index_file
+from agents.metadata.model import PARSER_VERSION
+from agents.pool import WorkPool
+from schemas import AssetBrowsable, AssetIndexed, encode, now
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import LANES, Topics
+
+log = get(__name__)
+
+
+def passes_cost_gate(settings: Settings, record: AssetBrowsable) -> bool:
+    """Whether tier 3's background work is worth spending on this asset."""
+    if not settings.tier3_enabled:
+        return False
+    if settings.tier3_skip_duplicates and record.deduplicated:
+        return False
+    return record.width * record.height >= settings.tier3_min_pixels
+
+
+def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
+    """Attach the tier-2 agents (one per lane) to ``app``."""
+    handler = EventHandler(app, topics, settings, tier=2, expected=AssetBrowsable)
+    tier3 = app.topic(topics.t3_background)
+    data_dir = str(settings.data_path)
+
+    async def index(record: AssetBrowsable, attempt: int) -> None:
+        result = await pool.run(index_file, record.path, record.asset_id, data_dir)
+        indexed = AssetIndexed(
+            event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
+            asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,
+            metadata_path=result.metadata_path, indexed_at=now(), attempts=attempt, **result.summary,
+        )
+        value, key = encode(indexed), record.asset_id.encode()
+        sends = [await handler.assets.send(key=key, value=value)]
+        if passes_cost_gate(settings, record):
+            sends.append(await tier3.send(key=key, value=value))
+        await asyncio.gather(*sends)
+        log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
+
+    for lane in LANES:
+        topic = app.topic(topics.tier2(lane), partitions=settings.partitions)
+
+        async def agent(stream: faust.StreamT) -> None:
+            async for event in stream.events():
+                await handler.process(event, index)
+
+        app.agent(topic, name=f"tier2-{lane}", concurrency=settings.tier2_concurrency)(agent)
