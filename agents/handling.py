@@ -25,7 +25,7 @@ from typing import Any
 import faust
 import structlog
 
-from schemas import AssetBrowsable, AssetFailed, DeadLetter, Event, FileDiscovered, decode, encode, now
+from schemas import AssetBrowsable, AssetFailed, AssetIndexed, DeadLetter, Event, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError
 from streams.logs import get
 from streams.retries import FailureHistory, backoff_s
@@ -38,7 +38,7 @@ _HOST = socket.gethostname()
 _TRACEBACK_LIMIT = 4000
 
 #: What an agent consumes: tier 1 takes ``FileDiscovered``, tier 2 the ``AssetBrowsable`` tier 1 produced.
-Record = FileDiscovered | AssetBrowsable
+Record = FileDiscovered | AssetBrowsable | AssetIndexed
 #: The work an agent runs per event: the decoded record and the number of this attempt (1 = first).
 Work = Callable[[Any, int], Awaitable[Any]]
 

@@ -4,7 +4,8 @@ Processes, not threads: Pillow and BLAKE3 release the GIL only in parts, and a s
 decoder crash, hang or memory blow-up cost one file. :mod:`pebble` supervises each pool process on its own: a
 job past its time limit has its process killed and replaced, a process that dies fails only the job it was
 running, and the pool keeps its size. Every process runs under an address-space limit (``RLIMIT_AS``), so a
-decoder that tries to allocate too much gets a ``MemoryError`` instead of taking the machine down.
+decoder that tries to allocate too much gets a ``MemoryError`` instead of taking the machine down; a pool may
+run ``nice``d, so that its work yields the CPU to more urgent work (see :mod:`agents.lanes`).
 ``forkserver`` because the faust worker has threads by the time work is submitted (forking a threaded process is
 unsafe); the work module is preloaded so a replacement process is ready at once.
 """
@@ -29,7 +30,10 @@ T = TypeVar("T")
 log = get(__name__)
 
 
-def _limit_memory(limit_mb: int) -> None:
+def _init_process(limit_mb: int, nice: int) -> None:
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     if limit_mb > 0:
         limit = limit_mb * 1024 * 1024
         with contextlib.suppress(ValueError, OSError):
@@ -44,7 +48,7 @@ class WorkPool:
     """``await pool.run(fn, *args, **kwargs)`` from the event loop; at most ``size`` jobs run at once."""
 
     def __init__(
-        self, size: int, *, timeout_s: float | None = None, memory_mb: int = 0,
+        self, size: int, *, timeout_s: float | None = None, memory_mb: int = 0, nice: int = 0,
         preload: tuple[str, ...] = ("agents.browse",),
     ) -> None:
         self.size = size
@@ -53,7 +57,7 @@ class WorkPool:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(preload))
         self._pool = pebble.ProcessPool(
-            max_workers=size, initializer=_limit_memory, initargs=(memory_mb,), context=ctx,
+            max_workers=size, initializer=_init_process, initargs=(memory_mb, nice), context=ctx,
         )
 
     def warm(self) -> set[int]:

@@ -1,7 +1,7 @@
 """Tier 1 — make an asset browsable: BLAKE3 content hash + thumbnails, in the CPU pool.
 
-One agent per lane on its own topic, so each lane has its own bounded concurrency (interactive work is never
-queued behind the batch lane's in-flight files inside this worker). The work itself is the pure function
+One agent per lane on its own topic, each with its own bounded concurrency and its own CPU pool, under the lane
+governor (:mod:`agents.lanes`): interactive work is never queued behind the batch lane's files. The work itself is the pure function
 :func:`agents.browse.browse_file`; this module only schedules it and publishes what it found:
 ``AssetBrowsable`` on ``assets`` (for the catalog) and on ``t2.<lane>`` (work for tier 2).
 """
@@ -14,7 +14,7 @@ import faust
 
 from agents.browse import browse_file
 from agents.handling import EventHandler
-from agents.pool import WorkPool
+from agents.lanes import LaneGovernor, LanePools, lane_agent
 from schemas import AssetBrowsable, FileDiscovered, encode, now
 from streams.logs import get
 from streams.settings import Settings
@@ -23,14 +23,14 @@ from streams.topics import LANES, Topics
 log = get(__name__)
 
 
-def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
+def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:
     """Attach the tier-1 agents (one per lane) to ``app``."""
     handler = EventHandler(app, topics, settings, tier=1)
     tier2 = {lane: app.topic(topics.tier2(lane)) for lane in LANES}
     data_dir = str(settings.data_path)
 
     async def browse(record: FileDiscovered, attempt: int) -> None:
-        result = await pool.run(
+        result = await pools.for_lane(record.lane).run(
             browse_file, record.path, data_dir,
             sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
             max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
@@ -54,14 +54,9 @@ def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool)
         log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
 
     lanes = {
-        "interactive": (topics.t1_interactive, settings.tier1_interactive_concurrency),
-        "batch": (topics.t1_batch, settings.batch_concurrency),
+        "interactive": (topics.t1_interactive, settings.tier1_interactive_concurrency, None),
+        "batch": (topics.t1_batch, settings.batch_concurrency, settings.batch_buffer),
     }
-    for lane, (topic_name, concurrency) in lanes.items():
-        topic = app.topic(topic_name, partitions=settings.partitions)
-
-        async def agent(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                await handler.process(event, browse)
-
-        app.agent(topic, name=f"tier1-{lane}", concurrency=concurrency)(agent)
+    for lane, (topic_name, concurrency, buffer) in lanes.items():
+        topic = app.topic(topic_name, partitions=settings.partitions, maxsize=buffer)
+        app.agent(topic, name=f"tier1-{lane}", concurrency=concurrency)(lane_agent(handler, governor, lane, browse))

@@ -14,7 +14,7 @@ import faust
 from agents.handling import EventHandler
 from agents.index import index_file
 from agents.metadata.model import PARSER_VERSION
-from agents.pool import WorkPool
+from agents.lanes import LaneGovernor, LanePools, lane_agent
 from schemas import AssetBrowsable, AssetIndexed, encode, now
 from streams.logs import get
 from streams.settings import Settings
@@ -32,14 +32,14 @@ def passes_cost_gate(settings: Settings, record: AssetBrowsable) -> bool:
     return record.width * record.height >= settings.tier3_min_pixels
 
 
-def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool) -> None:
+def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:
     """Attach the tier-2 agents (one per lane) to ``app``."""
     handler = EventHandler(app, topics, settings, tier=2, expected=AssetBrowsable)
     tier3 = app.topic(topics.t3_background)
     data_dir = str(settings.data_path)
 
     async def index(record: AssetBrowsable, attempt: int) -> None:
-        result = await pool.run(index_file, record.path, record.asset_id, data_dir)
+        result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir)
         indexed = AssetIndexed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,
@@ -53,10 +53,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pool: WorkPool)
         log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
 
     for lane in LANES:
-        topic = app.topic(topics.tier2(lane), partitions=settings.partitions)
-
-        async def agent(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                await handler.process(event, index)
-
+        buffer = settings.batch_buffer if lane == "batch" else None
+        topic = app.topic(topics.tier2(lane), partitions=settings.partitions, maxsize=buffer)
+        agent = lane_agent(handler, governor, lane, index)
         app.agent(topic, name=f"tier2-{lane}", concurrency=settings.tier2_concurrency)(agent)

@@ -27,3 +27,45 @@ def generated_pngs(n: int, size: int = 1024) -> Path:
         with ProcessPoolExecutor() as pool:
             list(pool.map(_make, missing, chunksize=8))
     return folder
+
+
+def _variant(args: tuple[str, str, int]) -> None:
+    """A copy of a PNG with one extra tEXt chunk after IHDR: same pixels and work, different bytes and hash."""
+    src, dst, i = args
+    if os.path.exists(dst):
+        return
+    import struct
+    import zlib
+
+    data = Path(src).read_bytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    body = b"damflow-variant\x00" + str(i).encode()
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    tmp = dst + ".tmp"
+    Path(tmp).write_bytes(data[:ihdr_end] + chunk + data[ihdr_end:])
+    os.replace(tmp, dst)
+
+
+def variant_pngs(n: int, base: int = 500) -> Path:
+    """``n`` distinct PNGs made from ``base`` generated ones (cheap: no re-encoding)."""
+    if n <= base:
+        return generated_pngs(n)
+    src = sorted(generated_pngs(base).iterdir())
+    folder = CACHE / f"variants-{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(src[i % base]), str(folder / f"ComfyUI_{i:05d}_.png"), i) for i in range(n)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_variant, jobs, chunksize=32))
+    return folder
+
+
+def urgent_pngs(n: int) -> Path:
+    """Distinct files for the urgent uploads (seeds far from the batch's)."""
+    folder = CACHE / f"urgent-{n}"
+    jobs = [(str(folder / f"urgent_{i:04d}.png"), 100_000 + i) for i in range(n)]
+    missing = [j for j in jobs if not os.path.exists(j[0])]
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(_make, missing, chunksize=4))
+    return folder

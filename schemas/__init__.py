@@ -4,6 +4,7 @@ from schemas.codec import decode, encode, to_dict
 from schemas.events import (
     SCHEMA_VERSION,
     AssetBrowsable,
+    AssetEnriched,
     AssetFailed,
     AssetIndexed,
     BatchScanned,
@@ -16,6 +17,6 @@ from schemas.events import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION", "AssetBrowsable", "AssetFailed", "AssetIndexed", "BatchScanned", "DeadLetter", "Event",
+    "SCHEMA_VERSION", "AssetBrowsable", "AssetEnriched", "AssetFailed", "AssetIndexed", "BatchScanned", "DeadLetter", "Event",
     "FileDiscovered", "ProgressEvent", "decode", "encode", "new_id", "now", "to_dict",
 ]

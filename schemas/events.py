@@ -125,6 +125,23 @@ class AssetIndexed(Event, frozen=True, kw_only=True):
     attempts: int = 1
 
 
+class AssetEnriched(Event, frozen=True, kw_only=True):
+    """Tier-3 work done for an asset (background lane). Keyed by ``asset_id`` on ``assets``.
+
+    ``quality`` holds image-quality scores; later enrichments (embeddings, creative sessions) add their fields.
+    """
+
+    event_id: str
+    batch_id: str
+    lane: Lane
+    source: Source
+    asset_id: str
+    path: str
+    quality: dict[str, float] = {}
+    enriched_at: float
+    attempts: int = 1
+
+
 class AssetFailed(Event, frozen=True, kw_only=True):
     """A tier could not process a file. Keyed by ``asset_id`` when known, else by ``path``."""
 
@@ -159,6 +176,8 @@ class BatchScanned(Event, frozen=True, kw_only=True):
     skipped_unchanged: int = 0
     skipped_other: int = 0
     complete: bool = False
+    #: True while the scanner waits for the workers to catch up (backpressure), false once it goes on.
+    paused: bool = False
     started_at: float
     scanned_at: float
 
@@ -215,5 +234,6 @@ class DeadLetter(Event, frozen=True, kw_only=True):
 
 
 AnyEvent = (
-    FileDiscovered | AssetBrowsable | AssetIndexed | AssetFailed | BatchScanned | ProgressEvent | DeadLetter
+    FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched | AssetFailed | BatchScanned | ProgressEvent
+    | DeadLetter
 )

@@ -49,7 +49,7 @@ async def ingest_folder(
             follower = asyncio.create_task(follow(watcher, batch_id, bar=bar, timeout=timeout))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
         try:
-            result = await scan(settings, topics, prod, folder, lane=lane, batch_id=batch_id)
+            result = await scan(settings, topics, bootstrap, prod, folder, lane=lane, batch_id=batch_id)
         except BaseException:
             if follower:
                 follower.cancel()

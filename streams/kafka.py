@@ -85,3 +85,39 @@ async def tail(
         yield consumer
     finally:
         await consumer.stop()
+
+
+class LagProbe:
+    """How far a consumer group is behind on a topic: end offsets minus the group's committed offsets."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._tps: list[TopicPartition] = []
+
+    async def __aenter__(self) -> LagProbe:
+        await self._admin.start()
+        await self._consumer.start()
+        # let the consumer's background task take its first step: stopping it before that raises
+        # CancelledError out of aiokafka's NoGroupCoordinator.close()
+        await asyncio.sleep(0)
+        parts = self._consumer.partitions_for_topic(self.topic) or set()
+        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def lag(self) -> int:
+        if not self._tps:
+            return 0
+        ends = await self._consumer.end_offsets(self._tps)
+        committed = await self._admin.list_consumer_group_offsets(self.group, partitions=self._tps)
+        total = 0
+        for tp in self._tps:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            total += max(ends[tp] - done, 0)
+        return total

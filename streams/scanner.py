@@ -7,10 +7,13 @@
 - A file the catalog already shows as browsable with the same size and mtime is skipped (unchanged).
 - The running total goes out on ``progress`` as ``BatchScanned`` while the walk goes on, so a progress bar can
   show a total before the scan ends.
+- Backpressure: when the workers' lag on the lane reaches ``scan_high_water`` the walk itself stops (nothing is
+  read ahead) until the lag is down to ``scan_low_water``; ``BatchScanned.paused`` says so meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from agents.sniff import sniff_file
 from consumers.catalog import Catalog
 from schemas import BatchScanned, FileDiscovered, encode, new_id, now
 from streams.errors import SourceMissing
+from streams.kafka import LagProbe
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -93,7 +97,7 @@ def looks_like_image(path: str) -> bool:
 
 
 async def scan(
-    settings: Settings, topics: Topics, prod: AIOKafkaProducer, root: Path, *,
+    settings: Settings, topics: Topics, bootstrap: str, prod: AIOKafkaProducer, root: Path, *,
     lane: str = "batch", batch_id: str | None = None,
 ) -> ScanResult:
     """Walk ``root`` and publish its image files as one batch; returns once the broker has them all."""
@@ -110,30 +114,47 @@ async def scan(
     last_report = time.monotonic()
     topic = topics.tier1(lane)
 
-    async def report(complete: bool = False) -> None:
+    async def report(complete: bool = False, paused: bool = False) -> None:
         event = BatchScanned(
             batch_id=batch_id, lane=lane, root=real_root, found=found, skipped_unchanged=unchanged,
-            skipped_other=other, complete=complete, started_at=started, scanned_at=now(),
+            skipped_other=other, complete=complete, paused=paused, started_at=started, scanned_at=now(),
         )
         await prod.send(topics.progress, encode(event), key=batch_id.encode())
 
+    async def backpressure(probe: LagProbe) -> None:
+        """Stop here while the workers are too far behind; nothing more is read or published meanwhile."""
+        lag = await probe.lag()
+        if lag < settings.scan_high_water:
+            return
+        log.info("scan_paused", batch_id=batch_id, lag=lag, high_water=settings.scan_high_water)
+        await report(paused=True)
+        while lag > settings.scan_low_water:
+            await asyncio.sleep(settings.scan_lag_poll_s)  # polling the group's lag: there is no event to await
+            lag = await probe.lag()
+        log.info("scan_resumed", batch_id=batch_id, lag=lag)
+        await report()
+
     await report()
-    for path, st in walk(root):
-        if not looks_like_image(path):
-            other += 1
-            continue
-        if known.get(path) == (st.st_size, st.st_mtime_ns):
-            unchanged += 1
-            continue
-        event = FileDiscovered(
-            event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
-            mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
-        )
-        await prod.send(topic, encode(event), key=path.encode())
-        found += 1
-        if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
-            await report()
-            last_report = time.monotonic()
+    async with LagProbe(bootstrap, settings.group_id, topic) as probe:
+        for path, st in walk(root):
+            if not looks_like_image(path):
+                other += 1
+                continue
+            if known.get(path) == (st.st_size, st.st_mtime_ns):
+                unchanged += 1
+                continue
+            event = FileDiscovered(
+                event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
+                mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
+            )
+            await prod.send(topic, encode(event), key=path.encode())
+            found += 1
+            if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
+                await report()
+                last_report = time.monotonic()
+            if found % settings.scan_lag_every == 0:
+                await prod.flush()
+                await backpressure(probe)
     await prod.flush()
     await report(complete=True)
     await prod.flush()

@@ -54,8 +54,15 @@ class Settings(BaseSettings):
     data_dir: Path = Path("damflow-data")
 
     # -- work --------------------------------------------------------------------------------------
-    #: Processes in the CPU pool of one worker (decode, hash, thumbnails). Default: the cores.
+    #: Processes in the batch lane's CPU pool of one worker (decode, hash, thumbnails). Default: the cores.
     pool_size: int = Field(default_factory=_cores, ge=1)
+    #: Processes reserved for the interactive lane, so an urgent file never waits for a batch file's slot.
+    interactive_pool_size: int = Field(default=1, ge=1)
+    #: Niceness of the batch pool's processes: they yield the CPU to interactive work and to the pipeline itself.
+    batch_nice: int = Field(default=10, ge=0, le=19)
+    #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
+    #: urgent work and memory stays flat however long the backlog.
+    batch_buffer: int = Field(default=8, ge=1)
     #: Files one worker keeps in flight per lane of tier 1. Default for batch: twice the pool size, so the
     #: pool never idles while finished files are being published.
     tier1_batch_concurrency: int | None = Field(default=None, ge=1)
@@ -74,6 +81,8 @@ class Settings(BaseSettings):
     #: (see ``agents.faults``). Never enable in production.
     fault_injection: bool = False
 
+    #: Tier 3 (background) starts only after tiers 1-2 have been idle this long in a worker.
+    background_idle_s: float = Field(default=0.25, ge=0)
     #: Files in flight per lane of tier 2 (metadata: light, I/O-bound work).
     tier2_concurrency: int = Field(default=4, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
@@ -96,6 +105,13 @@ class Settings(BaseSettings):
     # -- scanner / upload -------------------------------------------------------------------------------
     #: Publish a running total at least every this many files found.
     scan_report_every: int = Field(default=50, ge=1)
+    #: Backpressure: the scanner stops reading and publishing when the workers' lag on its lane reaches the high
+    #: water mark, and goes on once it is down to the low one — a huge folder never floods broker or memory.
+    scan_high_water: int = Field(default=1000, ge=1)
+    scan_low_water: int = Field(default=500, ge=0)
+    #: How often (in files published) the scanner asks for the lag, and how often it asks while paused (s).
+    scan_lag_every: int = Field(default=50, ge=1)
+    scan_lag_poll_s: float = Field(default=0.2, gt=0)
     upload_max_bytes: int = Field(default=200 * 1024**2, ge=1)
     upload_token: SecretStr | None = None
 

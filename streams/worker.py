@@ -10,8 +10,8 @@ import sys
 
 import faust
 
-from agents import tier1, tier2
-from agents.pool import WorkPool
+from agents import tier1, tier2, tier3
+from agents.lanes import LaneGovernor, LanePools
 from streams.app import create_app
 from streams.logs import get
 from streams.settings import Settings
@@ -26,12 +26,17 @@ READY_LINE = "damflow-worker-ready"
 def run_worker(settings: Settings, bootstrap: str) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     app = create_app(settings, bootstrap)
-    pool = WorkPool(settings.pool_size, timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb,
-                    preload=("agents.browse", "agents.index"))
-    pool.warm()
+    pools = LanePools(settings, preload=("agents.browse", "agents.index", "agents.quality"))
+    pools.warm()
     topics = topics_for(settings)
-    tier1.register(app, settings, topics, pool)
-    tier2.register(app, settings, topics, pool)
+    governor = LaneGovernor(app, topics, background_idle_s=settings.background_idle_s)
+    tier1.register(app, settings, topics, pools, governor)
+    tier2.register(app, settings, topics, pools, governor)
+    tier3.register(app, settings, topics, pools, governor)
+
+    @app.timer(0.1)
+    async def _lanes() -> None:  # lag appears without any work starting or ending
+        governor.tick()
     announced = False
 
     @app.on_partitions_assigned.connect
@@ -51,7 +56,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        pool.shutdown()
+        pools.shutdown()
     return 0
 
 

@@ -1,0 +1,185 @@
+"""Priority benchmark: urgent uploads during a big import, damflow's lanes vs a FIFO baseline, in one command.
+
+    python bench/priority.py [--files 500] [--big 5000] [--interval 0.5]
+
+Runs, on this machine, one after the other:
+1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files;
+2. damflow, priority lanes: an import of ``--files`` generated 1024x1024 PNGs while an urgent upload is POSTed to
+   the HTTP endpoint (``/upload?wait=1``, the real upload path) every ``--interval`` seconds;
+3. damflow, FIFO baseline: the same, but each urgent file joins the batch lane (``t1.batch``) behind the import;
+4. (``--big``) the priority run again with a ``--big``-file import, for memory: peak RSS per process must stay
+   flat from the small to the big import, because backpressure pauses the scanner.
+
+Reports time to browsable of the urgent files (p50/p95/p99; for damflow both as the HTTP client saw it and from
+publish to the ``AssetBrowsable`` event), batch throughput against the compute limit, first-asset latency, and
+the peak RSS of every process; prints a table and one ``BENCH_JSON`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.corpus import generated_pngs, urgent_pngs, variant_pngs  # noqa: E402
+from bench.rss import snapshot  # noqa: E402
+from bench.tier1_throughput import compute_limit  # noqa: E402
+from schemas import AssetBrowsable, decode  # noqa: E402
+from streams.ingest import ingest_folder  # noqa: E402
+from streams.kafka import producer, tail  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.supervisor import Stack  # noqa: E402
+from streams.upload import store_original, upload_event  # noqa: E402
+from schemas import encode  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+class Arrivals:
+    """Records when each event id's AssetBrowsable arrives on `assets`."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.first: float | None = None
+        self.waiters: dict[str, asyncio.Future] = {}
+
+    async def run(self, consumer) -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.perf_counter()
+                for rec in records:
+                    event = decode(rec.value)
+                    if isinstance(event, AssetBrowsable):
+                        self.first = self.first or now
+                        self.at[event.event_id] = now
+                        fut = self.waiters.pop(event.event_id, None)
+                        if fut and not fut.done():
+                            fut.set_result(now)
+
+
+async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: float, data_dir: Path) -> dict:
+    settings = Settings(data_dir=data_dir, log_level="warn", http_port=0)
+    n = sum(1 for _ in folder.iterdir())
+    async with Stack(settings) as stack, tail(stack.bootstrap, stack.topics.assets, settings) as assets:
+        arrivals = Arrivals()
+        collector = asyncio.create_task(arrivals.run(assets))
+        t0 = time.perf_counter()
+        ingest = asyncio.create_task(ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
+                                                   timeout=3600))
+        published: dict[str, float] = {}
+        http_ms: list[float] = []
+        submitted = 0
+        async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
+            while not ingest.done() and submitted < len(urgent):
+                src = urgent[submitted]
+                submitted += 1
+                if mode == "priority":
+                    start = time.perf_counter()
+                    with open(src, "rb") as f:
+                        form = aiohttp.FormData()
+                        form.add_field("file", f, filename=src.name, content_type="image/png")
+                        async with http.post(f"{stack.http_url}/upload?wait=1", data=form) as resp:
+                            body = await resp.json()
+                    http_ms.append((time.perf_counter() - start) * 1000)
+                    up = body["uploads"][0]
+                    published[up["event_id"]] = start
+                else:  # FIFO: the urgent file joins the batch lane, behind the import
+                    stored = store_original(settings, src)
+                    event = upload_event(stored, batch_id="fifo-urgent", display_name=src.name)
+                    event = msgspec.structs.replace(event, lane="batch")
+                    published[event.event_id] = time.perf_counter()
+                    await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
+                last = max(published.values())
+                await asyncio.sleep(max(0.0, interval - (time.perf_counter() - last)))  # the upload cadence
+            result = await ingest
+            elapsed = time.perf_counter() - t0
+            # the FIFO baseline's urgent files finish after the import: wait for them
+            deadline = time.perf_counter() + 120
+            while any(e not in arrivals.at for e in published) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+        collector.cancel()
+        rss = snapshot(os.getpid())
+    urgent_ms = [(arrivals.at[e] - t) * 1000 for e, t in published.items() if e in arrivals.at]
+    p = result.progress
+    return {
+        "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
+        "first_asset_s": (arrivals.first - t0) if arrivals.first else None,
+        "done": p.done if p else 0, "failed": (p.failed + p.dead_lettered) if p else 0,
+        "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "http_ms": http_ms, "rss_mb": rss,
+    }
+
+
+def summary(run: dict, limit: float) -> dict:
+    u, h = run["urgent_ms"], run["http_ms"]
+    return {
+        "mode": run["mode"], "files": run["files"], "files_per_s": round(run["files_per_s"], 2),
+        "ratio_to_limit": round(run["files_per_s"] / limit, 3),
+        "first_asset_s": round(run["first_asset_s"], 3) if run["first_asset_s"] else None,
+        "urgent_n": run["urgent_n"],
+        **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
+        **{f"http_p{q}_ms": round(pct(h, q), 1) if h else None for q in (50, 95, 99)},
+        "rss_mb": run["rss_mb"], "failed": run["failed"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--big", type=int, default=5000, help="second, larger import for memory (0: skip)")
+    ap.add_argument("--interval", type=float, default=0.5)
+    args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    folder = generated_pngs(args.files)
+    urgent = sorted(urgent_pngs(400).iterdir())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="damflow-bench-") as tmp:
+        tmp = Path(tmp)
+        limit = compute_limit(sorted(str(p) for p in folder.iterdir()), tmp / "limit", cores, Settings())
+        rows.append(summary(asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
+                                                   data_dir=tmp / "priority")), limit))
+        rows.append(summary(asyncio.run(run_import(folder, urgent[200:], mode="fifo", interval=args.interval,
+                                                   data_dir=tmp / "fifo")), limit))
+        if args.big:
+            big = variant_pngs(args.big)
+            rows.append(summary(asyncio.run(run_import(big, urgent, mode="priority", interval=args.interval,
+                                                       data_dir=tmp / "big")), limit))
+    print(f"\npriority benchmark: {cores} cores, compute limit {limit:.1f} files/s (bare process pool)")
+    head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'first s':>8s} {'urgent n':>8s} " \
+           f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'http p50':>9s} {'http p99':>9s}"
+    print(head)
+    for r in rows:
+        print(f"{r['mode']:10s} {r['files']:6d} {r['files_per_s']:8.1f} {r['ratio_to_limit']:7.2f} "
+              f"{r['first_asset_s'] or 0:8.3f} {r['urgent_n']:8d} {r['urgent_p50_ms'] or 0:8.1f} "
+              f"{r['urgent_p95_ms'] or 0:8.1f} {r['urgent_p99_ms'] or 0:8.1f} {r['http_p50_ms'] or 0:9.1f} "
+              f"{r['http_p99_ms'] or 0:9.1f}")
+    print("peak RSS (MB) per process role:")
+    for r in rows:
+        print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))
+    growth = None
+    if args.big and len(rows) == 3:
+        small, large = rows[0]["rss_mb"], rows[2]["rss_mb"]
+        growth = {k: round(large[k] / small[k], 3) for k in small if k in large and small[k]}
+        print("RSS growth big/small: " + ", ".join(f"{k} {v:.2f}×" for k, v in sorted(growth.items())))
+    print("BENCH_JSON " + json.dumps({"bench": "priority", "cores": cores, "compute_limit_fps": round(limit, 2),
+                                      "runs": rows, "rss_growth": growth}))
+
+
+if __name__ == "__main__":
+    main()
