@@ -1,15 +1,16 @@
-"""Priority between lanes inside one worker: interactive > batch > background.
+"""Priority inside one worker: interactive > tier-1 batch > tier-2 batch > background (tier 3).
 
-Three mechanisms, each covering a place where an urgent event could otherwise queue behind batch work:
+Each place where an urgent event could otherwise queue behind less urgent work has its own mechanism:
 
-1. **Fetching** — while any interactive event is in flight in this worker, the batch and background partitions
-   are paused, so the consumer fetches and delivers nothing but interactive work (faust's own per-partition
-   flow control keeps what was already fetched for the batch lane small: see ``streams.app``).
-2. **Work slots** — each lane has its own CPU pool (see :class:`LanePools`): the interactive pool is reserved
-   and runs at normal priority, the batch pool's processes are niced, so an urgent file never waits behind
-   queued batch files and gets the CPU as soon as it needs it.
-3. **Background** — tier-3 partitions are consumed only once tiers 1 and 2 have had nothing in flight and no
-   lag in this worker for ``background_idle_s``; they are paused otherwise.
+1. **Fetching** — the partitions of a lower level are paused while a higher level has work in flight (or
+   lag): interactive work pauses every batch and background topic; tier-1 batch work pauses tier-2 batch work
+   (browsable within seconds first, searchable within minutes after); tiers 1-2 pause tier 3. A lower level
+   resumes only after the levels above it have been idle for ``idle_s``, so the gap between two files of an
+   import does not let lower-level work in ahead of the rest. faust's own per-partition flow control keeps what
+   was already fetched for the batch lane small (see ``streams.app``).
+2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
+   runs at normal priority, the batch pool's processes are niced, so an urgent file never waits behind queued
+   batch files and gets the CPU as soon as it needs it.
 
 Pauses are re-applied after every rebalance (faust forgets them on assignment).
 """
@@ -30,6 +31,9 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 log = get(__name__)
+
+#: (tier, lane) -> priority level; lower is more urgent. Level 0 is never paused.
+LEVELS = {(1, "interactive"): 0, (2, "interactive"): 0, (1, "batch"): 1, (2, "batch"): 2, (3, "background"): 3}
 
 
 class LanePools:
@@ -54,69 +58,65 @@ class LanePools:
 
 
 class LaneGovernor:
-    """Counts in-flight work per lane and pauses lower lanes' partitions accordingly."""
+    """Counts in-flight work per priority level and pauses the partitions of lower levels accordingly."""
 
-    def __init__(self, app: faust.App, topics: Topics, *, background_idle_s: float = 0.25) -> None:
+    def __init__(self, app: faust.App, topics: Topics, *, idle_s: float = 0.25) -> None:
         self.app = app
-        self.background_idle_s = background_idle_s
-        self._last_busy = time.monotonic()
-        self.in_flight = {"interactive": 0, "batch": 0, "background": 0}
-        self._batch_topics = {topics.t1_batch, topics.t2_batch}
-        self._urgent_topics = {topics.t1_interactive, topics.t2_interactive}
-        self._background_topics = {topics.t3_background}
-        self.batch_paused = False
-        self.background_paused = False
-        #: How often the batch lane was paused for interactive work (for tests and metrics).
-        self.preemptions = 0
+        self.idle_s = idle_s
+        self.in_flight = dict.fromkeys(range(4), 0)
+        self._topics = {
+            0: {topics.t1_interactive, topics.t2_interactive},
+            1: {topics.t1_batch},
+            2: {topics.t2_batch},
+            3: {topics.t3_background},
+        }
+        self._last_busy = dict.fromkeys(range(4), time.monotonic())
+        self.paused = dict.fromkeys(range(1, 4), False)
+        #: How often each level was paused (for tests and metrics).
+        self.pauses = dict.fromkeys(range(1, 4), 0)
         app.on_partitions_assigned.connect(self._on_assigned)
 
     @contextlib.contextmanager
-    def working(self, lane: str) -> Iterator[None]:
-        self.in_flight[lane] += 1
+    def working(self, tier: int, lane: str) -> Iterator[None]:
+        level = LEVELS.get((tier, lane), 3)
+        self.in_flight[level] += 1
         self._update()
         try:
             yield
         finally:
-            self.in_flight[lane] -= 1
+            self.in_flight[level] -= 1
             self._update()
 
-    def _tps(self, topics: set[str]) -> set[TP]:
-        return {tp for tp in self.app.consumer.assignment() if tp.topic in topics}
+    def _tps(self, level: int) -> set[TP]:
+        return {tp for tp in self.app.consumer.assignment() if tp.topic in self._topics[level]}
 
-    def _lagging(self, topics: set[str]) -> bool:
+    def _lagging(self, level: int) -> bool:
         consumer = self.app.consumer
-        for tp in self._tps(topics):
+        for tp in self._tps(level):
             high, read = consumer.highwater(tp), consumer._read_offset.get(tp)  # noqa: SLF001
             if high is not None and high > (read + 1 if read is not None else 0):
                 return True
         return False
 
     def _update(self) -> None:
-        want_batch_paused = self.in_flight["interactive"] > 0
-        if want_batch_paused != self.batch_paused:
-            self.batch_paused = want_batch_paused
-            tps = self._tps(self._batch_topics)
-            if want_batch_paused:
-                self.preemptions += 1
-                self.app.consumer.pause_partitions(tps)
-            else:
-                self.app.consumer.resume_partitions(tps)
         now = time.monotonic()
-        busy = self.in_flight["interactive"] + self.in_flight["batch"] > 0 or self._lagging(
-            self._batch_topics | self._urgent_topics
-        )
-        if busy:
-            self._last_busy = now
-        # background resumes only after the upper lanes were idle a moment: a gap between two files of an
-        # import must not let tier-3 work in ahead of the rest
-        want_background_paused = busy or now - self._last_busy < self.background_idle_s
-        if want_background_paused != self.background_paused:
-            self.background_paused = want_background_paused
-            tps = self._tps(self._background_topics)
-            if want_background_paused:
-                self.app.consumer.pause_partitions(tps)
-            else:
-                self.app.consumer.resume_partitions(tps)
+        busy = {level: self.in_flight[level] > 0 or (level > 0 and self._lagging(level)) for level in range(3)}
+        for level, is_busy in busy.items():
+            if is_busy:
+                self._last_busy[level] = now
+        for level in (1, 2, 3):
+            # interactive work pauses every other level at once; below that, a level waits for a quiet moment
+            # of all the (non-interactive) levels above it
+            want = busy[0] or any(busy[above] or now - self._last_busy[above] < self.idle_s
+                                  for above in range(1, level))
+            if want != self.paused[level]:
+                self.paused[level] = want
+                tps = self._tps(level)
+                if want:
+                    self.pauses[level] += 1
+                    self.app.consumer.pause_partitions(tps)
+                else:
+                    self.app.consumer.resume_partitions(tps)
 
     def tick(self) -> None:
         """Re-evaluate (lag changes without any work starting or ending)."""
@@ -124,11 +124,9 @@ class LaneGovernor:
 
     async def _on_assigned(self, sender: object, assigned: set[TP], **_: object) -> None:
         # faust resets its paused set on assignment: apply ours again
-        if self.batch_paused:
-            self.app.consumer.pause_partitions(self._tps(self._batch_topics))
-        if self.background_paused:
-            self.app.consumer.pause_partitions(self._tps(self._background_topics))
-        self.background_paused = False  # re-derived below, with the new assignment's lag
+        for level, paused in self.paused.items():
+            if paused:
+                self.app.consumer.pause_partitions(self._tps(level))
         self._update()
 
 
@@ -139,7 +137,7 @@ def lane_agent(
 
     async def agent(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with governor.working(lane):
+            with governor.working(handler.tier, lane):
                 await handler.process(event, work)
 
     return agent

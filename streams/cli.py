@@ -53,7 +53,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> None:
         async with Stack(settings, workers=args.workers) as stack:
             print(f"damflow up: broker {stack.bootstrap}, {len(stack.workers)} worker(s), "
-                  f"data {settings.data_path} — Ctrl-C to stop", file=sys.stderr)
+                  f"http {stack.http_url}, data {settings.data_path} — Ctrl-C to stop", file=sys.stderr)
             await _until_signal()
 
     asyncio.run(main())
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise DamflowError(f"not a directory: {folder}")
 
     async def main() -> dict:
-        async with Stack(settings, workers=args.workers) as stack:
+        async with Stack(settings, workers=args.workers, serve_http=False) as stack:
             t0 = time.monotonic()
             bar = None if args.json else ProgressBar()
             result = await ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     #: (see ``agents.faults``). Never enable in production.
     fault_injection: bool = False
 
-    #: Tier 3 (background) starts only after tiers 1-2 have been idle this long in a worker.
-    background_idle_s: float = Field(default=0.25, ge=0)
+    #: A lower-priority level (tier-2 batch, then tier 3) resumes only after the levels above it have been idle
+    #: this long in a worker (see agents.lanes).
+    lane_idle_s: float = Field(default=0.25, ge=0)
     #: Files in flight per lane of tier 2 (metadata: light, I/O-bound work).
     tier2_concurrency: int = Field(default=4, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
@@ -113,7 +114,19 @@ class Settings(BaseSettings):
     scan_lag_every: int = Field(default=50, ge=1)
     scan_lag_poll_s: float = Field(default=0.2, gt=0)
     upload_max_bytes: int = Field(default=200 * 1024**2, ge=1)
+    upload_max_files: int = Field(default=32, ge=1)
+    #: When set, ``POST /upload`` requires ``Authorization: Bearer <token>``.
     upload_token: SecretStr | None = None
+
+    # -- HTTP (served by `damflow up`) ---------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    #: 0 picks a free port (tests); ``damflow up`` prints the address it serves on.
+    http_port: int = Field(default=8470, ge=0, le=65535)
+    http_wait_timeout_s: float = Field(default=30.0, gt=0)
+    http_wait_timeout_max_s: float = Field(default=300.0, gt=0)
+    http_sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    http_max_sse_clients: int = Field(default=64, ge=1)
+    http_shutdown_timeout_s: float = Field(default=5.0, gt=0)
 
     # -- logging -----------------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warn", "error"] = "info"

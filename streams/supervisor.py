@@ -1,5 +1,5 @@
 """``damflow up``: the whole pipeline on one machine — embedded broker, topics, worker processes, catalog sink,
-retrier.
+retrier, and the HTTP interface (uploads, asset lookup, live progress, dashboard).
 
 Shutdown runs in reverse: workers first (SIGTERM, they finish and commit), then the sink, then the broker last.
 Children are started with a parent-death signal, so even a SIGKILLed supervisor leaves no orphans behind.
@@ -16,7 +16,7 @@ import sys
 from consumers.catalog_sink import CatalogSink
 from streams.broker import EmbeddedBroker, clear_runtime, die_with_parent, record_runtime
 from streams.errors import BrokerError
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, producer
 from streams.logs import get
 from streams.retrier import Retrier
 from streams.settings import Settings, settings_env
@@ -29,7 +29,9 @@ log = get(__name__)
 class Stack:
     """The running pipeline; ``async with Stack(settings) as stack:`` starts it and stops it cleanly."""
 
-    def __init__(self, settings: Settings, *, workers: int = 1, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self, settings: Settings, *, workers: int = 1, ready_timeout: float = 60.0, serve_http: bool = True
+    ) -> None:
         self.settings = settings
         self.topics = topics_for(settings)
         self.n_workers = workers
@@ -40,6 +42,10 @@ class Stack:
         self._tasks: list[asyncio.Task] = []
         self.sink: CatalogSink | None = None
         self.retrier: Retrier | None = None
+        self.serve_http = serve_http
+        self.http_url = ""
+        self._http_runner = None
+        self._exit_stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         s = self.settings
@@ -54,6 +60,8 @@ class Stack:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
         await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)
+        if self.serve_http:
+            await self._start_http()
         self.sink = CatalogSink(s, self.topics, self.bootstrap)
         self.retrier = Retrier(s, self.topics, self.bootstrap)
         self._tasks.append(asyncio.create_task(self.sink.run(), name="catalog-sink"))
@@ -62,6 +70,15 @@ class Stack:
             await self.add_worker()
         await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
         await asyncio.wait_for(self.retrier.ready.wait(), self.ready_timeout)
+
+    async def _start_http(self) -> None:
+        from streams import http
+
+        prod = await self._exit_stack.enter_async_context(producer(self.bootstrap))
+        self._http_runner = await http.serve(http.create_app(self.settings, self.topics, self.bootstrap, prod),
+                                             self.settings.http_host, self.settings.http_port)
+        self.http_url = f"http://{self.settings.http_host}:{http.bound_port(self._http_runner)}"
+        log.info("http_ready", url=self.http_url)
 
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -101,6 +118,10 @@ class Stack:
             ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
 
     async def stop(self) -> None:
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+        await self._exit_stack.aclose()
         for proc in self.workers:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

@@ -8,13 +8,13 @@ from agents.lanes import LaneGovernor
 from streams.topics import Topics
 
 T = Topics("p.")
+ALL = (T.t1_batch, T.t1_interactive, T.t2_batch, T.t2_interactive, T.t3_background)
 
 
 class FakeConsumer:
     def __init__(self, assigned: set[TP]) -> None:
         self.assigned = assigned
         self.paused: set[TP] = set()
-        self.calls: list[tuple[str, frozenset]] = []
         self.high: dict[TP, int] = {}
         self._read_offset: dict[TP, int] = {}
 
@@ -23,11 +23,9 @@ class FakeConsumer:
 
     def pause_partitions(self, tps) -> None:
         self.paused |= set(tps)
-        self.calls.append(("pause", frozenset(tp.topic for tp in tps)))
 
     def resume_partitions(self, tps) -> None:
         self.paused -= set(tps)
-        self.calls.append(("resume", frozenset(tp.topic for tp in tps)))
 
     def highwater(self, tp: TP):
         return self.high.get(tp)
@@ -45,62 +43,61 @@ class FakeApp:
 
 
 def governor(idle: float = 0.0) -> tuple[LaneGovernor, FakeConsumer, FakeApp]:
-    tps = {TP(t, p) for t in (T.t1_batch, T.t1_interactive, T.t2_batch, T.t2_interactive, T.t3_background)
-           for p in (0, 1)}
-    consumer = FakeConsumer(tps)
+    consumer = FakeConsumer({TP(t, p) for t in ALL for p in (0, 1)})
     app = FakeApp(consumer)
-    return LaneGovernor(app, T, background_idle_s=idle), consumer, app
-
-
-def topics_of(tps) -> set[str]:
-    return {tp.topic for tp in tps}
-
-
-def test_batch_is_paused_while_interactive_work_is_in_flight_and_resumed_after() -> None:
-    gov, consumer, _ = governor()
-    with gov.working("batch"):
-        assert not topics_of(consumer.paused) & {T.t1_batch, T.t2_batch}
-        with gov.working("interactive"):
-            assert {T.t1_batch, T.t2_batch} <= topics_of(consumer.paused)
-            assert T.t1_interactive not in topics_of(consumer.paused)
-            with gov.working("interactive"):  # a second urgent file keeps the pause
-                pass
-            assert {T.t1_batch, T.t2_batch} <= topics_of(consumer.paused)
-        assert not topics_of(consumer.paused) & {T.t1_batch, T.t2_batch}
-    assert gov.preemptions == 1
-
-
-def test_background_runs_only_when_upper_tiers_are_idle_and_caught_up() -> None:
-    gov, consumer, _ = governor()
+    gov = LaneGovernor(app, T, idle_s=idle)
     gov.tick()
-    assert T.t3_background not in topics_of(consumer.paused)
-    with gov.working("batch"):
-        assert T.t3_background in topics_of(consumer.paused)
-    gov.tick()
-    assert T.t3_background not in topics_of(consumer.paused)
-    # lag on tier 1 without anything in flight yet: still paused
+    return gov, consumer, app
+
+
+def paused(consumer: FakeConsumer) -> set[str]:
+    return {tp.topic for tp in consumer.paused}
+
+
+def test_interactive_work_pauses_every_other_lane_and_resumes_them_after() -> None:
+    gov, consumer, _ = governor()
+    assert paused(consumer) == set()
+    with gov.working(1, "interactive"):
+        assert paused(consumer) == {T.t1_batch, T.t2_batch, T.t3_background}
+        with gov.working(2, "interactive"):  # a second urgent event keeps the pause
+            pass
+        assert T.t1_batch in paused(consumer)
+    assert paused(consumer) == set()
+    assert gov.pauses[1] == 1
+
+
+def test_tier1_batch_work_holds_back_tier2_batch_and_tier3_but_not_itself() -> None:
+    gov, consumer, _ = governor()
+    with gov.working(1, "batch"):
+        assert paused(consumer) == {T.t2_batch, T.t3_background}
+    assert paused(consumer) == set()
+    with gov.working(2, "batch"):
+        assert paused(consumer) == {T.t3_background}
+
+
+def test_lag_on_an_upper_level_holds_lower_levels_without_anything_in_flight() -> None:
+    gov, consumer, _ = governor()
     tp = TP(T.t1_batch, 0)
-    consumer.high[tp] = 10
-    consumer._read_offset[tp] = 3
+    consumer.high[tp], consumer._read_offset[tp] = 10, 3
     gov.tick()
-    assert T.t3_background in topics_of(consumer.paused)
-    consumer._read_offset[tp] = 9  # caught up (read offset is the last one read)
+    assert paused(consumer) == {T.t2_batch, T.t3_background}
+    consumer._read_offset[tp] = 9  # caught up: the read offset is the last offset read
     gov.tick()
-    assert T.t3_background not in topics_of(consumer.paused)
+    assert paused(consumer) == set()
 
 
-def test_background_waits_for_the_idle_grace_period() -> None:
+def test_lower_levels_wait_for_the_idle_grace_period() -> None:
     gov, consumer, _ = governor(idle=3600)
-    with gov.working("batch"):
+    with gov.working(1, "batch"):
         pass
     gov.tick()
-    assert T.t3_background in topics_of(consumer.paused)
+    assert paused(consumer) == {T.t2_batch, T.t3_background}
 
 
 async def test_pauses_are_reapplied_after_a_rebalance() -> None:
     gov, consumer, app = governor()
-    with gov.working("interactive"):
+    with gov.working(1, "interactive"):
         consumer.paused.clear()  # faust forgets its paused partitions on assignment
         for handler in app.handlers:
             await handler(None, consumer.assigned)
-        assert {T.t1_batch, T.t2_batch, T.t3_background} <= topics_of(consumer.paused)
+        assert paused(consumer) == {T.t1_batch, T.t2_batch, T.t3_background}

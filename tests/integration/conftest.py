@@ -33,7 +33,7 @@ def make_settings(broker: str, tmp_path: Path) -> Callable[..., Settings]:
     def make(**overrides) -> Settings:
         tag = new_id()[:8]
         base = dict(
-            broker_url=broker, topic_prefix=f"test.{tag}.", group_id=f"damflow-test-{tag}",
+            broker_url=broker, http_port=0, topic_prefix=f"test.{tag}.", group_id=f"damflow-test-{tag}",
             data_dir=tmp_path / "data", partitions=2, pool_size=2, log_format="json",
             session_timeout_s=3.0, rebalance_timeout_s=2.0, heartbeat_interval_s=0.3,
         )

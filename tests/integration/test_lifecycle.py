@@ -76,7 +76,7 @@ def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
 
 def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
-               DAMFLOW_POOL_SIZE="1")
+               DAMFLOW_POOL_SIZE="1", DAMFLOW_HTTP_PORT="0")
     up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

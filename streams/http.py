@@ -1,0 +1,593 @@
+"""The HTTP interface of ``damflow up``: uploads, asset lookup, thumbnails, live progress (SSE) and a dashboard.
+
+Routes::
+
+    POST /upload              multipart (one or more ``file`` fields) or a raw image body (``?name=``);
+                              ``?wait=1[&timeout=S]`` answers once each asset is browsable (or failed)
+    GET  /assets/{id}         the catalog's view of one asset (full id or unique prefix)
+    GET  /thumbs/{size}/{id}  a thumbnail file (content-addressed, immutable)
+    GET  /progress            Server-Sent Events: every ``ProgressEvent`` (``?batch=`` to follow one batch)
+    GET  /healthz             ``{"ok": true}``
+    GET  /                    the live dashboard (one self-contained page reading /progress)
+
+An upload body is streamed to a temp file whose name this module makes up, under the data directory; the size
+limit holds while streaming, the bytes are sniffed (never the name or the declared type), and only then stored
+content-addressed and published on the interactive lane. Every request's files are received and checked before
+the first is published, so a refused request publishes nothing; the temp files go whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from agents.sniff import HEAD_BYTES, sniff
+from agents.thumbnails import thumbnail_path
+from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
+from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, encode, new_id
+from streams.errors import DamflowError, PermanentError, SchemaError, UploadRejected
+from streams.kafka import tail
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.upload import publish_upload, store_original, upload_event
+
+log = get(__name__)
+
+#: Bytes read from the socket at a time, and gathered before one write to the temp file (off the loop).
+READ_BYTES = 256 * 1024
+FLUSH_BYTES = 1024 * 1024
+#: Temp files older than this at startup were left by a process that died mid-upload.
+STALE_SPOOL_S = 3600.0
+
+_SETTINGS = web.AppKey("settings", Settings)
+_TOPICS = web.AppKey("topics", Topics)
+_BOOTSTRAP = web.AppKey("bootstrap", str)
+_PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+_STOPPING = web.AppKey("stopping", asyncio.Event)
+_STREAMS = web.AppKey("sse_clients", list)
+
+_HEX = re.compile(r"[0-9a-f]+")
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# -- refusals ----------------------------------------------------------------------------------------------
+
+
+class Refused(PermanentError):
+    """A request refused as it stands; ``status`` is the HTTP answer, the message goes back as ``error``."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(Refused):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(Refused):
+    status = 404
+    code = "not_found"
+
+
+class TooLarge(Refused):
+    status = 413
+    code = "too_large"
+
+
+class NotAnImage(Refused):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Busy(Refused):
+    retriable = True
+    status = 503
+    code = "busy"
+
+
+def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "code": code, **extra}, status=status)
+
+
+@web.middleware
+async def _answer_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error becomes a JSON answer; one structured log line per request."""
+    t0 = time.perf_counter()
+    try:
+        response = await handler(request)
+    except Refused as exc:
+        response = _error(exc.status, exc.message, exc.code)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="damflow"'
+    except UploadRejected as exc:  # store_original's own sniff disagreed
+        response = _error(415, exc.message, exc.code)
+    except AmbiguousId as exc:
+        response = _error(400, exc.message, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, exc.reason, "http")
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except (KafkaError, DamflowError) as exc:
+        retriable = isinstance(exc, KafkaError) or exc.retriable
+        log.error("http_failed", method=request.method, path=request.path, error=repr(exc))
+        response = _error(503 if retriable else 500, str(exc), getattr(exc, "code", "broker"))
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception as exc:
+        log.exception("http_crashed", method=request.method, path=request.path)
+        response = _error(500, f"internal error: {type(exc).__name__}", "internal")
+    level = log.info if response.status >= 400 or request.method != "GET" else log.debug
+    level("http_request", method=request.method, path=request.path, status=response.status,
+          ms=round((time.perf_counter() - t0) * 1000, 1), peer=request.remote)
+    return response
+
+
+# -- uploads -----------------------------------------------------------------------------------------------
+
+
+def spool_dir(settings: Settings) -> Path:
+    """Where request bodies are streamed before they are sniffed and stored (temp names, made up here)."""
+    return settings.data_path / "incoming"
+
+
+def display_name(raw: str | None) -> str | None:
+    """The client's file name for people to read: last path component, printable, at most 255 characters.
+
+    Never used on disk; trimmed so a name like ``../../etc/evil.png`` reads as ``evil.png``.
+    """
+    if not raw:
+        return None
+    name = "".join(ch for ch in raw.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable()).strip()[:255]
+    return None if name in ("", ".", "..") else name
+
+
+class _Spool:
+    """One received file: streamed to a temp file, the size limit checked and the head sniffed on the way."""
+
+    def __init__(self, directory: Path, limit: int, name: str | None) -> None:
+        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
+        self.path = Path(path)
+        self._file = os.fdopen(fd, "wb")
+        self.limit = limit
+        self.name = name
+        self.size = 0
+        self.format: str | None = None
+        self._head = b""
+        self._buffer = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise TooLarge(f"upload exceeds the limit of {self.limit} bytes")
+        if len(self._head) < HEAD_BYTES:
+            self._head += chunk[: HEAD_BYTES - len(self._head)]
+            if len(self._head) >= HEAD_BYTES:
+                self._sniff()  # refuse a non-image before reading the rest of it
+        self._buffer += chunk
+        if len(self._buffer) >= FLUSH_BYTES:
+            await self._flush()
+
+    async def finish(self) -> None:
+        if self.size == 0:
+            raise Refused("empty file")
+        if self.format is None:
+            self._sniff()
+        await self._flush()
+        self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def _sniff(self) -> None:
+        self.format = sniff(self._head)
+        if self.format is None:
+            raise NotAnImage("not a recognised image (judged by its content, not its name or declared type)")
+
+    async def _flush(self) -> None:
+        if self._buffer:
+            data, self._buffer = self._buffer, bytearray()
+            await asyncio.to_thread(self._file.write, data)
+
+
+async def _receive(request: web.Request, settings: Settings, spools: list[_Spool]) -> None:
+    """Stream the request's file(s) into ``spools`` (appended as they are opened, so the caller cleans up)."""
+    directory = spool_dir(settings)
+    limit = settings.upload_max_bytes
+    ctype = request.content_type
+    if ctype.startswith("multipart/"):
+        max_files = getattr(settings, "upload_max_files", 32)
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, MultipartReader):
+                    raise Refused("nested multipart bodies are not accepted")
+                if part.name != "file":
+                    await part.release()
+                    continue
+                if len(spools) >= max_files:
+                    raise Refused(f"at most {max_files} files per request")
+                # aiohttp's client percent-encodes file names in Content-Disposition; browsers send them raw
+                spool = _Spool(directory, limit, display_name(unquote(part.filename or "")))
+                spools.append(spool)
+                while chunk := await part.read_chunk(READ_BYTES):
+                    await spool.write(chunk)
+                await spool.finish()
+        except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+            raise Refused(f"malformed multipart body: {exc}") from exc
+        if not spools:
+            raise Refused("no `file` field in the multipart body")
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        spool = _Spool(directory, limit, display_name(request.query.get("name")))
+        spools.append(spool)
+        async for chunk in request.content.iter_chunked(READ_BYTES):
+            await spool.write(chunk)
+        await spool.finish()
+    else:
+        raise NotAnImage(f"send multipart/form-data or an image body, not {ctype}")
+
+
+def _check_token(request: web.Request, settings: Settings) -> None:
+    token = settings.upload_token.get_secret_value() if settings.upload_token else ""
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("a valid bearer token is required")
+
+
+def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]:
+    wait = request.query.get("wait", "").lower() in _TRUE
+    try:
+        timeout = float(request.query.get("timeout", getattr(settings, "http_wait_timeout_s", 30.0)))
+    except ValueError:
+        raise Refused("timeout must be a number of seconds") from None
+    if not 0 < timeout <= getattr(settings, "http_wait_timeout_max_s", 300.0):
+        raise Refused("timeout out of range")
+    return wait, timeout
+
+
+async def upload(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[_SETTINGS]
+    _check_token(request, settings)  # before a byte of the body is read
+    wait, timeout = _wait_params(request, settings)
+    batch_id = f"upload-{new_id()}"
+    ulog = log.bind(batch_id=batch_id, peer=request.remote)
+    spools: list[_Spool] = []
+    try:
+        try:
+            await _receive(request, settings, spools)
+        except Refused as exc:
+            ulog.info("upload_refused", status=exc.status, reason=exc.message)
+            raise
+        return await _accept(app, spools, batch_id, wait, timeout, ulog)
+    finally:
+        for spool in spools:
+            spool.discard()
+
+
+async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wait: bool, timeout: float,
+                  ulog: Any) -> web.Response:
+    """Store and publish every received file; with ``wait``, follow ``assets`` until each has its outcome."""
+    settings, topics = app[_SETTINGS], app[_TOPICS]
+    rows: list[dict[str, Any]] = []
+    started: dict[str, float] = {}  # event id -> when it was published
+    async with contextlib.AsyncExitStack() as stack:
+        watcher = None
+        if wait:  # positioned before publishing, so no outcome can be missed
+            watcher = await stack.enter_async_context(tail(app[_BOOTSTRAP], topics.assets, settings))
+        try:
+            for spool in spools:
+                stored = await asyncio.to_thread(store_original, settings, spool.path)
+                event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
+                started[event.event_id] = time.perf_counter()
+                await publish_upload(app[_PRODUCER], topics, event)
+                rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
+                             "name": spool.name, "size": stored.size, "format": stored.format})
+                ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
+                          size=stored.size, format=stored.format)
+        except (KafkaError, DamflowError, OSError) as exc:
+            # What was published stays published (and is listed); the rest was not: the client may retry it.
+            ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
+            retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
+            return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
+                          f"{exc}", "upload_failed", uploads=rows)
+        if watcher is None:
+            return web.json_response({"uploads": rows}, status=202)
+        outcomes = await await_outcomes(watcher, started, timeout)
+    for row in rows:
+        outcome = outcomes.get(row["event_id"])
+        if outcome is None:
+            row.update(state="pending", ms_to_browsable=None)
+            continue
+        event, ms = outcome
+        browsable = isinstance(event, AssetBrowsable)
+        row.update(state="browsable" if browsable else "failed", ms_to_browsable=ms if browsable else None)
+        if not browsable:
+            row["reason"] = event.reason
+        ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms)
+    done = all(row["state"] != "pending" for row in rows)
+    return web.json_response({"uploads": rows}, status=200 if done else 202)
+
+
+async def await_outcomes(
+    consumer: AIOKafkaConsumer, started: dict[str, float], timeout: float,
+) -> dict[str, tuple[AssetBrowsable | AssetFailed, float]]:
+    """Read ``assets`` until every event id in ``started`` has its final tier-1 outcome, or ``timeout`` passes.
+
+    Like :func:`streams.ingest.await_outcome`, for several events at once (one reader must see them all, or
+    waiting for the first would read past the others); and a failure that will be retried is not final here.
+    Returns ``event id -> (outcome, ms since its publish)``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    found: dict[str, tuple[AssetBrowsable | AssetFailed, float]] = {}
+    while len(found) < len(started) and (left := deadline - loop.time()) > 0:
+        batches = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
+        for records in batches.values():
+            for rec in records:
+                try:
+                    event = decode(rec.value)
+                except SchemaError:
+                    continue
+                final = isinstance(event, AssetBrowsable) or (
+                    isinstance(event, AssetFailed) and event.tier == 1 and event.outcome != "retrying")
+                if final and event.event_id in started and event.event_id not in found:
+                    ms = round((time.perf_counter() - started[event.event_id]) * 1000, 1)
+                    found[event.event_id] = (event, ms)
+    return found
+
+
+# -- lookups -----------------------------------------------------------------------------------------------
+
+
+def _lookup(settings: Settings, ref: str) -> dict[str, Any] | None:
+    try:
+        with Catalog(settings.catalog_path, readonly=True) as catalog:
+            return catalog.asset(ref)
+    except CatalogUnavailable:
+        return None
+
+
+async def asset(request: web.Request) -> web.Response:
+    ref = request.match_info["id"].lower()
+    if not _HEX.fullmatch(ref) or len(ref) > 64:
+        raise Refused("an asset id is hex (the full id or a unique prefix)")
+    found = await asyncio.to_thread(_lookup, request.app[_SETTINGS], ref)
+    if found is None:
+        raise NotFound(f"no asset {ref}")
+    log.debug("asset_served", asset_id=found["asset_id"])
+    return web.json_response(found)
+
+
+async def thumbnail(request: web.Request) -> web.FileResponse:
+    settings = request.app[_SETTINGS]
+    asset_id, size = request.match_info["id"].lower(), request.match_info["size"]
+    if not _FULL_ID.fullmatch(asset_id):
+        raise Refused("a thumbnail is addressed by the full asset id (64 hex characters)")
+    if not size.isdigit() or int(size) not in settings.thumbnail_sizes:
+        raise NotFound(f"no thumbnail size {size}; sizes: {', '.join(map(str, settings.thumbnail_sizes))}")
+    path = thumbnail_path(settings.thumbs_dir, asset_id, int(size))
+    if not path.is_file():
+        raise NotFound(f"no {size}-px thumbnail of {asset_id}")
+    # Content-addressed: the bytes behind this URL never change.
+    return web.FileResponse(path, headers={"Content-Type": "image/webp",
+                                           "Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+# -- live progress -----------------------------------------------------------------------------------------
+
+
+async def progress(request: web.Request) -> web.StreamResponse:
+    """``ProgressEvent``s as Server-Sent Events, from a tail opened per connection and closed when it goes."""
+    app = request.app
+    settings, topics = app[_SETTINGS], app[_TOPICS]
+    batch = request.query.get("batch") or None
+    clients = app[_STREAMS]
+    if len(clients) >= getattr(settings, "http_max_sse_clients", 64):
+        raise Busy("too many live progress streams open")
+    heartbeat = getattr(settings, "http_sse_heartbeat_s", 15.0)
+    slog = log.bind(batch_id=batch, peer=request.remote)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    clients.append(response)
+    try:
+        async with tail(app[_BOOTSTRAP], topics.progress, settings,
+                        fetch_max_wait_ms=settings.sink_fetch_max_wait_ms) as consumer:
+            # Positioned before the headers go out: a client that has the response sees every later event.
+            await response.prepare(request)
+            await response.write(b"retry: 2000\n: connected\n\n")
+            slog.info("progress_stream_open")
+            try:
+                sent = await _stream_progress(request, response, consumer, batch, heartbeat)
+            except (KafkaError, DamflowError) as exc:
+                # The headers are out: end the stream (EventSource reconnects) rather than answer again.
+                slog.warning("progress_stream_failed", error=repr(exc))
+                return response
+            slog.info("progress_stream_closed", sent=sent)
+    except ConnectionError:
+        slog.info("progress_stream_gone")
+    finally:
+        clients.remove(response)
+    return response
+
+
+async def _stream_progress(request: web.Request, response: web.StreamResponse, consumer: AIOKafkaConsumer,
+                           batch: str | None, heartbeat: float) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = request.app[_STOPPING]
+    key = batch.encode() if batch else None
+    beat = loop.time() + heartbeat
+    sent = 0
+    while not stopping.is_set() and not _gone(request):
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for rec in records:
+                if key is not None and rec.key != key:
+                    continue
+                try:
+                    event = decode(rec.value)
+                except SchemaError:
+                    continue
+                if isinstance(event, ProgressEvent) and (batch is None or event.batch_id == batch):
+                    await response.write(b"event: progress\ndata: " + encode(event) + b"\n\n")
+                    sent += 1
+        if loop.time() >= beat:
+            await response.write(b": heartbeat\n\n")
+            beat = loop.time() + heartbeat
+    return sent
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(text=DASHBOARD_HTML, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+
+# -- app and runner ----------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIOKafkaProducer) -> web.Application:
+    """The aiohttp application; ``producer`` is started and stopped by the caller."""
+    app = web.Application(middlewares=[_answer_errors])
+    app[_SETTINGS] = settings
+    app[_TOPICS] = topics
+    app[_BOOTSTRAP] = bootstrap
+    app[_PRODUCER] = producer
+    app[_STOPPING] = asyncio.Event()
+    app[_STREAMS] = []
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/assets/{id}", asset)
+    app.router.add_get("/thumbs/{size}/{id}", thumbnail)
+    app.router.add_get("/progress", progress)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", dashboard)
+    app.on_startup.append(_prepare_spool)
+    app.on_shutdown.append(_stop_streams)
+    return app
+
+
+async def _prepare_spool(app: web.Application) -> None:
+    """Create the spool directory and sweep temp files a crashed process left behind."""
+    directory = spool_dir(app[_SETTINGS])
+    directory.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - STALE_SPOOL_S
+    for leftover in directory.glob("upload-*.part"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+                log.info("upload_spool_swept", file=leftover.name)
+
+
+async def _stop_streams(app: web.Application) -> None:
+    app[_STOPPING].set()  # live progress streams end within one poll, so shutdown does not wait for clients
+
+
+async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
+    """Start serving ``app``; returns the started runner (``await runner.cleanup()`` stops it).
+
+    ``port`` 0 picks a free port: see :func:`bound_port`.
+    """
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=getattr(app[_SETTINGS], "http_shutdown_timeout_s", 5.0))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("http_ready", host=host, port=bound_port(runner))
+    return runner
+
+
+def live_streams(app: web.Application) -> int:
+    """How many progress streams are open now (each holds a consumer on the broker)."""
+    return len(app[_STREAMS])
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a started runner listens on (the one picked when it was asked for port 0)."""
+    return runner.addresses[0][1]
+
+
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>damflow</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222}h1{font-size:1.3rem;margin:0 0 .3rem}
+#state{color:#888;margin:0 0 1rem}table{border-collapse:collapse;min-width:40rem}
+th,td{padding:.3rem .8rem;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
+th{font-weight:600;color:#555}td:first-child,th:first-child{text-align:left;font-family:monospace}
+tr.done td{color:#2a7a2a}.bad{color:#b22}
+</style></head><body>
+<h1>damflow</h1><p id="state">connecting&hellip;</p>
+<table><thead><tr><th>batch</th><th>tier</th><th>done / total</th><th>failed</th><th>retrying</th>
+<th>in flight</th><th>rate</th><th>ETA</th></tr></thead><tbody id="rows"></tbody></table>
+<script>
+"use strict";
+const body = document.getElementById("rows"), state = document.getElementById("state"), rows = new Map();
+const finished = p => p.total_final && p.done + p.failed + p.dead_lettered >= p.known_total;
+function eta(p) {
+  if (finished(p)) return "done";
+  if (p.eta_s == null) return "--";
+  const s = Math.round(p.eta_s);
+  return s >= 60 ? Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s" : s + "s";
+}
+function row(p) {
+  const key = p.batch_id + "/" + p.tier;
+  let tr = rows.get(key);
+  if (!tr) {
+    tr = document.createElement("tr");
+    tr.dataset.batch = p.batch_id;
+    for (let i = 0; i < 8; i++) tr.appendChild(document.createElement("td"));
+    const same = [...body.children].filter(r => r.dataset.batch === p.batch_id);
+    if (same.length) same[same.length - 1].after(tr); else body.prepend(tr);
+    rows.set(key, tr);
+  }
+  return tr;
+}
+function show(p) {
+  const tr = row(p), failed = p.failed + p.dead_lettered;
+  const cells = [p.batch_id.slice(0, 16), "tier " + p.tier,
+    p.done + " / " + p.known_total + (p.total_final ? "" : "+"), failed, p.retrying, p.in_flight,
+    p.rate.toFixed(1) + "/s", eta(p)];
+  cells.forEach((v, i) => { tr.children[i].textContent = v; });
+  tr.children[3].className = failed ? "bad" : "";
+  tr.className = finished(p) ? "done" : "";
+}
+const source = new EventSource("progress" + location.search);
+source.addEventListener("progress", e => show(JSON.parse(e.data)));
+source.onopen = () => { state.textContent = "live"; };
+source.onerror = () => { state.textContent = "reconnecting\\u2026"; };
+</script></body></html>
+"""
