@@ -14,11 +14,20 @@ successes by asset id), so every write here is idempotent *and* order-independen
 States, in ``batch_files`` and ``asset_tiers`` alike: ``done``, ``retrying``, ``failed``, ``dead_lettered``.
 ``failed`` and ``dead_lettered`` are both final and are counted *apart*, so every file of a batch is in exactly
 one of done / failed / dead-lettered / in flight. ``retrying`` counts as in flight: the file will be tried again.
+
+Tier 2 (``AssetIndexed``) lands in ``metadata``, one row per asset: the row of the highest ``(parser_version,
+indexed_at)`` wins, so a replay or an older parser's late event never overwrites a newer result. ``metadata_fts``
+is an external-content FTS5 index over it, kept in step by triggers; :meth:`Catalog.search` queries it through
+:mod:`consumers.search_query`. The index's row id is a function of the winning event (its ``indexed_at``, then
+the asset id), not of arrival order: the catalog's rows, not only its answers, do not depend on delivery order,
+and row id order is indexing order, which lets a search take the newest matches without sorting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import sqlite3
 import time
@@ -29,11 +38,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from schemas.events import AssetBrowsable, AssetFailed, BatchScanned, Event, ProgressEvent
+from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
+from schemas.events import AssetBrowsable, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
 from streams.errors import PermanentError
 
-#: Bumped when the tables change; a catalog written by newer code is refused rather than misread.
-CATALOG_VERSION = 1
+#: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
+#: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index.
+CATALOG_VERSION = 2
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -85,6 +96,44 @@ CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) an
     PRIMARY KEY (batch_id, event_id, tier)
 ) WITHOUT ROWID;
 """
+
+_FTS_NEW = ", ".join(f"new.{c}" for c in FTS_COLUMNS)
+_FTS_OLD = ", ".join(f"old.{c}" for c in FTS_COLUMNS)
+
+# Version 2: tier 2. ``asset_id`` is the key (UNIQUE; upserts conflict on it); ``doc_id`` is the rowid alias the
+# external-content index needs — an explicit INTEGER PRIMARY KEY, because VACUUM may renumber a hidden rowid —
+# ordered by indexing time (see ``Catalog._doc_id``).
+_SCHEMA_V2 = f"""
+CREATE TABLE IF NOT EXISTS metadata (
+    doc_id INTEGER PRIMARY KEY, asset_id TEXT NOT NULL UNIQUE, parser_version INTEGER NOT NULL,
+    generator TEXT, model TEXT, loras TEXT NOT NULL DEFAULT '[]', vae TEXT, seed INTEGER, steps INTEGER, cfg REAL,
+    sampler TEXT, scheduler TEXT, denoise REAL, positive TEXT, negative TEXT, camera TEXT NOT NULL DEFAULT '{{}}',
+    camera_make TEXT, camera_model TEXT, lens TEXT, datetime_original TEXT, gps_lat REAL, gps_lon REAL,
+    metadata_path TEXT NOT NULL, indexed_at REAL NOT NULL,
+    -- indexed only: basenames of the asset's locations; camera make/model/lens; captions, keywords, artist
+    file_names TEXT NOT NULL DEFAULT '', camera_text TEXT NOT NULL DEFAULT '', photo_text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS metadata_by_seed ON metadata (seed);
+CREATE INDEX IF NOT EXISTS metadata_by_parser ON metadata (parser_version, asset_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS metadata_fts USING fts5 (
+    {", ".join(FTS_COLUMNS)},
+    content = 'metadata', content_rowid = 'doc_id',
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
+);
+CREATE TRIGGER IF NOT EXISTS metadata_fts_insert AFTER INSERT ON metadata BEGIN
+    INSERT INTO metadata_fts (rowid, {", ".join(FTS_COLUMNS)}) VALUES (new.doc_id, {_FTS_NEW});
+END;
+CREATE TRIGGER IF NOT EXISTS metadata_fts_delete AFTER DELETE ON metadata BEGIN
+    INSERT INTO metadata_fts (metadata_fts, rowid, {", ".join(FTS_COLUMNS)}) VALUES ('delete', old.doc_id, {_FTS_OLD});
+END;
+CREATE TRIGGER IF NOT EXISTS metadata_fts_update AFTER UPDATE ON metadata
+WHEN old.doc_id IS NOT new.doc_id OR {" OR ".join(f"old.{c} IS NOT new.{c}" for c in FTS_COLUMNS)} BEGIN
+    INSERT INTO metadata_fts (metadata_fts, rowid, {", ".join(FTS_COLUMNS)}) VALUES ('delete', old.doc_id, {_FTS_OLD});
+    INSERT INTO metadata_fts (rowid, {", ".join(FTS_COLUMNS)}) VALUES (new.doc_id, {_FTS_NEW});
+END;
+"""
+#: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -168,6 +217,25 @@ ON CONFLICT (batch_id) DO UPDATE SET
     started_at = MIN(batches.started_at, excluded.started_at),
     updated_at = MAX(batches.updated_at, excluded.updated_at)
 """
+_METADATA_COLS = ("parser_version", "generator", "model", "loras", "vae", "seed", "steps", "cfg", "sampler",
+                  "scheduler", "denoise", "positive", "negative", "camera", "camera_make", "camera_model", "lens",
+                  "datetime_original", "gps_lat", "gps_lon", "metadata_path", "indexed_at", "camera_text",
+                  "photo_text", "file_names")
+# The newest parser's result wins, then the later run of it; an equal key is a replay and changes nothing.
+# The winner brings its ``doc_id`` (the update trigger moves the index row with it).
+_UPSERT_METADATA = f"""
+INSERT INTO metadata (doc_id, asset_id, {", ".join(_METADATA_COLS)})
+VALUES ({", ".join("?" * (len(_METADATA_COLS) + 2))})
+ON CONFLICT (asset_id) DO UPDATE SET
+    doc_id = excluded.doc_id, {", ".join(f"{c} = excluded.{c}" for c in _METADATA_COLS)}
+WHERE (excluded.parser_version, excluded.indexed_at) > (metadata.parser_version, metadata.indexed_at)
+"""
+# Seeds are unsigned 64-bit (ComfyUI draws them from [0, 2**64)); SQLite integers are signed, so the upper half
+# is stored two's-complement and read back unsigned. A seed outside that range is kept only in the document.
+_INT64_MAX = (1 << 63) - 1
+#: ``doc_id`` = indexing time in ms (42 bits: until the year 2109) above 20 bits of the asset id.
+_DOC_ID_HASH_BITS = 20
+_DOC_ID_TIME_MAX = (1 << 42) - 1
 
 
 class CatalogError(PermanentError):
@@ -232,9 +300,13 @@ class Catalog:
         if version == CATALOG_VERSION:
             return
         if self.readonly:
-            raise CatalogUnavailable("catalog not initialised yet", path=str(self.path))
-        # IF NOT EXISTS makes a race between two first openers harmless.
-        self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {CATALOG_VERSION}; COMMIT;")
+            if version == 0:
+                raise CatalogUnavailable("catalog not initialised yet", path=str(self.path))
+            raise CatalogUnavailable(f"catalog schema {version} predates {CATALOG_VERSION}: start `damflow up` "
+                                     "(or `damflow catalog`) once to upgrade it", path=str(self.path))
+        # Every step is IF NOT EXISTS, so a race between two first openers is harmless.
+        steps = " ".join(_MIGRATIONS[v] for v in range(version, CATALOG_VERSION))
+        self._db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {CATALOG_VERSION}; COMMIT;")
 
     def close(self) -> None:
         self._db.close()
@@ -263,6 +335,8 @@ class Catalog:
             for event in events:
                 if isinstance(event, AssetBrowsable):
                     self._browsable(event)
+                elif isinstance(event, AssetIndexed):
+                    self._indexed(event)
                 elif isinstance(event, AssetFailed):
                     self._failed(event)
                 elif isinstance(event, BatchScanned):
@@ -288,9 +362,60 @@ class Catalog:
         db.execute(_UPSERT_ASSET, (e.asset_id, e.size, e.format, e.width, e.height,
                                    json.dumps(thumbnails, sort_keys=True), e.discovered_at, e.browsable_at))
         db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, DONE, e.browsable_at))
+        before = db.execute("SELECT asset_id FROM locations WHERE path = ?", (e.path,)).fetchone()
         db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, e.mtime_ns, e.batch_id, e.source,
                                       e.display_name, e.discovered_at, e.discovered_at))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, DONE, e.browsable_at))
+        # File names are searchable: the asset that gained the path, and the one whose content it no longer is.
+        for asset_id in {e.asset_id, before[0] if before else e.asset_id}:
+            self._refresh_file_names(asset_id)
+
+    def _indexed(self, e: AssetIndexed) -> None:
+        db = self._db
+        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.indexed_at, e.indexed_at))
+        db.execute(_STUB_ASSET, (e.asset_id, e.indexed_at))
+        # Done beats failures here as in tier 1: a late failure of a retried attempt does not undo the index.
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 2, DONE, e.indexed_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 2, e.path, e.asset_id, DONE, e.indexed_at))
+        db.execute(_UPSERT_METADATA, (self._doc_id(e.asset_id, e.indexed_at), e.asset_id, *metadata_row(e),
+                                      self._file_names(e.asset_id)))
+
+    def _doc_id(self, asset_id: str, indexed_at: float) -> int:
+        """The index row id of an event: indexing time (ms), then 20 bits of the asset id.
+
+        Time order lets a search read the newest matches first; the asset bits keep the id a function of the
+        event alone, whatever the delivery order — but for two assets indexed in the same millisecond whose ids
+        share 20 bits, where the later-applied one takes the next free id.
+        """
+        try:
+            low = int(asset_id[:_DOC_ID_HASH_BITS // 4], 16)
+        except ValueError:  # not a hex id (hand-made events): hash it instead
+            low = int.from_bytes(hashlib.blake2b(asset_id.encode(), digest_size=4).digest()) >> 12
+        ms = min(max(int(indexed_at * 1000), 0), _DOC_ID_TIME_MAX)
+        doc_id = ms << _DOC_ID_HASH_BITS | low
+        while True:
+            row = self._db.execute("SELECT asset_id FROM metadata WHERE doc_id = ?", (doc_id,)).fetchone()
+            if row is None or row[0] == asset_id:
+                return doc_id
+            doc_id += 1
+
+    def _file_names(self, asset_id: str) -> str:
+        """Base names (and upload names) of the asset's locations, sorted: the ``file:`` text of the index."""
+        names: set[str] = set()
+        for path, display_name in self._db.execute(
+                "SELECT path, display_name FROM locations WHERE asset_id = ?", (asset_id,)):
+            names.add(path.replace("\\", "/").rsplit("/", 1)[-1])
+            if display_name:
+                names.add(display_name.replace("\\", "/").rsplit("/", 1)[-1])
+        return "\n".join(sorted(_clean(n) for n in names if n))
+
+    def _refresh_file_names(self, asset_id: str) -> None:
+        if self._db.execute("SELECT 1 FROM metadata WHERE asset_id = ?", (asset_id,)).fetchone() is None:
+            return  # not indexed (yet): indexing reads the locations then
+        names = self._file_names(asset_id)
+        # Only a real change touches the row, so the index is not rewritten by replays.
+        self._db.execute("UPDATE metadata SET file_names = ? WHERE asset_id = ? AND file_names <> ?",
+                         (names, asset_id, names))
 
     def _failed(self, e: AssetFailed) -> None:
         db = self._db
@@ -386,7 +511,9 @@ class Catalog:
         browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
         failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome, attempts,
-        failed_at}]``.
+        failed_at}], metadata``: ``None`` until tier 2 has indexed the asset, else ``{parser_version, generator,
+        model, loras [str], vae, seed, steps, cfg, sampler, scheduler, denoise, positive, negative, camera {field:
+        text}, camera_make, camera_model, lens, datetime_original, gps_lat, gps_lon, metadata_path, indexed_at}``.
         """
         asset_id = self._resolve(ref.strip())
         if asset_id is None:
@@ -407,6 +534,9 @@ class Catalog:
             "FROM failures WHERE asset_id = ? OR (asset_id IS NULL AND path IN "
             "(SELECT path FROM locations WHERE asset_id = ?)) ORDER BY failed_at, path, tier",
             (asset_id, asset_id))]
+        meta = db.execute(f"SELECT {', '.join(_METADATA_SHOWN)} FROM metadata WHERE asset_id = ?",
+                          (asset_id,)).fetchone()
+        out["metadata"] = None if meta is None else _shown_metadata(meta)
         return out
 
     def _resolve(self, ref: str) -> str | None:
@@ -425,6 +555,59 @@ class Catalog:
         if len(ids) > 1:
             raise AmbiguousId(f"id prefix {ref!r} matches several assets ({', '.join(i[:12] for i in ids)}, …)")
         return ids[0] if ids else None
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def search(self, query: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Indexed assets matching ``query`` (the language of :mod:`consumers.search_query`), best first.
+
+        Raises :class:`BadQuery` (a :class:`PermanentError`) for a query that cannot be run, never an SQLite
+        error. A query matching more than ``search_query.RANK_WINDOW`` assets is ranked among its newest matches
+        that many (the cost of ranking grows with the matches).
+
+        Rows: ``asset_id, path`` (one location: the last seen; None if none is left), ``generator, model, seed,
+        sampler, scheduler, steps, cfg, snippet`` (of the prompt — of the captions for a photo — matches in «»),
+        ``format, width, height, thumbnails {name: relative path}, rank`` (bm25, lower is better; None when only
+        filters were given and rows come newest first).
+        """
+        sql, params = compile_search(query, limit=limit)
+        try:
+            rows = self._db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            # The compiler quotes every user word, so this is a bug, not bad input; still, the caller gets the
+            # typed error its handling expects rather than a crash. A locked or missing table is not ours to hide.
+            if "fts5" not in str(exc):
+                raise
+            raise BadQuery(f"the search index could not run {query!r}: {exc}") from exc
+        out = []
+        for row in rows:
+            item = dict(row)
+            item["seed"] = seed_from_db(item["seed"])
+            item["thumbnails"] = json.loads(item["thumbnails"]) if item["thumbnails"] else {}
+            out.append(item)
+        return out
+
+    def parser_versions(self) -> dict[int, int]:
+        """How many indexed assets each tier-2 ``parser_version`` produced."""
+        return dict(self._db.execute(
+            "SELECT parser_version, COUNT(*) FROM metadata GROUP BY parser_version ORDER BY parser_version"))
+
+    def assets_needing_reparse(self, current_version: int, limit: int | None = None) -> list[dict[str, Any]]:
+        """Indexed assets whose ``parser_version`` is older than ``current_version``, for ``reprocess --tier 2``.
+
+        Oldest parser first, then by asset id (stable, so a caller can page with ``limit``). Each row: ``asset_id,
+        parser_version, metadata_path, path, size, mtime_ns, batch_id, source, lane`` — one location (the last
+        seen) and the batch that brought it there. Assets with no location left (their path now holds other
+        bytes) are not listed: there is nothing to read again.
+        """
+        rows = self._db.execute(
+            "SELECT m.asset_id, m.parser_version, m.metadata_path, l.path, l.size, l.mtime_ns, l.batch_id, "
+            "l.source, b.lane "
+            "FROM metadata m JOIN locations l ON l.path = (SELECT path FROM locations WHERE asset_id = m.asset_id "
+            "ORDER BY last_seen_at DESC, path LIMIT 1) LEFT JOIN batches b ON b.batch_id = l.batch_id "
+            "WHERE m.parser_version < ? ORDER BY m.parser_version, m.asset_id LIMIT ?",
+            (current_version, -1 if limit is None else limit))
+        return [dict(r) for r in rows]
 
     # -- overview ----------------------------------------------------------------------------------
 
@@ -457,11 +640,13 @@ class Catalog:
                 "batch_count": counts["batches"], "asset_states": asset_states, "batches": batches}
 
     def counts(self) -> dict[str, int]:
-        """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done), for checks and tests."""
+        """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done, ``indexed`` assets with
+        tier-2 metadata), for checks and tests."""
         one = self._scalar
         return {
             "assets": one("SELECT COUNT(*) FROM assets"),
             "browsable": one("SELECT COUNT(*) FROM asset_tiers WHERE tier = 1 AND state = 'done'"),
+            "indexed": one("SELECT COUNT(*) FROM metadata"),
             "locations": one("SELECT COUNT(*) FROM locations"),
             "failures": one("SELECT COUNT(*) FROM failures"),
             "batches": one("SELECT COUNT(*) FROM batches"),
@@ -480,6 +665,76 @@ class Catalog:
         return self._db.execute(sql).fetchone()[0]
 
 
+_METADATA_SHOWN = ("parser_version", "generator", "model", "loras", "vae", "seed", "steps", "cfg", "sampler",
+                   "scheduler", "denoise", "positive", "negative", "camera", "camera_make", "camera_model", "lens",
+                   "datetime_original", "gps_lat", "gps_lon", "metadata_path", "indexed_at")
+
+
+def _shown_metadata(row: sqlite3.Row) -> dict[str, Any]:
+    meta = dict(row)
+    meta["loras"] = json.loads(meta["loras"])
+    meta["camera"] = json.loads(meta["camera"])
+    meta["seed"] = seed_from_db(meta["seed"])
+    return meta
+
+
 def _shown_state(tier: int, state: str | None) -> str | None:
     """The stored state as people read it: ``done`` becomes the tier's own word (browsable, indexed, …)."""
     return DONE_NAMES.get(tier, DONE) if state == DONE else state
+
+
+# -- tier-2 values -------------------------------------------------------------------------------------
+
+
+def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
+    """The ``metadata`` values of an event, in ``_METADATA_COLS`` order less ``file_names`` (read from locations).
+
+    Values SQLite cannot hold are made safe rather than refused, since one odd file must not stop the sink:
+    text loses lone surrogates, non-finite floats and integers past 64 bits become NULL (the full record stays
+    in the document at ``metadata_path``).
+    """
+    camera = {_clean(k): _clean(v) for k, v in sorted(e.camera.items()) if isinstance(v, str) and v.strip()}
+    lat, lon = e.gps if e.gps else (None, None)
+    if not (_finite(lat) is not None and _finite(lon) is not None and abs(lat) <= 90 and abs(lon) <= 180):
+        lat = lon = None
+    camera_text = " ".join(camera[k] for k in ("make", "model", "lens") if k in camera)
+    photo_text = "\n".join(camera[k] for k in ("title", "description", "keywords", "artist", "city", "software")
+                           if k in camera)
+    return (
+        e.parser_version, _clean(e.generator), _clean(e.model),
+        json.dumps([_clean(name) for name in e.loras if isinstance(name, str)], ensure_ascii=False),
+        _clean(e.vae), seed_to_db(e.seed), _int64(e.steps), _finite(e.cfg), _clean(e.sampler), _clean(e.scheduler),
+        _finite(e.denoise), _clean(e.positive), _clean(e.negative), json.dumps(camera, ensure_ascii=False),
+        camera.get("make"), camera.get("model"), camera.get("lens"), camera.get("datetime_original"), lat, lon,
+        _clean(e.metadata_path), e.indexed_at, camera_text, photo_text,
+    )
+
+
+def seed_to_db(seed: int | None) -> int | None:
+    """An unsigned 64-bit seed as SQLite's signed integer (see ``SEED_RANGE``); None outside the range."""
+    if seed is None or not 0 <= seed < SEED_RANGE:
+        return None
+    return seed - SEED_RANGE if seed > _INT64_MAX else seed
+
+
+def seed_from_db(value: int | None) -> int | None:
+    return None if value is None else value % SEED_RANGE
+
+
+def _int64(value: int | None) -> int | None:
+    return value if value is not None and -_INT64_MAX - 1 <= value <= _INT64_MAX else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _clean(text: str | None) -> str | None:
+    """Text SQLite can store: lone surrogates (from undecodable bytes) become U+FFFD."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)

@@ -1,6 +1,7 @@
-"""Text views of the catalog for ``damflow status`` and ``damflow show``.
+"""Text views of the catalog for ``damflow status``, ``damflow show`` and ``damflow search``.
 
-Pure functions of the JSON-able dicts :meth:`Catalog.status` and :meth:`Catalog.asset` return, so ``--json``
+Pure functions of the JSON-able data :meth:`Catalog.status`, :meth:`Catalog.asset` and :meth:`Catalog.search`
+return, so ``--json``
 and the text output always say the same thing, and the rendering is testable without a database.
 """
 
@@ -63,6 +64,8 @@ def render_asset(asset: dict[str, Any]) -> str:
         name = f" as {loc['display_name']!r}" if loc["display_name"] else ""
         lines.append(f"  {loc['path']}{name}  ({loc['source']}, batch {loc['batch_id'][:8]}, "
                      f"seen {_when(loc['last_seen_at'])})")
+    if asset.get("metadata"):
+        lines.extend(_metadata_lines(asset["metadata"]))
     if asset["failures"]:
         lines.append(f"failures ({len(asset['failures'])})")
         for f in asset["failures"]:
@@ -70,6 +73,56 @@ def render_asset(asset: dict[str, Any]) -> str:
                          f"at {_when(f['failed_at'])}: {f['error_class']} [{f['error_code']}] {f['reason']}")
             lines.append(f"    {f['path']}")
     return "\n".join(lines)
+
+
+def _metadata_lines(meta: dict[str, Any]) -> list[str]:
+    """Tier 2's summary: how it was made (generator, model, sampling, prompts), or the camera that took it."""
+    made = meta["generator"] or "no generation parameters"
+    lines = [f"metadata    {made} (parser v{meta['parser_version']}, indexed {_when(meta['indexed_at'])})"]
+    rows = [("model", meta["model"]), ("loras", ", ".join(meta["loras"])), ("vae", meta["vae"])]
+    sampling = [f"{name} {_number(meta[key])}" for name, key in
+                (("seed", "seed"), ("steps", "steps"), ("cfg", "cfg"), ("denoise", "denoise"))
+                if meta[key] is not None]
+    sampler = " ".join(v for v in (meta["sampler"], meta["scheduler"] and f"({meta['scheduler']})") if v)
+    rows += [("sampling", " · ".join(sampling + ([f"sampler {sampler}"] if sampler else [])))]
+    rows += [("prompt", meta["positive"]), ("negative", meta["negative"])]
+    camera = meta["camera"]
+    rows.append(("camera", " · ".join(v for v in (camera.get("make"), camera.get("model"), camera.get("lens")) if v)))
+    rows += [("taken", meta["datetime_original"]),
+             ("gps", None if meta["gps_lat"] is None else f"{meta['gps_lat']:.5f}, {meta['gps_lon']:.5f}")]
+    rows += [(name, camera.get(name)) for name in ("title", "description", "keywords", "artist") if camera.get(name)]
+    lines.extend(f"  {name:<9} {_clip(value, 300)}" for name, value in rows if value)
+    lines.append(f"  {'document':<9} {meta['metadata_path']}")
+    return lines
+
+
+def render_search(rows: Sequence[dict[str, Any]]) -> str:
+    """Search results as :meth:`Catalog.search` returns them: one line per asset, best first, its snippet under it."""
+    if not rows:
+        return "no matches"
+    header = ("ASSET", "IMAGE", "GENERATOR", "MODEL", "SEED", "SAMPLER", "PATH")
+    table = []
+    for r in rows:
+        image = f"{r['format']} {r['width']}×{r['height']}" if r.get("format") else "-"
+        table.append((r["asset_id"][:12], image, r["generator"] or "-", _clip(r["model"] or "-", 40),
+                      "-" if r["seed"] is None else str(r["seed"]), r["sampler"] or "-", r["path"] or "-"))
+    lines = [f"{len(rows)} match{'es' if len(rows) != 1 else ''}, best first:"]
+    head, *body = _table(header, table)
+    lines.append("  " + head)
+    for line, r in zip(body, rows, strict=True):
+        lines.append("  " + line)
+        if r.get("snippet"):
+            lines.append("      " + _clip(" ".join(r["snippet"].split()), 160))
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _number(value: float) -> str:
+    """7.0 reads 7, 7.5 reads 7.5; integers (seeds) as they are."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _word(state: str) -> str:
