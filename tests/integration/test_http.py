@@ -1,0 +1,346 @@
+"""The HTTP interface against the real embedded broker: uploads end to end, lookups, thumbnails, the SSE progress
+stream and the dashboard; and every refusal (401, 400, 413, 415) leaving no temp file and publishing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from schemas import FileDiscovered, decode, new_id
+from streams.http import bound_port, create_app, live_streams, serve, spool_dir
+from streams.ingest import ingest_folder
+from streams.kafka import ensure_topics, producer, tail
+from streams.settings import Settings
+from streams.supervisor import Stack
+from streams.topics import Topics, topics_for
+from tests.images import make_jpeg, make_png
+from tests.integration.conftest import catalog_of, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.asynccontextmanager
+async def http_app(settings: Settings, topics: Topics, bootstrap: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """The app on a free port with its own producer; yields a client session rooted at it."""
+    async with producer(bootstrap) as prod:
+        app = create_app(settings, topics, bootstrap, prod)
+        runner = await serve(app, "127.0.0.1", 0)
+        try:
+            base = f"http://127.0.0.1:{bound_port(runner)}"
+            async with aiohttp.ClientSession(base, timeout=aiohttp.ClientTimeout(total=60)) as session:
+                session.app = app  # type: ignore[attr-defined]
+                session.base = base  # type: ignore[attr-defined]
+                yield session
+        finally:
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def bare(make_settings: Callable[..., Settings], broker: str) -> Callable:
+    """An app on the shared broker with its topics but no workers: for the refusals, which never reach them."""
+
+    def start(**overrides) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientSession]:
+        settings = make_settings(**overrides)
+        topics = topics_for(settings)
+
+        @contextlib.asynccontextmanager
+        async def run() -> AsyncIterator[aiohttp.ClientSession]:
+            await ensure_topics(broker, topics.all(), settings.partitions)
+            async with http_app(settings, topics, broker) as session:
+                session.settings = settings  # type: ignore[attr-defined]
+                session.topics = topics  # type: ignore[attr-defined]
+                yield session
+
+        return run()
+
+    return start
+
+
+def form(*files: tuple[str, bytes], **fields: str) -> aiohttp.FormData:
+    data = aiohttp.FormData(default_to_multipart=True)
+    for name, value in fields.items():
+        data.add_field(name, value)
+    for filename, content in files:
+        data.add_field("file", content, filename=filename, content_type="application/octet-stream")
+    return data
+
+
+def leftovers(settings: Settings) -> list[Path]:
+    """Temp files of the upload spool, and anything at all in the originals store."""
+    spooled = list(spool_dir(settings).glob("*")) if spool_dir(settings).exists() else []
+    stored = [p for p in settings.originals_dir.rglob("*") if p.is_file()] if settings.originals_dir.exists() else []
+    return spooled + stored
+
+
+def asset_in_catalog(settings: Settings, asset_id: str) -> dict | None:
+    if not settings.catalog_path.exists():
+        return None
+    with catalog_of(settings) as catalog:
+        return catalog.asset(asset_id)
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
+    """``(event, data)`` of each Server-Sent Event; comments (``: ...``) come through as ``("comment", text)``."""
+    event, data = "message", []
+    while line := await response.content.readline():
+        text = line.decode().rstrip("\r\n")
+        if not text:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif text.startswith(":"):
+            yield "comment", text[1:].strip()
+        elif text.startswith("event:"):
+            event = text[6:].strip()
+        elif text.startswith("data:"):
+            data.append(text[5:].strip())
+
+
+# -- the pipeline end to end ---------------------------------------------------------------------------------
+
+
+async def test_uploads_become_browsable_and_are_served_back(stack: Stack, tmp_path: Path) -> None:
+    s = stack.settings
+    png = make_png(tmp_path / "a.png", size=(600, 400), seed=11).read_bytes()
+    jpeg = make_jpeg(tmp_path / "b.jpg", size=(320, 240), seed=12).read_bytes()
+    async with http_app(s, stack.topics, stack.bootstrap) as http:
+        # multipart, two files, one named to escape the data directory
+        async with http.post("/upload?wait=1&timeout=45",
+                             data=form(("../../etc/evil.png", png), ("C:\\tmp\\b.jpg", jpeg))) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+        first, second = body["uploads"]
+        assert first["state"] == second["state"] == "browsable"
+        assert first["ms_to_browsable"] > 0 and second["ms_to_browsable"] > 0
+        assert (first["name"], first["format"], first["size"]) == ("evil.png", "PNG", len(png))
+        assert (second["name"], second["format"]) == ("b.jpg", "JPEG")
+        assert first["batch_id"] == second["batch_id"] and first["batch_id"].startswith("upload-")
+        asset_id = first["asset_id"]
+
+        # stored content-addressed; no trace of the client's name or path on disk
+        stored = s.originals_dir / asset_id[:2] / f"{asset_id}.png"
+        assert stored.read_bytes() == png
+        assert not [p for p in tmp_path.rglob("*") if "evil" in p.name or p.name == "etc"]
+        assert not list(spool_dir(s).iterdir())
+
+        # the catalog row, through the API: full id, unique prefix; unknown and malformed ids refused
+        await wait_until(lambda: asset_in_catalog(s, asset_id), what="upload in the catalog")
+        async with http.get(f"/assets/{asset_id}") as resp:
+            assert resp.status == 200
+            row = await resp.json()
+        assert row["asset_id"] == asset_id and row["tier1_state"] == "browsable"
+        assert (row["width"], row["height"], row["format"]) == (600, 400, "PNG")
+        [location] = row["locations"]
+        assert location["display_name"] == "evil.png" and location["source"] == "upload"
+        assert location["path"] == str(stored)
+        async with http.get(f"/assets/{asset_id[:12].upper()}") as resp:
+            assert resp.status == 200 and (await resp.json())["asset_id"] == asset_id
+        async with http.get(f"/assets/{'0' * 64}") as resp:
+            assert resp.status == 404 and "error" in await resp.json()
+        for bad in ("abc", "not-hex", "..%2F..%2Fetc"):
+            async with http.get(f"/assets/{bad}") as resp:
+                assert resp.status in (400, 404) and "error" in await resp.json(), bad
+
+        # the thumbnail, and nothing beside it
+        async with http.get(f"/thumbs/256/{asset_id}") as resp:
+            assert resp.status == 200 and resp.content_type == "image/webp"
+            thumb = Image.open(io.BytesIO(await resp.read()))
+        assert thumb.format == "WEBP" and thumb.width == 256
+        async with http.get(f"/thumbs/1440/{asset_id}") as resp:
+            assert resp.status == 404  # the source is smaller than 1440 px: no preview
+        for size, ref in (("256", asset_id[:12]), ("256", "..%2F..%2Fcatalog.sqlite"), ("abc", asset_id)):
+            async with http.get(f"/thumbs/{size}/{ref}") as resp:
+                assert resp.status in (400, 404), (size, ref)
+
+        # a raw body, named by the query
+        raw = make_png(tmp_path / "c.png", size=(90, 70), seed=13).read_bytes()
+        async with http.post("/upload", params={"wait": "1", "name": "../raw.png"}, data=raw,
+                             headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 200
+            [up] = (await resp.json())["uploads"]
+        assert up["state"] == "browsable" and up["name"] == "raw.png" and up["size"] == len(raw)
+        assert (s.originals_dir / up["asset_id"][:2] / f"{up['asset_id']}.png").read_bytes() == raw
+        assert not list(spool_dir(s).iterdir())
+
+
+async def test_progress_stream_delivers_the_batch_as_it_is_ingested(stack: Stack, tmp_path: Path) -> None:
+    s = stack.settings
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    for i in range(3):
+        make_png(folder / f"img{i}.png", size=(120, 80), seed=i)
+    batch_id = new_id()
+    async with http_app(s, stack.topics, stack.bootstrap) as http:
+        async with http.get("/progress", params={"batch": batch_id}) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            # The headers arrive once the stream is positioned: everything published from now on is seen.
+            await ingest_folder(s, stack.topics, stack.bootstrap, folder, batch_id=batch_id)
+            seen = []
+            async with asyncio.timeout(45):
+                async for event, data in sse_events(resp):
+                    if event != "progress":
+                        continue
+                    p = json.loads(data)
+                    seen.append(p)
+                    if p["tier"] == 1 and p["total_final"] and p["done"] == 3:
+                        break
+            assert live_streams(http.app) == 1
+        # the client went: its stream (and the consumer behind it) closes
+        await wait_until(lambda: live_streams(http.app) == 0, timeout=10, what="the stream to close")
+    assert {p["batch_id"] for p in seen} == {batch_id}  # the filter holds
+    assert all(p["type"] == "ProgressEvent" for p in seen)
+    last = seen[-1]
+    assert last["known_total"] == 3 and last["failed"] == 0 and last["eta_s"] == 0.0
+
+
+# -- refusals: no workers needed -----------------------------------------------------------------------------
+
+
+async def test_a_body_over_the_limit_is_413_and_leaves_nothing(bare: Callable, tmp_path: Path) -> None:
+    big = make_png(tmp_path / "big.png", size=(400, 400), seed=1).read_bytes()  # noise: ~300 KB
+    assert len(big) > 100_000
+    async with bare(upload_max_bytes=100_000) as http:
+        async with http.post("/upload", data=big, headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 413
+            assert "100000" in (await resp.json())["error"]
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while streaming
+            for i in range(0, len(big), 16_384):
+                yield big[i : i + 16_384]
+
+        async with http.post("/upload", data=chunked(), headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 413
+        small = make_png(tmp_path / "small.png", size=(20, 20), seed=2).read_bytes()
+        async with http.post("/upload", data=form(("small.png", small), ("big.png", big))) as resp:
+            assert resp.status == 413 and (await resp.json())["code"] == "too_large"
+        assert leftovers(http.settings) == []  # the small file received first went too, unpublished
+        async with http.get("/healthz") as resp:  # still serving
+            assert await resp.json() == {"ok": True}
+
+
+async def test_what_is_not_an_image_is_415(bare: Callable, tmp_path: Path) -> None:
+    text = b"#!/bin/sh\necho not an image at all, despite the name and the declared type\n" * 20
+    async with bare() as http:
+        async with http.post("/upload", data=text, headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 415 and "error" in await resp.json()
+        async with http.post("/upload", data=form(("photo.png", text))) as resp:
+            assert resp.status == 415
+        async with http.post("/upload", data=b"\x89PNG", headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 415  # shorter than any signature
+        async with http.post("/upload", data=b"hello", headers={"Content-Type": "text/plain"}) as resp:
+            assert resp.status == 415
+        assert leftovers(http.settings) == []
+
+
+async def test_bad_requests_are_400(bare: Callable, tmp_path: Path) -> None:
+    png = make_png(tmp_path / "a.png", size=(20, 20)).read_bytes()
+    async with bare() as http:
+        async with http.post("/upload", data=b"", headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "empty file"
+        async with http.post("/upload", data=form(note="no file here")) as resp:
+            assert resp.status == 400 and "file" in (await resp.json())["error"]
+        async with http.post("/upload", data=form(("empty.png", b""))) as resp:
+            assert resp.status == 400
+        garbage = b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n" + png[:40]
+        async with http.post("/upload", data=garbage,
+                             headers={"Content-Type": "multipart/form-data; boundary=XYZ"}) as resp:
+            assert resp.status == 400 and "malformed" in (await resp.json())["error"]
+        async with http.post("/upload", data=png, headers={"Content-Type": "multipart/form-data"}) as resp:
+            assert resp.status == 400  # no boundary
+        async with http.post("/upload?wait=1&timeout=soon", data=png,
+                             headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 400
+        async with http.get("/upload") as resp:
+            assert resp.status == 405 and "error" in await resp.json()
+        assert leftovers(http.settings) == []
+
+
+async def test_the_token_is_required_when_set(bare: Callable, tmp_path: Path) -> None:
+    png = make_png(tmp_path / "a.png", size=(32, 32), seed=7).read_bytes()
+    raw = {"Content-Type": "image/png"}
+    async with bare(upload_token=SecretStr("s3cret-token")) as http:
+        settings, topics = http.settings, http.topics
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
+            async with http.post("/upload", data=png, headers=raw | headers) as resp:
+                assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        assert leftovers(settings) == []
+
+        async with tail(settings.broker_url, topics.t1_interactive, settings) as lane:
+            async with http.post("/upload", params={"name": "a.png"}, data=png,
+                                 headers=raw | {"Authorization": "Bearer s3cret-token"}) as resp:
+                assert resp.status == 202
+                [up] = (await resp.json())["uploads"]
+            async with asyncio.timeout(20):
+                while not (batches := await lane.getmany(timeout_ms=500)):
+                    pass
+    [[record]] = batches.values()
+    event = decode(record.value)
+    assert isinstance(event, FileDiscovered)
+    assert (event.event_id, event.lane, event.source, event.display_name) == (up["event_id"], "interactive",
+                                                                              "upload", "a.png")
+    assert event.path == str(settings.originals_dir / up["asset_id"][:2] / f"{up['asset_id']}.png")
+    assert os.path.exists(event.path) and not list(spool_dir(settings).iterdir())
+
+
+async def test_wait_gives_up_at_its_timeout_and_keeps_the_upload(bare: Callable, tmp_path: Path) -> None:
+    png = make_png(tmp_path / "a.png", size=(32, 32), seed=8).read_bytes()
+    async with bare() as http:  # no workers: the upload cannot become browsable
+        resp = await http.post("/upload?wait=1&timeout=0.5", data=png, headers={"Content-Type": "image/png"})
+        assert resp.status == 202
+        [up] = (await resp.json())["uploads"]
+    assert up["state"] == "pending" and up["ms_to_browsable"] is None
+    assert (http.settings.originals_dir / up["asset_id"][:2] / f"{up['asset_id']}.png").read_bytes() == png
+
+
+async def test_a_large_body_is_streamed_to_the_store_intact(bare: Callable) -> None:
+    # a PNG signature and random bytes: an image by its first bytes, several spool flushes long
+    body = b"\x89PNG\r\n\x1a\n" + os.urandom(5 * 1024 * 1024 + 12_345)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 100_000):
+            yield body[i : i + 100_000]
+
+    async with bare(upload_max_bytes=len(body)) as http:  # exactly at the limit is allowed
+        resp = await http.post("/upload", data=chunked(), headers={"Content-Type": "application/octet-stream"})
+        assert resp.status == 202
+        [up] = (await resp.json())["uploads"]
+    assert up["size"] == len(body) and up["name"] is None
+    assert (http.settings.originals_dir / up["asset_id"][:2] / f"{up['asset_id']}.png").read_bytes() == body
+    assert not list(spool_dir(http.settings).iterdir())
+
+
+async def test_shutdown_ends_open_progress_streams(bare: Callable) -> None:
+    async with aiohttp.ClientSession() as client:
+        async with bare() as http:
+            resp = await client.get(f"{http.base}/progress")
+            assert resp.status == 200 and live_streams(http.app) == 1
+            t0 = time.monotonic()
+        # leaving the app's context ran runner.cleanup(): the open stream was ended, not waited out
+        assert time.monotonic() - t0 < 3 and live_streams(http.app) == 0
+        async with asyncio.timeout(10):
+            rest = await resp.content.read()
+        assert rest.startswith(b"retry:")
+        resp.release()
+
+
+async def test_dashboard_and_health(bare: Callable) -> None:
+    async with bare() as http:
+        async with http.get("/") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+        assert "EventSource" in page and "<script" in page and "src=" not in page  # self-contained
+        async with http.get("/healthz") as resp:
+            assert resp.status == 200 and await resp.json() == {"ok": True}
+        async with http.get("/nowhere") as resp:
+            assert resp.status == 404 and "error" in await resp.json()
