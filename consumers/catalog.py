@@ -39,12 +39,12 @@ from types import TracebackType
 from typing import Any
 
 from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
-from schemas.events import AssetBrowsable, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
+from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
 from streams.errors import PermanentError
 
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index.
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -132,8 +132,18 @@ WHEN old.doc_id IS NOT new.doc_id OR {" OR ".join(f"old.{c} IS NOT new.{c}" for 
     INSERT INTO metadata_fts (rowid, {", ".join(FTS_COLUMNS)}) VALUES (new.doc_id, {_FTS_NEW});
 END;
 """
+_SCHEMA_V3 = """
+CREATE TABLE enrichments (
+    asset_id    TEXT PRIMARY KEY,
+    quality     TEXT NOT NULL,          -- JSON: brightness, contrast, sharpness, saturation, score (0..1)
+    score       REAL,
+    enriched_at REAL NOT NULL
+);
+CREATE INDEX enrichments_score ON enrichments (score);
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
-_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2}
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -337,6 +347,8 @@ class Catalog:
                     self._browsable(event)
                 elif isinstance(event, AssetIndexed):
                     self._indexed(event)
+                elif isinstance(event, AssetEnriched):
+                    self._enriched(event)
                 elif isinstance(event, AssetFailed):
                     self._failed(event)
                 elif isinstance(event, BatchScanned):
@@ -379,6 +391,20 @@ class Catalog:
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 2, e.path, e.asset_id, DONE, e.indexed_at))
         db.execute(_UPSERT_METADATA, (self._doc_id(e.asset_id, e.indexed_at), e.asset_id, *metadata_row(e),
                                       self._file_names(e.asset_id)))
+
+    def _enriched(self, e: AssetEnriched) -> None:
+        db = self._db
+        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.enriched_at, e.enriched_at))
+        db.execute(_STUB_ASSET, (e.asset_id, e.enriched_at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 3, DONE, e.enriched_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 3, e.path, e.asset_id, DONE, e.enriched_at))
+        # the latest scores win; a replay of an older event changes nothing
+        db.execute(
+            "INSERT INTO enrichments VALUES (?, ?, ?, ?) ON CONFLICT (asset_id) DO UPDATE SET quality = "
+            "excluded.quality, score = excluded.score, enriched_at = excluded.enriched_at "
+            "WHERE excluded.enriched_at > enrichments.enriched_at",
+            (e.asset_id, json.dumps(e.quality, sort_keys=True), e.quality.get("score"), e.enriched_at),
+        )
 
     def _doc_id(self, asset_id: str, indexed_at: float) -> int:
         """The index row id of an event: indexing time (ms), then 20 bits of the asset id.
@@ -537,6 +563,8 @@ class Catalog:
         meta = db.execute(f"SELECT {', '.join(_METADATA_SHOWN)} FROM metadata WHERE asset_id = ?",
                           (asset_id,)).fetchone()
         out["metadata"] = None if meta is None else _shown_metadata(meta)
+        quality = db.execute("SELECT quality FROM enrichments WHERE asset_id = ?", (asset_id,)).fetchone()
+        out["quality"] = json.loads(quality[0]) if quality else None
         return out
 
     def _resolve(self, ref: str) -> str | None:

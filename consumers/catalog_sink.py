@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from consumers.catalog import Catalog
-from schemas import AssetBrowsable, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode
+from schemas import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode
 from streams.errors import SchemaError
 from streams.kafka import producer
 from streams.logs import get
@@ -23,9 +23,9 @@ from streams.topics import Topics
 
 log = get(__name__)
 
-_APPLIED = (AssetBrowsable, AssetIndexed, AssetFailed, BatchScanned)
-#: Tiers whose progress the sink reports (tier 3 joins when its agents exist).
-REPORTED_TIERS = (1, 2)
+_APPLIED = (AssetBrowsable, AssetIndexed, AssetEnriched, AssetFailed, BatchScanned)
+#: Tiers whose progress the sink reports.
+REPORTED_TIERS = (1, 2, 3)
 
 
 class CatalogSink:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from consumers.catalog import Catalog
 from consumers.progress import ProgressBar
-from consumers.views import render_asset, render_status
+from consumers.views import render_asset, render_search, render_status
 from schemas import Event, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
@@ -143,7 +143,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = resolve_bootstrap(settings)
     bar = ProgressBar() if args.wait and not args.json else None
     result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
-                                       lane=args.lane, timeout=args.timeout, bar=bar))
+                                       lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier))
     if args.json:
         _print_json(_jsonable(result.to_dict()))
     else:
@@ -188,6 +188,33 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     if asset is None:
         raise DamflowError(f"no asset {args.id}")
     _print_json(asset) if args.json else print(render_asset(asset))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    with _catalog(settings) as catalog:
+        rows = catalog.search(" ".join(args.text), limit=args.limit)
+    _print_json(rows) if args.json else print(render_search(rows))
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
+    """Send assets parsed by an older tier-2 parser (or all, with --all) through tier 2 again."""
+    from agents.metadata.model import PARSER_VERSION
+    from streams.reprocess import reprocess_tier2
+
+    if args.tier != 2:
+        raise DamflowError("only tier 2 can be reprocessed so far")
+    target = PARSER_VERSION + 1 if args.all else PARSER_VERSION
+    with _catalog(settings) as catalog:
+        rows = catalog.assets_needing_reparse(target, limit=args.limit)
+    if args.dry_run:
+        result = {"would_reprocess": len(rows), "parser_version": PARSER_VERSION}
+    else:
+        result = asyncio.run(reprocess_tier2(settings, topics_for(settings), resolve_bootstrap(settings), rows))
+    _print_json(result) if args.json else print(
+        f"{result.get('published', result.get('would_reprocess'))} assets "
+        f"{'sent to' if not args.dry_run else 'would go to'} tier 2 (parser v{PARSER_VERSION})")
     return 0
 
 
@@ -271,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "scan FOLDER and publish its images as one batch", json_flag=True)
     p.add_argument("folder")
     p.add_argument("--wait", action="store_true", help="show live progress until the batch is browsable")
+    p.add_argument("--tier", type=int, choices=[1, 2, 3], default=1,
+                   help="with --wait: wait for this tier (1 browsable, 2 searchable, 3 enriched)")
     p.add_argument("--lane", choices=["batch", "interactive"], default="batch")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     p = add("upload", cmd_upload, "store FILEs and publish them on the interactive lane", json_flag=True)
@@ -278,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return when browsable and print the time it took")
     p.add_argument("--timeout", type=float, default=60.0)
     add("status", cmd_status, "asset counts per tier, and per batch", json_flag=True)
+    p = add("search", cmd_search, "full-text search: words, \"phrases\", prefix*, model: seed: sampler: "
+            "scheduler: generator: lora: camera: file: prompt: negative: format:, -exclusions", json_flag=True)
+    p.add_argument("text", nargs="+")
+    p.add_argument("--limit", type=int, default=50)
+    p = add("reprocess", cmd_reprocess, "re-emit tier-2 work for assets parsed by an older parser version",
+            json_flag=True)
+    p.add_argument("--tier", type=int, default=2, choices=[2])
+    p.add_argument("--all", action="store_true", help="every indexed asset, not only older parser versions")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--dry-run", action="store_true")
     p = add("show", cmd_show, "one asset: locations, per-tier state, thumbnails", json_flag=True)
     p.add_argument("id", help="asset id (or a unique prefix of at least 6 characters)")
     p = add("dlq", cmd_dlq, "dead letters: list, show, replay or purge what failed")

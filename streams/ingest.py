@@ -36,9 +36,10 @@ class IngestResult:
 async def ingest_folder(
     settings: Settings, topics: Topics, bootstrap: str, folder: Path, *, wait: bool = False,
     lane: str = "batch", timeout: float | None = None, bar: ProgressBar | None = None,
-    batch_id: str | None = None,
+    batch_id: str | None = None, tier: int = 1,
 ) -> IngestResult:
-    """Scan ``folder`` as one batch; with ``wait``, follow its progress events until tier 1 is finished."""
+    """Scan ``folder`` as one batch; with ``wait``, follow its progress events until ``tier`` is finished
+    (1: browsable, 2: searchable, 3: enriched)."""
     batch_id = batch_id or new_id()
     async with contextlib.AsyncExitStack() as stack:
         follower = None
@@ -46,7 +47,7 @@ async def ingest_folder(
             watcher = await stack.enter_async_context(
                 tail(bootstrap, topics.progress, settings, fetch_max_wait_ms=settings.sink_fetch_max_wait_ms)
             )
-            follower = asyncio.create_task(follow(watcher, batch_id, bar=bar, timeout=timeout))
+            follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
         try:
             result = await scan(settings, topics, bootstrap, prod, folder, lane=lane, batch_id=batch_id)

@@ -477,7 +477,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 3
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op
@@ -529,3 +529,20 @@ def test_render_asset_shows_tier2_metadata(library: Catalog) -> None:
     assert "  gps       38.71390, -9.13940" in photo and "  taken     2024:06:01 18:30:00" in photo
     library.apply([browsable("e5", f"{ROOT}/plain.png", "d4" * 32)])
     assert "metadata" not in render_asset(library.asset("d4" * 32))
+
+
+def test_enrichment_sets_tier3_state_and_keeps_the_latest_scores(tmp_path) -> None:
+    from schemas import AssetEnriched
+
+    catalog = Catalog(tmp_path / "c.sqlite")
+
+    def enriched(score: float, at: float) -> AssetEnriched:
+        return AssetEnriched(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="ab" * 32,
+                             path="/x.png", quality={"score": score}, enriched_at=at)
+
+    newer, older = enriched(0.9, 20.0), enriched(0.1, 10.0)
+    catalog.apply([newer])
+    catalog.apply([older, newer])  # a late older event and a replay change nothing
+    asset = catalog.asset("ab" * 32)
+    assert asset["tier3_state"] == "enriched" and asset["quality"] == {"score": 0.9}
+    assert catalog.progress("b1", 3).done == 1
