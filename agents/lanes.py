@@ -10,7 +10,8 @@ Each place where an urgent event could otherwise queue behind less urgent work h
    was already fetched for the batch lane small (see ``streams.app``).
 2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
    runs at normal priority, the batch pool's processes are niced, so an urgent file never waits behind queued
-   batch files and gets the CPU as soon as it needs it.
+   batch files; while urgent work is in flight the batch processes are frozen (``preempt_batch``, when
+   ``Settings.preempt_batch`` is on), so it gets the CPU at once.
 
 Pauses are re-applied after every rebalance (faust forgets them on assignment).
 """
@@ -18,6 +19,7 @@ Pauses are re-applied after every rebalance (faust forgets them on assignment).
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -52,7 +54,16 @@ class LanePools:
         self.interactive.warm()
         self.batch.warm()
 
+    def preempt_batch(self, urgent: bool) -> None:
+        """Freeze the batch pool's processes while urgent work runs (SIGSTOP), thaw them after (SIGCONT).
+
+        Niceness alone leaves the batch processes a share of the cores; on a small machine that share is what
+        an urgent file waits for. A frozen batch file simply resumes where it was.
+        """
+        self.batch.signal_all(signal.SIGSTOP if urgent else signal.SIGCONT)
+
     def shutdown(self) -> None:
+        self.batch.signal_all(signal.SIGCONT)  # never leave a frozen process behind
         self.interactive.shutdown()
         self.batch.shutdown()
 
@@ -60,8 +71,13 @@ class LanePools:
 class LaneGovernor:
     """Counts in-flight work per priority level and pauses the partitions of lower levels accordingly."""
 
-    def __init__(self, app: faust.App, topics: Topics, *, idle_s: float = 0.25) -> None:
+    def __init__(
+        self, app: faust.App, topics: Topics, *, idle_s: float = 0.25,
+        on_urgent: Callable[[bool], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_urgent = on_urgent
+        self._urgent = False
         self.idle_s = idle_s
         self.in_flight = dict.fromkeys(range(4), 0)
         self._topics = {
@@ -100,6 +116,11 @@ class LaneGovernor:
 
     def _update(self) -> None:
         now = time.monotonic()
+        urgent = self.in_flight[0] > 0
+        if urgent != self._urgent:
+            self._urgent = urgent
+            if self.on_urgent is not None:
+                self.on_urgent(urgent)
         busy = {level: self.in_flight[level] > 0 or (level > 0 and self._lagging(level)) for level in range(3)}
         for level, is_busy in busy.items():
             if is_busy:

@@ -77,6 +77,16 @@ class WorkPool:
         except MemoryError as exc:
             raise DecoderOutOfMemory(f"decoding needed more than the {self.memory_mb} MB limit") from exc
 
+    def pids(self) -> list[int]:
+        """The pool's live process ids (pebble keeps them in its worker manager; empty if that ever moves)."""
+        manager = getattr(getattr(self._pool, "_pool_manager", None), "worker_manager", None)
+        return list(getattr(manager, "workers", {}) or {})
+
+    def signal_all(self, sig: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def shutdown(self) -> None:
         self._pool.close()
         self._pool.join(timeout=10)

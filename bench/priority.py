@@ -4,7 +4,7 @@
 
 Runs, on this machine, one after the other:
 1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files;
-2. damflow, priority lanes: an import of ``--files`` generated 1024x1024 PNGs while an urgent upload is POSTed to
+2. damflow (`damflow up` in its own process, on the embedded broker), priority lanes: an import of ``--files`` generated 1024x1024 PNGs while an urgent upload is POSTed to
    the HTTP endpoint (``/upload?wait=1``, the real upload path) every ``--interval`` seconds;
 3. damflow, FIFO baseline: the same, but each urgent file joins the batch lane (``t1.batch``) behind the import;
 4. (``--big``) the priority run again with a ``--big``-file import, for memory: peak RSS per process must stay
@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +40,8 @@ from schemas import AssetBrowsable, decode  # noqa: E402
 from streams.ingest import ingest_folder  # noqa: E402
 from streams.kafka import producer, tail  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.supervisor import Stack  # noqa: E402
+from streams.broker import free_port, resolve_bootstrap  # noqa: E402
+from streams.topics import topics_for  # noqa: E402
 from streams.upload import store_original, upload_event  # noqa: E402
 from schemas import encode  # noqa: E402
 
@@ -57,6 +60,8 @@ class Arrivals:
 
     def __init__(self) -> None:
         self.at: dict[str, float] = {}
+        self.events: dict[str, AssetBrowsable] = {}
+        self.wall: dict[str, float] = {}
         self.first: float | None = None
         self.waiters: dict[str, asyncio.Future] = {}
 
@@ -69,21 +74,59 @@ class Arrivals:
                     if isinstance(event, AssetBrowsable):
                         self.first = self.first or now
                         self.at[event.event_id] = now
+                        self.events[event.event_id] = event
+                        self.wall[event.event_id] = time.time()
                         fut = self.waiters.pop(event.event_id, None)
                         if fut and not fut.done():
                             fut.set_result(now)
 
 
+class Up:
+    """`damflow up` as its own process, as in production: the benchmark client and scanner live outside it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.settings = Settings(data_dir=data_dir, log_level="warn", http_port=self.port)
+        self.topics = topics_for(self.settings)
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "up.log"
+        env = dict(os.environ, DAMFLOW_DATA_DIR=str(data_dir), DAMFLOW_HTTP_PORT=str(self.port),
+                   DAMFLOW_LOG_LEVEL="warn")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while "damflow up:" not in self.log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"damflow up did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)  # polling a child's log for its banner
+        self.bootstrap = resolve_bootstrap(self.settings)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+
+
 async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: float, data_dir: Path) -> dict:
-    settings = Settings(data_dir=data_dir, log_level="warn", http_port=0)
+    up = Up(data_dir)
+    try:
+        return await _run_import(up, folder, urgent, mode=mode, interval=interval)
+    finally:
+        up.stop()
+
+
+async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str, interval: float) -> dict:
+    settings = stack.settings
     n = sum(1 for _ in folder.iterdir())
-    async with Stack(settings) as stack, tail(stack.bootstrap, stack.topics.assets, settings) as assets:
+    async with tail(stack.bootstrap, stack.topics.assets, settings) as assets:
         arrivals = Arrivals()
         collector = asyncio.create_task(arrivals.run(assets))
         t0 = time.perf_counter()
         ingest = asyncio.create_task(ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
                                                    timeout=3600))
         published: dict[str, float] = {}
+        request_wall: dict[str, float] = {}
         http_ms: list[float] = []
         submitted = 0
         async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
@@ -91,7 +134,7 @@ async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: f
                 src = urgent[submitted]
                 submitted += 1
                 if mode == "priority":
-                    start = time.perf_counter()
+                    start, start_wall = time.perf_counter(), time.time()
                     with open(src, "rb") as f:
                         form = aiohttp.FormData()
                         form.add_field("file", f, filename=src.name, content_type="image/png")
@@ -100,6 +143,7 @@ async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: f
                     http_ms.append((time.perf_counter() - start) * 1000)
                     up = body["uploads"][0]
                     published[up["event_id"]] = start
+                    request_wall[up["event_id"]] = start_wall
                 else:  # FIFO: the urgent file joins the batch lane, behind the import
                     stored = store_original(settings, src)
                     event = upload_event(stored, batch_id="fifo-urgent", display_name=src.name)
@@ -115,14 +159,26 @@ async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: f
             while any(e not in arrivals.at for e in published) and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
         collector.cancel()
-        rss = snapshot(os.getpid())
+        rss = snapshot(stack.proc.pid)
     urgent_ms = [(arrivals.at[e] - t) * 1000 for e, t in published.items() if e in arrivals.at]
+    # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work
+    # itself, and getting the result back to a reader
+    parts: dict[str, list[float]] = {"receive_store": [], "queue": [], "work": [], "deliver": []}
+    for e, wall0 in request_wall.items():
+        ev = arrivals.events.get(e)
+        if ev is None:
+            continue
+        parts["receive_store"].append((ev.discovered_at - wall0) * 1000)
+        parts["queue"].append((ev.browsable_at - ev.discovered_at) * 1000 - ev.work_ms)
+        parts["work"].append(ev.work_ms)
+        parts["deliver"].append((arrivals.wall[e] - ev.browsable_at) * 1000)
     p = result.progress
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
         "first_asset_s": (arrivals.first - t0) if arrivals.first else None,
         "done": p.done if p else 0, "failed": (p.failed + p.dead_lettered) if p else 0,
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "http_ms": http_ms, "rss_mb": rss,
+        "urgent_parts_p50_ms": {k: round(pct(v, 50), 1) for k, v in parts.items() if v},
     }
 
 
@@ -135,7 +191,7 @@ def summary(run: dict, limit: float) -> dict:
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
         **{f"http_p{q}_ms": round(pct(h, q), 1) if h else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "failed": run["failed"],
+        "rss_mb": run["rss_mb"], "failed": run["failed"], "urgent_parts_p50_ms": run["urgent_parts_p50_ms"],
     }
 
 
@@ -169,6 +225,10 @@ def main() -> None:
               f"{r['first_asset_s'] or 0:8.3f} {r['urgent_n']:8d} {r['urgent_p50_ms'] or 0:8.1f} "
               f"{r['urgent_p95_ms'] or 0:8.1f} {r['urgent_p99_ms'] or 0:8.1f} {r['http_p50_ms'] or 0:9.1f} "
               f"{r['http_p99_ms'] or 0:9.1f}")
+    for r in rows:
+        if r["urgent_parts_p50_ms"]:
+            print(f"urgent time p50 by stage ({r['mode']} {r['files']}): "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in r["urgent_parts_p50_ms"].items()))
     print("peak RSS (MB) per process role:")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))

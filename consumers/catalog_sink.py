@@ -71,7 +71,8 @@ class CatalogSink:
                     if not batches:
                         continue
                     events = [e for records in batches.values() for e in self._decode(records)]
-                    for progress in self.write(catalog, events):
+                    # SQLite work off the event loop: this process also serves HTTP uploads
+                    for progress in await asyncio.to_thread(self.write, catalog, events):
                         await prod.send(self.topics.progress, encode(progress), key=progress.batch_id.encode())
                     await prod.flush()
                     await consumer.commit()

@@ -37,8 +37,9 @@ from aiokafka.errors import KafkaError
 from agents.sniff import HEAD_BYTES, sniff
 from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
-from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, encode, new_id
+from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
 from streams.errors import DamflowError, PermanentError, SchemaError, UploadRejected
+from streams.ingest import OutcomeWatcher
 from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
@@ -59,6 +60,7 @@ _BOOTSTRAP = web.AppKey("bootstrap", str)
 _PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
 _STREAMS = web.AppKey("sse_clients", list)
+_OUTCOMES = web.AppKey("outcomes", OutcomeWatcher)
 
 _HEX = re.compile(r"[0-9a-f]+")
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -293,29 +295,40 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
     settings, topics = app[_SETTINGS], app[_TOPICS]
     rows: list[dict[str, Any]] = []
     started: dict[str, float] = {}  # event id -> when it was published
-    async with contextlib.AsyncExitStack() as stack:
-        watcher = None
-        if wait:  # positioned before publishing, so no outcome can be missed
-            watcher = await stack.enter_async_context(tail(app[_BOOTSTRAP], topics.assets, settings))
-        try:
-            for spool in spools:
-                stored = await asyncio.to_thread(store_original, settings, spool.path)
-                event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
-                started[event.event_id] = time.perf_counter()
-                await publish_upload(app[_PRODUCER], topics, event)
-                rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
-                             "name": spool.name, "size": stored.size, "format": stored.format})
-                ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
-                          size=stored.size, format=stored.format)
-        except (KafkaError, DamflowError, OSError) as exc:
-            # What was published stays published (and is listed); the rest was not: the client may retry it.
-            ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
-            retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
-            return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
-                          f"{exc}", "upload_failed", uploads=rows)
-        if watcher is None:
-            return web.json_response({"uploads": rows}, status=202)
-        outcomes = await await_outcomes(watcher, started, timeout)
+    pending: dict[str, asyncio.Future] = {}
+    watcher = app[_OUTCOMES]
+    try:
+        for spool in spools:
+            # the spooled file is renamed into the store: no second copy of the bytes
+            stored = await asyncio.to_thread(store_original, settings, spool.path, move=True)
+            event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
+            if wait:  # registered before publishing, so the outcome cannot be missed
+                pending[event.event_id] = watcher.expect(event.event_id)
+            started[event.event_id] = time.perf_counter()
+            await publish_upload(app[_PRODUCER], topics, event)
+            rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
+                         "name": spool.name, "size": stored.size, "format": stored.format})
+            ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
+                      size=stored.size, format=stored.format)
+    except (KafkaError, DamflowError, OSError) as exc:
+        for event_id in pending:
+            watcher.forget(event_id)
+        # What was published stays published (and is listed); the rest was not: the client may retry it.
+        ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
+        retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
+        return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
+                      f"{exc}", "upload_failed", uploads=rows)
+    if not wait:
+        return web.json_response({"uploads": rows}, status=202)
+    outcomes: dict[str, tuple[Any, float]] = {}
+    if pending:
+        await asyncio.wait(pending.values(), timeout=timeout)
+    for event_id, fut in pending.items():
+        if fut.done():
+            event, read_at = fut.result()
+            outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1))
+        else:
+            watcher.forget(event_id)
     for row in rows:
         outcome = outcomes.get(row["event_id"])
         if outcome is None:
@@ -329,34 +342,6 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
         ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms)
     done = all(row["state"] != "pending" for row in rows)
     return web.json_response({"uploads": rows}, status=200 if done else 202)
-
-
-async def await_outcomes(
-    consumer: AIOKafkaConsumer, started: dict[str, float], timeout: float,
-) -> dict[str, tuple[AssetBrowsable | AssetFailed, float]]:
-    """Read ``assets`` until every event id in ``started`` has its final tier-1 outcome, or ``timeout`` passes.
-
-    Like :func:`streams.ingest.await_outcome`, for several events at once (one reader must see them all, or
-    waiting for the first would read past the others); and a failure that will be retried is not final here.
-    Returns ``event id -> (outcome, ms since its publish)``.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    found: dict[str, tuple[AssetBrowsable | AssetFailed, float]] = {}
-    while len(found) < len(started) and (left := deadline - loop.time()) > 0:
-        batches = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
-        for records in batches.values():
-            for rec in records:
-                try:
-                    event = decode(rec.value)
-                except SchemaError:
-                    continue
-                final = isinstance(event, AssetBrowsable) or (
-                    isinstance(event, AssetFailed) and event.tier == 1 and event.outcome != "retrying")
-                if final and event.event_id in started and event.event_id not in found:
-                    ms = round((time.perf_counter() - started[event.event_id]) * 1000, 1)
-                    found[event.event_id] = (event, ms)
-    return found
 
 
 # -- lookups -----------------------------------------------------------------------------------------------
@@ -493,8 +478,20 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", dashboard)
     app.on_startup.append(_prepare_spool)
+    app.cleanup_ctx.append(_watch_outcomes)
     app.on_shutdown.append(_stop_streams)
     return app
+
+
+async def _watch_outcomes(app: web.Application):
+    """One reader of ``assets`` for every ``?wait=1`` upload (see :class:`streams.ingest.OutcomeWatcher`)."""
+    async with tail(app[_BOOTSTRAP], app[_TOPICS].assets, app[_SETTINGS]) as consumer:
+        watcher = app[_OUTCOMES] = OutcomeWatcher(consumer)
+        task = asyncio.create_task(watcher.run(), name="upload-outcomes")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _prepare_spool(app: web.Application) -> None:

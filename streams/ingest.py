@@ -96,6 +96,49 @@ async def upload_files(
     return out
 
 
+def final_outcome(event: object) -> bool:
+    """A tier-1 result that will not change any more: browsable, or failed without a retry to come."""
+    return isinstance(event, AssetBrowsable) or (
+        isinstance(event, AssetFailed) and event.tier == 1 and event.outcome != "retrying")
+
+
+class OutcomeWatcher:
+    """One long-lived reader of ``assets`` that hands each final tier-1 outcome to whoever waits for it.
+
+    Register with :meth:`expect` *before* publishing the event; the reader was positioned when it started, so
+    nothing published afterwards can be missed — and no consumer has to be set up per upload.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+        self._waiting: dict[str, asyncio.Future] = {}
+
+    def expect(self, event_id: str) -> asyncio.Future:
+        """A future for ``(outcome event, time.perf_counter() when it was read)``."""
+        fut = self._waiting.get(event_id)
+        if fut is None:
+            fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def forget(self, event_id: str) -> None:
+        self._waiting.pop(event_id, None)
+
+    async def run(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    if not self._waiting:
+                        break
+                    try:
+                        event = decode(rec.value)
+                    except SchemaError:
+                        continue
+                    if final_outcome(event):
+                        fut = self._waiting.pop(event.event_id, None)
+                        if fut is not None and not fut.done():
+                            fut.set_result((event, time.perf_counter()))
+
+
 async def await_outcome(consumer: AIOKafkaConsumer, event_id: str) -> AssetBrowsable | AssetFailed:
     """Read ``assets`` until the tier-1 outcome of ``event_id`` appears."""
     while True:
@@ -106,5 +149,5 @@ async def await_outcome(consumer: AIOKafkaConsumer, event_id: str) -> AssetBrows
                     event = decode(rec.value)
                 except SchemaError:
                     continue
-                if isinstance(event, AssetBrowsable | AssetFailed) and event.event_id == event_id:
+                if final_outcome(event) and event.event_id == event_id:
                     return event

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     interactive_pool_size: int = Field(default=1, ge=1)
     #: Niceness of the batch pool's processes: they yield the CPU to interactive work and to the pipeline itself.
     batch_nice: int = Field(default=10, ge=0, le=19)
+    #: Freeze the batch pool while interactive work is in flight, so urgent work gets the cores at once
+    #: (measured here: urgent work 45 -> 38 ms p50, but batch throughput 0.62 -> 0.51x the compute limit).
+    preempt_batch: bool = False
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
     batch_buffer: int = Field(default=8, ge=1)

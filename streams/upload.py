@@ -33,15 +33,24 @@ class StoredUpload:
     format: str
 
 
-def store_original(settings: Settings, source: Path) -> StoredUpload:
-    """Copy ``source`` into the content-addressed originals store (atomically; a no-op if already there)."""
+def store_original(settings: Settings, source: Path, *, move: bool = False) -> StoredUpload:
+    """Copy ``source`` into the content-addressed originals store (atomically; a no-op if already there).
+
+    ``move`` renames instead of copying (for a spooled upload on the same filesystem); the source is gone after.
+    """
     fmt = sniff_file(source)
     if fmt is None:
         raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
     asset_id, size = hash_file(source, max_bytes=settings.upload_max_bytes)
     dest = settings.originals_dir / asset_id[:2] / f"{asset_id}{_EXT.get(fmt, '.bin')}"
-    if not dest.exists():
+    if dest.exists():
+        if move:
+            source.unlink(missing_ok=True)
+    else:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            os.replace(source, dest)  # atomic: a file that exists is complete
+            return StoredUpload(asset_id, dest, size, fmt)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             shutil.copyfile(source, tmp)

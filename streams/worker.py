@@ -29,7 +29,8 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     pools = LanePools(settings, preload=("agents.browse", "agents.index", "agents.quality"))
     pools.warm()
     topics = topics_for(settings)
-    governor = LaneGovernor(app, topics, idle_s=settings.lane_idle_s)
+    governor = LaneGovernor(app, topics, idle_s=settings.lane_idle_s,
+                            on_urgent=pools.preempt_batch if settings.preempt_batch else None)
     tier1.register(app, settings, topics, pools, governor)
     tier2.register(app, settings, topics, pools, governor)
     tier3.register(app, settings, topics, pools, governor)

@@ -2,23 +2,20 @@
 
 Two layers: files built here (Pillow writes most of them; chunk and segment surgery places the rest where real
 tools put them), and the shared corpus, whose manifest states facts about each file in formulaic phrases that
-:func:`_checks` turns into assertions — one test per manifest entry, named by its file.
+:func:`~tests.agents.metadata.expectations.container_checks` turns into assertions — one test per manifest entry,
+named by its file.
 """
 
 from __future__ import annotations
 
-import ast
 import gzip
 import io
 import json
 import os
-import re
 import struct
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -26,10 +23,12 @@ from PIL import Image, PngImagePlugin
 from agents.metadata import png_chunks
 from agents.metadata.containers import read_containers
 from agents.metadata.exif import decode_user_comment
-from agents.metadata.model import Containers
 from agents.metadata.xmp import parse_packet
 from streams.errors import SourceMissing, SourceUnreadable, UnsupportedFormat
 from tests.conftest import CORPUS
+
+pytest.register_assert_rewrite("tests.agents.metadata.expectations")
+from tests.agents.metadata.expectations import ALLOWED, check_failure, container_checks
 from tests.images import make_png, pattern, write_garbage
 
 XMP_PACKET = (
@@ -450,255 +449,7 @@ def test_result_is_plain_json_data(tmp_path: Path) -> None:
     assert json.loads(json.dumps(asdict(c)))["comments"] == ["hi"]
 
 
-# -- corpus -------------------------------------------------------------------------------------------
-
-
-class Check(NamedTuple):
-    """One fact the manifest states: ``test(containers, *args)`` raises AssertionError when it does not hold."""
-
-    name: str
-    test: Callable[..., None]
-    args: tuple = ()
-    #: Why this check is expected to fail (pyexiv2/Pillow cannot do it); None for checks that must pass.
-    xfail: str | None = None
-
-
-#: Facts no reader available here can establish, by (file, check name) -> why. Empty: every stated fact holds.
-KNOWN_GAPS: dict[tuple[str, str], str] = {}
-
-
-def _checks(entry: dict) -> list[Check]:
-    """The assertions the manifest's ``expect`` text states about one file, one Check per formulaic phrase."""
-    text = entry["expect"]
-    checks: list[Check] = []
-
-    def add(name: str, test: Callable[..., None], *args: object) -> None:
-        checks.append(Check(name, test, args, KNOWN_GAPS.get((entry["file"], name))))
-
-    add("format", _attr_is, "format", entry["format"])
-    if entry["width"] is not None:
-        add("size", _size_is, (entry["width"], entry["height"]))
-
-    # camera facts
-    if m := re.search(r"EXIF Make '([^']*)' Model '([^']*)'", text):
-        add("Make", _exif_is, "Exif.Image.Make", m.group(1))
-        add("Model", _exif_is, "Exif.Image.Model", m.group(2))
-    if m := re.search(r"DateTimeOriginal (\d{4}:\d\d:\d\d \d\d:\d\d:\d\d)", text):
-        add("DateTimeOriginal", _exif_is, "Exif.Photo.DateTimeOriginal", m.group(1))
-    if m := re.search(r"\bDateTime '([^']*)'", text):
-        add("DateTime", _exif_is, "Exif.Image.DateTime", m.group(1))
-    if m := re.search(r"(?<![\w:])Orientation=(\d)", text):
-        add("Orientation", _exif_is, "Exif.Image.Orientation", m.group(1))
-    if m := re.search(r"LensModel '([^']*)'", text):
-        add("LensModel", _exif_is, "Exif.Photo.LensModel", m.group(1))
-    if m := re.search(r"ImageDescription '([^']*)'", text):
-        add("ImageDescription", _exif_is, "Exif.Image.ImageDescription", m.group(1))
-    if m := re.search(r"Software '([^']*?)(?: ?\.\.\.)?'", text):
-        add("Software", _exif_starts, "Exif.Image.Software", m.group(1))
-    if m := re.search(r"GPS IFD with (\d+) tags", text):
-        add("GPS tags", _gps_tags, int(m.group(1)))
-    if re.search(r"GPS IFD pointer (?:present but the IFD is empty|is bogus)", text):
-        add("GPS invalid", _attr_is, "gps", None)
-    if m := re.search(r"approx (-?[\d.]+), (-?[\d.]+)", text):
-        add("GPS position", _gps_near, float(m.group(1)), float(m.group(2)))
-    if m := re.search(r"EXIF \((\d+) tags via exiv2\)", text):
-        add("EXIF tags", _counted, "exif", int(m.group(1)))
-    if m := re.search(r"XMP \((\d+) props(?:, (\w+)=(.*?))?\)(?=;|$)", text):
-        add("XMP props", _counted, "xmp", int(m.group(1)))
-        if m.group(2):
-            key = {"CreatorTool": "Xmp.xmp.CreatorTool", "description": "Xmp.dc.description"}[m.group(2)]
-            add(f"XMP {m.group(2)}", _xmp_is, key, m.group(3))
-    if m := re.search(r"IPTC \((\d+) tags(?:, (\w+)=(.*?))?\)(?=;|$)", text):
-        add("IPTC tags", _counted, "iptc", int(m.group(1)))
-        if m.group(2) == "Keywords":  # the manifest cuts long lists mid-word: each listed word is a prefix
-            add("IPTC Keywords", _iptc_prefixes, "Iptc.Application2.Keywords", re.findall(r"'([^']*)'?", m.group(3)))
-        elif m.group(2):
-            add(f"IPTC {m.group(2)}", _iptc_is, f"Iptc.Application2.{m.group(2)}", [m.group(3)])
-    if m := re.search(r"Keywords \[([^\]]*)\]", text):
-        add("IPTC Keywords list", _iptc_is, "Iptc.Application2.Keywords", re.findall(r"'([^']*)'", m.group(1)))
-    if m := re.search(r"By-line '([^']*)'", text):
-        add("IPTC By-line", _iptc_is, "Iptc.Application2.Byline", [m.group(1)])
-    if m := re.search(r"photoshop:City '([^']*)'", text):
-        add("XMP City", _xmp_is, "Xmp.photoshop.City", m.group(1))
-    if m := re.search(r"(?:XMP CreatorTool '|xmp:CreatorTool=')([^']*)'", text):
-        add("XMP CreatorTool", _xmp_is, "Xmp.xmp.CreatorTool", m.group(1))
-    for flag, phrase in (("icc", r"\bICC profile\b"), ("c2pa", r"\bC2PA\b"), ("mpf", r"\bMPF\b"),
-                         ("extended_xmp", r"\bExtendedXMP\b"), ("xmp", r"XMP packet present"),
-                         ("exif", r"eXIf chunk")):
-        if re.search(phrase, text):
-            add(f"flag {flag}", _flagged, flag)
-    if "without Make/Model" in text or "no EXIF/XMP/IPTC of note" in text:
-        add("no Make", _no_key, "exif", "Exif.Image.Make")
-    if "no EXIF/XMP/IPTC of note" in text:
-        add("no IPTC/XMP", _empty, "iptc", "xmp")
-    if "IPTC-only (no EXIF)" in text:
-        add("no EXIF", _empty, "exif")
-    if re.search(r"no text chunks|only (?:sRGB/)?pHYs", text):
-        add("no metadata", _empty, "text", "exif", "xmp")
-    if re.search(r"reads no EXIF/XMP|pyexiv2 finds nothing", text):
-        add("no EXIF/XMP", _empty, "exif", "xmp")
-    if m := re.search(r"JPEG COM = (b'[^']*')", text):
-        add("COM latin-1", _attr_is, "comments", [ast.literal_eval(m.group(1)).decode("latin-1")])
-    if m := re.search(r"\bCOM '([^']*)'", text):
-        add("COM", _comments_include, m.group(1))
-    _ai_checks(entry, add)
-    return checks
-
-
-def _ai_checks(entry: dict, add: Callable[..., None]) -> None:
-    """AI generators: the raw sources the generator layer parses must be there, and whole."""
-    text, kind = entry["expect"], entry["kind"]
-    if "PNG tEXt:" in text:
-        for key in ("prompt", "workflow"):
-            if f"{key} = " in text:
-                add(f"text {key}", _text_json, key)
-    if "Model(0x0110)='prompt:" in text:
-        add("WebP prompt", _exif_json, "Exif.Image.Model", "prompt:")
-        add("WebP workflow", _exif_json, "Exif.Image.Make", "workflow:")
-    if m := re.search(r"value = JSON object with keys \[([^\]]*)\]", text):
-        add("UserComment JSON", _user_comment_keys, sorted(re.findall(r"'([^']*)'", m.group(1))))
-    if re.search(r"'parameters' (?:tEXt|zTXt|iTXt|chunk)|tEXt 'parameters'", text):
-        add("text parameters", _text_has, "parameters", None)
-    if "EXIF UserComment" in text:
-        add("UserComment", _user_comment_has, "")
-        if kind == "a1111":
-            add("UserComment Steps", _user_comment_has, "Steps:")
-    if m := re.search(r"node ids include '([^']*)'", text):
-        add("UserComment content", _user_comment_has, m.group(1))
-    if starts := re.findall(r"prompt starts (?:'([^']*)'|\"([^\"]*)\")", text):
-        start = "".join(starts[0])
-        if "stealth metadata in alpha-channel LSBs" in text:
-            add("stealth", _text_starts, "stealth:parameters", start)
-            add("flag stealth", _flagged, "stealth")
-        if "'parameters'" in text:
-            add("parameters prompt", _text_starts, "parameters", start)
-        elif "EXIF UserComment" in text:
-            add("UserComment prompt", _user_comment_starts, start)
-    for m in re.finditer(r"(?:tEXt|zTXt|iTXt) '([^']+)'(?:='([^']*)')?", text):
-        add(f"text {m.group(1)}", _text_has, m.group(1), m.group(2))
-    if m := re.search(r"PNG tEXt\): (.*)", text):
-        for key, value in re.findall(r"\b(\w+)='([^']*)'", m.group(1)):
-            add(f"text {key}", _text_has, key, value)
-    elif "PNG" not in text:
-        for key, value in re.findall(r"\b(Software|Artist)='([^']*)'", text):
-            add(f"EXIF {key}", _exif_is, f"Exif.Image.{key}", value)
-    if m := re.search(r"first '(\w+): \{json\}', second '(\w+): \{json\}'", text):
-        add("COM segments", _comment_prefixes, list(m.groups()))
-    if m := re.search(r"dc:description = A1111-like text \('(.*?)(?: ?\.\.\.|\\n)", text):
-        add("XMP description", _xmp_starts, "Xmp.dc.description", m.group(1))
-
-
-# The checks themselves: each takes the Containers first, then what the manifest says.
-
-
-def _attr_is(c: Containers, attr: str, expected: object) -> None:
-    assert getattr(c, attr) == expected, f"{attr}: {getattr(c, attr)!r}, the manifest says {expected!r}"
-
-
-def _size_is(c: Containers, expected: tuple[int, int]) -> None:
-    assert (c.width, c.height) == expected, f"size {c.width}x{c.height}, the manifest says {expected}"
-
-
-def _exif_is(c: Containers, key: str, expected: str) -> None:
-    value = c.exif.get(key, "").strip()  # exiv2 keeps the blank padding of fixed-width fields ("WWL     ")
-    assert value == expected, f"{key}: {value!r}, the manifest says {expected!r}"
-
-
-def _exif_starts(c: Containers, key: str, prefix: str) -> None:
-    assert c.exif.get(key, "").startswith(prefix), f"{key}: {c.exif.get(key)!r} does not start {prefix!r}"
-
-
-def _exif_json(c: Containers, key: str, prefix: str) -> None:
-    assert c.exif[key].startswith(prefix), f"{key} does not start {prefix!r}"
-    assert isinstance(json.loads(c.exif[key].removeprefix(prefix)), dict), f"{key} is not a whole JSON object"
-
-
-def _xmp_text(c: Containers, key: str) -> object:
-    value = c.xmp.get(key)
-    return value.get("x-default") if isinstance(value, dict) else value
-
-
-def _xmp_is(c: Containers, key: str, expected: str) -> None:
-    assert _xmp_text(c, key) == expected, f"{key}: {_xmp_text(c, key)!r}, the manifest says {expected!r}"
-
-
-def _xmp_starts(c: Containers, key: str, prefix: str) -> None:
-    assert str(_xmp_text(c, key)).startswith(prefix), f"{key} does not start {prefix!r}"
-
-
-def _iptc_is(c: Containers, key: str, expected: list[str]) -> None:
-    assert c.iptc.get(key) == expected, f"{key}: {c.iptc.get(key)!r}, the manifest says {expected!r}"
-
-
-def _iptc_prefixes(c: Containers, key: str, prefixes: list[str]) -> None:
-    values = c.iptc.get(key, [])
-    assert len(values) >= len(prefixes), f"{key}: {values!r}"
-    assert all(value.startswith(prefix) for value, prefix in zip(values, prefixes, strict=False)), values
-
-
-def _counted(c: Containers, attr: str, expected: int) -> None:
-    assert c.flags.get(attr), f"{attr} not flagged"
-    found = len(getattr(c, attr))
-    assert found == expected, f"{attr}: {found} properties, the manifest (exiv2) says {expected}"
-
-
-def _gps_tags(c: Containers, expected: int) -> None:
-    tags = [key for key in c.exif if key.startswith("Exif.GPSInfo.")]
-    assert abs(len(tags) - expected) <= 2, f"{len(tags)} GPS tags, the manifest says {expected}"
-    if "Exif.GPSInfo.GPSLatitude" in c.exif and "Exif.GPSInfo.GPSLongitude" in c.exif:
-        assert c.gps is not None, "GPS coordinates present but no position"
-
-
-def _gps_near(c: Containers, latitude: float, longitude: float) -> None:
-    assert c.gps == pytest.approx((latitude, longitude), abs=1e-3), f"gps {c.gps}"
-
-
-def _flagged(c: Containers, flag: str) -> None:
-    assert c.flags.get(flag), f"flag {flag!r} not set"
-
-
-def _no_key(c: Containers, attr: str, key: str) -> None:
-    assert key not in getattr(c, attr), f"{key} present"
-
-
-def _empty(c: Containers, *attrs: str) -> None:
-    for attr in attrs:
-        assert not getattr(c, attr), f"{attr} not empty: {list(getattr(c, attr))[:5]}"
-
-
-def _comments_include(c: Containers, comment: str) -> None:
-    assert comment in c.comments, f"comments: {c.comments!r}"
-
-
-def _comment_prefixes(c: Containers, prefixes: list[str]) -> None:
-    assert [x[: len(p)] for x, p in zip(c.comments, prefixes, strict=False)] == prefixes, c.comments
-    assert len(c.comments) == len(prefixes), f"{len(c.comments)} comments"
-
-
-def _text_has(c: Containers, key: str, value: str | None) -> None:
-    assert key in c.text, f"no {key!r} text chunk (have {list(c.text)})"
-    assert c.text[key], f"text {key!r} is empty"
-    assert value is None or c.text[key] == value, f"text {key!r}: {c.text[key]!r}, the manifest says {value!r}"
-
-
-def _text_json(c: Containers, key: str) -> None:
-    assert isinstance(json.loads(c.text[key]), dict), f"text {key!r} is not a JSON object"
-
-
-def _text_starts(c: Containers, key: str, prefix: str) -> None:
-    assert c.text[key].startswith(prefix), f"text {key!r} starts {c.text[key][:60]!r}, not {prefix!r}"
-
-
-def _user_comment_has(c: Containers, part: str) -> None:
-    assert c.user_comment and part in c.user_comment, f"user_comment {str(c.user_comment)[:60]!r} lacks {part!r}"
-
-
-def _user_comment_starts(c: Containers, prefix: str) -> None:
-    assert (c.user_comment or "").startswith(prefix), f"user_comment starts {str(c.user_comment)[:60]!r}"
-
-
-def _user_comment_keys(c: Containers, keys: list[str]) -> None:
-    assert sorted(json.loads(c.user_comment or "")) == keys, "user_comment JSON keys differ"
+# -- corpus (the checks: tests/agents/metadata/expectations.py) ------------------------------------
 
 
 def _entries() -> list:
@@ -706,10 +457,6 @@ def _entries() -> list:
     if not manifest.is_file():
         return [pytest.param(None, id="no-corpus")]
     return [pytest.param(entry, id=entry["file"]) for entry in json.loads(manifest.read_text())]
-
-
-#: What read_containers may raise for a corpus file; anything else is a bug.
-ALLOWED = (SourceMissing, SourceUnreadable, UnsupportedFormat)
 
 
 @pytest.mark.corpus
@@ -729,15 +476,12 @@ def test_corpus_file(corpus: Path, entry: dict) -> None:
         raise
     assert time.perf_counter() - started < 2.0, "too slow"
     failures, gaps, surprises = [], [], []
-    for check in _checks(entry):
-        try:
-            check.test(c, *check.args)
-        except (AssertionError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            line = f"{check.name}: {type(exc).__name__}: {exc}"
-            (gaps if check.xfail is not None else failures).append(f"{line} ({check.xfail})" if check.xfail else line)
-        else:
-            if check.xfail is not None:
-                surprises.append(check.name)
+    for check in container_checks(entry):
+        failure = check_failure(check, c)
+        if failure is not None:
+            (gaps if check.xfail is not None else failures).append(failure)
+        elif check.xfail is not None:
+            surprises.append(check.name)
     assert not failures, "\n".join(failures)
     assert not surprises, f"now passing, drop from KNOWN_GAPS: {surprises}"
     if gaps:
@@ -750,5 +494,5 @@ def test_manifest_phrases_yield_checks(corpus: Path) -> None:
     cannot silently turn a test into a no-op."""
     entries = json.loads((corpus / "manifest.json").read_text())
     bare = [e["file"] for e in entries
-            if e["kind"] != "broken" and len(_checks(e)) <= 2 and "Bare 8x8 JPEG" not in e["expect"]]
+            if e["kind"] != "broken" and len(container_checks(e)) <= 2 and "Bare 8x8 JPEG" not in e["expect"]]
     assert bare == []
