@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from consumers.catalog import Catalog
 from schemas import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode
 from streams.errors import SchemaError
-from streams.kafka import producer
+from streams.kafka import group_consumer, producer
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -50,17 +49,8 @@ class CatalogSink:
 
     async def run(self) -> None:
         """Consume until cancelled."""
-        consumer = AIOKafkaConsumer(
-            self.topics.assets, self.topics.progress,
-            bootstrap_servers=self.bootstrap,
-            group_id=f"{self.settings.group_id}-catalog",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.sink_fetch_max_wait_ms,
-            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-        )
+        consumer = group_consumer(self.settings, self.bootstrap, f"{self.settings.group_id}-catalog",
+                                  self.topics.assets, self.topics.progress)
         catalog = Catalog(self.settings.catalog_path)
         try:
             await consumer.start()

@@ -99,29 +99,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings, bootstrap)
 
 
-def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
-    from consumers.catalog_sink import CatalogSink
+def _run_service(settings: Settings, service: Callable) -> int:
+    """Run one long-lived pipeline service (``service(settings, topics, bootstrap).run()``) until a signal."""
 
     async def main() -> None:
         bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
         await ensure_topics(bootstrap, topics.all(), settings.partitions)
-        sink = asyncio.create_task(CatalogSink(settings, topics, bootstrap).run())
-        await _until_signal()
-        sink.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sink
-
-    asyncio.run(main())
-    return 0
-
-
-def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.retrier import Retrier
-
-    async def main() -> None:
-        bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
-        await ensure_topics(bootstrap, topics.all(), settings.partitions)
-        task = asyncio.create_task(Retrier(settings, topics, bootstrap).run())
+        task = asyncio.create_task(service(settings, topics, bootstrap).run())
         await _until_signal()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -129,6 +113,18 @@ def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.catalog_sink import CatalogSink
+
+    return _run_service(settings, CatalogSink)
+
+
+def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.retrier import Retrier
+
+    return _run_service(settings, Retrier)
 
 
 # -- producers --------------------------------------------------------------------------------------------

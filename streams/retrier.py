@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas import now
-from streams.kafka import producer
+from streams.kafka import group_consumer, producer
 from streams.logs import get
 from streams.retries import DUE_AT, FailureHistory, header_dict
 from streams.settings import Settings
@@ -37,14 +37,7 @@ class Retrier:
         if not names:  # max_attempts == 1: nothing is ever retried
             self.ready.set()
             await asyncio.Event().wait()
-        consumer = AIOKafkaConsumer(
-            *names, bootstrap_servers=self.bootstrap, group_id=f"{self.settings.group_id}-retrier",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.sink_fetch_max_wait_ms,
-            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(self.settings.heartbeat_interval_s * 1000),
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-        )
+        consumer = group_consumer(self.settings, self.bootstrap, f"{self.settings.group_id}-retrier", *names)
         timers: dict[TopicPartition, asyncio.TimerHandle] = {}
         loop = asyncio.get_running_loop()
 

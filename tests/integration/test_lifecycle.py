@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.rss import children  # the same /proc walk the benchmarks use
 from streams.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
@@ -33,19 +34,6 @@ def _await(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def test_embedded_broker_listens_on_loopback_and_stops(tmp_path: Path) -> None:
@@ -88,12 +76,12 @@ def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
             raise AssertionError(f"damflow up exited early with {up.wait()}")
         runtime = json.loads((tmp_path / "data" / "run" / "broker.json").read_text())
         assert runtime["pid"] == up.pid
-        children = _children(up.pid)
-        assert len(children) >= 2  # broker + worker
-        grandchildren = [g for c in children for g in _children(c)]  # the worker's CPU pool
+        kids = children(up.pid)
+        assert len(kids) >= 2  # broker + worker
+        grandchildren = [g for c in kids for g in children(c)]  # the worker's CPU pool
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
-        for pid in children + grandchildren:
+        for pid in kids + grandchildren:
             _await(lambda pid=pid: _gone(pid), 15, f"child {pid} to exit")
         assert not (tmp_path / "data" / "run" / "broker.json").exists()
     finally:
