@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             t0 = time.monotonic()
             bar = None if args.json else ProgressBar()
             result = await ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
-                                         timeout=args.timeout, bar=bar)
+                                         timeout=args.timeout, bar=bar, tier=args.tier)
             return {**_jsonable(result.to_dict()), "seconds": round(time.monotonic() - t0, 2),
                     "data_dir": str(settings.data_path)}
 
@@ -84,10 +84,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(report)
     else:
         p = report["progress"] or {}
-        print(f"batch {report['batch_id']}: {p.get('done', 0)} browsable, "
+        print(f"batch {report['batch_id']}: {p.get('done', 0)} done in tier {p.get('tier', 1)}, "
               f"{p.get('failed', 0) + p.get('dead_lettered', 0)} failed, {report['skipped_unchanged']} unchanged, "
               f"{report['skipped_other']} not images, in {report['seconds']} s. Thumbnails: {settings.thumbs_dir}")
-        print(f"next: `damflow status`, `damflow show ID` (catalog: {settings.catalog_path})")
+        print(f"next: `damflow status`, `damflow search WORDS`, `damflow show ID` (catalog: {settings.catalog_path})")
     return 0
 
 
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag=True)
     p.add_argument("folder", nargs="?", help="folder to ingest (default: a generated demo set)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--tier", type=int, choices=[1, 2, 3], default=2,
+                   help="stop once this tier is done: 1 browsable, 2 searchable (default), 3 enriched")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     add("worker", cmd_worker, "run one worker process that joins the group (scale out)")
     add("catalog", cmd_catalog, "run only the catalog sink (when workers run elsewhere)")
