@@ -38,6 +38,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     @app.timer(0.1)
     async def _lanes() -> None:  # lag appears without any work starting or ending
         governor.tick()
+
     announced = False
 
     @app.on_partitions_assigned.connect
