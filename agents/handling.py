@@ -14,6 +14,7 @@ offset commits only after the effects.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import platform
 import socket
@@ -94,9 +95,12 @@ class EventHandler:
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
                 await self._fail(event, record, exc, history)
 
-    async def emit(self, result: Event, key: str) -> None:
-        """Publish a result on ``assets`` and wait for the broker's ack (offsets commit after effects)."""
-        await (await self.assets.send(key=key.encode(), value=encode(result)))
+    async def emit(self, result: Event, key: str, *also: faust.TopicT) -> None:
+        """Publish a result on ``assets`` (and on ``also``, e.g. the next tier's topic), all in flight together,
+        and wait until the broker has acked every one: the offset may commit only after the effects."""
+        value, raw_key = encode(result), key.encode()
+        sends = [await topic.send(key=raw_key, value=value) for topic in (self.assets, *also)]
+        await asyncio.gather(*sends)
 
     async def _fail(
         self, event: faust.EventT, record: Record, exc: BaseException, history: FailureHistory

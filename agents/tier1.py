@@ -8,14 +8,12 @@ governor (:mod:`agents.lanes`): interactive work is never queued behind the batc
 
 from __future__ import annotations
 
-import asyncio
-
 import faust
 
 from agents.browse import browse_file
 from agents.handling import EventHandler
 from agents.lanes import LaneGovernor, LanePools, lane_agent
-from schemas import AssetBrowsable, FileDiscovered, encode, now
+from schemas import AssetBrowsable, FileDiscovered, now
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -45,12 +43,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             display_name=record.display_name, attempts=attempt,
         )
         lane = record.lane if record.lane in tier2 else "batch"
-        # both sends in flight together; done only when the broker has acked both (then the offset may commit)
-        value = encode(browsable)
-        await asyncio.gather(
-            await handler.assets.send(key=result.asset_id.encode(), value=value),
-            await tier2[lane].send(key=result.asset_id.encode(), value=value),
-        )
+        await handler.emit(browsable, result.asset_id, tier2[lane])
         log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
 
     lanes = {

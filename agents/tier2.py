@@ -7,15 +7,13 @@ its full-text index) and, when the cost gate lets it through, on ``t3.background
 
 from __future__ import annotations
 
-import asyncio
-
 import faust
 
 from agents.handling import EventHandler
 from agents.index import index_file
 from agents.metadata.model import PARSER_VERSION
 from agents.lanes import LaneGovernor, LanePools, lane_agent
-from schemas import AssetBrowsable, AssetIndexed, encode, now
+from schemas import AssetBrowsable, AssetIndexed, now
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -45,11 +43,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,
             metadata_path=result.metadata_path, indexed_at=now(), attempts=attempt, **result.summary,
         )
-        value, key = encode(indexed), record.asset_id.encode()
-        sends = [await handler.assets.send(key=key, value=value)]
-        if passes_cost_gate(settings, record):
-            sends.append(await tier3.send(key=key, value=value))
-        await asyncio.gather(*sends)
+        await handler.emit(indexed, record.asset_id, *([tier3] if passes_cost_gate(settings, record) else []))
         log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
 
     for lane in LANES:

@@ -79,19 +79,24 @@ async def upload_files(
     batch_id = f"upload-{new_id()}"
     out = []
     async with contextlib.AsyncExitStack() as stack:
-        watcher = await stack.enter_async_context(tail(bootstrap, topics.assets, settings)) if wait else None
+        watcher = None
+        if wait:
+            watcher = OutcomeWatcher(await stack.enter_async_context(tail(bootstrap, topics.assets, settings)))
+            reader = asyncio.create_task(watcher.run())
+            stack.callback(reader.cancel)
         prod = await stack.enter_async_context(producer(bootstrap))
         for src in files:
             stored = store_original(settings, src)
             event = upload_event(stored, batch_id=batch_id, display_name=src.name)
+            outcome = watcher.expect(event.event_id) if watcher else None  # before publishing: none missed
             t0 = time.perf_counter()
             await publish_upload(prod, topics, event)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
-            if watcher is not None:
-                outcome = await asyncio.wait_for(await_outcome(watcher, event.event_id), timeout)
-                row.ms_to_browsable = round((time.perf_counter() - t0) * 1000, 1)
-                row.state = "browsable" if isinstance(outcome, AssetBrowsable) else "failed"
-                row.reason = outcome.reason if isinstance(outcome, AssetFailed) else None
+            if outcome is not None:
+                result, read_at = await asyncio.wait_for(outcome, timeout)
+                row.ms_to_browsable = round((read_at - t0) * 1000, 1)
+                row.state = "browsable" if isinstance(result, AssetBrowsable) else "failed"
+                row.reason = result.reason if isinstance(result, AssetFailed) else None
             out.append(row)
     return out
 
@@ -137,17 +142,3 @@ class OutcomeWatcher:
                         fut = self._waiting.pop(event.event_id, None)
                         if fut is not None and not fut.done():
                             fut.set_result((event, time.perf_counter()))
-
-
-async def await_outcome(consumer: AIOKafkaConsumer, event_id: str) -> AssetBrowsable | AssetFailed:
-    """Read ``assets`` until the tier-1 outcome of ``event_id`` appears."""
-    while True:
-        batches = await consumer.getmany(timeout_ms=500)
-        for records in batches.values():
-            for rec in records:
-                try:
-                    event = decode(rec.value)
-                except SchemaError:
-                    continue
-                if final_outcome(event) and event.event_id == event_id:
-                    return event
