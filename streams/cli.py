@@ -83,9 +83,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(report)
     else:
-        p = report["progress"] or {}
-        print(f"batch {report['batch_id']}: {p.get('done', 0)} done in tier {p.get('tier', 1)}, "
-              f"{p.get('failed', 0) + p.get('dead_lettered', 0)} failed, {report['skipped_unchanged']} unchanged, "
+        with Catalog(settings.catalog_path, readonly=True) as catalog:  # every tier, not only the one waited for
+            tiers = [catalog.progress(report["batch_id"], t) for t in range(1, args.tier + 1)]
+        counts = "; ".join(f"tier {p.tier}: {p.done} done, {p.failed + p.dead_lettered} failed"
+                           for p in tiers if p is not None)
+        print(f"batch {report['batch_id']}: {counts}; {report['skipped_unchanged']} unchanged, "
               f"{report['skipped_other']} not images, in {report['seconds']} s. Thumbnails: {settings.thumbs_dir}")
         print(f"next: `damflow status`, `damflow search WORDS`, `damflow show ID` (catalog: {settings.catalog_path})")
     return 0
