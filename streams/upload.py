@@ -42,7 +42,19 @@ def store_original(settings: Settings, source: Path, *, move: bool = False) -> S
     if fmt is None:
         raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
     asset_id, size = hash_file(source, max_bytes=settings.upload_max_bytes)
-    dest = settings.originals_dir / asset_id[:2] / f"{asset_id}{_EXT.get(fmt, '.bin')}"
+    return place_original(settings, source, asset_id=asset_id, size=size, format=fmt, move=move)
+
+
+def place_original(
+    settings: Settings, source: Path, *, asset_id: str, size: int, format: str, move: bool = False
+) -> StoredUpload:
+    """Put ``source``, whose content hash, size and sniffed format the caller already knows, into the store.
+
+    For a body that was hashed and sniffed while it streamed in (the HTTP endpoint), so its bytes are not read
+    a second time. The destination name comes from the hash alone; a file already there is complete (written
+    under a temporary name, then renamed), so the same content uploaded twice is stored once.
+    """
+    dest = settings.originals_dir / asset_id[:2] / f"{asset_id}{_EXT.get(format, '.bin')}"
     if dest.exists():
         if move:
             source.unlink(missing_ok=True)
@@ -50,14 +62,14 @@ def store_original(settings: Settings, source: Path, *, move: bool = False) -> S
         dest.parent.mkdir(parents=True, exist_ok=True)
         if move:
             os.replace(source, dest)  # atomic: a file that exists is complete
-            return StoredUpload(asset_id, dest, size, fmt)
+            return StoredUpload(asset_id, dest, size, format)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             shutil.copyfile(source, tmp)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-    return StoredUpload(asset_id, dest, size, fmt)
+    return StoredUpload(asset_id, dest, size, format)
 
 
 def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | None) -> FileDiscovered:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from agents.hashing import hash_bytes
 from schemas import FileDiscovered, decode, new_id
 from streams.http import bound_port, create_app, live_streams, serve, spool_dir
 from streams.ingest import ingest_folder
@@ -127,6 +128,8 @@ async def test_uploads_become_browsable_and_are_served_back(stack: Stack, tmp_pa
         assert (second["name"], second["format"]) == ("b.jpg", "JPEG")
         assert first["batch_id"] == second["batch_id"] and first["batch_id"].startswith("upload-")
         asset_id = first["asset_id"]
+        # hashed while it streamed in: the same id tier 1 computes from the stored bytes
+        assert asset_id == hash_bytes(png) and second["asset_id"] == hash_bytes(jpeg)
 
         # stored content-addressed; no trace of the client's name or path on disk
         stored = s.originals_dir / asset_id[:2] / f"{asset_id}.png"
