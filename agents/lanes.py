@@ -44,7 +44,8 @@ class LanePools:
     def __init__(self, settings: Settings, preload: tuple[str, ...]) -> None:
         common = dict(timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb, preload=preload)
         self.interactive = WorkPool(settings.interactive_pool_size, **common)
-        self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, **common)
+        self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
+                              **common)
         self.background = self.batch
 
     def for_lane(self, lane: str) -> WorkPool:

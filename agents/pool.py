@@ -5,7 +5,8 @@ decoder crash, hang or memory blow-up cost one file. :mod:`pebble` supervises ea
 job past its time limit has its process killed and replaced, a process that dies fails only the job it was
 running, and the pool keeps its size. Every process runs under an address-space limit (``RLIMIT_AS``), so a
 decoder that tries to allocate too much gets a ``MemoryError`` instead of taking the machine down; a pool may
-run ``nice``d, so that its work yields the CPU to more urgent work (see :mod:`agents.lanes`).
+run ``nice``d or in Linux's idle scheduling class, so that its work yields the CPU to more urgent work (see
+:mod:`agents.lanes`).
 ``forkserver`` because the faust worker has threads by the time work is submitted (forking a threaded process is
 unsafe); the work module is preloaded so a replacement process is ready at once.
 """
@@ -30,10 +31,16 @@ T = TypeVar("T")
 log = get(__name__)
 
 
-def _init_process(limit_mb: int, nice: int) -> None:
+def _init_process(limit_mb: int, nice: int, idle_class: bool = False) -> None:
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    if idle_class and hasattr(os, "SCHED_IDLE"):
+        # Linux's idle scheduling class: a core runs this process only when nothing else on it wants to run, so
+        # the pipeline's own processes and urgent work never share a core with it (niceness still leaves it a
+        # share). Lowering one's own class needs no privilege.
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if limit_mb > 0:
         limit = limit_mb * 1024 * 1024
         with contextlib.suppress(ValueError, OSError):
@@ -49,7 +56,7 @@ class WorkPool:
 
     def __init__(
         self, size: int, *, timeout_s: float | None = None, memory_mb: int = 0, nice: int = 0,
-        preload: tuple[str, ...] = ("agents.browse",),
+        idle_class: bool = False, preload: tuple[str, ...] = ("agents.browse",),
     ) -> None:
         self.size = size
         self.timeout_s = timeout_s
@@ -57,7 +64,7 @@ class WorkPool:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(list(preload))
         self._pool = pebble.ProcessPool(
-            max_workers=size, initializer=_init_process, initargs=(memory_mb, nice), context=ctx,
+            max_workers=size, initializer=_init_process, initargs=(memory_mb, nice, idle_class), context=ctx,
         )
 
     def warm(self) -> set[int]:

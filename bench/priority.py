@@ -4,8 +4,10 @@
 
 Runs, on this machine, one after the other:
 1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files;
-2. damflow (`damflow up` in its own process, on the embedded broker), priority lanes: an import of ``--files`` generated 1024x1024 PNGs while an urgent upload is POSTed to
-   the HTTP endpoint (``/upload?wait=1``, the real upload path) every ``--interval`` seconds;
+2. damflow (`damflow up` in its own process, on the embedded broker), priority lanes: an import of ``--files``
+   generated 1024x1024 PNGs (``damflow ingest --wait``, in its own process as an operator runs it) while an
+   urgent upload is POSTed to the HTTP endpoint (``/upload?wait=1``, the real upload path) every
+   ``--interval`` seconds;
 3. damflow, FIFO baseline: the same, but each urgent file joins the batch lane (``t1.batch``) behind the import;
 4. (``--big``) the priority run again with a ``--big``-file import, for memory: peak RSS per process must stay
    flat from the small to the big import, because backpressure pauses the scanner.
@@ -37,7 +39,6 @@ from bench.corpus import generated_pngs, urgent_pngs, variant_pngs  # noqa: E402
 from bench.rss import snapshot  # noqa: E402
 from bench.tier1_throughput import compute_limit  # noqa: E402
 from schemas import AssetBrowsable, decode  # noqa: E402
-from streams.ingest import ingest_folder  # noqa: E402
 from streams.kafka import producer, tail  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.broker import free_port, resolve_bootstrap  # noqa: E402
@@ -62,7 +63,7 @@ class Arrivals:
         self.at: dict[str, float] = {}
         self.events: dict[str, AssetBrowsable] = {}
         self.wall: dict[str, float] = {}
-        self.first: float | None = None
+        self.first_wall: dict[str, float] = {}  # batch id -> when its first asset became browsable
         self.waiters: dict[str, asyncio.Future] = {}
 
     async def run(self, consumer) -> None:
@@ -72,7 +73,7 @@ class Arrivals:
                 for rec in records:
                     event = decode(rec.value)
                     if isinstance(event, AssetBrowsable):
-                        self.first = self.first or now
+                        self.first_wall.setdefault(event.batch_id, time.time())
                         self.at[event.event_id] = now
                         self.events[event.event_id] = event
                         self.wall[event.event_id] = time.time()
@@ -122,15 +123,20 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     async with tail(stack.bootstrap, stack.topics.assets, settings) as assets:
         arrivals = Arrivals()
         collector = asyncio.create_task(arrivals.run(assets))
-        t0 = time.perf_counter()
-        ingest = asyncio.create_task(ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
-                                                   timeout=3600))
+        # the import as an operator runs it: `damflow ingest --wait` in its own process (a batch producer, it
+        # lowers its own priority); its result says when it started and how long it took
+        ingest = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
+            env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
+                     DAMFLOW_LOG_LEVEL="warn"),
+            stdout=asyncio.subprocess.PIPE)
+        output = asyncio.create_task(ingest.communicate())
         published: dict[str, float] = {}
         request_wall: dict[str, float] = {}
         http_ms: list[float] = []
         submitted = 0
         async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
-            while not ingest.done() and submitted < len(urgent):
+            while not output.done() and submitted < len(urgent):
                 src = urgent[submitted]
                 submitted += 1
                 if mode == "priority":
@@ -151,9 +157,11 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
                     published[event.event_id] = time.perf_counter()
                     await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
                 last = max(published.values())
-                await asyncio.sleep(max(0.0, interval - (time.perf_counter() - last)))  # the upload cadence
-            result = await ingest
-            elapsed = time.perf_counter() - t0
+                await asyncio.wait([output], timeout=max(0.0, interval - (time.perf_counter() - last)))  # cadence
+            stdout, _ = await output
+            if ingest.returncode != 0:
+                raise RuntimeError(f"damflow ingest failed with {ingest.returncode}")
+            result = json.loads(stdout)
             # the FIFO baseline's urgent files finish after the import: wait for them
             deadline = time.perf_counter() + 120
             while any(e not in arrivals.at for e in published) and time.perf_counter() < deadline:
@@ -164,21 +172,28 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work
     # itself, and getting the result back to a reader
     parts: dict[str, list[float]] = {"receive_store": [], "queue": [], "work": [], "deliver": []}
+    detail = []  # per urgent file, in upload order: seconds since the import started, then each stage's ms
     for e, wall0 in request_wall.items():
         ev = arrivals.events.get(e)
         if ev is None:
             continue
-        parts["receive_store"].append((ev.discovered_at - wall0) * 1000)
-        parts["queue"].append((ev.browsable_at - ev.discovered_at) * 1000 - ev.work_ms)
-        parts["work"].append(ev.work_ms)
-        parts["deliver"].append((arrivals.wall[e] - ev.browsable_at) * 1000)
-    p = result.progress
+        stages = {"receive_store": (ev.discovered_at - wall0) * 1000,
+                  "queue": (ev.browsable_at - ev.discovered_at) * 1000 - ev.work_ms,
+                  "work": ev.work_ms, "deliver": (arrivals.wall[e] - ev.browsable_at) * 1000}
+        for k, v in stages.items():
+            parts[k].append(v)
+        detail.append({"at_s": round(wall0 - result["started_at"], 2), **{k: round(v, 1) for k, v in stages.items()}})
+    p = result["progress"] or {}
+    elapsed = result["seconds"]
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
-        "first_asset_s": (arrivals.first - t0) if arrivals.first else None,
-        "done": p.done if p else 0, "failed": (p.failed + p.dead_lettered) if p else 0,
+        "first_asset_s": (arrivals.first_wall[result["batch_id"]] - result["started_at"])
+        if result["batch_id"] in arrivals.first_wall else None,
+        "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "http_ms": http_ms, "rss_mb": rss,
         "urgent_parts_p50_ms": {k: round(pct(v, 50), 1) for k, v in parts.items() if v},
+        "urgent_parts_p99_ms": {k: round(pct(v, 99), 1) for k, v in parts.items() if v},
+        "urgent_detail": detail,
     }
 
 
@@ -191,7 +206,8 @@ def summary(run: dict, limit: float) -> dict:
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
         **{f"http_p{q}_ms": round(pct(h, q), 1) if h else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "failed": run["failed"], "urgent_parts_p50_ms": run["urgent_parts_p50_ms"],
+        "rss_mb": run["rss_mb"], "failed": run["failed"], "urgent_parts_p50_ms": run["urgent_parts_p50_ms"], "urgent_parts_p99_ms": run["urgent_parts_p99_ms"],
+        "urgent_detail": run["urgent_detail"],
     }
 
 
@@ -226,9 +242,10 @@ def main() -> None:
               f"{r['urgent_p95_ms'] or 0:8.1f} {r['urgent_p99_ms'] or 0:8.1f} {r['http_p50_ms'] or 0:9.1f} "
               f"{r['http_p99_ms'] or 0:9.1f}")
     for r in rows:
-        if r["urgent_parts_p50_ms"]:
-            print(f"urgent time p50 by stage ({r['mode']} {r['files']}): "
-                  + ", ".join(f"{k} {v:.1f} ms" for k, v in r["urgent_parts_p50_ms"].items()))
+        for q in ("p50", "p99"):
+            if r[f"urgent_parts_{q}_ms"]:
+                print(f"urgent time {q} by stage ({r['mode']} {r['files']}): "
+                      + ", ".join(f"{k} {v:.1f} ms" for k, v in r[f"urgent_parts_{q}_ms"].items()))
     print("peak RSS (MB) per process role:")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))
@@ -237,6 +254,11 @@ def main() -> None:
         small, large = rows[0]["rss_mb"], rows[2]["rss_mb"]
         growth = {k: round(large[k] / small[k], 3) for k in small if k in large and small[k]}
         print("RSS growth big/small: " + ", ".join(f"{k} {v:.2f}×" for k, v in sorted(growth.items())))
+    details = {f"{r['mode']}-{r['files']}": r.pop("urgent_detail") for r in rows}
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"priority-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(
+        {"rows": rows, "urgent_detail": details}, indent=1))
     print("BENCH_JSON " + json.dumps({"bench": "priority", "cores": cores, "compute_limit_fps": round(limit, 2),
                                       "runs": rows, "rss_growth": growth}))
 

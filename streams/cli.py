@@ -23,6 +23,7 @@ from streams import logs
 from streams.broker import resolve_bootstrap
 from streams.errors import DamflowError
 from streams.kafka import ensure_topics, producer
+from streams.niceness import lower_priority
 from streams.settings import Settings
 from streams.topics import topics_for
 
@@ -52,6 +53,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main() -> None:
         async with Stack(settings, workers=args.workers) as stack:
+            lower_priority(settings.service_nice)  # HTTP and sink: below urgent work (see streams.niceness)
             print(f"damflow up: broker {stack.bootstrap}, {len(stack.workers)} worker(s), "
                   f"http {stack.http_url}, data {settings.data_path} — Ctrl-C to stop", file=sys.stderr)
             await _until_signal()
@@ -72,6 +74,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     async def main() -> dict:
         async with Stack(settings, workers=args.workers, serve_http=False) as stack:
+            lower_priority(settings.service_nice)  # scanner and sink: below urgent work (see streams.niceness)
             t0 = time.monotonic()
             bar = None if args.json else ProgressBar()
             result = await ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
@@ -139,6 +142,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not folder.is_dir():
         raise DamflowError(f"not a directory: {folder}")
     bootstrap = resolve_bootstrap(settings)
+    if args.lane != "interactive":  # an import is batch work: below urgent work (see streams.niceness)
+        lower_priority(settings.service_nice)
     bar = ProgressBar() if args.wait and not args.json else None
     result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
                                        lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier))

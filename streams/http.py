@@ -299,7 +299,7 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
                                     format=spool.format or "", move=True)
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
             if wait:  # registered before publishing, so the outcome cannot be missed
-                pending[event.event_id] = watcher.expect(event.event_id)
+                pending[event.event_id] = await watcher.expect(event.event_id)
             started[event.event_id] = time.perf_counter()
             await publish_upload(app[_PRODUCER], topics, event)
             rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,

@@ -28,6 +28,10 @@ class IngestResult:
     skipped_unchanged: int
     skipped_other: int
     progress: ProgressEvent | None = None
+    #: When the ingest started (epoch seconds) and how long it took: until everything found was published,
+    #: or with ``wait`` until the awaited tier finished.
+    started_at: float = 0.0
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +45,7 @@ async def ingest_folder(
     """Scan ``folder`` as one batch; with ``wait``, follow its progress events until ``tier`` is finished
     (1: browsable, 2: searchable, 3: enriched)."""
     batch_id = batch_id or new_id()
+    started, t0 = time.time(), time.perf_counter()
     async with contextlib.AsyncExitStack() as stack:
         follower = None
         if wait:  # position on `progress` before publishing, so no event of this batch can be missed
@@ -57,7 +62,8 @@ async def ingest_folder(
             raise
         last = await follower if follower else None
     return IngestResult(result.batch_id, result.root, result.found, result.skipped_unchanged,
-                        result.skipped_other, last)
+                        result.skipped_other, last, started_at=started,
+                        seconds=round(time.perf_counter() - t0, 3))
 
 
 @dataclass
@@ -88,7 +94,7 @@ async def upload_files(
         for src in files:
             stored = store_original(settings, src)
             event = upload_event(stored, batch_id=batch_id, display_name=src.name)
-            outcome = watcher.expect(event.event_id) if watcher else None  # before publishing: none missed
+            outcome = await watcher.expect(event.event_id) if watcher else None  # before publishing: none missed
             t0 = time.perf_counter()
             await publish_upload(prod, topics, event)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
@@ -110,27 +116,53 @@ def final_outcome(event: object) -> bool:
 class OutcomeWatcher:
     """One long-lived reader of ``assets`` that hands each final tier-1 outcome to whoever waits for it.
 
-    Register with :meth:`expect` *before* publishing the event; the reader was positioned when it started, so
-    nothing published afterwards can be missed — and no consumer has to be set up per upload.
+    Register with :meth:`expect` *before* publishing the event, so nothing published afterwards can be missed —
+    and no consumer has to be set up per upload. While nobody waits, the reader's partitions are paused: a
+    reader that must answer within milliseconds polls the broker often, and during an import that polling
+    would take CPU from the work. The first :meth:`expect` after a quiet spell resumes the reader where it
+    stopped — the few events published meanwhile are read while the upload is still being worked on — or,
+    after a long spell (``reseek_after_s``), at the end of the topic: what was published while it slept cannot
+    be the outcome of an event not yet published, and a long backlog would delay the answer.
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 2.0) -> None:
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future] = {}
+        self._waking = asyncio.Lock()
+        self.reseek_after_s = reseek_after_s
+        self._paused_at = time.monotonic()
+        self._consumer.pause(*self._consumer.assignment())
 
-    def expect(self, event_id: str) -> asyncio.Future:
+    async def expect(self, event_id: str) -> asyncio.Future:
         """A future for ``(outcome event, time.perf_counter() when it was read)``."""
         fut = self._waiting.get(event_id)
         if fut is None:
+            await self._wake()
             fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
         return fut
 
     def forget(self, event_id: str) -> None:
         self._waiting.pop(event_id, None)
 
+    @property
+    def paused(self) -> bool:
+        return bool(self._consumer.paused())
+
+    async def _wake(self) -> None:
+        async with self._waking:
+            paused = list(self._consumer.paused())
+            if not paused:
+                return
+            if time.monotonic() - self._paused_at > self.reseek_after_s:
+                await self._consumer.seek_to_end(*paused)
+                for tp in paused:  # resolve the lazy seek now, before the caller publishes
+                    await self._consumer.position(tp)
+            self._consumer.resume(*paused)
+
     async def run(self) -> None:
         while True:
-            for records in (await self._consumer.getmany(timeout_ms=500)).values():
+            batches = await self._consumer.getmany(timeout_ms=500)
+            for records in batches.values():
                 for rec in records:
                     if not self._waiting:
                         break
@@ -142,3 +174,6 @@ class OutcomeWatcher:
                         fut = self._waiting.pop(event.event_id, None)
                         if fut is not None and not fut.done():
                             fut.set_result((event, time.perf_counter()))
+            if not self._waiting and not self._waking.locked() and not self._consumer.paused():
+                self._consumer.pause(*self._consumer.assignment())
+                self._paused_at = time.monotonic()

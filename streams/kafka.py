@@ -38,12 +38,18 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
                 await admin.close()
 
 
-def group_consumer(settings: Settings, bootstrap: str, group: str, *topics: str) -> AIOKafkaConsumer:
+def group_consumer(
+    settings: Settings, bootstrap: str, group: str, *topics: str, rare: bool = False
+) -> AIOKafkaConsumer:
     """A consumer in ``group`` for the pipeline's own services: manual commits (after the effect), the
-    settings' membership timeouts, and the slower fetch wait of consumers that are not latency-critical."""
+    settings' membership timeouts, and the slower, batching fetches of consumers that are not latency-critical
+    (``rare``: slower still, for topics that are mostly empty). Every fetch costs the broker CPU that the
+    workers would rather have."""
     return AIOKafkaConsumer(
         *topics, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", fetch_max_wait_ms=settings.sink_fetch_max_wait_ms,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.rare_fetch_max_wait_ms if rare else settings.sink_fetch_max_wait_ms,
+        fetch_min_bytes=settings.sink_fetch_min_bytes,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
         rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),

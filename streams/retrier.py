@@ -37,7 +37,8 @@ class Retrier:
         if not names:  # max_attempts == 1: nothing is ever retried
             self.ready.set()
             await asyncio.Event().wait()
-        consumer = group_consumer(self.settings, self.bootstrap, f"{self.settings.group_id}-retrier", *names)
+        consumer = group_consumer(self.settings, self.bootstrap, f"{self.settings.group_id}-retrier", *names,
+                                  rare=True)
         timers: dict[TopicPartition, asyncio.TimerHandle] = {}
         loop = asyncio.get_running_loop()
 

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     #: The same for consumers where a few tens of ms do not matter (catalog sink, progress bars): each idle
     #: poll costs the broker CPU that the workers would rather have.
     sink_fetch_max_wait_ms: int = Field(default=100, ge=0)
+    #: ... and the bytes such a consumer lets pile up before a fetch returns (within that wait): during an import
+    #: the catalog sink then takes the results in a few fetches a second instead of one or two events per fetch.
+    sink_fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
+    #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
+    rare_fetch_max_wait_ms: int = Field(default=500, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout).
     session_timeout_s: float = Field(default=4.0, gt=0)
@@ -60,6 +65,13 @@ class Settings(BaseSettings):
     interactive_pool_size: int = Field(default=1, ge=1)
     #: Niceness of the batch pool's processes: they yield the CPU to interactive work and to the pipeline itself.
     batch_nice: int = Field(default=10, ge=0, le=19)
+    #: Niceness of the pipeline's own service processes (worker event loops, catalog sink, HTTP, the embedded
+    #: broker), which the interactive pool's processes keep below: an urgent file's work gets a core first.
+    service_nice: int = Field(default=10, ge=0, le=19)
+    #: Run the batch pool in Linux's idle scheduling class (SCHED_IDLE): it gets a core only when nothing else
+    #: wants it, so urgent work and the pipeline's own processes never wait behind batch files (measured here:
+    #: see bench/priority.py). Ignored where the class does not exist.
+    batch_idle_class: bool = True
     #: Freeze the batch pool while interactive work is in flight, so urgent work gets the cores at once
     #: (measured here: urgent work 45 -> 38 ms p50, but batch throughput 0.62 -> 0.51x the compute limit).
     preempt_batch: bool = False

@@ -18,6 +18,7 @@ from streams.broker import EmbeddedBroker, clear_runtime, die_with_parent, recor
 from streams.errors import BrokerError
 from streams.kafka import ensure_topics, producer
 from streams.logs import get
+from streams.niceness import lower_priority
 from streams.retrier import Retrier
 from streams.settings import Settings, settings_env
 from streams.topics import topics_for
@@ -55,6 +56,7 @@ class Stack:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.broker = EmbeddedBroker(s.embedded_host, s.embedded_port, log_path=run_dir / "broker.log")
             self.bootstrap = await asyncio.to_thread(self.broker.start)
+            lower_priority(s.service_nice, self.broker.pid)  # type: ignore[arg-type]
             record_runtime(s, self.bootstrap)
         else:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]

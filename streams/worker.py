@@ -14,6 +14,7 @@ from agents import tier1, tier2, tier3
 from agents.lanes import LaneGovernor, LanePools
 from streams.app import create_app
 from streams.logs import get
+from streams.niceness import lower_priority
 from streams.settings import Settings
 from streams.topics import topics_for
 
@@ -28,6 +29,8 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     app = create_app(settings, bootstrap)
     pools = LanePools(settings, preload=("agents.browse", "agents.index", "agents.quality"))
     pools.warm()
+    # after the pools (and the forkserver that replaces their processes) exist: they keep this priority
+    lower_priority(settings.service_nice)
     topics = topics_for(settings)
     governor = LaneGovernor(app, topics, idle_s=settings.lane_idle_s,
                             on_urgent=pools.preempt_batch if settings.preempt_batch else None)

@@ -78,12 +78,27 @@ def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         assert runtime["pid"] == up.pid
         kids = children(up.pid)
         assert len(kids) >= 2  # broker + worker
-        grandchildren = [g for c in kids for g in children(c)]  # the worker's CPU pool
+        grandchildren = [g for c in kids for g in children(c)]  # the worker's forkserver (and resource tracker)
+        pool = [p for g in grandchildren for p in children(g)]  # its CPU pools' processes
+        _assert_urgent_work_runs_first(up.pid, kids, pool)
         up.send_signal(signal.SIGINT)
         assert up.wait(30) == 0
-        for pid in kids + grandchildren:
+        for pid in kids + grandchildren + pool:
             _await(lambda pid=pid: _gone(pid), 15, f"child {pid} to exit")
         assert not (tmp_path / "data" / "run" / "broker.json").exists()
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def _assert_urgent_work_runs_first(up_pid: int, services: list[int], pool: list[int]) -> None:
+    """Interactive pool at the caller's priority, services (supervisor, broker, worker) niced below it in every
+    thread, the batch pool in the idle scheduling class (see streams.niceness)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for pid in [up_pid, *services]:
+        nices = {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+        assert nices == {max(base, 10)}, (pid, nices)
+    idle = [p for p in pool if os.sched_getscheduler(p) == os.SCHED_IDLE]
+    interactive = [p for p in pool if p not in idle]
+    assert len(idle) == 1 and len(interactive) == 1, pool  # DAMFLOW_POOL_SIZE=1, one reserved process
+    assert os.getpriority(os.PRIO_PROCESS, interactive[0]) == base

@@ -1,0 +1,52 @@
+"""The shared reader of upload outcomes: idle (paused) while nobody waits, and nothing missed on waking."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from schemas import encode
+from streams.ingest import OutcomeWatcher
+from streams.kafka import ensure_topics, producer, tail
+from streams.topics import topics_for
+from tests.consumers.test_catalog import browsable, failed
+from tests.integration.conftest import wait_until
+
+
+async def test_reader_sleeps_while_nobody_waits_and_misses_nothing_on_waking(make_settings) -> None:
+    settings = make_settings()
+    topics = topics_for(settings)
+    await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
+    async with tail(settings.broker_url, topics.assets, settings) as consumer, \
+            producer(settings.broker_url) as prod:
+        watcher = OutcomeWatcher(consumer, reseek_after_s=0.0)  # every wake skips what came while it slept
+        reader = asyncio.create_task(watcher.run())
+        try:
+            assert watcher.paused  # nobody waits: no polling
+            # published while it sleeps: skipped on waking, as none can answer a later upload
+            for i in range(20):
+                await prod.send_and_wait(topics.assets, encode(browsable(f"old-{i}", f"/old/{i}")), key=b"k")
+
+            outcome = await watcher.expect("urgent")
+            assert not watcher.paused
+            await prod.send_and_wait(topics.assets, encode(failed("urgent", "/u", outcome="retrying")), key=b"u")
+            await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
+            event, _read_at = await asyncio.wait_for(outcome, 10)
+            assert event.event_id == "urgent" and event.path == "/u"  # the final outcome, not the retry
+            await wait_until(lambda: watcher.paused, 10, "the reader to pause again")
+
+            # a second quiet spell and a second waiter: woken again, answered again
+            again = await watcher.expect("second")
+            await prod.send_and_wait(topics.assets, encode(browsable("second", "/s")), key=b"s")
+            assert (await asyncio.wait_for(again, 10))[0].event_id == "second"
+            await wait_until(lambda: watcher.paused, 10, "the reader to pause again")
+
+            # a short spell: it resumes where it stopped and reads what came meanwhile, outcome included
+            watcher.reseek_after_s = 3600.0
+            await prod.send_and_wait(topics.assets, encode(browsable("early", "/e")), key=b"e")
+            early = await watcher.expect("early")  # its outcome was published while the reader slept
+            assert (await asyncio.wait_for(early, 10))[0].event_id == "early"
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
