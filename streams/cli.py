@@ -143,7 +143,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         raise DamflowError(f"not a directory: {folder}")
     bootstrap = resolve_bootstrap(settings)
     if args.lane != "interactive":  # an import is batch work: below urgent work (see streams.niceness)
-        lower_priority(settings.service_nice)
+        lower_priority(settings.scan_nice)
     bar = ProgressBar() if args.wait and not args.json else None
     result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
                                        lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier))

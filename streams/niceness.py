@@ -1,8 +1,9 @@
 """CPU priority of damflow's own processes, so that urgent work is what the scheduler runs first.
 
-Three classes, from first to last: the interactive lane's pool processes (the caller's priority, nice 0 as a
-rule); the pipeline's service processes — worker event loops, catalog sink, HTTP, the embedded broker — at
-``Settings.service_nice``; the batch pool in Linux's idle class (see :mod:`agents.pool`). Without the middle step
+From first to last: the interactive lane's pool processes (the caller's priority, nice 0 as a rule); the
+pipeline's service processes — worker event loops, catalog sink, HTTP, the embedded broker — at
+``Settings.service_nice``; the folder scanner (``damflow ingest``) at ``Settings.scan_nice``; the batch pool in
+Linux's idle class (see :mod:`agents.pool`). Without the middle step
 an urgent file's decode shares its core with the service processes publishing the import's results, and took
 half as long again as on an idle core (measured in ``bench/priority.py``).
 

@@ -35,7 +35,10 @@ class Settings(BaseSettings):
     embedded_port: int = 0
     #: Prefix of every topic name, so several pipelines (or tests) can share one broker.
     topic_prefix: str = "damflow."
-    partitions: int = Field(default=4, ge=1)
+    #: Partitions per topic. One worker's parallelism comes from its agents' concurrency, not from partitions;
+    #: more partitions let more workers share a topic (docker-compose uses 12), and each costs the embedded
+    #: broker CPU on every poll.
+    partitions: int = Field(default=2, ge=1)
     #: Consumer group (the Faust app id) the workers share.
     group_id: str = "damflow-workers"
     #: How long a consumer fetch may wait for data. The embedded broker answers only after a fraction
@@ -68,6 +71,9 @@ class Settings(BaseSettings):
     #: Niceness of the pipeline's own service processes (worker event loops, catalog sink, HTTP, the embedded
     #: broker), which the interactive pool's processes keep below: an urgent file's work gets a core first.
     service_nice: int = Field(default=10, ge=0, le=19)
+    #: Niceness of ``damflow ingest`` (the folder scanner): below the services, so a burst of scanning at the
+    #: start of an import cannot hold up the worker that serves an urgent upload.
+    scan_nice: int = Field(default=15, ge=0, le=19)
     #: Run the batch pool in Linux's idle scheduling class (SCHED_IDLE): it gets a core only when nothing else
     #: wants it, so urgent work and the pipeline's own processes never wait behind batch files (measured here:
     #: see bench/priority.py). Ignored where the class does not exist.
