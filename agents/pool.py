@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import resource
+import signal
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -26,12 +27,16 @@ import pebble
 
 from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
 from streams.logs import get
+from streams.parentage import die_with_parent
 
 T = TypeVar("T")
 log = get(__name__)
 
 
 def _init_process(limit_mb: int, nice: int, idle_class: bool = False) -> None:
+    # SIGKILL when the forkserver that made this process goes (it goes with the worker, see
+    # agents.forkserver_guard): a process the lane governor froze (SIGSTOP) would act on no gentler signal
+    die_with_parent(signal.SIGKILL)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
@@ -62,7 +67,7 @@ class WorkPool:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(list(preload))
+        ctx.set_forkserver_preload(["agents.forkserver_guard", *preload])
         self._pool = pebble.ProcessPool(
             max_workers=size, initializer=_init_process, initargs=(memory_mb, nice, idle_class), context=ctx,
         )

@@ -191,14 +191,27 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         if result["batch_id"] in arrivals.first_wall else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "http_ms": http_ms, "rss_mb": rss,
-        "urgent_parts_p50_ms": {k: round(pct(v, 50), 1) for k, v in parts.items() if v},
-        "urgent_parts_p99_ms": {k: round(pct(v, 99), 1) for k, v in parts.items() if v},
-        "urgent_detail": detail,
+        "urgent_parts": parts, "urgent_detail": detail,
     }
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Several runs of the same import as one: urgent samples together, throughput the median run's."""
+    if len(runs) == 1:
+        return runs[0]
+    by_speed = sorted(runs, key=lambda r: r["files_per_s"])
+    out = dict(by_speed[len(runs) // 2])
+    for key in ("urgent_ms", "http_ms", "urgent_detail"):
+        out[key] = [v for r in runs for v in r[key]]
+    out["urgent_parts"] = {k: [v for r in runs for v in r["urgent_parts"][k]] for k in runs[0]["urgent_parts"]}
+    out["urgent_n"] = len(out["urgent_ms"])
+    out["repeats"] = len(runs)
+    return out
 
 
 def summary(run: dict, limit: float) -> dict:
     u, h = run["urgent_ms"], run["http_ms"]
+    parts = run["urgent_parts"]
     return {
         "mode": run["mode"], "files": run["files"], "files_per_s": round(run["files_per_s"], 2),
         "ratio_to_limit": round(run["files_per_s"] / limit, 3),
@@ -206,7 +219,8 @@ def summary(run: dict, limit: float) -> dict:
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
         **{f"http_p{q}_ms": round(pct(h, q), 1) if h else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "failed": run["failed"], "urgent_parts_p50_ms": run["urgent_parts_p50_ms"], "urgent_parts_p99_ms": run["urgent_parts_p99_ms"],
+        "rss_mb": run["rss_mb"], "failed": run["failed"], "repeats": run.get("repeats", 1),
+        **{f"urgent_parts_p{q}_ms": {k: round(pct(v, q), 1) for k, v in parts.items() if v} for q in (50, 99)},
         "urgent_detail": run["urgent_detail"],
     }
 
@@ -216,6 +230,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=500)
     ap.add_argument("--big", type=int, default=5000, help="second, larger import for memory (0: skip)")
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the priority import this many times: urgent samples pooled, throughput the median "
+                         "run's against the compute limit measured just before it (this machine is noisy)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     folder = generated_pngs(args.files)
@@ -223,9 +240,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="damflow-bench-") as tmp:
         tmp = Path(tmp)
-        limit = compute_limit(sorted(str(p) for p in folder.iterdir()), tmp / "limit", cores, Settings())
-        rows.append(summary(asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
-                                                   data_dir=tmp / "priority")), limit))
+        files = sorted(str(p) for p in folder.iterdir())
+        runs = []
+        for i in range(args.repeat):
+            limit = compute_limit(files, tmp / f"limit{i}", cores, Settings())
+            run = asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
+                                         data_dir=tmp / f"priority{i}"))
+            runs.append({**run, "limit": limit})
+        best = pooled(runs)
+        limit = best["limit"]
+        rows.append(summary(best, limit))
         rows.append(summary(asyncio.run(run_import(folder, urgent[200:], mode="fifo", interval=args.interval,
                                                    data_dir=tmp / "fifo")), limit))
         if args.big:

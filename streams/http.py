@@ -481,7 +481,9 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
 
 async def _watch_outcomes(app: web.Application):
     """One reader of ``assets`` for every ``?wait=1`` upload (see :class:`streams.ingest.OutcomeWatcher`)."""
-    async with tail(app[_BOOTSTRAP], app[_TOPICS].assets, app[_SETTINGS]) as consumer:
+    settings = app[_SETTINGS]
+    async with tail(app[_BOOTSTRAP], app[_TOPICS].assets, settings,
+                    fetch_max_wait_ms=settings.waiter_fetch_max_wait_ms) as consumer:
         watcher = app[_OUTCOMES] = OutcomeWatcher(consumer)
         task = asyncio.create_task(watcher.run(), name="upload-outcomes")
         yield

@@ -87,7 +87,8 @@ async def upload_files(
     async with contextlib.AsyncExitStack() as stack:
         watcher = None
         if wait:
-            watcher = OutcomeWatcher(await stack.enter_async_context(tail(bootstrap, topics.assets, settings)))
+            watcher = OutcomeWatcher(await stack.enter_async_context(
+                tail(bootstrap, topics.assets, settings, fetch_max_wait_ms=settings.waiter_fetch_max_wait_ms)))
             reader = asyncio.create_task(watcher.run())
             stack.callback(reader.cancel)
         prod = await stack.enter_async_context(producer(bootstrap))

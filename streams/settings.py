@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     #: How long a consumer fetch may wait for data. The embedded broker answers only after a fraction
     #: of this even when data waits, so keep it short; real Kafka returns as soon as data arrives.
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: The same for the reader that answers ``upload --wait`` and ``POST /upload?wait=1``: it polls only while
+    #: somebody waits (paused otherwise), so it can afford to poll more often than the workers.
+    waiter_fetch_max_wait_ms: int = Field(default=5, ge=0)
     #: The same for consumers where a few tens of ms do not matter (catalog sink, progress bars): each idle
     #: poll costs the broker CPU that the workers would rather have.
     sink_fetch_max_wait_ms: int = Field(default=100, ge=0)
@@ -78,9 +81,11 @@ class Settings(BaseSettings):
     #: wants it, so urgent work and the pipeline's own processes never wait behind batch files (measured here:
     #: see bench/priority.py). Ignored where the class does not exist.
     batch_idle_class: bool = True
-    #: Freeze the batch pool while interactive work is in flight, so urgent work gets the cores at once
-    #: (measured here: urgent work 45 -> 38 ms p50, but batch throughput 0.62 -> 0.51x the compute limit).
-    preempt_batch: bool = False
+    #: Freeze the batch pool while interactive work is in flight (SIGSTOP, SIGCONT after), so urgent work has
+    #: the machine's caches and memory bandwidth to itself: a batch decode on the next core, even in the idle
+    #: class, slows it by about a fifth (bench/priority.py: urgent work p50 about 40 -> 37 ms, batch throughput
+    #: unchanged against the FIFO baseline of the same run).
+    preempt_batch: bool = True
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
     batch_buffer: int = Field(default=8, ge=1)

@@ -14,11 +14,12 @@ import signal
 import sys
 
 from consumers.catalog_sink import CatalogSink
-from streams.broker import EmbeddedBroker, clear_runtime, die_with_parent, record_runtime
+from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
 from streams.errors import BrokerError
 from streams.kafka import ensure_topics, producer
 from streams.logs import get
 from streams.niceness import lower_priority
+from streams.parentage import die_with_parent
 from streams.retrier import Retrier
 from streams.settings import Settings, settings_env
 from streams.topics import topics_for

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -37,3 +41,35 @@ async def test_pool_keeps_its_size_after_losing_processes(pool: WorkPool) -> Non
     after = await asyncio.gather(*(pool.run(pool_jobs.double, i) for i in range(6)))
     assert after == [0, 2, 4, 6, 8, 10]
     assert len(set(before)) <= 2
+
+
+_FROZEN_POOL = """
+import json, signal, sys
+from agents.pool import WorkPool
+pool = WorkPool(2, preload=("tests.agents.pool_jobs",))
+pids = sorted(pool.warm())
+pool.signal_all(signal.SIGSTOP)  # as the lane governor does while urgent work runs
+print(json.dumps(pids), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_frozen_pool_processes_die_with_their_worker() -> None:
+    worker = subprocess.Popen([sys.executable, "-c", _FROZEN_POOL], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        pids = json.loads(worker.stdout.readline())
+        assert pids and all(_state(pid) == "T" for pid in pids)  # stopped
+    finally:
+        worker.kill()  # SIGKILL: no shutdown code runs
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while any(_state(pid) not in (None, "Z") for pid in pids):
+        assert time.monotonic() < deadline, f"frozen pool processes outlived their worker: {pids}"
+        time.sleep(0.05)  # polling other processes' /proc entries: there is no event to await
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
