@@ -9,9 +9,10 @@ Each place where an urgent event could otherwise queue behind less urgent work h
    import does not let lower-level work in ahead of the rest. faust's own per-partition flow control keeps what
    was already fetched for the batch lane small (see ``streams.app``).
 2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
-   runs at normal priority, the batch pool's processes are niced, so an urgent file never waits behind queued
-   batch files; while urgent work is in flight the batch processes are frozen (``preempt_batch``, when
-   ``Settings.preempt_batch`` is on), so it gets the CPU at once.
+   runs at the caller's priority, the batch pool's processes in the idle scheduling class (see
+   :mod:`streams.niceness`), so an urgent file never waits behind queued batch files; while an urgent file is
+   being made browsable (tier-1 interactive work) the batch processes are frozen (``Settings.preempt_batch``),
+   so it has the cores, caches and memory bandwidth to itself.
 
 Pauses are re-applied after every rebalance (faust forgets them on assignment).
 """
@@ -79,6 +80,7 @@ class LaneGovernor:
         self.app = app
         self.on_urgent = on_urgent
         self._urgent = False
+        self._browsing = 0  # tier-1 interactive work in flight
         self.idle_s = idle_s
         self.in_flight = dict.fromkeys(range(4), 0)
         self._topics = {
@@ -96,12 +98,15 @@ class LaneGovernor:
     @contextlib.contextmanager
     def working(self, tier: int, lane: str) -> Iterator[None]:
         level = LEVELS.get((tier, lane), 3)
+        browsing = (tier, lane) == (1, "interactive")  # what makes an urgent file browsable: worth a freeze
         self.in_flight[level] += 1
+        self._browsing += browsing
         self._update()
         try:
             yield
         finally:
             self.in_flight[level] -= 1
+            self._browsing -= browsing
             self._update()
 
     def _tps(self, level: int) -> set[TP]:
@@ -117,7 +122,7 @@ class LaneGovernor:
 
     def _update(self) -> None:
         now = time.monotonic()
-        urgent = self.in_flight[0] > 0
+        urgent = self._browsing > 0
         if urgent != self._urgent:
             self._urgent = urgent
             if self.on_urgent is not None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +36,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.browse import browse_file  # noqa: E402
 from bench.corpus import generated_pngs, urgent_pngs, variant_pngs  # noqa: E402
 from bench.rss import snapshot  # noqa: E402
 from bench.tier1_throughput import compute_limit  # noqa: E402
@@ -195,6 +197,15 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     }
 
 
+def work_floor(files: list[Path], data_dir: Path, settings: Settings) -> float:
+    """p50 of one urgent file's tier-1 work alone on an otherwise idle machine (one process, one file at a time):
+    the floor an urgent upload's time to browsable stands on; what is above it is damflow's cost."""
+    with ProcessPoolExecutor(1) as pool:
+        pool.submit(browse_file, str(files[0]), str(data_dir / "warm")).result()
+        kwargs = dict(sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality)
+        return pct([pool.submit(browse_file, str(f), str(data_dir), **kwargs).result().work_ms for f in files], 50)
+
+
 def pooled(runs: list[dict]) -> dict:
     """Several runs of the same import as one: urgent samples together, throughput the median run's."""
     if len(runs) == 1:
@@ -205,6 +216,7 @@ def pooled(runs: list[dict]) -> dict:
         out[key] = [v for r in runs for v in r[key]]
     out["urgent_parts"] = {k: [v for r in runs for v in r["urgent_parts"][k]] for k in runs[0]["urgent_parts"]}
     out["urgent_n"] = len(out["urgent_ms"])
+    out["work_floor_ms"] = pct([r["work_floor_ms"] for r in runs], 50)
     out["repeats"] = len(runs)
     return out
 
@@ -244,9 +256,10 @@ def main() -> None:
         runs = []
         for i in range(args.repeat):
             limit = compute_limit(files, tmp / f"limit{i}", cores, Settings())
+            floor = work_floor(urgent[-25:], tmp / f"floor{i}", Settings())
             run = asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
                                          data_dir=tmp / f"priority{i}"))
-            runs.append({**run, "limit": limit})
+            runs.append({**run, "limit": limit, "work_floor_ms": floor})
         best = pooled(runs)
         limit = best["limit"]
         rows.append(summary(best, limit))
@@ -270,6 +283,10 @@ def main() -> None:
             if r[f"urgent_parts_{q}_ms"]:
                 print(f"urgent time {q} by stage ({r['mode']} {r['files']}): "
                       + ", ".join(f"{k} {v:.1f} ms" for k, v in r[f"urgent_parts_{q}_ms"].items()))
+    for r in rows:
+        if r["work_floor_ms"]:
+            print(f"urgent work floor ({r['mode']} {r['files']}): one file alone on an idle machine p50 "
+                  f"{r['work_floor_ms']:.1f} ms; urgent p50 is {r['urgent_p50_over_floor_ms']:.1f} ms above it")
     print("peak RSS (MB) per process role:")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))

@@ -101,3 +101,17 @@ async def test_pauses_are_reapplied_after_a_rebalance() -> None:
         for handler in app.handlers:
             await handler(None, consumer.assigned)
         assert paused(consumer) == {T.t1_batch, T.t2_batch, T.t3_background}
+
+
+def test_only_an_urgent_file_being_made_browsable_freezes_the_batch_pool() -> None:
+    consumer = FakeConsumer({TP(t, p) for t in ALL for p in (0, 1)})
+    calls: list[bool] = []
+    gov = LaneGovernor(FakeApp(consumer), T, idle_s=0.0, on_urgent=calls.append)
+    with gov.working(1, "batch"), gov.working(2, "interactive"):
+        assert calls == []  # metadata of an urgent file is not worth freezing the import for
+    with gov.working(1, "interactive"):
+        assert calls == [True]
+        with gov.working(1, "interactive"):
+            pass
+        assert calls == [True]  # frozen until the last urgent file is done
+    assert calls == [True, False]

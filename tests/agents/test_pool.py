@@ -73,3 +73,30 @@ def _state(pid: int) -> str | None:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+def test_preempting_freezes_the_batch_pool_and_thaws_it(tmp_path) -> None:
+    from agents.lanes import LanePools
+    from streams.settings import Settings
+
+    pools = LanePools(Settings(data_dir=tmp_path, pool_size=2), preload=("tests.agents.pool_jobs",))
+    try:
+        pools.warm()
+        batch, interactive = pools.batch.pids(), pools.interactive.pids()
+        assert batch and interactive
+        pools.preempt_batch(True)
+        assert _await_states(batch, "T") and not any(_state(p) == "T" for p in interactive)
+        pools.preempt_batch(False)
+        assert _await_states(batch, "RS")  # running or sleeping again
+        assert asyncio.run(pools.batch.run(pool_jobs.double, 21)) == 42
+    finally:
+        pools.shutdown()
+
+
+def _await_states(pids: list[int], states: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not all((_state(p) or "?") in states for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # a signal's effect on another process: nothing to await
+    return True
