@@ -232,6 +232,9 @@ def summary(run: dict, limit: float) -> dict:
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
         **{f"http_p{q}_ms": round(pct(h, q), 1) if h else None for q in (50, 95, 99)},
         "rss_mb": run["rss_mb"], "failed": run["failed"], "repeats": run.get("repeats", 1),
+        "work_floor_ms": round(run["work_floor_ms"], 1) if run.get("work_floor_ms") else None,
+        "urgent_p50_over_floor_ms": round(pct(u, 50) - run["work_floor_ms"], 1)
+        if u and run.get("work_floor_ms") else None,
         **{f"urgent_parts_p{q}_ms": {k: round(pct(v, q), 1) for k, v in parts.items() if v} for q in (50, 99)},
         "urgent_detail": run["urgent_detail"],
     }

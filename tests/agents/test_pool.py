@@ -58,7 +58,7 @@ def test_frozen_pool_processes_die_with_their_worker() -> None:
     worker = subprocess.Popen([sys.executable, "-c", _FROZEN_POOL], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         pids = json.loads(worker.stdout.readline())
-        assert pids and all(_state(pid) == "T" for pid in pids)  # stopped
+        assert pids and _await_states(pids, "T")  # stopped
     finally:
         worker.kill()  # SIGKILL: no shutdown code runs
         worker.wait()
