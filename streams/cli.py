@@ -106,6 +106,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_service(settings: Settings, service: Callable) -> int:
     """Run one long-lived pipeline service (``service(settings, topics, bootstrap).run()``) until a signal."""
+    lower_priority(settings.service_nice)  # a service: below urgent work (see streams.niceness)
 
     async def main() -> None:
         bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)

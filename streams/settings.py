@@ -72,19 +72,19 @@ class Settings(BaseSettings):
     #: Niceness of the batch pool's processes: they yield the CPU to interactive work and to the pipeline itself.
     batch_nice: int = Field(default=10, ge=0, le=19)
     #: Niceness of the pipeline's own service processes (worker event loops, catalog sink, HTTP, the embedded
-    #: broker), which the interactive pool's processes keep below: an urgent file's work gets a core first.
+    #: broker). The interactive pool keeps the caller's priority, so an urgent file's work runs before them.
     service_nice: int = Field(default=10, ge=0, le=19)
     #: Niceness of ``damflow ingest`` (the folder scanner): below the services, so a burst of scanning at the
     #: start of an import cannot hold up the worker that serves an urgent upload.
     scan_nice: int = Field(default=15, ge=0, le=19)
     #: Run the batch pool in Linux's idle scheduling class (SCHED_IDLE): it gets a core only when nothing else
-    #: wants it, so urgent work and the pipeline's own processes never wait behind batch files (measured here:
-    #: see bench/priority.py). Ignored where the class does not exist.
+    #: wants it, so urgent work and the pipeline's own processes never wait behind batch files. Ignored where
+    #: the class does not exist.
     batch_idle_class: bool = True
-    #: Freeze the batch pool while interactive work is in flight (SIGSTOP, SIGCONT after), so urgent work has
-    #: the machine's caches and memory bandwidth to itself: a batch decode on the next core, even in the idle
-    #: class, slows it by about a fifth (bench/priority.py: urgent work p50 about 40 -> 37 ms, batch throughput
-    #: unchanged against the FIFO baseline of the same run).
+    #: Freeze the batch pool while an urgent file is being made browsable (SIGSTOP, SIGCONT after), so it has
+    #: the cores, caches and memory bandwidth to itself: a batch decode on the next core, even in the idle
+    #: class, slows it by about a fifth. Measured with bench/priority.py: urgent work p50 43.8 -> 38.1 ms,
+    #: throughput against the FIFO baseline of the same run unchanged (0.69 vs 0.78 off, 0.68 vs 0.78 on).
     preempt_batch: bool = True
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
