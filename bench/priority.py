@@ -7,7 +7,8 @@ Runs, on this machine, one after the other:
 2. damflow (`damflow up` in its own process, on the embedded broker), priority lanes: an import of ``--files``
    generated 1024x1024 PNGs (``damflow ingest --wait``, in its own process as an operator runs it) while an
    urgent upload is POSTed to the HTTP endpoint (``/upload?wait=1``, the real upload path) every
-   ``--interval`` seconds;
+   ``--interval`` seconds, from the import's first browsable file until its end (one upload before the import,
+   not counted, opens the client's connection as a DAM back-end's pool would have it open);
 3. damflow, FIFO baseline: the same, but each urgent file joins the batch lane (``t1.batch``) behind the import;
 4. (``--big``) the priority run again with a ``--big``-file import, for memory: peak RSS per process must stay
    flat from the small to the big import, because backpressure pauses the scanner.
@@ -58,6 +59,9 @@ def pct(values: list[float], p: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+FIFO_URGENT = "fifo-urgent"  # batch id of the FIFO baseline's urgent files
+
+
 class Arrivals:
     """Records when each event id's AssetBrowsable arrives on `assets`."""
 
@@ -67,6 +71,7 @@ class Arrivals:
         self.wall: dict[str, float] = {}
         self.first_wall: dict[str, float] = {}  # batch id -> when its first asset became browsable
         self.waiters: dict[str, asyncio.Future] = {}
+        self.import_running = asyncio.Event()  # the import's first file is browsable
 
     async def run(self, consumer) -> None:
         while True:
@@ -76,6 +81,8 @@ class Arrivals:
                     event = decode(rec.value)
                     if isinstance(event, AssetBrowsable):
                         self.first_wall.setdefault(event.batch_id, time.time())
+                        if event.lane == "batch" and event.batch_id != FIFO_URGENT:
+                            self.import_running.set()
                         self.at[event.event_id] = now
                         self.events[event.event_id] = event
                         self.wall[event.event_id] = time.time()
@@ -125,19 +132,26 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     async with tail(stack.bootstrap, stack.topics.assets, settings) as assets:
         arrivals = Arrivals()
         collector = asyncio.create_task(arrivals.run(assets))
-        # the import as an operator runs it: `damflow ingest --wait` in its own process (a batch producer, it
-        # lowers its own priority); its result says when it started and how long it took
-        ingest = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
-            env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
-                     DAMFLOW_LOG_LEVEL="warn"),
-            stdout=asyncio.subprocess.PIPE)
-        output = asyncio.create_task(ingest.communicate())
         published: dict[str, float] = {}
         request_wall: dict[str, float] = {}
         http_ms: list[float] = []
         submitted = 0
         async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
+            if mode == "priority":  # the client's connection open and warm, as a DAM back-end's would be
+                async with http.post(f"{stack.http_url}/upload", params={"wait": "1"},
+                                     data=urgent[-1].read_bytes(), headers={"Content-Type": "image/png"}) as resp:
+                    assert resp.status == 200, await resp.text()
+            # the import as an operator runs it: `damflow ingest --wait` in its own process (a batch producer,
+            # it lowers its own priority); its result says when it started and how long it took
+            ingest = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
+                env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
+                         DAMFLOW_LOG_LEVEL="warn"),
+                stdout=asyncio.subprocess.PIPE)
+            output = asyncio.create_task(ingest.communicate())
+            # urgent uploads *during* the import: from its first browsable file on
+            await asyncio.wait([output, asyncio.create_task(arrivals.import_running.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
             while not output.done() and submitted < len(urgent):
                 src = urgent[submitted]
                 submitted += 1
@@ -155,7 +169,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
                     request_wall[up["event_id"]] = start_wall
                 else:  # FIFO: the urgent file joins the batch lane, behind the import
                     stored = store_original(settings, src)
-                    event = upload_event(stored, batch_id="fifo-urgent", display_name=src.name)
+                    event = upload_event(stored, batch_id=FIFO_URGENT, display_name=src.name)
                     event = msgspec.structs.replace(event, lane="batch")
                     published[event.event_id] = time.perf_counter()
                     await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
