@@ -1,10 +1,12 @@
 """The Faust application the workers run, and the tweaks damflow makes to its Kafka transport.
 
-Two tweaks. First, faust's worker consumer hard-codes ``fetch_max_wait_ms=1500``. Real Kafka answers a fetch as soon as data
+Three tweaks. First, faust's worker consumer hard-codes ``fetch_max_wait_ms=1500``. Real Kafka answers a fetch as soon as data
 arrives, so that only costs idle polling there; the embedded broker answers after a fraction of the wait even
 when data is waiting (measured: ~375 ms p50 at 1500 ms, ~3 ms at 10 ms). The wait is therefore a setting,
 applied here to every broker. Second, pausing a partition must not drop records already fetched for it (see
-``_Consumer._wait_next_records``): the lane governor pauses and resumes partitions many times a second.
+``_Consumer._wait_next_records``): the lane governor pauses and resumes partitions many times a second. Third,
+fetched but unconsumed batch records must not hold back the next fetch of the interactive lane (see
+``_ConsumerThread``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # The fetcher is built in ``start()`` from this attribute; the constructor argument is fixed by faust.
         consumer._fetch_max_wait_ms = self.app.conf.fetch_max_wait_ms  # type: ignore[attr-defined]
+        start = consumer.start
+
+        async def start_without_prefetch_backoff() -> None:
+            await start()
+            # aiokafka sends no fetch at all to a broker while any partition it serves still holds fetched
+            # records younger than this backoff (0.1 s): a batch partition whose records wait behind faust's
+            # small buffer then held back the interactive lane's next fetch — an urgent event at the start of
+            # an import waited 100-150 ms (bench/priority.py). The partition holding records is left out of
+            # the next fetch anyway; the others are fetched at once.
+            consumer._fetcher._prefetch_backoff = 0.0  # type: ignore[attr-defined]
+
+        consumer.start = start_without_prefetch_backoff  # type: ignore[method-assign]
         return consumer
 
 
