@@ -20,11 +20,20 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from streams.settings import Settings
 
 
+#: Per partition and per request fetch sizes of the worker consumer: about a hundred events per partition.
+FETCH_PARTITION_BYTES = 64 * 1024
+FETCH_REQUEST_BYTES = 256 * 1024
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # The fetcher is built in ``start()`` from this attribute; the constructor argument is fixed by faust.
         consumer._fetch_max_wait_ms = self.app.conf.fetch_max_wait_ms  # type: ignore[attr-defined]
+        # Small fetches: a batch lane with a deep backlog otherwise comes back as one response of up to 1 MB per
+        # partition (thousands of events) that the consumer thread parses before the interactive lane's next one.
+        consumer._max_partition_fetch_bytes = FETCH_PARTITION_BYTES  # type: ignore[attr-defined]
+        consumer._fetch_max_bytes = FETCH_REQUEST_BYTES  # type: ignore[attr-defined]
         start = consumer.start
 
         async def start_without_prefetch_backoff() -> None:
