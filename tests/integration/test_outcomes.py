@@ -29,6 +29,9 @@ async def test_reader_sleeps_while_nobody_waits_and_misses_nothing_on_waking(mak
 
             outcome = await watcher.expect("urgent")
             assert not watcher.paused
+            # a tombstone and a broken record naming it: skipped, the reader goes on
+            await prod.send_and_wait(topics.assets, None, key=b"u")
+            await prod.send_and_wait(topics.assets, b'{"event_id": "urgent", broken', key=b"u")
             await prod.send_and_wait(topics.assets, encode(failed("urgent", "/u", outcome="retrying")), key=b"u")
             await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
             event, _read_at = await asyncio.wait_for(outcome, 10)
