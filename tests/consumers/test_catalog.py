@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,26 +47,6 @@ def scanned(found: int, *, complete: bool = False, batch: str = "b1", at: float 
             skipped: int = 0, started: float = T0) -> BatchScanned:
     return BatchScanned(batch_id=batch, lane="batch", root=ROOT, found=found, skipped_unchanged=skipped,
                         complete=complete, started_at=started, scanned_at=at)
-
-
-@pytest.fixture
-def make_catalog(tmp_path: Path) -> Iterator[Callable[..., Catalog]]:
-    """Fresh catalogs under ``tmp_path``, closed after the test."""
-    opened: list[Catalog] = []
-
-    def make(name: str = "catalog.sqlite", **kw) -> Catalog:
-        cat = Catalog(tmp_path / "data" / name, **kw)
-        opened.append(cat)
-        return cat
-
-    yield make
-    for cat in opened:
-        cat.close()
-
-
-@pytest.fixture
-def catalog(make_catalog) -> Catalog:
-    return make_catalog()
 
 
 def dump(path: Path) -> dict[str, list[tuple]]:

@@ -6,7 +6,6 @@ import itertools
 import json
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,25 +24,6 @@ COMFY = dict(generator="comfyui", model="juggernautXL_v9Rundiffusionphoto2.safet
 PHOTO = dict(camera={"make": "Canon", "model": "Canon EOS R5", "lens": "RF24-70mm F2.8 L IS USM",
                      "datetime_original": "2024:06:01 18:30:00", "description": "Café terrace at dusk in Lisbon",
                      "keywords": "travel, street", "artist": "Ana Lima"}, gps=(38.7139, -9.1394))
-
-
-@pytest.fixture
-def make_catalog(tmp_path: Path) -> Iterator[Callable[..., Catalog]]:
-    """Fresh catalogs under ``tmp_path``, closed after the test."""
-    opened: list[Catalog] = []
-
-    def make(name: str = "catalog.sqlite", **kw) -> Catalog:
-        opened.append(Catalog(tmp_path / "data" / name, **kw))
-        return opened[-1]
-
-    yield make
-    for cat in opened:
-        cat.close()
-
-
-@pytest.fixture
-def catalog(make_catalog) -> Catalog:
-    return make_catalog()
 
 
 def indexed(asset_id: str = A1, *, event_id: str = "e1", path: str | None = None, batch: str = "b1",
