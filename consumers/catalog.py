@@ -382,24 +382,25 @@ class Catalog:
         for asset_id in {e.asset_id, before[0] if before else e.asset_id}:
             self._refresh_file_names(asset_id)
 
-    def _indexed(self, e: AssetIndexed) -> None:
+    def _later_tier_done(self, e: AssetIndexed | AssetEnriched, tier: int, at: float) -> None:
+        """A tier after the first is done for ``e``: its batch, asset (a stub if tier 1 is not in yet), tier state
+        and batch-file row. Done beats failures here as in tier 1: a late failure of a retried attempt does not
+        undo the result."""
         db = self._db
-        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.indexed_at, e.indexed_at))
-        db.execute(_STUB_ASSET, (e.asset_id, e.indexed_at))
-        # Done beats failures here as in tier 1: a late failure of a retried attempt does not undo the index.
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 2, DONE, e.indexed_at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 2, e.path, e.asset_id, DONE, e.indexed_at))
-        db.execute(_UPSERT_METADATA, (self._doc_id(e.asset_id, e.indexed_at), e.asset_id, *metadata_row(e),
-                                      self._file_names(e.asset_id)))
+        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, at, at))
+        db.execute(_STUB_ASSET, (e.asset_id, at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, tier, DONE, at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, tier, e.path, e.asset_id, DONE, at))
+
+    def _indexed(self, e: AssetIndexed) -> None:
+        self._later_tier_done(e, 2, e.indexed_at)
+        self._db.execute(_UPSERT_METADATA, (self._doc_id(e.asset_id, e.indexed_at), e.asset_id,
+                                            *metadata_row(e), self._file_names(e.asset_id)))
 
     def _enriched(self, e: AssetEnriched) -> None:
-        db = self._db
-        db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.enriched_at, e.enriched_at))
-        db.execute(_STUB_ASSET, (e.asset_id, e.enriched_at))
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 3, DONE, e.enriched_at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 3, e.path, e.asset_id, DONE, e.enriched_at))
+        self._later_tier_done(e, 3, e.enriched_at)
         # the latest scores win; a replay of an older event changes nothing
-        db.execute(
+        self._db.execute(
             "INSERT INTO enrichments VALUES (?, ?, ?, ?) ON CONFLICT (asset_id) DO UPDATE SET quality = "
             "excluded.quality, score = excluded.score, enriched_at = excluded.enriched_at "
             "WHERE excluded.enriched_at > enrichments.enriched_at",
