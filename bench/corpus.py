@@ -20,12 +20,16 @@ def _make(args: tuple[str, int]) -> None:
 def generated_pngs(n: int, size: int = 1024) -> Path:
     """A folder with ``n`` distinct PNGs (made once, in parallel, then reused)."""
     folder = CACHE / f"png{size}-{n}"
-    jobs = [(str(folder / f"ComfyUI_{i:05d}_.png"), i) for i in range(n)]
+    return _made(folder, [(str(folder / f"ComfyUI_{i:05d}_.png"), i) for i in range(n)], chunksize=8)
+
+
+def _made(folder: Path, jobs: list[tuple[str, int]], *, chunksize: int) -> Path:
+    """``folder`` with every ``(path, seed)`` of ``jobs`` generated: only the missing ones are made, in parallel."""
     missing = [j for j in jobs if not os.path.exists(j[0])]
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor() as pool:
-            list(pool.map(_make, missing, chunksize=8))
+            list(pool.map(_make, missing, chunksize=chunksize))
     return folder
 
 
@@ -62,10 +66,4 @@ def variant_pngs(n: int, base: int = 500) -> Path:
 def urgent_pngs(n: int) -> Path:
     """Distinct files for the urgent uploads (seeds far from the batch's)."""
     folder = CACHE / f"urgent-{n}"
-    jobs = [(str(folder / f"urgent_{i:04d}.png"), 100_000 + i) for i in range(n)]
-    missing = [j for j in jobs if not os.path.exists(j[0])]
-    if missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor() as pool:
-            list(pool.map(_make, missing, chunksize=4))
-    return folder
+    return _made(folder, [(str(folder / f"urgent_{i:04d}.png"), 100_000 + i) for i in range(n)], chunksize=4)
