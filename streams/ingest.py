@@ -164,14 +164,16 @@ class OutcomeWatcher:
     async def run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=500)
+            # skim other uploads' events without decoding them: after a quiet spell the reader goes through
+            # everything published meanwhile (event ids are random hex, so a miss is certain; an id answered
+            # meanwhile only costs a decode)
+            needles = [e.encode() for e in self._waiting] if len(self._waiting) <= 8 else None
             for records in batches.values():
                 for rec in records:
                     if not self._waiting:
                         break
-                    # skip other uploads' events without decoding them: after a quiet spell the reader goes
-                    # through everything published meanwhile (event ids are random hex, so a miss is certain)
                     value = rec.value or b""
-                    if len(self._waiting) <= 8 and not any(e.encode() in value for e in self._waiting):
+                    if needles is not None and not any(n in value for n in needles):
                         continue
                     try:
                         event = decode(value)
