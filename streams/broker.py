@@ -20,6 +20,7 @@ from streams.errors import BrokerError, ConfigError
 from streams.parentage import die_with_parent
 from streams.settings import Settings
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

@@ -532,6 +532,7 @@ EXPLICIT: dict[str, list[Fact]] = {
     "other-ai/dt_ルリアちゃん「ありがとうございます」スタンプ(透過背景).png": _none(),
 }
 
+
 def _unconnected_loader(named: str, node: str, used: str) -> dict[str, Fact]:
     """The manifest's model phrase names the first loader in the file; when no node consumes that loader, the
     model is the one at the end of the main sampler's model chain instead (``used``)."""
