@@ -1,7 +1,9 @@
-"""Peak resident memory (VmHWM) of a process tree, read from /proc: every damflow process, the broker included."""
+"""Peak resident memory (VmHWM) and CPU time of a process tree, read from /proc: every damflow process, the broker
+included."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -57,3 +59,22 @@ def snapshot(root: int) -> dict[str, float]:
             role = describe(pid)
             out[role] = max(out.get(role, 0.0), round(rss, 1))
     return out
+
+
+def cpu_seconds(root: int) -> dict[str, float]:
+    """CPU time (user + system) used so far per role, summed over the role's processes (e.g. every pool process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = describe(pid)
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per role between two :func:`cpu_seconds` readings."""
+    return {k: round(v - before.get(k, 0.0), 2) for k, v in after.items()}
