@@ -79,21 +79,23 @@ class EventHandler:
         self._dlq = app.topic(topics.dlq(tier))
         self._retry = {n: app.topic(topics.retry(tier, n)) for n in range(1, settings.max_attempts)}
 
-    async def process(self, event: faust.EventT, work: Work) -> None:
+    async def process(self, event: faust.EventT, work: Work) -> Any:
+        """Run ``work`` for one event; returns what the work returned (tier 1: the ``AssetBrowsable`` it
+        published), the ``AssetFailed`` published for a failure, or ``None`` for a poison pill."""
         history = FailureHistory.from_headers(event.message.headers)
         try:
             record = decode(event.value, self.expected)
         except DamflowError as exc:
             log.error("poison_pill", tier=self.tier, topic=event.message.topic, error=str(exc))
             await self._dead_letter(event, exc, None, history)
-            return
+            return None
         with structlog.contextvars.bound_contextvars(
             batch_id=record.batch_id, tier=self.tier, lane=record.lane, path=record.path
         ):
             try:
-                await work(record, history.attempts + 1)
+                return await work(record, history.attempts + 1)
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
-                await self._fail(event, record, exc, history)
+                return await self._fail(event, record, exc, history)
 
     async def emit(self, result: Event, key: str, *also: faust.TopicT) -> None:
         """Publish a result on ``assets`` (and on ``also``, e.g. the next tier's topic), all in flight together,
@@ -104,7 +106,7 @@ class EventHandler:
 
     async def _fail(
         self, event: faust.EventT, record: Record, exc: BaseException, history: FailureHistory
-    ) -> None:
+    ) -> AssetFailed:
         code, retriable = classify(exc)
         at = now()
         attempts = history.attempts + 1
@@ -126,12 +128,14 @@ class EventHandler:
             ))
         else:
             await self._dead_letter(event, exc, record, history, asset_id=asset_id, size=getattr(exc, "size", None))
-        await self.emit(AssetFailed(
+        failed = AssetFailed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             tier=self.tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
             error_code=code, reason=str(exc), retriable=retriable,
             outcome="retrying" if retry else "dead_lettered", attempts=attempts, failed_at=at,
-        ), asset_id or record.path)
+        )
+        await self.emit(failed, asset_id or record.path)
+        return failed
 
     async def _dead_letter(
         self, event: faust.EventT, exc: BaseException, record: Record | None, history: FailureHistory,

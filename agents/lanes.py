@@ -29,6 +29,7 @@ from faust.types import TP
 
 from agents.handling import EventHandler, Work
 from agents.pool import WorkPool
+from streams.express import OnceLedger
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -158,13 +159,21 @@ class LaneGovernor:
 
 
 def lane_agent(
-    handler: EventHandler, governor: LaneGovernor, lane: str, work: Work
+    handler: EventHandler, governor: LaneGovernor, lane: str, work: Work, *, once: OnceLedger | None = None,
 ) -> Callable[[faust.StreamT], object]:
-    """The body of every tier's agent: a thin loop handing each event to the shared wrapper, counted per lane."""
+    """The body of every tier's agent: a thin loop handing each event to the shared wrapper, counted per lane.
+
+    With ``once``, a record that also came by express (see :mod:`streams.express`) is worked on once: this
+    copy waits for the other's outcome, and its offset commits after that.
+    """
 
     async def agent(stream: faust.StreamT) -> None:
         async for event in stream.events():
             with governor.working(handler.tier, lane):
-                await handler.process(event, work)
+                if once is None:
+                    await handler.process(event, work)
+                else:
+                    msg = event.message
+                    await once.run((msg.topic, msg.partition, msg.offset), lambda: handler.process(event, work))
 
     return agent

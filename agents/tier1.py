@@ -11,9 +11,10 @@ from __future__ import annotations
 import faust
 
 from agents.browse import browse_file
-from agents.handling import EventHandler
+from agents.handling import EventHandler, Work
 from agents.lanes import LaneGovernor, LanePools, lane_agent
-from schemas import AssetBrowsable, FileDiscovered, now
+from schemas import AssetBrowsable, FileDiscovered, encode, now
+from streams.express import ExpressEvent, ExpressRequest, ExpressServer, OnceLedger
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -27,7 +28,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     tier2 = {lane: app.topic(topics.tier2(lane)) for lane in LANES}
     data_dir = str(settings.data_path)
 
-    async def browse(record: FileDiscovered, attempt: int) -> None:
+    async def browse(record: FileDiscovered, attempt: int) -> AssetBrowsable:
         result = await pools.for_lane(record.lane).run(
             browse_file, record.path, data_dir,
             sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
@@ -45,11 +46,50 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
         lane = record.lane if record.lane in tier2 else "batch"
         await handler.emit(browsable, result.asset_id, tier2[lane])
         log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
+        return browsable
 
+    # an urgent upload's record may also come by express (streams.express): one ledger runs it once
+    once = OnceLedger() if settings.express else None
     lanes = {
-        "interactive": (topics.t1_interactive, settings.tier1_interactive_concurrency, None),
-        "batch": (topics.t1_batch, settings.batch_concurrency, settings.batch_buffer),
+        "interactive": (topics.t1_interactive, settings.tier1_interactive_concurrency, None, once),
+        "batch": (topics.t1_batch, settings.batch_concurrency, settings.batch_buffer, None),
     }
-    for lane, (topic_name, concurrency, buffer) in lanes.items():
+    for lane, (topic_name, concurrency, buffer, ledger) in lanes.items():
         topic = app.topic(topic_name, partitions=settings.partitions, maxsize=buffer)
-        app.agent(topic, name=f"tier1-{lane}", concurrency=concurrency)(lane_agent(handler, governor, lane, browse))
+        app.agent(topic, name=f"tier1-{lane}", concurrency=concurrency)(
+            lane_agent(handler, governor, lane, browse, once=ledger))
+    if once is not None:
+        _serve_express(app, settings, topics, governor, handler, browse, once)
+
+
+def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor: LaneGovernor,
+                   handler: EventHandler, browse: Work, once: OnceLedger) -> ExpressServer:
+    """Take urgent uploads' records by express too, for the ``t1.interactive`` partitions this worker owns."""
+
+    async def serve(request: ExpressRequest) -> bytes | None:
+        with governor.working(1, "interactive"):
+            outcome = await once.run(request.coordinates,
+                                     lambda: handler.process(ExpressEvent.of(request), browse))
+        return encode(outcome) if outcome is not None else None
+
+    server = ExpressServer(settings, topics.t1_interactive, serve,
+                           concurrency=settings.tier1_interactive_concurrency)
+
+    def announce() -> None:
+        server.publish({tp.partition for tp in app.consumer.assignment() if tp.topic == topics.t1_interactive})
+
+    @app.task
+    async def _start_express() -> None:
+        await server.start()
+        announce()
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender, revoked, **_kw) -> None:  # noqa: ARG001
+        server.publish(set())  # until the new assignment is known, ring nobody here
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **_kw) -> None:  # noqa: ARG001
+        announce()
+
+    app.express = server  # type: ignore[attr-defined]  # the worker removes its registration on the way out
+    return server

@@ -40,6 +40,7 @@ from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
 from streams.errors import DamflowError, PermanentError, SchemaError
+from streams.express import ExpressClient
 from streams.ingest import OutcomeWatcher
 from streams.kafka import tail
 from streams.logs import get
@@ -61,6 +62,7 @@ _PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 _STOPPING = web.AppKey("stopping", asyncio.Event)
 _STREAMS = web.AppKey("sse_clients", list)
 _OUTCOMES = web.AppKey("outcomes", OutcomeWatcher)
+_EXPRESS = web.AppKey("express", ExpressClient)  # None when Settings.express is off
 
 _HEX = re.compile(r"[0-9a-f]+")
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -298,10 +300,13 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
             stored = place_original(settings, spool.path, asset_id=spool.asset_id, size=spool.size,
                                     format=spool.format or "", move=True)
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
+            express = app[_EXPRESS] if wait else None
             if wait:  # registered before publishing, so the outcome cannot be missed
-                pending[event.event_id] = await watcher.expect(event.event_id)
+                pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
             started[event.event_id] = time.perf_counter()
-            await publish_upload(app[_PRODUCER], topics, event)
+            record = await publish_upload(app[_PRODUCER], topics, event)
+            if express is not None:  # the outcome straight from the worker (streams.express)
+                watcher.ask_express(express, record, event.event_id, timeout)
             rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
                          "name": spool.name, "size": stored.size, "format": stored.format})
             ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
@@ -321,8 +326,8 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
         await asyncio.wait(pending.values(), timeout=timeout)
     for event_id, fut in pending.items():
         if fut.done():
-            event, read_at = fut.result()
-            outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1))
+            event, read_at, via = fut.result()
+            outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1), via)
         else:
             watcher.forget(event_id)
     for row in rows:
@@ -330,12 +335,13 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
         if outcome is None:
             row.update(state="pending", ms_to_browsable=None)
             continue
-        event, ms = outcome
+        event, ms, via = outcome
         browsable = isinstance(event, AssetBrowsable)
-        row.update(state="browsable" if browsable else "failed", ms_to_browsable=ms if browsable else None)
+        row.update(state="browsable" if browsable else "failed", ms_to_browsable=ms if browsable else None,
+                   via=via)
         if not browsable:
             row["reason"] = event.reason
-        ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms)
+        ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms, via=via)
     done = all(row["state"] != "pending" for row in rows)
     return web.json_response({"uploads": rows}, status=200 if done else 202)
 
@@ -465,6 +471,7 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
     app[_TOPICS] = topics
     app[_BOOTSTRAP] = bootstrap
     app[_PRODUCER] = producer
+    app[_EXPRESS] = ExpressClient(settings) if settings.express else None  # type: ignore[assignment]
     app[_STOPPING] = asyncio.Event()
     app[_STREAMS] = []
     app.router.add_post("/upload", upload)

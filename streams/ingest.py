@@ -7,12 +7,14 @@ import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
 from streams.errors import SchemaError
+from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
 from streams.scanner import scan
 from streams.settings import Settings
@@ -74,6 +76,16 @@ class UploadResult:
     state: str = "published"
     ms_to_browsable: float | None = None
     reason: str | None = None
+    #: How the outcome came back: ``express`` (from the worker, see streams.express) or ``assets`` (read there).
+    via: str | None = None
+
+
+class Outcome(NamedTuple):
+    """A final tier-1 outcome for a waiting upload, when it was read (``time.perf_counter()``), and how."""
+
+    event: AssetBrowsable | AssetFailed
+    read_at: float
+    via: str
 
 
 async def upload_files(
@@ -92,15 +104,19 @@ async def upload_files(
             reader = asyncio.create_task(watcher.run())
             stack.callback(reader.cancel)
         prod = await stack.enter_async_context(producer(bootstrap))
+        express = ExpressClient(settings) if wait and settings.express else None
         for src in files:
             stored = store_original(settings, src)
             event = upload_event(stored, batch_id=batch_id, display_name=src.name)
-            outcome = await watcher.expect(event.event_id) if watcher else None  # before publishing: none missed
+            # registered before publishing: none missed
+            outcome = await watcher.expect(event.event_id, wake=express is None) if watcher else None
             t0 = time.perf_counter()
-            await publish_upload(prod, topics, event)
+            record = await publish_upload(prod, topics, event)
+            if watcher and express:
+                watcher.ask_express(express, record, event.event_id, timeout)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
             if outcome is not None:
-                result, read_at = await asyncio.wait_for(outcome, timeout)
+                result, read_at, row.via = await asyncio.wait_for(outcome, timeout)
                 row.ms_to_browsable = round((read_at - t0) * 1000, 1)
                 row.state = "browsable" if isinstance(result, AssetBrowsable) else "failed"
                 row.reason = result.reason if isinstance(result, AssetFailed) else None
@@ -131,17 +147,46 @@ class OutcomeWatcher:
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future] = {}
         self._waking = asyncio.Lock()
+        self._asking: set[asyncio.Task] = set()
         self.reseek_after_s = reseek_after_s
         self._paused_at = time.monotonic()
         self._consumer.pause(*self._consumer.assignment())
 
-    async def expect(self, event_id: str) -> asyncio.Future:
-        """A future for ``(outcome event, time.perf_counter() when it was read)``."""
+    async def expect(self, event_id: str, *, wake: bool = True) -> asyncio.Future:
+        """A future for the event's :class:`Outcome`.
+
+        ``wake=False`` registers without resuming the reader: for an upload whose outcome should come by
+        express (:meth:`ask_express`), which resumes it only if that fails.
+        """
         fut = self._waiting.get(event_id)
         if fut is None:
-            await self._wake()
+            if wake:
+                await self._wake()
             fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
         return fut
+
+    def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
+        """Ask the worker that owns the published ``request`` for its outcome directly, and settle the future
+        :meth:`expect` gave for ``event_id`` with it; without an answer (or with a not yet final one: a retry
+        is coming), read it from ``assets`` after all — from where the reader stopped, so nothing is missed."""
+
+        async def ask() -> None:
+            try:
+                outcome = await express.outcome(request, timeout)
+            except TimeoutError:
+                return  # the worker has it and is still at it: the caller's own timeout answers
+            fut = self._waiting.get(event_id)
+            if fut is None or fut.done():
+                return
+            if outcome is not None and final_outcome(outcome):
+                self._waiting.pop(event_id, None)
+                fut.set_result(Outcome(outcome, time.perf_counter(), "express"))
+            else:
+                await self._wake(catch_up=True)
+
+        task = asyncio.create_task(ask(), name=f"express-{event_id}")
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     def forget(self, event_id: str) -> None:
         self._waiting.pop(event_id, None)
@@ -150,12 +195,12 @@ class OutcomeWatcher:
     def paused(self) -> bool:
         return bool(self._consumer.paused())
 
-    async def _wake(self) -> None:
+    async def _wake(self, *, catch_up: bool = False) -> None:
         async with self._waking:
             paused = list(self._consumer.paused())
             if not paused:
                 return
-            if time.monotonic() - self._paused_at > self.reseek_after_s:
+            if not catch_up and time.monotonic() - self._paused_at > self.reseek_after_s:
                 await self._consumer.seek_to_end(*paused)
                 for tp in paused:  # resolve the lazy seek now, before the caller publishes
                     await self._consumer.position(tp)
@@ -182,7 +227,7 @@ class OutcomeWatcher:
                     if final_outcome(event):
                         fut = self._waiting.pop(event.event_id, None)
                         if fut is not None and not fut.done():
-                            fut.set_result((event, time.perf_counter()))
+                            fut.set_result(Outcome(event, time.perf_counter(), "assets"))
             if not self._waiting and not self._waking.locked() and not self._consumer.paused():
                 self._consumer.pause(*self._consumer.assignment())
                 self._paused_at = time.monotonic()

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     #: class, slows it by about a fifth. Measured with bench/priority.py: urgent work p50 43.8 -> 38.1 ms,
     #: throughput against the FIFO baseline of the same run unchanged (0.69 vs 0.78 off, 0.68 vs 0.78 on).
     preempt_batch: bool = True
+    #: Express delivery of urgent uploads (see streams.express): after publishing an upload, the HTTP endpoint
+    #: and ``damflow upload --wait`` hand the record straight to the worker on this host that owns its partition,
+    #: which starts at once and answers with the outcome, instead of both waiting for a broker poll. The broker's
+    #: copy stays the durable one; a worker runs the record once whichever copy comes first.
+    express: bool = True
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
     batch_buffer: int = Field(default=8, ge=1)

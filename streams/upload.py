@@ -18,6 +18,7 @@ from agents.hashing import hash_file
 from agents.sniff import sniff_file
 from schemas import FileDiscovered, encode, new_id, now
 from streams.errors import UploadRejected
+from streams.express import ExpressRequest
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -80,6 +81,10 @@ def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | Non
     )
 
 
-async def publish_upload(prod: AIOKafkaProducer, topics: Topics, event: FileDiscovered) -> None:
-    """Send on the interactive lane and wait for the broker's acknowledgement."""
-    await prod.send_and_wait(topics.t1_interactive, encode(event), key=event.path.encode())
+async def publish_upload(prod: AIOKafkaProducer, topics: Topics, event: FileDiscovered) -> ExpressRequest:
+    """Send on the interactive lane and wait for the broker's acknowledgement; returns the record as the broker
+    holds it (where it went, and its bytes), which is what an express delivery hands to the worker."""
+    value, key = encode(event), event.path.encode()
+    meta = await prod.send_and_wait(topics.t1_interactive, value, key=key)
+    return ExpressRequest(meta.topic, meta.partition, meta.offset, value, key,
+                          meta.timestamp if meta.timestamp is not None and meta.timestamp >= 0 else None)

@@ -61,6 +61,9 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
+        express = getattr(app, "express", None)
+        if express is not None:  # nobody should ring a worker that is gone
+            express.registration.unlink(missing_ok=True)
         pools.shutdown()
     return 0
 

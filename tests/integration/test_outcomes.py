@@ -34,8 +34,9 @@ async def test_reader_sleeps_while_nobody_waits_and_misses_nothing_on_waking(mak
             await prod.send_and_wait(topics.assets, b'{"event_id": "urgent", broken', key=b"u")
             await prod.send_and_wait(topics.assets, encode(failed("urgent", "/u", outcome="retrying")), key=b"u")
             await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
-            event, _read_at = await asyncio.wait_for(outcome, 10)
+            event, _read_at, via = await asyncio.wait_for(outcome, 10)
             assert event.event_id == "urgent" and event.path == "/u"  # the final outcome, not the retry
+            assert via == "assets"
             await wait_until(lambda: watcher.paused, 10, "the reader to pause again")
 
             # a second quiet spell and a second waiter: woken again, answered again

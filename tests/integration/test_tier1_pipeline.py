@@ -146,6 +146,7 @@ async def test_upload_lands_in_catalog_and_is_stored_content_addressed(stack: St
     [row] = await upload_files(s, stack.topics, stack.bootstrap, [src], wait=True, timeout=60)
 
     assert row.state == "browsable" and row.ms_to_browsable > 0
+    assert row.via == "express"  # the outcome came straight from the worker (streams.express)
     stored = list(s.originals_dir.rglob(f"{row.asset_id}.*"))
     assert len(stored) == 1 and stored[0].read_bytes() == src.read_bytes()
     assert "weird" not in str(stored[0])

@@ -1,0 +1,287 @@
+"""Express delivery: an urgent upload rings the worker that owns it, beside the broker, never instead of it.
+
+The upload is published on ``t1.interactive`` first, as always: the broker holds the durable copy, and offsets,
+retries and dead letters work on it exactly as for any event. Then the publisher hands the same record (topic,
+partition, offset, key, value) over a local socket to the worker that owns that partition, which starts the work
+at once and answers with the outcome — no wait for the worker's next fetch and none for an outcome reader's.
+That is worth having on the embedded broker, which answers a fetch only after part of its wait even when data
+is waiting (so every hop through it costs milliseconds, and a short wait costs CPU in polls); on Kafka it saves
+less, and nothing depends on it anywhere:
+
+- The worker's :class:`OnceLedger` keys the work by the record's coordinates: whichever copy comes first (the
+  express one or the fetched one) does the work, the other waits for that outcome. The fetched copy's offset
+  commits only after the effects, as always; a worker that dies mid-way leaves the fetched copy to whoever
+  takes its partitions over (at-least-once, idempotent effects).
+- A publisher that finds no worker to ring (another host, no registration, a stale one, a refused or broken
+  connection) falls back to reading the outcome from ``assets``.
+
+Workers register under ``<data dir>/run/express/``: one small JSON file each, naming an abstract Unix socket
+and the ``t1.interactive`` partitions it owns (rewritten after every rebalance, removed on a clean stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import AssetBrowsable, AssetFailed, decode
+from streams.errors import SchemaError
+from streams.logs import get
+from streams.settings import Settings
+
+log = get(__name__)
+
+_HEADER = struct.Struct(">I")
+#: Largest frame either side accepts: a request is one small event record, a reply one outcome event.
+MAX_FRAME = 4 * 1024 * 1024
+
+
+class ExpressRequest(msgspec.Struct, frozen=True):
+    """One published record, as the broker holds it: where it is, and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+    headers: list[tuple[str, bytes]] = []
+
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        return self.topic, self.partition, self.offset
+
+
+_request_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(ExpressRequest)
+
+
+async def _write_frame(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(_HEADER.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"express frame of {size} bytes is over the {MAX_FRAME} limit")
+    return await reader.readexactly(size)
+
+
+def registry_dir(settings: Settings) -> Path:
+    return settings.data_path / "run" / "express"
+
+
+# -- the worker's side ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Message:
+    """The parts of a faust message the event handler reads, for a record that came by express."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: float | None
+
+
+@dataclass
+class ExpressEvent:
+    """A record handed over by express, shaped like the faust event the handler expects from a stream."""
+
+    value: bytes
+    message: _Message
+
+    @classmethod
+    def of(cls, request: ExpressRequest) -> ExpressEvent:
+        timestamp = request.timestamp_ms / 1000 if request.timestamp_ms is not None else None
+        return cls(request.value, _Message(request.topic, request.partition, request.offset, request.key,
+                                           list(request.headers), timestamp))
+
+
+class _Abandoned(Exception):
+    """The copy doing the work was cancelled before it finished: the waiting copy does it instead."""
+
+
+@dataclass
+class OnceLedger:
+    """Runs the work for one record once, however many copies of it arrive (express and fetched).
+
+    Entries are forgotten once both copies were seen, or after ``ttl_s`` (the fetched copy may have gone to
+    another worker after a rebalance), and never more than ``max_entries`` are kept.
+    """
+
+    ttl_s: float = 300.0
+    max_entries: int = 10_000
+    _entries: OrderedDict[tuple[str, int, int], tuple[float, asyncio.Future, list[int]]] = field(
+        default_factory=OrderedDict)
+
+    async def run(self, coordinates: tuple[str, int, int], work: Callable[[], Awaitable[Any]]) -> Any:
+        """The outcome of ``work`` for the record at ``coordinates``: run now, or awaited from the copy that
+        is running it (or ran it)."""
+        while True:
+            entry = self._entries.get(coordinates)
+            if entry is None:
+                break
+            _, fut, seen = entry
+            seen[0] += 1
+            if seen[0] >= 2 and fut.done():
+                self._entries.pop(coordinates, None)
+            try:
+                return await asyncio.shield(fut)
+            except _Abandoned:
+                continue
+        self._expire()
+        fut, seen = asyncio.get_running_loop().create_future(), [1]
+        self._entries[coordinates] = (time.monotonic(), fut, seen)
+        try:
+            result = await work()
+        except BaseException:
+            self._entries.pop(coordinates, None)
+            fut.set_exception(_Abandoned())
+            fut.exception()  # retrieved: nobody may be waiting
+            raise
+        fut.set_result(result)
+        if seen[0] >= 2:  # the other copy came meanwhile: nothing more to wait for
+            self._entries.pop(coordinates, None)
+        return result
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.ttl_s
+        while self._entries:
+            at, fut, _ = next(iter(self._entries.values()))
+            if (at >= cutoff or not fut.done()) and len(self._entries) < self.max_entries:
+                break
+            self._entries.popitem(last=False)
+
+
+class ExpressServer:
+    """The worker's end: accepts express records for ``topic`` and answers each with its outcome's bytes.
+
+    ``serve`` runs one record (through the ledger) and returns the outcome event's encoded bytes, or ``None``
+    when there is none to give (the caller then falls back to reading ``assets``).
+    """
+
+    def __init__(self, settings: Settings, topic: str, serve: Callable[[ExpressRequest], Awaitable[bytes | None]],
+                 *, concurrency: int = 2) -> None:
+        self.settings, self.topic, self._serve = settings, topic, serve
+        self.address = f"\0damflow-express-{uuid.uuid4().hex}"  # abstract socket: no file, no path length limit
+        self.registration = registry_dir(settings) / f"{socket.gethostname()}-{os.getpid()}.json"
+        self._slots = asyncio.Semaphore(concurrency)
+        self._server: asyncio.AbstractServer | None = None
+        self.served = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._handle, path=self.address)
+
+    def publish(self, partitions: set[int]) -> None:
+        """Announce the partitions of ``topic`` this worker owns now (after every rebalance)."""
+        directory = self.registration.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{self.registration.name}.tmp"
+        tmp.write_text(json.dumps({"address": self.address, "host": socket.gethostname(), "pid": os.getpid(),
+                                   "topic": self.topic, "partitions": sorted(partitions)}))
+        os.replace(tmp, self.registration)
+
+    async def stop(self) -> None:
+        self.registration.unlink(missing_ok=True)
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    frame = await _read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    return  # the publisher is done with this connection
+                reply = b""
+                try:
+                    request = _request_decoder.decode(frame)
+                except msgspec.DecodeError as exc:
+                    log.warning("express_request_unreadable", error=str(exc))
+                    return
+                if request.topic == self.topic:
+                    async with self._slots:
+                        reply = await self._serve(request) or b""
+                    self.served += 1
+                await _write_frame(writer, reply)
+        except (ConnectionError, ValueError) as exc:
+            log.info("express_connection_lost", error=repr(exc))
+        finally:
+            writer.close()
+
+
+# -- the publisher's side ---------------------------------------------------------------------------------------
+
+
+class ExpressClient:
+    """The publisher's end: finds the worker owning a record's partition and asks it for the outcome."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = registry_dir(settings)
+        self.host = socket.gethostname()
+
+    def owner(self, topic: str, partition: int) -> str | None:
+        """The socket address of the worker on this host that owns ``partition`` of ``topic``, if any."""
+        try:
+            entries = list(self.directory.glob("*.json"))
+        except OSError:
+            return None
+        for path in entries:
+            try:
+                reg = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if reg.get("host") == self.host and reg.get("topic") == topic and partition in reg.get("partitions", ()):
+                return reg.get("address")
+        return None
+
+    async def outcome(self, request: ExpressRequest, timeout: float) -> AssetBrowsable | AssetFailed | None:
+        """The record's tier-1 outcome from its worker; ``None`` when no worker could be asked or gave none.
+
+        Raises ``TimeoutError`` when the worker took the record but did not finish within ``timeout``.
+        """
+        address = self.owner(request.topic, request.partition)
+        if address is None:
+            return None
+        try:
+            reader, writer = await asyncio.open_unix_connection(path=address)
+        except OSError:
+            return None
+        try:
+            await _write_frame(writer, _request_encoder.encode(request))
+            reply = await asyncio.wait_for(_read_frame(reader), timeout)
+        except TimeoutError:
+            raise  # (an OSError too, but not a lost connection: the worker is still at it)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            return None
+        finally:
+            writer.close()
+        if not reply:
+            return None
+        try:
+            event = decode(reply)
+        except SchemaError:
+            return None
+        return event if isinstance(event, AssetBrowsable | AssetFailed) else None

@@ -1,0 +1,190 @@
+"""Express delivery without a broker: the once-ledger, and the worker's socket seen from the publisher's side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from schemas import encode
+from streams.express import ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, registry_dir
+from streams.settings import Settings
+from tests.consumers.test_catalog import browsable
+
+TOPIC = "damflow.t1.interactive"
+
+
+def request(offset: int = 7, partition: int = 1, topic: str = TOPIC) -> ExpressRequest:
+    return ExpressRequest(topic, partition, offset, b'{"event": 1}', b"key", 1_700_000_000_000, [("h", b"v")])
+
+
+# -- the ledger: whichever copy comes first does the work, the other gets its outcome -------------------------
+
+
+async def test_two_copies_of_a_record_run_the_work_once_and_both_get_its_outcome() -> None:
+    ledger, runs, release = OnceLedger(), [], asyncio.Event()
+
+    async def work() -> str:
+        runs.append(1)
+        await release.wait()
+        return "outcome"
+
+    first = asyncio.create_task(ledger.run(("t", 0, 5), work))
+    await asyncio.sleep(0)  # the first copy has started its work
+    second = asyncio.create_task(ledger.run(("t", 0, 5), work))
+    await asyncio.sleep(0)
+    assert not second.done()  # it waits for the first copy's outcome, not for its own run
+    release.set()
+    assert await first == await second == "outcome"
+    assert runs == [1]
+    assert len(ledger) == 0  # both copies seen: forgotten
+
+
+async def test_a_copy_arriving_after_the_work_is_done_gets_the_outcome_without_running_it() -> None:
+    ledger, runs = OnceLedger(), []
+
+    async def work() -> str:
+        runs.append(1)
+        return "done"
+
+    assert await ledger.run(("t", 0, 1), work) == "done"
+    assert len(ledger) == 1  # the other copy is still to come
+    assert await ledger.run(("t", 0, 1), work) == "done"
+    assert runs == [1] and len(ledger) == 0
+    # another record is another piece of work
+    assert await ledger.run(("t", 0, 2), work) == "done"
+    assert runs == [1, 1]
+
+
+async def test_when_the_copy_doing_the_work_is_cancelled_the_waiting_copy_does_it() -> None:
+    ledger, started = OnceLedger(), asyncio.Event()
+
+    async def stuck() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    async def work() -> str:
+        return "by the second copy"
+
+    first = asyncio.create_task(ledger.run(("t", 0, 9), stuck))
+    await started.wait()
+    second = asyncio.create_task(ledger.run(("t", 0, 9), work))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == "by the second copy"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_the_ledger_forgets_old_and_surplus_entries() -> None:
+    async def work() -> str:
+        return "x"
+
+    ledger = OnceLedger(ttl_s=0.0)
+    for offset in range(5):
+        await ledger.run(("t", 0, offset), work)
+    assert len(ledger) == 1  # each new record expired the finished ones before it
+    bounded = OnceLedger(max_entries=3)
+    for offset in range(10):
+        await bounded.run(("t", 0, offset), work)
+    assert len(bounded) == 3
+
+
+def test_an_express_record_reads_like_the_fetched_message() -> None:
+    event = ExpressEvent.of(request())
+    assert event.value == b'{"event": 1}'
+    msg = event.message
+    assert (msg.topic, msg.partition, msg.offset, msg.key) == (TOPIC, 1, 7, b"key")
+    assert msg.headers == [("h", b"v")] and msg.timestamp == 1_700_000_000.0
+
+
+# -- the socket: the publisher finds the owner of the partition and gets its outcome ----------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+async def test_the_owner_of_the_partition_answers_with_the_outcome(settings: Settings) -> None:
+    seen = []
+
+    async def serve(req: ExpressRequest) -> bytes:
+        seen.append(req)
+        return encode(browsable("e1", "/u.png"))
+
+    server = ExpressServer(settings, TOPIC, serve)
+    await server.start()
+    try:
+        client = ExpressClient(settings)
+        assert await client.outcome(request(), 5) is None  # registered nowhere yet: nobody to ring
+        server.publish({0})
+        assert await client.outcome(request(partition=1), 5) is None  # partition 1 is somebody else's
+        server.publish({0, 1})
+        outcome = await client.outcome(request(partition=1), 5)
+        assert outcome is not None and outcome.event_id == "e1"
+        assert seen == [request(partition=1)]  # the record arrived as published
+        assert await client.outcome(request(topic="damflow.t1.batch"), 5) is None  # not an express topic
+        assert server.served == 1
+    finally:
+        await server.stop()
+    assert not server.registration.exists()
+    assert await ExpressClient(settings).outcome(request(), 5) is None  # gone: nobody to ring
+
+
+async def test_no_outcome_a_stale_registration_or_a_dropped_connection_mean_fall_back(settings: Settings) -> None:
+    client = ExpressClient(settings)
+    # a worker that died without removing its registration: the connection is refused
+    registry_dir(settings).mkdir(parents=True)
+    (registry_dir(settings) / "ghost.json").write_text(json.dumps(
+        {"address": "\0damflow-express-nobody", "host": client.host, "pid": 1, "topic": TOPIC, "partitions": [1]}))
+    assert await client.outcome(request(), 5) is None
+    (registry_dir(settings) / "ghost.json").unlink()
+
+    async def nothing(req: ExpressRequest) -> None:
+        return None  # e.g. a poison pill: dead-lettered, no tier-1 outcome to give
+
+    async def dies(req: ExpressRequest) -> bytes:
+        raise ConnectionResetError("the worker went away mid-way")
+
+    for serve in (nothing, dies):
+        server = ExpressServer(settings, TOPIC, serve)
+        await server.start()
+        server.publish({1})
+        try:
+            assert await client.outcome(request(), 5) is None
+        finally:
+            await server.stop()
+
+
+async def test_a_worker_still_at_it_after_the_timeout_times_out(settings: Settings) -> None:
+    async def slow(req: ExpressRequest) -> bytes:
+        await asyncio.sleep(30)
+        return b""
+
+    server = ExpressServer(settings, TOPIC, slow)
+    await server.start()
+    server.publish({1})
+    try:
+        with pytest.raises(TimeoutError):
+            await ExpressClient(settings).outcome(request(), 0.2)
+    finally:
+        await server.stop()
+
+
+async def test_a_registration_from_another_host_is_never_rung(settings: Settings) -> None:
+    async def serve(req: ExpressRequest) -> bytes:
+        return encode(browsable("e1", "/u.png"))
+
+    server = ExpressServer(settings, TOPIC, serve)
+    await server.start()
+    try:
+        server.publish({1})
+        reg = json.loads(server.registration.read_text())
+        server.registration.write_text(json.dumps(reg | {"host": "elsewhere"}))
+        assert await ExpressClient(settings).outcome(request(), 5) is None
+    finally:
+        await server.stop()
