@@ -257,6 +257,24 @@ class ExpressClient:
                 return reg.get("address")
         return None
 
+    async def hand_over(self, request: ExpressRequest) -> bool:
+        """Give the record to its worker without waiting for the outcome (an upload that does not wait): the
+        work starts now instead of at the worker's next fetch. ``False`` when there was nobody to ring."""
+        address = self.owner(request.topic, request.partition)
+        if address is None:
+            return False
+        try:
+            _, writer = await asyncio.open_unix_connection(path=address)
+        except OSError:
+            return False
+        try:
+            await _write_frame(writer, _request_encoder.encode(request))
+        except OSError:
+            return False
+        finally:
+            writer.close()  # the worker's answer, when it comes, goes nowhere: nobody waits for it
+        return True
+
     async def outcome(self, request: ExpressRequest, timeout: float) -> AssetBrowsable | AssetFailed | None:
         """The record's tier-1 outcome from its worker; ``None`` when no worker could be asked or gave none.
 

@@ -300,13 +300,15 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
             stored = place_original(settings, spool.path, asset_id=spool.asset_id, size=spool.size,
                                     format=spool.format or "", move=True)
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
-            express = app[_EXPRESS] if wait else None
+            express = app[_EXPRESS]
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
             started[event.event_id] = time.perf_counter()
             record = await publish_upload(app[_PRODUCER], topics, event)
-            if express is not None:  # the outcome straight from the worker (streams.express)
+            if express is not None and wait:  # the outcome straight from the worker (streams.express)
                 watcher.ask_express(express, record, event.event_id, timeout)
+            elif express is not None:  # the work starts now all the same
+                await express.hand_over(record)
             rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
                          "name": spool.name, "size": stored.size, "format": stored.format})
             ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,

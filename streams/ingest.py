@@ -104,7 +104,7 @@ async def upload_files(
             reader = asyncio.create_task(watcher.run())
             stack.callback(reader.cancel)
         prod = await stack.enter_async_context(producer(bootstrap))
-        express = ExpressClient(settings) if wait and settings.express else None
+        express = ExpressClient(settings) if settings.express else None
         for src in files:
             stored = store_original(settings, src)
             event = upload_event(stored, batch_id=batch_id, display_name=src.name)
@@ -114,6 +114,8 @@ async def upload_files(
             record = await publish_upload(prod, topics, event)
             if watcher and express:
                 watcher.ask_express(express, record, event.event_id, timeout)
+            elif express:  # nobody waits for the outcome, but the work starts now all the same
+                await express.hand_over(record)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
             if outcome is not None:
                 result, read_at, row.via = await asyncio.wait_for(outcome, timeout)

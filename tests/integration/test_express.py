@@ -59,6 +59,11 @@ async def test_uploads_come_back_by_express_and_are_worked_on_once(stack: Stack,
     async with aiohttp.ClientSession() as http:
         rows = [await upload(http, stack.http_url, body) for body in bodies]
         broken = await upload(http, stack.http_url, bad.read_bytes())
+        # an upload that does not wait is handed over all the same (and answered with 202 at once)
+        async with http.post(f"{stack.http_url}/upload", data=make_png(tmp_path / "n.png", size=(320, 200),
+                             seed=48).read_bytes(), headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 202
+            [unwaited] = (await resp.json())["uploads"]
     assert [(r["state"], r["via"]) for r in rows] == [("browsable", "express")] * 4
     assert all(r["ms_to_browsable"] > 0 for r in rows)
     # a file that cannot be decoded: its failure comes back the same way, recorded as for any file
@@ -67,7 +72,7 @@ async def test_uploads_come_back_by_express_and_are_worked_on_once(stack: Stack,
     await settled(stack)  # the broker's copies were fetched too, and committed
     outcomes = Counter(e.event_id for e in await everything_on(stack, stack.topics.assets)
                        if isinstance(e, AssetBrowsable) or (isinstance(e, AssetFailed) and e.tier == 1))
-    for row in [*rows, broken]:
+    for row in [*rows, broken, unwaited]:
         assert outcomes[row["event_id"]] == 1, row  # one piece of work per upload, not one per copy
     letters = await everything_on(stack, stack.topics.dlq(1))
     assert len(letters) == 1 and letters[0].file_path.endswith(".png")

@@ -188,3 +188,24 @@ async def test_a_registration_from_another_host_is_never_rung(settings: Settings
         assert await ExpressClient(settings).outcome(request(), 5) is None
     finally:
         await server.stop()
+
+
+async def test_a_record_handed_over_reaches_its_worker_without_anyone_waiting(settings: Settings) -> None:
+    arrived: asyncio.Queue[ExpressRequest] = asyncio.Queue()
+
+    async def serve(req: ExpressRequest) -> bytes:
+        await arrived.put(req)
+        return encode(browsable("e1", "/u.png"))  # answered to nobody: the publisher hung up
+
+    client = ExpressClient(settings)
+    assert not await client.hand_over(request())  # nobody registered: nobody to hand it to
+    server = ExpressServer(settings, TOPIC, serve)
+    await server.start()
+    server.publish({1})
+    try:
+        assert await client.hand_over(request())
+        assert await asyncio.wait_for(arrived.get(), 5) == request()
+        # the worker's end shrugs off the closed connection and serves the next publisher
+        assert (await client.outcome(request(offset=8), 5)).event_id == "e1"
+    finally:
+        await server.stop()
