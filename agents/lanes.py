@@ -10,9 +10,11 @@ Each place where an urgent event could otherwise queue behind less urgent work h
    was already fetched for the batch lane small (see ``streams.app``).
 2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
    runs at the caller's priority, the batch pool's processes in the idle scheduling class (see
-   :mod:`streams.niceness`), so an urgent file never waits behind queued batch files; while an urgent file is
-   being made browsable (tier-1 interactive work) the batch processes are frozen (``Settings.preempt_batch``),
-   so it has the cores, caches and memory bandwidth to itself.
+   :mod:`streams.niceness`), so an urgent file never waits behind queued batch files; optionally
+   (``Settings.preempt_batch``) the batch processes are frozen while an urgent file is being made browsable
+   (tier-1 interactive work), so it has the cores, caches and memory bandwidth to itself.
+3. **Getting there** — an upload reaches its worker by express (:mod:`streams.express`), not at the worker's
+   next fetch.
 
 Pauses are re-applied after every rebalance (faust forgets them on assignment).
 """

@@ -67,7 +67,7 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class _Conf(faust.Settings):
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 50
 
 
 class DamflowApp(faust.App):

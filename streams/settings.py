@@ -41,9 +41,13 @@ class Settings(BaseSettings):
     partitions: int = Field(default=2, ge=1)
     #: Consumer group (the Faust app id) the workers share.
     group_id: str = "damflow-workers"
-    #: How long a consumer fetch may wait for data. The embedded broker answers only after a fraction
-    #: of this even when data waits, so keep it short; real Kafka returns as soon as data arrives.
-    fetch_max_wait_ms: int = Field(default=10, ge=0)
+    #: How long a worker's fetch may wait for data. Real Kafka answers as soon as data arrives; the embedded broker
+    #: only after a fraction of this (p50 about a fifth, at most about half), and a shorter wait costs it and the
+    #: worker CPU in polls (measured idle: 17 % of a core at 10 ms, 5 % at 100 ms). Uploads do not pay it: they
+    #: reach their worker by express (``express``); what does (re-processing, other producers of the interactive
+    #: lane, the hop to tier 2) waits about 10 ms at 50. bench/priority.py, 500 files: throughput 0.71 -> 0.74 of
+    #: the compute limit from 10 to 50 ms, urgent uploads unchanged.
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
     #: The same for the reader that answers ``upload --wait`` and ``POST /upload?wait=1``: it polls only while
     #: somebody waits (paused otherwise), so it can afford to poll more often than the workers.
     waiter_fetch_max_wait_ms: int = Field(default=5, ge=0)
@@ -82,10 +86,11 @@ class Settings(BaseSettings):
     #: the class does not exist.
     batch_idle_class: bool = True
     #: Freeze the batch pool while an urgent file is being made browsable (SIGSTOP, SIGCONT after), so it has
-    #: the cores, caches and memory bandwidth to itself: a batch decode on the next core, even in the idle
-    #: class, slows it by about a fifth. Measured with bench/priority.py: urgent work p50 43.8 -> 38.1 ms,
-    #: throughput against the FIFO baseline of the same run unchanged (0.69 vs 0.78 off, 0.68 vs 0.78 on).
-    preempt_batch: bool = True
+    #: the cores, caches and memory bandwidth to itself; the frozen cores idle meanwhile. Off by default: with
+    #: the batch pool in the idle class it buys little and costs throughput. bench/priority.py, 500 files, two
+    #: runs each: on, urgent work p50 28.4/29.1 ms, throughput 0.76/0.75 of the compute limit; off, 30.0/31.2 ms,
+    #: 0.79/0.78. Worth it where the last milliseconds of an urgent file matter more than the import's pace.
+    preempt_batch: bool = False
     #: Express delivery of urgent uploads (see streams.express): after publishing an upload, the HTTP endpoint
     #: and ``damflow upload --wait`` hand the record straight to the worker on this host that owns its partition,
     #: which starts at once and answers with the outcome, instead of both waiting for a broker poll. The broker's
