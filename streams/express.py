@@ -16,7 +16,8 @@ less, and nothing depends on it anywhere:
   connection) falls back to reading the outcome from ``assets``.
 
 Workers register under ``<data dir>/run/express/``: one small JSON file each, naming an abstract Unix socket
-and the ``t1.interactive`` partitions it owns (rewritten after every rebalance, removed on a clean stop).
+and the ``t1.interactive`` partitions it owns (rewritten after every rebalance, removed on a clean stop). A
+worker takes records only from processes of its own user.
 """
 
 from __future__ import annotations
@@ -209,6 +210,10 @@ class ExpressServer:
                 await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not same_user(writer.get_extra_info("socket")):
+            log.warning("express_refused", reason="connection from another user")
+            writer.close()
+            return
         try:
             while True:
                 try:
@@ -230,6 +235,16 @@ class ExpressServer:
             log.info("express_connection_lost", error=repr(exc))
         finally:
             writer.close()
+
+
+def same_user(sock: socket.socket | None) -> bool:
+    """Whether the peer of a Unix socket runs as this process's user (abstract sockets have no file modes)."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(  # type: ignore[union-attr]
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return False
+    return uid == os.getuid()
 
 
 # -- the publisher's side ---------------------------------------------------------------------------------------

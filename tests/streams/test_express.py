@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from schemas import encode
-from streams.express import ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, registry_dir
+from streams.express import (
+    ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, registry_dir, same_user,
+)
 from streams.settings import Settings
 from tests.consumers.test_catalog import browsable
 
@@ -209,3 +212,12 @@ async def test_a_record_handed_over_reaches_its_worker_without_anyone_waiting(se
         assert (await client.outcome(request(offset=8), 5)).event_id == "e1"
     finally:
         await server.stop()
+
+
+def test_only_the_workers_own_user_is_served() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        assert same_user(left)  # a peer of this process's user
+    assert not same_user(None)  # no socket to ask: refused
+    with socket.socket(socket.AF_INET) as tcp:
+        assert not same_user(tcp)  # not a Unix socket: no credentials to check
