@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -43,8 +45,7 @@ from agents.browse import browse_file  # noqa: E402
 from bench.corpus import generated_pngs, urgent_pngs, variant_pngs  # noqa: E402
 from bench.rss import cpu_seconds, cpu_used, snapshot  # noqa: E402
 from bench.tier1_throughput import compute_limit  # noqa: E402
-from schemas import AssetBrowsable, decode  # noqa: E402
-from streams.kafka import producer, tail  # noqa: E402
+from streams.kafka import producer  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.broker import free_port, resolve_bootstrap  # noqa: E402
 from streams.topics import topics_for  # noqa: E402
@@ -64,28 +65,38 @@ def pct(values: list[float], p: float) -> float | None:
 FIFO_URGENT = "fifo-urgent"  # batch id of the FIFO baseline's urgent files
 
 
-class Arrivals:
-    """Collects the ``AssetBrowsable`` events on `assets`. Times come from the events' own stamps (and from the
-    HTTP client), not from when this observer reads them, so it can poll as rarely as the catalog sink does and
-    take next to no CPU from the pipeline it measures."""
+class CatalogProbe:
+    """Reads what the benchmark needs from the catalog (SQLite, read-only): not a second reader of `assets`, which
+    on the embedded broker would cost as much as the catalog sink's own reading (a fetch there costs more the
+    longer the topic is) and so take CPU from the pipeline it measures."""
 
-    def __init__(self) -> None:
-        self.events: dict[str, AssetBrowsable] = {}
-        self.first_wall: dict[str, float] = {}  # batch id -> when its first asset became browsable
-        self.import_running = asyncio.Event()  # the import's first file is browsable
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    async def run(self, consumer) -> None:
-        while True:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for rec in records:
-                    event = decode(rec.value)
-                    if isinstance(event, AssetBrowsable):
-                        first = self.first_wall.get(event.batch_id)
-                        if first is None or event.browsable_at < first:
-                            self.first_wall[event.batch_id] = event.browsable_at
-                        if event.lane == "batch" and event.batch_id != FIFO_URGENT:
-                            self.import_running.set()
-                        self.events[event.event_id] = event
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        if not self.path.exists():
+            return []
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)) as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:  # not created yet
+            return []
+
+    def first_browsable(self, batch_id: str | None = None) -> float | None:
+        """When the first file of ``batch_id`` (default: of any import) became browsable (epoch s)."""
+        where = "batch_id = ?" if batch_id else "batch_id NOT LIKE 'upload-%' AND batch_id != ?"
+        rows = self.query(f"SELECT MIN(updated_at) FROM batch_files WHERE tier = 1 AND state = 'done' AND {where}",
+                          batch_id or FIFO_URGENT)
+        return rows[0][0] if rows else None
+
+    def browsable_at(self, batch_id: str) -> dict[str, float]:
+        return dict(self.query("SELECT event_id, updated_at FROM batch_files WHERE batch_id = ? AND tier = 1 "
+                               "AND state = 'done'", batch_id))
+
+    async def import_running(self) -> None:
+        """Returns once the import's first file is browsable."""
+        while self.first_browsable() is None:
+            await asyncio.sleep(0.02)  # polling the catalog file: it has no change notification
 
 
 class Up:
@@ -126,87 +137,85 @@ async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: f
 async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str, interval: float) -> dict:
     settings = stack.settings
     n = sum(1 for _ in folder.iterdir())
-    async with tail(stack.bootstrap, stack.topics.assets, settings,
-                    fetch_max_wait_ms=settings.sink_fetch_max_wait_ms) as assets:
-        arrivals = Arrivals()
-        collector = asyncio.create_task(arrivals.run(assets))
-        published: dict[str, float] = {}  # event id -> when it was sent (epoch s)
-        http_ms: dict[str, float] = {}  # event id -> the upload's round trip, as the client saw it
-        submitted = 0
-        async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
-            if mode == "priority":  # the client's connection open and warm, as a DAM back-end's would be
-                async with http.post(f"{stack.http_url}/upload", params={"wait": "1"},
-                                     data=urgent[-1].read_bytes(), headers={"Content-Type": "image/png"}) as resp:
-                    assert resp.status == 200, await resp.text()
-            cpu0 = cpu_seconds(stack.proc.pid), _rusage()
-            # the import as an operator runs it: `damflow ingest --wait` in its own process (a batch producer,
-            # it lowers its own priority); its result says when it started and how long it took
-            ingest = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
-                env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
-                         DAMFLOW_LOG_LEVEL="warn"),
-                stdout=asyncio.subprocess.PIPE)
-            output = asyncio.create_task(ingest.communicate())
-            # urgent uploads *during* the import: from its first browsable file on
-            await asyncio.wait([output, asyncio.create_task(arrivals.import_running.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
-            while not output.done() and submitted < len(urgent):
-                src = urgent[submitted]
-                submitted += 1
-                if mode == "priority":
-                    body = src.read_bytes()  # the client has its file in hand: reading it is not damflow's cost
-                    start, start_wall = time.perf_counter(), time.time()
-                    # a DAM back-end's upload: the raw image body (multipart works too; it costs a few ms
-                    # more to parse)
-                    async with http.post(f"{stack.http_url}/upload", params={"wait": "1", "name": src.name},
-                                         data=body, headers={"Content-Type": "image/png"}) as resp:
-                        body = await resp.json()
-                    up = body["uploads"][0]
-                    http_ms[up["event_id"]] = (time.perf_counter() - start) * 1000
-                    published[up["event_id"]] = start_wall
-                else:  # FIFO: the urgent file joins the batch lane, behind the import
-                    stored = store_original(settings, src)
-                    event = upload_event(stored, batch_id=FIFO_URGENT, display_name=src.name)
-                    event = msgspec.structs.replace(event, lane="batch")
-                    published[event.event_id] = time.time()
-                    await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
-                last = max(published.values())
-                await asyncio.wait([output], timeout=max(0.0, interval - (time.time() - last)))  # cadence
-            stdout, _ = await output
-            if ingest.returncode != 0:
-                raise RuntimeError(f"damflow ingest failed with {ingest.returncode}")
-            result = json.loads(stdout)
-            cpu = _cpu_during(stack.proc.pid, *cpu0)
-            # the FIFO baseline's urgent files finish after the import: wait for them
-            deadline = time.perf_counter() + 120
-            while any(e not in arrivals.events for e in published) and time.perf_counter() < deadline:
-                await asyncio.sleep(0.05)
-        collector.cancel()
-        rss = snapshot(stack.proc.pid)
+    catalog = CatalogProbe(settings.catalog_path)
+    published: dict[str, float] = {}  # event id -> when it was sent (epoch s)
+    http_ms: dict[str, float] = {}  # event id -> the upload's round trip, as the client saw it
+    timing: dict[str, dict] = {}  # event id -> the upload's stamps, from the reply
+    submitted = 0
+    async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
+        if mode == "priority":  # the client's connection open and warm, as a DAM back-end's would be
+            async with http.post(f"{stack.http_url}/upload", params={"wait": "1"},
+                                 data=urgent[-1].read_bytes(), headers={"Content-Type": "image/png"}) as resp:
+                assert resp.status == 200, await resp.text()
+        cpu0 = cpu_seconds(stack.proc.pid), _rusage()
+        # the import as an operator runs it: `damflow ingest --wait` in its own process (a batch producer,
+        # it lowers its own priority); its result says when it started and how long it took
+        ingest = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
+            env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
+                     DAMFLOW_LOG_LEVEL="warn"),
+            stdout=asyncio.subprocess.PIPE)
+        output = asyncio.create_task(ingest.communicate())
+        # urgent uploads *during* the import: from its first browsable file on
+        await asyncio.wait([output, asyncio.create_task(catalog.import_running())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        while not output.done() and submitted < len(urgent):
+            src = urgent[submitted]
+            submitted += 1
+            if mode == "priority":
+                body = src.read_bytes()  # the client has its file in hand: reading it is not damflow's cost
+                start, start_wall = time.perf_counter(), time.time()
+                # a DAM back-end's upload: the raw image body (multipart works too; it costs a few ms more to
+                # parse)
+                async with http.post(f"{stack.http_url}/upload", params={"wait": "1", "name": src.name},
+                                     data=body, headers={"Content-Type": "image/png"}) as resp:
+                    body = await resp.json()
+                up = body["uploads"][0]
+                http_ms[up["event_id"]] = (time.perf_counter() - start) * 1000
+                published[up["event_id"]] = start_wall
+                if "timing" in up:
+                    timing[up["event_id"]] = up["timing"]
+            else:  # FIFO: the urgent file joins the batch lane, behind the import
+                stored = store_original(settings, src)
+                event = upload_event(stored, batch_id=FIFO_URGENT, display_name=src.name)
+                event = msgspec.structs.replace(event, lane="batch")
+                published[event.event_id] = time.time()
+                await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
+            last = max(published.values())
+            await asyncio.wait([output], timeout=max(0.0, interval - (time.time() - last)))  # cadence
+        stdout, _ = await output
+        if ingest.returncode != 0:
+            raise RuntimeError(f"damflow ingest failed with {ingest.returncode}")
+        result = json.loads(stdout)
+        cpu = _cpu_during(stack.proc.pid, *cpu0)
     # time to browsable: for an upload, its HTTP round trip (`wait=1` answers once the asset is browsable); for
-    # the FIFO baseline's files, from their publish to the AssetBrowsable stamp
-    urgent_ms = list(http_ms.values()) if http_ms else [
-        (arrivals.events[e].browsable_at - t) * 1000 for e, t in published.items() if e in arrivals.events]
+    # the FIFO baseline's files, which finish after the import, from their publish to their browsable stamp
+    if http_ms:
+        urgent_ms = list(http_ms.values())
+    else:
+        deadline = time.perf_counter() + 120
+        while len(done := catalog.browsable_at(FIFO_URGENT)) < len(published) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)  # polling the catalog file: it has no change notification
+        urgent_ms = [(done[e] - t) * 1000 for e, t in published.items() if e in done]
+    rss = snapshot(stack.proc.pid)
     # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work
-    # itself, and getting the result back to a reader
+    # itself, and getting the result back to the client
     parts: dict[str, list[float]] = {"receive_store": [], "queue": [], "work": [], "deliver": []}
     detail = []  # per urgent file, in upload order: seconds since the import started, then each stage's ms
-    for e, ms in http_ms.items():
-        ev, wall0 = arrivals.events.get(e), published[e]
-        if ev is None:
-            continue
-        stages = {"receive_store": (ev.discovered_at - wall0) * 1000,
-                  "queue": (ev.browsable_at - ev.discovered_at) * 1000 - ev.work_ms,
-                  "work": ev.work_ms, "deliver": wall0 * 1000 + ms - ev.browsable_at * 1000}
+    for e, stamps in timing.items():
+        wall0, ms = published[e], http_ms[e]
+        stages = {"receive_store": (stamps["discovered_at"] - wall0) * 1000,
+                  "queue": (stamps["browsable_at"] - stamps["discovered_at"]) * 1000 - stamps["work_ms"],
+                  "work": stamps["work_ms"], "deliver": wall0 * 1000 + ms - stamps["browsable_at"] * 1000}
         for k, v in stages.items():
             parts[k].append(v)
         detail.append({"at_s": round(wall0 - result["started_at"], 2), **{k: round(v, 1) for k, v in stages.items()}})
     p = result["progress"] or {}
     elapsed = result["seconds"]
+    first = catalog.first_browsable(result["batch_id"])
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
-        "first_asset_s": (arrivals.first_wall[result["batch_id"]] - result["started_at"])
-        if result["batch_id"] in arrivals.first_wall else None,
+        "first_asset_s": first - result["started_at"] if first else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
         "urgent_parts": parts, "urgent_detail": detail, "cpu_s": cpu,

@@ -341,7 +341,10 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
         browsable = isinstance(event, AssetBrowsable)
         row.update(state="browsable" if browsable else "failed", ms_to_browsable=ms if browsable else None,
                    via=via)
-        if not browsable:
+        if browsable:  # where the time went: published, browsable (epoch s), and the tier-1 work itself
+            row["timing"] = {"discovered_at": event.discovered_at, "browsable_at": event.browsable_at,
+                             "work_ms": round(event.work_ms, 1)}
+        else:
             row["reason"] = event.reason
         ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms, via=via)
     done = all(row["state"] != "pending" for row in rows)
