@@ -120,6 +120,15 @@ class _Abandoned(Exception):
 
 
 @dataclass
+class _Entry:
+    """One record in the ledger: since when, its outcome (to come), and how many of its copies arrived."""
+
+    at: float
+    outcome: asyncio.Future
+    copies: int = 1
+
+
+@dataclass
 class OnceLedger:
     """Runs the work for one record once, however many copies of it arrive (express and fetched).
 
@@ -129,8 +138,7 @@ class OnceLedger:
 
     ttl_s: float = 300.0
     max_entries: int = 10_000
-    _entries: OrderedDict[tuple[str, int, int], tuple[float, asyncio.Future, list[int]]] = field(
-        default_factory=OrderedDict)
+    _entries: OrderedDict[tuple[str, int, int], _Entry] = field(default_factory=OrderedDict)
 
     async def run(self, coordinates: tuple[str, int, int], work: Callable[[], Awaitable[Any]]) -> Any:
         """The outcome of ``work`` for the record at ``coordinates``: run now, or awaited from the copy that
@@ -139,26 +147,24 @@ class OnceLedger:
             entry = self._entries.get(coordinates)
             if entry is None:
                 break
-            _, fut, seen = entry
-            seen[0] += 1
-            if seen[0] >= 2 and fut.done():
+            entry.copies += 1
+            if entry.copies >= 2 and entry.outcome.done():
                 self._entries.pop(coordinates, None)
             try:
-                return await asyncio.shield(fut)
+                return await asyncio.shield(entry.outcome)
             except _Abandoned:
                 continue
         self._expire()
-        fut, seen = asyncio.get_running_loop().create_future(), [1]
-        self._entries[coordinates] = (time.monotonic(), fut, seen)
+        entry = self._entries[coordinates] = _Entry(time.monotonic(), asyncio.get_running_loop().create_future())
         try:
             result = await work()
         except BaseException:
             self._entries.pop(coordinates, None)
-            fut.set_exception(_Abandoned())
-            fut.exception()  # retrieved: nobody may be waiting
+            entry.outcome.set_exception(_Abandoned())
+            entry.outcome.exception()  # retrieved: nobody may be waiting
             raise
-        fut.set_result(result)
-        if seen[0] >= 2:  # the other copy came meanwhile: nothing more to wait for
+        entry.outcome.set_result(result)
+        if entry.copies >= 2:  # the other copy came meanwhile: nothing more to wait for
             self._entries.pop(coordinates, None)
         return result
 
@@ -168,8 +174,8 @@ class OnceLedger:
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.ttl_s
         while self._entries:
-            at, fut, _ = next(iter(self._entries.values()))
-            if (at >= cutoff or not fut.done()) and len(self._entries) < self.max_entries:
+            oldest = next(iter(self._entries.values()))
+            if (oldest.at >= cutoff or not oldest.outcome.done()) and len(self._entries) < self.max_entries:
                 break
             self._entries.popitem(last=False)
 
@@ -272,29 +278,9 @@ class ExpressClient:
                 return reg.get("address")
         return None
 
-    async def hand_over(self, request: ExpressRequest) -> bool:
-        """Give the record to its worker without waiting for the outcome (an upload that does not wait): the
-        work starts now instead of at the worker's next fetch. ``False`` when there was nobody to ring."""
-        address = self.owner(request.topic, request.partition)
-        if address is None:
-            return False
-        try:
-            _, writer = await asyncio.open_unix_connection(path=address)
-        except OSError:
-            return False
-        try:
-            await _write_frame(writer, _request_encoder.encode(request))
-        except OSError:
-            return False
-        finally:
-            writer.close()  # the worker's answer, when it comes, goes nowhere: nobody waits for it
-        return True
-
-    async def outcome(self, request: ExpressRequest, timeout: float) -> AssetBrowsable | AssetFailed | None:
-        """The record's tier-1 outcome from its worker; ``None`` when no worker could be asked or gave none.
-
-        Raises ``TimeoutError`` when the worker took the record but did not finish within ``timeout``.
-        """
+    async def _send(self, request: ExpressRequest) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The open connection to the record's worker, the record sent on it; ``None`` when nobody could be
+        rung (no owner registered, refused, or lost while sending)."""
         address = self.owner(request.topic, request.partition)
         if address is None:
             return None
@@ -304,6 +290,30 @@ class ExpressClient:
             return None
         try:
             await _write_frame(writer, _request_encoder.encode(request))
+        except OSError:
+            writer.close()
+            return None
+        return reader, writer
+
+    async def hand_over(self, request: ExpressRequest) -> bool:
+        """Give the record to its worker without waiting for the outcome (an upload that does not wait): the
+        work starts now instead of at the worker's next fetch. ``False`` when there was nobody to ring."""
+        connection = await self._send(request)
+        if connection is None:
+            return False
+        connection[1].close()  # the worker's answer, when it comes, goes nowhere: nobody waits for it
+        return True
+
+    async def outcome(self, request: ExpressRequest, timeout: float) -> AssetBrowsable | AssetFailed | None:
+        """The record's tier-1 outcome from its worker; ``None`` when no worker could be asked or gave none.
+
+        Raises ``TimeoutError`` when the worker took the record but did not finish within ``timeout``.
+        """
+        connection = await self._send(request)
+        if connection is None:
+            return None
+        reader, writer = connection
+        try:
             reply = await asyncio.wait_for(_read_frame(reader), timeout)
         except TimeoutError:
             raise  # (an OSError too, but not a lost connection: the worker is still at it)
