@@ -41,7 +41,7 @@ from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
 from streams.errors import DamflowError, PermanentError, SchemaError
 from streams.express import ExpressClient
-from streams.ingest import OutcomeWatcher
+from streams.ingest import OutcomeWatcher, follow_published
 from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
@@ -293,22 +293,18 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
     rows: list[dict[str, Any]] = []
     started: dict[str, float] = {}  # event id -> when it was published
     pending: dict[str, asyncio.Future] = {}
-    watcher = app[_OUTCOMES]
+    watcher, express = app[_OUTCOMES], app[_EXPRESS]
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
             stored = place_original(settings, spool.path, asset_id=spool.asset_id, size=spool.size,
                                     format=spool.format or "", move=True)
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
-            express = app[_EXPRESS]
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
             started[event.event_id] = time.perf_counter()
             record = await publish_upload(app[_PRODUCER], topics, event)
-            if express is not None and wait:  # the outcome straight from the worker (streams.express)
-                watcher.ask_express(express, record, event.event_id, timeout)
-            elif express is not None:  # the work starts now all the same
-                await express.hand_over(record)
+            await follow_published(express, watcher if wait else None, record, event.event_id, timeout)
             rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
                          "name": spool.name, "size": stored.size, "format": stored.format})
             ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,

@@ -112,10 +112,7 @@ async def upload_files(
             outcome = await watcher.expect(event.event_id, wake=express is None) if watcher else None
             t0 = time.perf_counter()
             record = await publish_upload(prod, topics, event)
-            if watcher and express:
-                watcher.ask_express(express, record, event.event_id, timeout)
-            elif express:  # nobody waits for the outcome, but the work starts now all the same
-                await express.hand_over(record)
+            await follow_published(express, watcher, record, event.event_id, timeout)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
             if outcome is not None:
                 result, read_at, row.via = await asyncio.wait_for(outcome, timeout)
@@ -124,6 +121,19 @@ async def upload_files(
                 row.reason = result.reason if isinstance(result, AssetFailed) else None
             out.append(row)
     return out
+
+
+async def follow_published(express: ExpressClient | None, watcher: OutcomeWatcher | None,
+                           request: ExpressRequest, event_id: str, timeout: float) -> None:
+    """After an upload is published, by express: its outcome for the ``watcher`` (which registered ``event_id``
+    before the publish) when somebody waits, else the record handed to its worker all the same, so the work
+    starts now rather than at the worker's next fetch."""
+    if express is None:
+        return
+    if watcher is not None:
+        watcher.ask_express(express, request, event_id, timeout)
+    else:
+        await express.hand_over(request)
 
 
 def final_outcome(event: object) -> bool:
