@@ -92,9 +92,9 @@ class Settings(BaseSettings):
     #: 0.79/0.78. Worth it where the last milliseconds of an urgent file matter more than the import's pace.
     preempt_batch: bool = False
     #: Express delivery of urgent uploads (see streams.express): after publishing an upload, the HTTP endpoint
-    #: and ``damflow upload --wait`` hand the record straight to the worker on this host that owns its partition,
-    #: which starts at once and answers with the outcome, instead of both waiting for a broker poll. The broker's
-    #: copy stays the durable one; a worker runs the record once whichever copy comes first.
+    #: and ``damflow upload`` hand the record straight to the worker on this host that owns its partition, which
+    #: starts at once and (to a caller that waits) answers with the outcome, instead of a broker poll each way.
+    #: The broker's copy stays the durable one; a worker runs the record once whichever copy comes first.
     express: bool = True
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
