@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import faust
 from faust.types import TP
 
+from agents.chunking import ChunkedPool
 from agents.handling import EventHandler, Work
 from agents.pool import WorkPool
 from streams.express import OnceLedger
@@ -43,17 +44,22 @@ LEVELS = {(1, "interactive"): 0, (2, "interactive"): 0, (1, "batch"): 1, (2, "ba
 
 
 class LanePools:
-    """One CPU pool per lane: reserved slots for interactive work, niced processes for batch work."""
+    """One CPU pool per lane: reserved slots for interactive work, niced processes for batch work.
+
+    Batch work goes to its pool in chunks of several files (:mod:`agents.chunking`); interactive work one file
+    per task, so an urgent file never waits for another.
+    """
 
     def __init__(self, settings: Settings, preload: tuple[str, ...]) -> None:
         common = dict(timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb, preload=preload)
         self.interactive = WorkPool(settings.interactive_pool_size, **common)
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
                               **common)
+        self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk)
         self.background = self.batch
 
-    def for_lane(self, lane: str) -> WorkPool:
-        return {"interactive": self.interactive, "batch": self.batch}.get(lane, self.background)
+    def for_lane(self, lane: str) -> WorkPool | ChunkedPool:
+        return {"interactive": self.interactive, "batch": self.batch_chunks}.get(lane, self.background)
 
     def warm(self) -> None:
         self.interactive.warm()

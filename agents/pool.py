@@ -78,16 +78,29 @@ class WorkPool:
         return {f.result() for f in futures}
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        future = self._pool.schedule(fn, args, kwargs, timeout=self.timeout_s)
+        return await self.call(fn, args, kwargs)
+
+    async def call(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout_s: float | None = None,
+    ) -> T:
+        """:meth:`run` with the arguments as they are and a time limit of its own (default: the pool's)."""
+        timeout_s = timeout_s or self.timeout_s
+        future = self._pool.schedule(fn, args, kwargs, timeout=timeout_s)
         try:
             return await asyncio.wrap_future(future)
         except FutureTimeout as exc:
-            raise DecoderTimeout(f"no result within {self.timeout_s:g} s; the decoding process was killed") from exc
+            raise DecoderTimeout(f"no result within {timeout_s:g} s; the decoding process was killed") from exc
         except pebble.ProcessExpired as exc:
             log.warning("pool_process_died", exitcode=exc.exitcode)
             raise DecoderCrashed(f"the decoding process died (exit code {exc.exitcode})") from exc
         except MemoryError as exc:
-            raise DecoderOutOfMemory(f"decoding needed more than the {self.memory_mb} MB limit") from exc
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: BaseException) -> BaseException:
+        """The error a caller gets for ``exc`` raised by its call in a pool process."""
+        if isinstance(exc, MemoryError):
+            return DecoderOutOfMemory(f"decoding needed more than the {self.memory_mb} MB limit")
+        return exc
 
     def pids(self) -> list[int]:
         """The pool's live process ids (pebble keeps them in its worker manager; empty if that ever moves)."""

@@ -99,8 +99,12 @@ class Settings(BaseSettings):
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
     batch_buffer: int = Field(default=8, ge=1)
-    #: Files one worker keeps in flight per lane of tier 1. Default for batch: twice the pool size, so the
-    #: pool never idles while finished files are being published.
+    #: Batch files per pool task (see agents.chunking): the worker's and the broker's cost per file is paid
+    #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone.
+    batch_chunk: int = Field(default=8, ge=1)
+    #: Files one worker keeps in flight per lane of tier 1. Default for batch: enough for a full chunk per pool
+    #: process and one waiting (at least twice the pool size), so the pool never idles while finished files
+    #: are being published.
     tier1_batch_concurrency: int | None = Field(default=None, ge=1)
     tier1_interactive_concurrency: int = Field(default=2, ge=1)
     #: Thumbnail sizes (longest side, px): the first is always made, the others when the source is larger.
@@ -175,7 +179,7 @@ class Settings(BaseSettings):
 
     @property
     def batch_concurrency(self) -> int:
-        return self.tier1_batch_concurrency or 2 * self.pool_size
+        return self.tier1_batch_concurrency or max(2 * self.pool_size, (self.pool_size + 1) * self.batch_chunk)
 
     @cached_property
     def data_path(self) -> Path:

@@ -22,3 +22,9 @@ def hog() -> int:
 
 def pid() -> int:
     return os.getpid()
+
+
+def corrupt(path: str) -> None:
+    from streams.errors import CorruptImage
+
+    raise CorruptImage(f"cannot decode {path}", path=path)

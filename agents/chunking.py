@@ -1,0 +1,123 @@
+"""Several batch files per pool task: what a file costs the worker besides its own work, paid once per chunk.
+
+Each pool task costs the worker's event loop and pebble's threads a round trip (pickling, pipes, thread
+wake-ups), and each finished file its own produce request to the broker. On a small machine that overhead is
+CPU taken from the pool itself, so a batch import runs below the machine's compute limit. :class:`ChunkedPool`
+gathers the calls that are waiting for a pool slot into one task (at most ``max_chunk`` calls), runs them one
+after the other in one pool process, and hands each caller its own result or exception; the results of a chunk
+arrive together, so their effects go to the broker together.
+
+Chunks form only under load: a call made while a slot is free starts alone at once (the first file of an import
+is not held back), and a slot is a pool process plus ``queued`` chunks waiting, so no process idles while the
+next chunk is being formed.
+
+Isolation is kept per file: a chunk whose process died or ran past its time limit (``timeout_s`` per call) is
+run again one call per task, so only the file that crashed or hung fails; the others are worked on again, which
+is safe because the work is idempotent (content-addressed outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.pool import WorkPool
+from streams.errors import DecoderCrashed, DecoderTimeout
+from streams.logs import get
+
+log = get(__name__)
+
+
+@dataclass(slots=True)
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: asyncio.Future = field(repr=False)
+
+
+def run_calls(calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[tuple[bool, Any]]:
+    """In a pool process: run each call in turn; ``(True, result)`` or ``(False, exception)`` per call."""
+    out: list[tuple[bool, Any]] = []
+    for fn, args, kwargs in calls:
+        try:
+            out.append((True, fn(*args, **kwargs)))
+        except Exception as exc:  # noqa: BLE001 — handed back to its own caller, as a lone task would
+            out.append((False, exc))
+    return out
+
+
+class ChunkedPool:
+    """``await chunked.run(fn, *args, **kwargs)``, like :meth:`WorkPool.run`, with calls batched into chunks."""
+
+    def __init__(self, pool: WorkPool, *, max_chunk: int, queued: int = 1) -> None:
+        self.pool = pool
+        self.max_chunk = max_chunk
+        self.slots = pool.size + queued
+        self._pending: list[_Call] = []
+        self._in_flight = 0
+        #: Calls per chunk sent so far, by chunk size (for tests and metrics).
+        self.chunk_sizes: dict[int, int] = {}
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.max_chunk <= 1:
+            return await self.pool.run(fn, *args, **kwargs)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call(fn, args, kwargs, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._pending and self._in_flight < self.slots:
+            chunk = [c for c in self._pending[: self.max_chunk] if not c.future.done()]  # skip cancelled callers
+            del self._pending[: self.max_chunk]
+            if not chunk:
+                continue
+            self._in_flight += 1
+            self.chunk_sizes[len(chunk)] = self.chunk_sizes.get(len(chunk), 0) + 1
+            asyncio.ensure_future(self._run(chunk))
+
+    async def _run(self, chunk: list[_Call]) -> None:
+        try:
+            if len(chunk) == 1:
+                await self._run_alone(chunk[0])
+                return
+            timeout = self.pool.timeout_s * len(chunk) if self.pool.timeout_s else None
+            try:
+                outcomes = await self.pool.call(run_calls, ([(c.fn, c.args, c.kwargs) for c in chunk],), {},
+                                                timeout_s=timeout)
+            except (DecoderCrashed, DecoderTimeout) as exc:
+                # one of them crashed or hung its process: find out which, one call per task
+                log.warning("chunk_rerun_alone", calls=len(chunk), error=str(exc))
+                await asyncio.gather(*(self._run_alone(c) for c in chunk))
+                return
+            except Exception as exc:  # the pool itself failed: every caller hears of it
+                for call in chunk:
+                    _settle(call.future, exc, ok=False)
+                return
+            for call, (ok, value) in zip(chunk, outcomes, strict=True):
+                _settle(call.future, self.pool.translate(value) if not ok else value, ok=ok)
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
+
+    async def _run_alone(self, call: _Call) -> None:
+        if call.future.done():
+            return
+        try:
+            result = await self.pool.call(call.fn, call.args, call.kwargs)
+        except Exception as exc:
+            _settle(call.future, exc, ok=False)
+        else:
+            _settle(call.future, result, ok=True)
+
+
+def _settle(future: asyncio.Future, value: Any, *, ok: bool) -> None:
+    with contextlib.suppress(asyncio.InvalidStateError):  # the caller went away (cancelled) meanwhile
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

@@ -1,0 +1,80 @@
+"""Batch calls go to the pool in chunks, and each caller still gets its own result or its own typed error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.chunking import ChunkedPool, run_calls
+from agents.pool import WorkPool
+from streams.errors import CorruptImage, DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
+from tests.agents import pool_jobs
+
+
+@pytest.fixture
+def one_process():
+    p = WorkPool(1, timeout_s=0.5, memory_mb=1024, preload=("tests.agents.pool_jobs",))
+    yield p
+    p.shutdown()
+
+
+def test_run_calls_keeps_each_outcome_apart() -> None:
+    out = run_calls([(pool_jobs.double, (2,), {}), (pool_jobs.corrupt, ("x.png",), {}), (pool_jobs.double, (3,), {})])
+    assert out[0] == (True, 4) and out[2] == (True, 6)
+    assert out[1][0] is False and isinstance(out[1][1], CorruptImage)
+
+
+async def test_calls_waiting_for_a_slot_go_together(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=4)
+    assert chunked.slots == 2  # one process, one chunk waiting
+    results = await asyncio.gather(*(chunked.run(pool_jobs.double, i) for i in range(10)))
+    assert results == [2 * i for i in range(10)]
+    # the first two started alone at once; the eight that waited went as two chunks of four
+    assert chunked.chunk_sizes == {1: 2, 4: 2}
+
+
+async def test_a_lone_call_starts_at_once_alone(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=8)
+    assert await chunked.run(pool_jobs.double, 21) == 42
+    assert chunked.chunk_sizes == {1: 1}
+
+
+async def test_a_failure_in_a_chunk_is_its_callers_alone(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=4)
+    calls = [chunked.run(pool_jobs.double, 0), chunked.run(pool_jobs.double, 1),  # alone: fill the slots
+             chunked.run(pool_jobs.double, 2), chunked.run(pool_jobs.corrupt, "bad.png"),
+             chunked.run(pool_jobs.hog), chunked.run(pool_jobs.double, 3)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert chunked.chunk_sizes == {1: 2, 4: 1}
+    assert results[:3] == [0, 2, 4] and results[5] == 6
+    assert isinstance(results[3], CorruptImage)
+    assert isinstance(results[4], DecoderOutOfMemory)
+
+
+@pytest.mark.parametrize("bad", [pool_jobs.crash, pool_jobs.hang], ids=["crash", "hang"])
+async def test_a_chunk_that_loses_its_process_is_run_again_call_by_call(one_process: WorkPool, bad) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=3)
+    calls = [chunked.run(pool_jobs.double, 0), chunked.run(pool_jobs.double, 1),
+             chunked.run(pool_jobs.double, 2), chunked.run(bad), chunked.run(pool_jobs.double, 3)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert chunked.chunk_sizes == {1: 2, 3: 1}
+    assert results[:3] == [0, 2, 4] and results[4] == 6  # the others of the chunk still succeed
+    assert isinstance(results[3], DecoderCrashed if bad is pool_jobs.crash else DecoderTimeout)
+
+
+async def test_a_cancelled_caller_is_left_out(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=4)
+    first = [asyncio.ensure_future(chunked.run(pool_jobs.double, i)) for i in range(2)]
+    waiting = [asyncio.ensure_future(chunked.run(pool_jobs.double, i)) for i in range(2, 5)]
+    await asyncio.sleep(0)  # let every call reach the pool's queue
+    waiting[1].cancel()
+    assert await asyncio.gather(*first) == [0, 2]
+    assert await asyncio.gather(waiting[0], waiting[2]) == [4, 8]
+    assert chunked.chunk_sizes == {1: 2, 2: 1}
+
+
+async def test_chunk_of_one_means_the_plain_pool(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=1)
+    assert await asyncio.gather(*(chunked.run(pool_jobs.double, i) for i in range(3))) == [0, 2, 4]
+    assert chunked.chunk_sizes == {}
