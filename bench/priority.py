@@ -3,7 +3,9 @@
     python bench/priority.py [--files 500] [--big 5000] [--interval 0.5]
 
 Runs, on this machine, one after the other:
-1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files;
+1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files,
+   measured before and after every import (each import's throughput is set against the mean of the two: this
+   machine's speed drifts within minutes);
 2. damflow (`damflow up` in its own process, on the embedded broker), priority lanes: an import of ``--files``
    generated 1024x1024 PNGs (``damflow ingest --wait``, in its own process as an operator runs it) while an
    urgent upload is POSTed to the HTTP endpoint (``/upload?wait=1``, the real upload path) every
@@ -249,7 +251,7 @@ def pooled(runs: list[dict]) -> dict:
     """Several runs of the same import as one: urgent samples together, throughput the median run's."""
     if len(runs) == 1:
         return runs[0]
-    by_speed = sorted(runs, key=lambda r: r["files_per_s"])
+    by_speed = sorted(runs, key=lambda r: r["files_per_s"] / r["limit"])
     out = dict(by_speed[len(runs) // 2])
     for key in ("urgent_ms", "urgent_detail"):
         out[key] = [v for r in runs for v in r[key]]
@@ -260,12 +262,16 @@ def pooled(runs: list[dict]) -> dict:
     return out
 
 
-def summary(run: dict, limit: float) -> dict:
+def summary(run: dict, limit: float, limits: list[float]) -> dict:
     u = run["urgent_ms"]
     parts = run["urgent_parts"]
+    services = sum(v for k, v in run["cpu_s"].items() if k != "pool")
     return {
         "mode": run["mode"], "files": run["files"], "files_per_s": round(run["files_per_s"], 2),
-        "ratio_to_limit": round(run["files_per_s"] / limit, 3),
+        "ratio_to_limit": round(run["files_per_s"] / limit, 3), "compute_limit_fps": round(limit, 2),
+        "compute_limits_around_fps": [round(x, 2) for x in limits],
+        # what the pipeline's own processes cost per file, besides the work: CPU the pool could have had
+        "services_cpu_ms_per_file": round(services * 1000 / run["files"], 2),
         "first_asset_s": round(run["first_asset_s"], 3) if run["first_asset_s"] else None,
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
@@ -285,7 +291,7 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.5)
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the priority import this many times: urgent samples pooled, throughput the median "
-                         "run's against the compute limit measured just before it (this machine is noisy)")
+                         "run's against the compute limit around it (this machine is noisy)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     folder = generated_pngs(args.files)
@@ -294,23 +300,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="damflow-bench-") as tmp:
         tmp = Path(tmp)
         files = sorted(str(p) for p in folder.iterdir())
+        measured = 0
+
+        def limit_now() -> float:
+            """The compute limit, measured now: this machine's speed drifts by tens of percent within minutes,
+            so every import is set against the mean of the measurements just before and just after it."""
+            nonlocal measured
+            measured += 1
+            return compute_limit(files, tmp / f"limit{measured}", cores, Settings())
+
         runs = []
+        before = limit_now()
         for i in range(args.repeat):
-            limit = compute_limit(files, tmp / f"limit{i}", cores, Settings())
             floor = work_floor(urgent[-25:], tmp / f"floor{i}", Settings())
             run = asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
                                          data_dir=tmp / f"priority{i}"))
-            runs.append({**run, "limit": limit, "work_floor_ms": floor})
+            after = limit_now()
+            runs.append({**run, "limit": (before + after) / 2, "limits": [before, after], "work_floor_ms": floor})
+            before = after
         best = pooled(runs)
-        limit = best["limit"]
-        rows.append(summary(best, limit))
-        rows.append(summary(asyncio.run(run_import(folder, urgent[200:], mode="fifo", interval=args.interval,
-                                                   data_dir=tmp / "fifo")), limit))
+        rows.append(summary(best, best["limit"], best["limits"]))
+        fifo = asyncio.run(run_import(folder, urgent[200:], mode="fifo", interval=args.interval,
+                                      data_dir=tmp / "fifo"))
+        after = limit_now()
+        rows.append(summary(fifo, (before + after) / 2, [before, after]))
+        before = after
         if args.big:
             big = variant_pngs(args.big)
-            rows.append(summary(asyncio.run(run_import(big, urgent, mode="priority", interval=args.interval,
-                                                       data_dir=tmp / "big")), limit))
-    print(f"\npriority benchmark: {cores} cores, compute limit {limit:.1f} files/s (bare process pool)")
+            run = asyncio.run(run_import(big, urgent, mode="priority", interval=args.interval,
+                                         data_dir=tmp / "big"))
+            after = limit_now()
+            rows.append(summary(run, (before + after) / 2, [before, after]))
+        limit = rows[0]["compute_limit_fps"]
+    print(f"\npriority benchmark: {cores} cores; compute limit (bare process pool), files/s, measured just before "
+          "and just after each import: " + "; ".join(
+              f"{r['mode']} {r['files']}: {r['compute_limits_around_fps'][0]:.1f}/{r['compute_limits_around_fps'][1]:.1f}"
+              for r in rows))
     head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'first s':>8s} {'urgent n':>8s} " \
            f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     print(head)
@@ -327,9 +352,10 @@ def main() -> None:
         if r["work_floor_ms"]:
             print(f"urgent work floor ({r['mode']} {r['files']}): one file alone on an idle machine p50 "
                   f"{r['work_floor_ms']:.1f} ms; urgent p50 is {r['urgent_p50_over_floor_ms']:.1f} ms above it")
-    print("CPU seconds per process role during the import:")
+    print("CPU seconds per process role during the import (services: all but the pool, ms per file):")
     for r in rows:
-        print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_s"].items())))
+        print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_s"].items()))
+              + f"; services {r['services_cpu_ms_per_file']:.2f} ms/file")
     print("peak RSS (MB) per process role:")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))
