@@ -43,8 +43,9 @@ from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetInde
 from streams.errors import PermanentError
 
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
-#: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index.
-CATALOG_VERSION = 3
+#: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
+#: ``enrichments``; 4: ``batch_tallies``.
+CATALOG_VERSION = 4
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -142,8 +143,40 @@ CREATE TABLE enrichments (
 CREATE INDEX enrichments_score ON enrichments (score);
 """
 
+# Version 4: a batch's files counted per tier and state as their rows change (by trigger), so a progress report
+# is a lookup, not a scan of the batch: the sink reports after every write, which made a big import's progress
+# cost grow with the square of its size (a 5000-file import: 12 s of the sink's CPU). Tier 0 counts the batch's
+# distinct files. Rows that reach zero are removed, so the counts are a function of ``batch_files`` alone, as
+# order-independent as it is. The index answers the latest ``done`` per tier.
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS batch_tallies (
+    batch_id TEXT NOT NULL, tier INTEGER NOT NULL, state TEXT NOT NULL, files INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, tier, state)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_files_by_state ON batch_files (batch_id, tier, state, updated_at);
+CREATE TRIGGER IF NOT EXISTS batch_files_tally_insert AFTER INSERT ON batch_files BEGIN
+    INSERT INTO batch_tallies VALUES (new.batch_id, new.tier, new.state, 1)
+    ON CONFLICT (batch_id, tier, state) DO UPDATE SET files = files + 1;
+    INSERT INTO batch_tallies SELECT new.batch_id, 0, 'seen', 1 WHERE NOT EXISTS (
+        SELECT 1 FROM batch_files WHERE batch_id = new.batch_id AND event_id = new.event_id AND tier <> new.tier)
+    ON CONFLICT (batch_id, tier, state) DO UPDATE SET files = files + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS batch_files_tally_update AFTER UPDATE OF state ON batch_files
+WHEN old.state <> new.state BEGIN
+    UPDATE batch_tallies SET files = files - 1
+    WHERE batch_id = old.batch_id AND tier = old.tier AND state = old.state;
+    DELETE FROM batch_tallies WHERE batch_id = old.batch_id AND tier = old.tier AND state = old.state AND files = 0;
+    INSERT INTO batch_tallies VALUES (new.batch_id, new.tier, new.state, 1)
+    ON CONFLICT (batch_id, tier, state) DO UPDATE SET files = files + 1;
+END;
+INSERT OR IGNORE INTO batch_tallies
+    SELECT batch_id, tier, state, COUNT(*) FROM batch_files GROUP BY batch_id, tier, state;
+INSERT OR IGNORE INTO batch_tallies
+    SELECT batch_id, 0, 'seen', COUNT(DISTINCT event_id) FROM batch_files GROUP BY batch_id;
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
-_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -479,15 +512,18 @@ class Catalog:
 
     def _tally(self, batch_id: str) -> _Tally:
         tally = _Tally()
-        tally.seen = self._db.execute(
-            "SELECT COUNT(DISTINCT event_id) FROM batch_files WHERE batch_id = ?", (batch_id,)).fetchone()[0]
-        rows = self._db.execute(
-            "SELECT tier, state, COUNT(*), MAX(updated_at) FROM batch_files WHERE batch_id = ? GROUP BY tier, state",
-            (batch_id,))
-        for tier, state, count, last in rows:
-            tally.states.setdefault(tier, Counter())[state] = count
-            if state == DONE:
-                tally.last_done[tier] = last
+        db = self._db
+        for tier, state, files in db.execute("SELECT tier, state, files FROM batch_tallies WHERE batch_id = ?",
+                                             (batch_id,)):
+            if tier == 0:
+                tally.seen = files
+            else:
+                tally.states.setdefault(tier, Counter())[state] = files
+        for tier, states in tally.states.items():
+            if states[DONE]:
+                tally.last_done[tier] = db.execute(
+                    "SELECT MAX(updated_at) FROM batch_files WHERE batch_id = ? AND tier = ? AND state = ?",
+                    (batch_id, tier, DONE)).fetchone()[0]
         return tally
 
     @staticmethod

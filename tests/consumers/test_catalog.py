@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from pathlib import Path
 
@@ -145,6 +146,39 @@ def test_any_delivery_order_gives_the_same_catalog(make_catalog) -> None:
         one_by_one.apply([event])
     assert dump(reversed_.path) == dump(in_order.path)
     assert dump(one_by_one.path) == dump(in_order.path)
+
+
+def test_batch_tallies_match_a_count_of_the_batch_in_any_delivery_order(make_catalog) -> None:
+    """The counts kept by trigger are exactly what a scan of ``batch_files`` gives, whatever the order."""
+    rng = random.Random(7)
+    events = []
+    for i in range(60):
+        batch, path = f"b{i % 3}", f"{ROOT}/f{i}.png"
+        for attempt in range(rng.randrange(3)):  # a few failures first, some of them final
+            outcome = rng.choice(["retrying", "retrying", "failed", "dead_lettered"])
+            events.append(failed(f"e{i}", path, batch=batch, outcome=outcome, at=T0 + i + attempt,
+                                 tier=rng.choice([1, 2])))
+        if rng.random() < 0.8:
+            events.append(browsable(f"e{i}", path, f"{i:064x}", batch=batch, at=T0 + 10 + i))
+    scans = [scanned(20, complete=True, batch=f"b{b}") for b in range(3)]
+    catalogs = []
+    for n in range(3):
+        shuffled = events + rng.sample(events, 20)  # redeliveries
+        rng.shuffle(shuffled)
+        catalog = make_catalog(f"c{n}.sqlite")
+        for start in range(0, len(shuffled), 7):
+            catalog.apply(scans + shuffled[start:start + 7])
+        catalogs.append(catalog)
+    for catalog in catalogs:
+        db = sqlite3.connect(catalog.path)
+        counted = sorted(db.execute("SELECT batch_id, tier, state, COUNT(*) FROM batch_files "
+                                    "GROUP BY batch_id, tier, state").fetchall())
+        seen = sorted(db.execute("SELECT batch_id, 0, 'seen', COUNT(DISTINCT event_id) FROM batch_files "
+                                 "GROUP BY batch_id").fetchall())
+        assert sorted(db.execute("SELECT * FROM batch_tallies").fetchall()) == sorted(counted + seen)
+        db.close()
+        assert [catalog.progress(f"b{b}", t, now=T0 + 500) for b in range(3) for t in (1, 2)] == [
+            catalogs[0].progress(f"b{b}", t, now=T0 + 500) for b in range(3) for t in (1, 2)]
 
 
 def test_failed_apply_rolls_back_the_whole_batch(catalog: Catalog) -> None:
