@@ -7,9 +7,11 @@ gathers the calls that are waiting for a pool slot into one task (at most ``max_
 after the other in one pool process, and hands each caller its own result or exception; the results of a chunk
 arrive together, so their effects go to the broker together.
 
-Chunks form only under load: a call made while a slot is free starts alone at once (the first file of an import
-is not held back), and a slot is a pool process plus ``queued`` chunks waiting, so no process idles while the
-next chunk is being formed.
+Chunks form only under load: a call made while a pool process is free starts at once (the first file of an
+import is not held back). While every process is busy, waiting calls gather until they make a full chunk,
+which is queued behind the running ones (up to ``queued`` chunks), or until a process frees up and takes
+whatever has gathered. So no process idles while a chunk is being formed, and the chunks are as large as the
+load allows (dispatching a chunk as soon as any slot is free made every other chunk a chunk of one).
 
 Isolation is kept per file: a chunk whose process died or ran past its time limit (``timeout_s`` per call) is
 run again one call per task, so only the file that crashed or hung fails; the others are worked on again, which
@@ -71,7 +73,11 @@ class ChunkedPool:
         return await future
 
     def _dispatch(self) -> None:
-        while self._pending and self._in_flight < self.slots:
+        while self._pending:
+            idle_process = self._in_flight < self.pool.size
+            full = len(self._pending) >= self.max_chunk
+            if not (idle_process or (full and self._in_flight < self.slots)):
+                return
             chunk = [c for c in self._pending[: self.max_chunk] if not c.future.done()]  # skip cancelled callers
             del self._pending[: self.max_chunk]
             if not chunk:

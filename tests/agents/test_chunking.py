@@ -30,8 +30,20 @@ async def test_calls_waiting_for_a_slot_go_together(one_process: WorkPool) -> No
     assert chunked.slots == 2  # one process, one chunk waiting
     results = await asyncio.gather(*(chunked.run(pool_jobs.double, i) for i in range(10)))
     assert results == [2 * i for i in range(10)]
-    # the first two started alone at once; the eight that waited went as two chunks of four
+    # the first started alone at once; the others gathered into full chunks queued behind it, and the last
+    # one went when the process was free again
     assert chunked.chunk_sizes == {1: 2, 4: 2}
+
+
+async def test_a_partial_chunk_waits_only_while_every_process_is_busy(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=8)
+    first = asyncio.ensure_future(chunked.run(pool_jobs.double, 0))
+    rest = [asyncio.ensure_future(chunked.run(pool_jobs.double, i)) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    assert chunked.chunk_sizes == {1: 1}  # three calls wait: not a full chunk, and the process is busy
+    assert await first == 0
+    assert await asyncio.gather(*rest) == [2, 4, 6]
+    assert chunked.chunk_sizes == {1: 1, 3: 1}  # they went together once the process was free
 
 
 async def test_a_lone_call_starts_at_once_alone(one_process: WorkPool) -> None:
@@ -42,9 +54,10 @@ async def test_a_lone_call_starts_at_once_alone(one_process: WorkPool) -> None:
 
 async def test_a_failure_in_a_chunk_is_its_callers_alone(one_process: WorkPool) -> None:
     chunked = ChunkedPool(one_process, max_chunk=4)
-    calls = [chunked.run(pool_jobs.double, 0), chunked.run(pool_jobs.double, 1),  # alone: fill the slots
-             chunked.run(pool_jobs.double, 2), chunked.run(pool_jobs.corrupt, "bad.png"),
-             chunked.run(pool_jobs.hog), chunked.run(pool_jobs.double, 3)]
+    calls = [chunked.run(pool_jobs.double, 0),  # alone: the process was free
+             chunked.run(pool_jobs.double, 1), chunked.run(pool_jobs.double, 2),  # a full chunk with the bad ones
+             chunked.run(pool_jobs.corrupt, "bad.png"), chunked.run(pool_jobs.hog),
+             chunked.run(pool_jobs.double, 3)]  # alone, when the process is free again
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert chunked.chunk_sizes == {1: 2, 4: 1}
     assert results[:3] == [0, 2, 4] and results[5] == 6
@@ -64,14 +77,14 @@ async def test_a_chunk_that_loses_its_process_is_run_again_call_by_call(one_proc
 
 
 async def test_a_cancelled_caller_is_left_out(one_process: WorkPool) -> None:
-    chunked = ChunkedPool(one_process, max_chunk=4)
+    chunked = ChunkedPool(one_process, max_chunk=8)
     first = [asyncio.ensure_future(chunked.run(pool_jobs.double, i)) for i in range(2)]
     waiting = [asyncio.ensure_future(chunked.run(pool_jobs.double, i)) for i in range(2, 5)]
-    await asyncio.sleep(0)  # let every call reach the pool's queue
+    await asyncio.sleep(0)  # every call is in: the first runs, the others wait for the process
     waiting[1].cancel()
     assert await asyncio.gather(*first) == [0, 2]
     assert await asyncio.gather(waiting[0], waiting[2]) == [4, 8]
-    assert chunked.chunk_sizes == {1: 2, 2: 1}
+    assert chunked.chunk_sizes == {1: 1, 3: 1}
 
 
 async def test_chunk_of_one_means_the_plain_pool(one_process: WorkPool) -> None:
