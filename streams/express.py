@@ -208,8 +208,12 @@ class ExpressServer:
                                    "topic": self.topic, "partitions": sorted(partitions)}))
         os.replace(tmp, self.registration)
 
-    async def stop(self) -> None:
+    def withdraw(self) -> None:
+        """Remove this worker's registration, so that nobody rings it any more."""
         self.registration.unlink(missing_ok=True)
+
+    async def stop(self) -> None:
+        self.withdraw()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

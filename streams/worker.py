@@ -63,7 +63,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     finally:
         express = getattr(app, "express", None)
         if express is not None:  # nobody should ring a worker that is gone
-            express.registration.unlink(missing_ok=True)
+            express.withdraw()
         pools.shutdown()
     return 0
 
