@@ -67,7 +67,7 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class _Conf(faust.Settings):
-    fetch_max_wait_ms: int = 50
+    fetch_max_wait_ms: int = Settings.model_fields["fetch_max_wait_ms"].default  # one default, in Settings
 
 
 class DamflowApp(faust.App):
