@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ class ChunkedPool:
         self._pending: list[_Call] = []
         self._in_flight = 0
         #: Calls per chunk sent so far, by chunk size (for tests and metrics).
-        self.chunk_sizes: dict[int, int] = {}
+        self.chunk_sizes: Counter[int] = Counter()
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.max_chunk <= 1:
@@ -83,7 +84,7 @@ class ChunkedPool:
             if not chunk:
                 continue
             self._in_flight += 1
-            self.chunk_sizes[len(chunk)] = self.chunk_sizes.get(len(chunk), 0) + 1
+            self.chunk_sizes[len(chunk)] += 1
             asyncio.ensure_future(self._run(chunk))
 
     async def _run(self, chunk: list[_Call]) -> None:
