@@ -54,12 +54,16 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set | None]:
-        # faust yields a fetched record only while its partition is in the *live* set of active partitions, so a
-        # partition paused while a fetched batch is being delivered had the rest of its records dropped — with
-        # the fetch position already past them, they were never processed (and commits stalled on the gap).
-        # Deliver what was fetched; a pause takes effect from the next fetch on.
-        records, active = await super()._wait_next_records(timeout)
-        return records, (set(active) if active is not None else None)
+        # faust yields a fetched record only if its partition is still active when the fetch *returns*. The
+        # records were handed out of aiokafka (the partition's position moved past them) while it was active; a
+        # pause in between — the lane governor pauses the batch lane for every urgent event — dropped them, and
+        # the lane went quiet with files never processed (and commits stalled on the gap). Deliver everything
+        # the fetch handed out for a partition still assigned; a pause takes effect from the next fetch on.
+        records, _active = await super()._wait_next_records(timeout)
+        if not records:
+            return records, set()
+        assigned = self.assignment()
+        return records, {tp for tp in records if tp in assigned}
 
 
 class _Transport(faust_aiokafka.Transport):
