@@ -17,7 +17,8 @@ Runs, on this machine, one after the other:
 
 Reports time to browsable of the urgent files (p50/p95/p99: for damflow the upload's HTTP round trip, as the
 client saw it; for the FIFO baseline from publish to the ``AssetBrowsable`` stamp) and where it went by stage,
-batch throughput against the compute limit, first-asset latency, the CPU seconds each process used during the
+batch throughput against the compute limit (and beside it, with the urgent files worked on during the import
+counted too: the same machine did that work), first-asset latency, the CPU seconds each process used during the
 import and the peak RSS of every process; prints a table and one ``BENCH_JSON`` line.
 """
 
@@ -217,6 +218,8 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     first = catalog.first_browsable(result["batch_id"])
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
+        # the uploads were worked on during the import (each answered once browsable), by the same machine
+        "work_files_per_s": (n + len(http_ms)) / elapsed,
         "first_asset_s": first - result["started_at"] if first else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
@@ -269,6 +272,8 @@ def summary(run: dict, limit: float, limits: list[float]) -> dict:
     return {
         "mode": run["mode"], "files": run["files"], "files_per_s": round(run["files_per_s"], 2),
         "ratio_to_limit": round(run["files_per_s"] / limit, 3), "compute_limit_fps": round(limit, 2),
+        # the import's files and the urgent ones worked on meanwhile: how much of the machine did tier-1 work
+        "work_ratio_to_limit": round(run["work_files_per_s"] / limit, 3),
         "compute_limits_around_fps": [round(x, 2) for x in limits],
         # what the pipeline's own processes cost per file, besides the work: CPU the pool could have had
         "services_cpu_ms_per_file": round(services * 1000 / run["files"], 2),
@@ -336,11 +341,13 @@ def main() -> None:
           "and just after each import: " + "; ".join(
               f"{r['mode']} {r['files']}: {r['compute_limits_around_fps'][0]:.1f}/{r['compute_limits_around_fps'][1]:.1f}"
               for r in rows))
-    head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'first s':>8s} {'urgent n':>8s} " \
-           f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
+    print("×limit: the import's files/s against the limit; +urgent: with the urgent files worked on meanwhile")
+    head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'+urgent':>7s} {'first s':>8s} " \
+           f"{'urgent n':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     print(head)
     for r in rows:
         print(f"{r['mode']:10s} {r['files']:6d} {r['files_per_s']:8.1f} {r['ratio_to_limit']:7.2f} "
+              f"{r['work_ratio_to_limit']:7.2f} "
               f"{r['first_asset_s'] or 0:8.3f} {r['urgent_n']:8d} {r['urgent_p50_ms'] or 0:8.1f} "
               f"{r['urgent_p95_ms'] or 0:8.1f} {r['urgent_p99_ms'] or 0:8.1f}")
     for r in rows:
