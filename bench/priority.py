@@ -193,13 +193,16 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         cpu = _cpu_during(stack.proc.pid, *cpu0)
     # time to browsable: for an upload, its HTTP round trip (`wait=1` answers once the asset is browsable); for
     # the FIFO baseline's files, which finish after the import, from their publish to their browsable stamp
+    import_end = result["started_at"] + result["seconds"]
     if http_ms:
         urgent_ms = list(http_ms.values())
+        urgent_in_import = len(http_ms)  # each answered once browsable, during the import (the last about at its end)
     else:
         deadline = time.perf_counter() + 120
         while len(done := catalog.browsable_at(FIFO_URGENT)) < len(published) and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)  # polling the catalog file: it has no change notification
         urgent_ms = [(done[e] - t) * 1000 for e, t in published.items() if e in done]
+        urgent_in_import = sum(1 for e in published if e in done and done[e] <= import_end)
     rss = snapshot(stack.proc.pid)
     # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work
     # itself, and getting the result back to the client
@@ -218,8 +221,8 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     first = catalog.first_browsable(result["batch_id"])
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
-        # the uploads were worked on during the import (each answered once browsable), by the same machine
-        "work_files_per_s": (n + len(http_ms)) / elapsed,
+        # the urgent files the same machine made browsable during the import, counted with it
+        "work_files_per_s": (n + urgent_in_import) / elapsed,
         "first_asset_s": first - result["started_at"] if first else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
