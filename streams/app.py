@@ -3,19 +3,23 @@
 Three tweaks. First, faust's worker consumer hard-codes ``fetch_max_wait_ms=1500``. Real Kafka answers a fetch as soon as data
 arrives, so that only costs idle polling there; the embedded broker answers after a fraction of the wait even
 when data is waiting (measured: ~375 ms p50 at 1500 ms, ~3 ms at 10 ms). The wait is therefore a setting,
-applied here to every broker. Second, pausing a partition must not drop records already fetched for it (see
-``_Consumer._wait_next_records``): the lane governor pauses and resumes partitions many times a second. Third,
+applied here to every broker. Second, pausing a partition must not drop records already fetched for it, and a
+partition paused by the lane governor (which pauses and resumes partitions many times a second) must stay out of
+fetches until resumed, whatever faust's own per-buffer flow control does meanwhile (see ``_Consumer``). Third,
 fetched but unconsumed batch records must not hold back the next fetch of the interactive lane (see
 ``_ConsumerThread``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import aiokafka
 import faust
+from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from streams.settings import Settings
 
@@ -50,6 +54,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """faust's consumer with two rules made to hold: a record handed out by a fetch is delivered, and a partition
+    is fetched only while it is neither paused (by the lane governor) nor backed up (its stream buffer is full)."""
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -58,12 +65,30 @@ class _Consumer(faust_aiokafka.Consumer):
         # records were handed out of aiokafka (the partition's position moved past them) while it was active; a
         # pause in between — the lane governor pauses the batch lane for every urgent event — dropped them, and
         # the lane went quiet with files never processed (and commits stalled on the gap). Deliver everything
-        # the fetch handed out for a partition still assigned; a pause takes effect from the next fetch on.
+        # the fetch handed out; a pause takes effect from the next fetch on. Unless a rebalance happened
+        # meanwhile: faust then seeks every partition back to its committed offset before it resumes, so
+        # nothing handed out under the old generation may be delivered under the new one.
+        generation = self.app.consumer_generation_id
         records, _active = await super()._wait_next_records(timeout)
-        if not records:
+        if not records or self.app.consumer_generation_id != generation:
             return records, set()
         assigned = self.assignment()
         return records, {tp for tp in records if tp in assigned}
+
+    # faust keeps two reasons to leave a partition out of fetches (paused; stream buffer full) but lifts either
+    # without looking at the other: a batch partition whose buffer drained was fetched again while the governor
+    # held it paused for urgent work, and a resume fetched into a buffer still full. Active = neither.
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp in self._buffered_partitions:
+            self._buffered_partitions.discard(tp)
+            if tp not in self._paused_partitions:
+                self._get_active_partitions().add(tp)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        tpset = ensure_TPset(tps)
+        self._paused_partitions.difference_update(tpset)
+        self._get_active_partitions().update(tpset - self._buffered_partitions)
 
 
 class _Transport(faust_aiokafka.Transport):

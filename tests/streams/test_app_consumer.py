@@ -1,14 +1,17 @@
-"""The worker consumer delivers every record a fetch handed out, whatever the lane governor did meanwhile.
+"""The worker consumer (``streams.app._Consumer``) against faust's real consumer loop.
 
-A fetch hands records out of aiokafka and moves the partition's position past them. If the governor pauses
-that partition while the fetch is on its way back (an urgent event started), faust's own loop drops the records
-(it delivers only partitions still active when the fetch returns): they were never processed, and the batch lane
-went quiet with files left in it.
+1. It delivers every record a fetch handed out, whatever the lane governor did meanwhile. A fetch hands records
+   out of aiokafka and moves the partition's position past them. If the governor paused that partition while
+   the fetch was on its way back (an urgent event started), faust's own loop dropped the records (it delivers
+   only partitions still active when the fetch returns): never processed, and the batch lane went quiet with
+   files left in it.
+2. A partition is fetched only while it is neither paused nor backed up (stream buffer full): faust lifted
+   either reason without looking at the other.
 """
 
 from __future__ import annotations
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.types import TP
 
 from streams.app import create_app
@@ -16,6 +19,11 @@ from streams.settings import Settings
 
 BATCH = TP("t1.batch", 0)
 URGENT = TP("t1.interactive", 0)
+
+
+def _fetched(tp: TP, offsets: range) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """What aiokafka's fetcher hands out: its own ``TopicPartition`` keys (faust's ``TP`` is a different type)."""
+    return {TopicPartition(tp.topic, tp.partition): [_record(tp, n) for n in offsets]}
 
 
 def _record(tp: TP, offset: int) -> ConsumerRecord:
@@ -45,16 +53,46 @@ async def _deliver(consumer, fetched: dict[TP, list[ConsumerRecord]], *, during_
 
 async def test_a_partition_paused_while_its_fetch_returns_still_gets_what_was_fetched(tmp_path) -> None:
     consumer = _consumer(tmp_path, {BATCH, URGENT})
-    fetched = {BATCH: [_record(BATCH, n) for n in range(8)], URGENT: [_record(URGENT, 0)]}
+    fetched = _fetched(BATCH, range(8)) | _fetched(URGENT, range(1))
     delivered = await _deliver(consumer, fetched, during_fetch=lambda c: c.pause_partitions({BATCH}))
-    assert sorted(delivered) == sorted((tp, r.offset) for tp, rs in fetched.items() for r in rs)
+    assert sorted(delivered) == sorted((TP(tp.topic, tp.partition), r.offset) for tp, rs in fetched.items() for r in rs)
     # and the pause holds for the next fetch
     assert BATCH not in consumer._get_active_partitions()
 
 
-async def test_records_of_a_partition_revoked_during_the_fetch_are_not_delivered(tmp_path) -> None:
+async def test_records_of_a_partition_no_longer_assigned_are_not_delivered(tmp_path) -> None:
     assigned = {BATCH, URGENT}
     consumer = _consumer(tmp_path, assigned)
-    fetched = {BATCH: [_record(BATCH, 0)], URGENT: [_record(URGENT, 0)]}
+    fetched = _fetched(BATCH, range(1)) | _fetched(URGENT, range(1))
     delivered = await _deliver(consumer, fetched, during_fetch=lambda c: assigned.discard(BATCH))
     assert delivered == [(URGENT, 0)]
+
+
+async def test_nothing_fetched_under_an_earlier_generation_is_delivered(tmp_path) -> None:
+    # after a rebalance faust seeks every partition back to its committed offset: these come again
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+
+    def rebalance(c) -> None:
+        c.app.consumer_generation_id += 1
+
+    assert await _deliver(consumer, _fetched(BATCH, range(3)), during_fetch=rebalance) == []
+
+
+def test_a_paused_partition_whose_buffer_drains_stays_out_of_fetches_until_resumed(tmp_path) -> None:
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+    consumer.on_buffer_full(BATCH)
+    consumer.pause_partitions({BATCH})  # an urgent event started
+    consumer.on_buffer_drop(BATCH)  # the batch lane's actors took what was buffered
+    assert consumer._get_active_partitions() == {URGENT}
+    consumer.resume_partitions({BATCH})
+    assert consumer._get_active_partitions() == {BATCH, URGENT}
+
+
+def test_a_resumed_partition_whose_buffer_is_still_full_stays_out_of_fetches_until_it_drains(tmp_path) -> None:
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+    consumer.pause_partitions({BATCH})
+    consumer.on_buffer_full(BATCH)
+    consumer.resume_partitions({BATCH})  # the urgent event is done, but the batch buffer is still full
+    assert consumer._get_active_partitions() == {URGENT}
+    consumer.on_buffer_drop(BATCH)
+    assert consumer._get_active_partitions() == {BATCH, URGENT}
