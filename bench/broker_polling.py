@@ -1,0 +1,105 @@
+"""What a polling consumer costs the embedded broker: CPU of the broker process per idle consumer, by fetch wait.
+
+    python bench/broker_polling.py [--seconds 4] [--waits 10,50,100,250,1000]
+
+The embedded broker (Tansu, memory storage) spends CPU on every fetch request, including a fetch that finds
+nothing and waits. A damflow stack keeps a few consumers polling all the time (worker, catalog sink, retrier,
+progress bars), so this cost is paid during an import whatever the import does: it is most of the broker's CPU in
+``bench/priority.py``. This measures it in isolation, against the broker's own idle CPU (no consumer) in the same
+run: one idle consumer per fetch wait, then one produce + consume round trip per record on an empty topic.
+Prints a table and a ``BENCH_JSON`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.rss import cpu_seconds  # noqa: E402
+from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.kafka import ensure_topics  # noqa: E402
+
+
+def broker_cpu(pid: int) -> float:
+    return sum(cpu_seconds(pid).values())
+
+
+async def idle_cost(bootstrap: str, pid: int, wait_ms: int | None, seconds: float) -> float:
+    """Percent of one core the broker used over ``seconds`` with one idle consumer (``None``: no consumer)."""
+    consumer = None
+    if wait_ms is not None:
+        consumer = AIOKafkaConsumer("idle", bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest",
+                                    fetch_max_wait_ms=wait_ms)
+        await consumer.start()
+        getter = asyncio.ensure_future(consumer.getone())  # nothing arrives: it polls for the whole window
+        await asyncio.sleep(1.0)  # past its start-up requests (metadata, offsets)
+    start = broker_cpu(pid)
+    await asyncio.sleep(seconds)  # the window being measured: a consumer polling an empty topic
+    used = broker_cpu(pid) - start
+    if consumer is not None:
+        getter.cancel()
+        await consumer.stop()
+    return 100 * used / seconds
+
+
+async def round_trip_cost(bootstrap: str, pid: int, n: int) -> tuple[float, float]:
+    """Broker CPU ms per produce (acked) + consume of one record, and the round trip's p50 ms (10 ms wait)."""
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0) as prod:
+        consumer = AIOKafkaConsumer("trip", bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        await consumer.start()
+        try:
+            await prod.send_and_wait("trip", b"warm")
+            await consumer.getone()
+            start, trips = broker_cpu(pid), []
+            for _ in range(n):
+                t = time.perf_counter()
+                await prod.send_and_wait("trip", b"x" * 500)
+                await consumer.getone()
+                trips.append((time.perf_counter() - t) * 1000)
+            used = broker_cpu(pid) - start
+        finally:
+            await consumer.stop()
+    return 1000 * used / n, sorted(trips)[len(trips) // 2]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--waits", default="10,50,100,250,1000", help="fetch waits to measure, ms")
+    ap.add_argument("--trips", type=int, default=300)
+    args = ap.parse_args()
+    waits = [int(w) for w in args.waits.split(",")]
+    with EmbeddedBroker() as broker:
+        pid = broker.pid
+        assert pid is not None
+        await ensure_topics(broker.bootstrap, ["idle", "trip"], 1)
+        baseline = await idle_cost(broker.bootstrap, pid, None, args.seconds)
+        rows = [{"fetch_max_wait_ms": w, "broker_core_pct": round(await idle_cost(broker.bootstrap, pid, w,
+                                                                                    args.seconds), 2)}
+                for w in waits]
+        trip_ms_cpu, trip_p50 = await round_trip_cost(broker.bootstrap, pid, args.trips)
+    print(f"embedded broker CPU, {len(os.sched_getaffinity(0))} cores; no consumer: {baseline:.2f} % of a core")
+    print(f"{'fetch wait ms':>14s} {'% of a core':>12s} {'fetches/s':>10s} {'ms CPU/fetch':>13s}   (one idle consumer)")
+    for r in rows:
+        per_s = 1000 / r["fetch_max_wait_ms"]  # an idle fetch returns after the whole wait
+        r["cpu_ms_per_fetch"] = round((r["broker_core_pct"] - baseline) * 10 / per_s, 2)
+        print(f"{r['fetch_max_wait_ms']:14d} {r['broker_core_pct']:12.2f} {per_s:10.1f} {r['cpu_ms_per_fetch']:13.2f}")
+    print(f"produce + consume of one record: {trip_ms_cpu:.2f} ms of broker CPU, round trip p50 {trip_p50:.1f} ms "
+          f"({args.trips} records, 10 ms fetch wait)")
+    print("BENCH_JSON " + json.dumps({"bench": "broker_polling", "idle_no_consumer_core_pct": round(baseline, 2),
+                                      "idle_consumer": rows, "round_trip_broker_cpu_ms": round(trip_ms_cpu, 2),
+                                      "round_trip_p50_ms": round(trip_p50, 1)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
