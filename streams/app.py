@@ -90,6 +90,12 @@ class _Consumer(faust_aiokafka.Consumer):
         self._paused_partitions.difference_update(tpset)
         self._get_active_partitions().update(tpset - self._buffered_partitions)
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # faust forgets a revoked partition's pause but kept its "backed up" mark, which a resume now honours:
+        # a mark left from before the rebalance must not keep the partition out of fetches after it
+        self._buffered_partitions.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer

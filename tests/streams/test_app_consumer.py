@@ -96,3 +96,18 @@ def test_a_resumed_partition_whose_buffer_is_still_full_stays_out_of_fetches_unt
     assert consumer._get_active_partitions() == {URGENT}
     consumer.on_buffer_drop(BATCH)
     assert consumer._get_active_partitions() == {BATCH, URGENT}
+
+
+async def test_a_backed_up_mark_from_before_a_rebalance_does_not_keep_the_partition_out_of_fetches(tmp_path) -> None:
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+
+    async def revoked_callbacks(revoked) -> None:  # the app's own revoke work (streams, tables): not under test
+        return None
+
+    consumer._on_partitions_revoked = revoked_callbacks
+    consumer.on_buffer_full(BATCH)
+    await consumer.on_partitions_revoked({BATCH, URGENT})
+    consumer._set_active_tps({BATCH, URGENT})  # assigned again (faust's on_partitions_assigned does this)
+    consumer.pause_partitions({BATCH})
+    consumer.resume_partitions({BATCH})
+    assert consumer._get_active_partitions() == {BATCH, URGENT}
