@@ -193,7 +193,6 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         cpu = _cpu_during(stack.proc.pid, *cpu0)
     # time to browsable: for an upload, its HTTP round trip (`wait=1` answers once the asset is browsable); for
     # the FIFO baseline's files, which finish after the import, from their publish to their browsable stamp
-    import_end = result["started_at"] + result["seconds"]
     if http_ms:
         urgent_ms = list(http_ms.values())
         urgent_in_import = len(http_ms)  # each answered once browsable, during the import (the last about at its end)
@@ -202,6 +201,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         while len(done := catalog.browsable_at(FIFO_URGENT)) < len(published) and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)  # polling the catalog file: it has no change notification
         urgent_ms = [(done[e] - t) * 1000 for e, t in published.items() if e in done]
+        import_end = result["started_at"] + result["seconds"]
         urgent_in_import = sum(1 for e in published if e in done and done[e] <= import_end)
     rss = snapshot(stack.proc.pid)
     # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work

@@ -41,7 +41,7 @@ def _consumer(tmp_path, assigned: set[TP]):
     return consumer
 
 
-async def _deliver(consumer, fetched: dict[TP, list[ConsumerRecord]], *, during_fetch) -> list[tuple[TP, int]]:
+async def _deliver(consumer, fetched: dict[TopicPartition, list[ConsumerRecord]], *, during_fetch) -> list[tuple[TP, int]]:
     async def fetch(active_partitions, timeout):
         assert BATCH in active_partitions  # the partition was active when the fetch handed its records out
         during_fetch(consumer)
