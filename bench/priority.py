@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.browse import browse_file  # noqa: E402
 from bench.corpus import generated_pngs, urgent_pngs, variant_pngs  # noqa: E402
-from bench.rss import cpu_seconds, cpu_used, snapshot  # noqa: E402
+from bench.rss import cpu_seconds, cpu_used, machine_seconds, process_cpu_seconds, snapshot  # noqa: E402
 from bench.tier1_throughput import compute_limit  # noqa: E402
 from streams.kafka import producer  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -162,6 +162,9 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         # urgent uploads *during* the import: from its first browsable file on
         await asyncio.wait([output, asyncio.create_task(catalog.import_running())],
                            return_when=asyncio.FIRST_COMPLETED)
+        # where the machine's time goes from here (the import under way, the scanner's start-up behind it) to
+        # the end: see _machine_time
+        window0 = machine_seconds(), cpu_seconds(stack.proc.pid), process_cpu_seconds(ingest.pid), _rusage()
         while not output.done() and submitted < len(urgent):
             src = urgent[submitted]
             submitted += 1
@@ -191,6 +194,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
             raise RuntimeError(f"damflow ingest failed with {ingest.returncode}")
         result = json.loads(stdout)
         cpu = _cpu_during(stack.proc.pid, *cpu0)
+        machine = _machine_time(stack.proc.pid, *window0)
     # time to browsable: for an upload, its HTTP round trip (`wait=1` answers once the asset is browsable); for
     # the FIFO baseline's files, which finish after the import, from their publish to their browsable stamp
     if http_ms:
@@ -226,7 +230,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         "first_asset_s": first - result["started_at"] if first else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
-        "urgent_parts": parts, "urgent_detail": detail, "cpu_s": cpu,
+        "urgent_parts": parts, "urgent_detail": detail, "cpu_s": cpu, "machine": machine,
     }
 
 
@@ -241,6 +245,25 @@ def _cpu_during(up_pid: int, before: dict[str, float], rusage: tuple[float, floa
     out = cpu_used(before, cpu_seconds(up_pid))
     own, kids = _rusage()
     out["ingest"], out["bench"] = round(kids - rusage[1], 2), round(own - rusage[0], 2)
+    return out
+
+
+def _machine_time(up_pid: int, machine: tuple[float, float], up_cpu: dict[str, float], ingest_cpu: float,
+                  rusage: tuple[float, float]) -> dict[str, float]:
+    """Shares of the machine's CPU time (all its CPUs) from the import's first browsable file to its end: the
+    batch pool's work, the urgent files' work (the interactive pool), each service, idle, and what other
+    processes on the machine took. The batch work's share is what the throughput can reach against the compute
+    limit (a bare pool has all of it), give or take how fast each file goes."""
+    idle1, total1 = machine_seconds()
+    total = total1 - machine[1]
+    used = cpu_used(up_cpu, cpu_seconds(up_pid))
+    own, kids = _rusage()
+    used["ingest"] = kids - rusage[1] - ingest_cpu  # the scanner has exited: its whole life, less its start
+    used["bench"] = own - rusage[0]
+    out = {role: round(100 * v / total, 1) for role, v in used.items() if role != "resource-tracker"}
+    out["idle"] = round(100 * (idle1 - machine[0]) / total, 1)
+    out["other"] = round(100 - sum(out.values()), 1)
+    out["seconds"] = round(total / len(os.sched_getaffinity(0)), 2)
     return out
 
 
@@ -271,7 +294,7 @@ def pooled(runs: list[dict]) -> dict:
 def summary(run: dict, limit: float, limits: list[float]) -> dict:
     u = run["urgent_ms"]
     parts = run["urgent_parts"]
-    services = sum(v for k, v in run["cpu_s"].items() if k != "pool")
+    services = sum(v for k, v in run["cpu_s"].items() if k not in ("pool", "urgent-pool"))
     return {
         "mode": run["mode"], "files": run["files"], "files_per_s": round(run["files_per_s"], 2),
         "ratio_to_limit": round(run["files_per_s"] / limit, 3), "compute_limit_fps": round(limit, 2),
@@ -283,7 +306,7 @@ def summary(run: dict, limit: float, limits: list[float]) -> dict:
         "first_asset_s": round(run["first_asset_s"], 3) if run["first_asset_s"] else None,
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "failed": run["failed"], "repeats": run.get("repeats", 1),
+        "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"], "repeats": run.get("repeats", 1),
         "work_floor_ms": round(run["work_floor_ms"], 1) if run.get("work_floor_ms") else None,
         "urgent_p50_over_floor_ms": round(pct(u, 50) - run["work_floor_ms"], 1)
         if u and run.get("work_floor_ms") else None,
@@ -362,10 +385,20 @@ def main() -> None:
         if r["work_floor_ms"]:
             print(f"urgent work floor ({r['mode']} {r['files']}): one file alone on an idle machine p50 "
                   f"{r['work_floor_ms']:.1f} ms; urgent p50 is {r['urgent_p50_over_floor_ms']:.1f} ms above it")
-    print("CPU seconds per process role during the import (services: all but the pool, ms per file):")
+    print("CPU seconds per process role during the import (services: all but the pools, ms per file):")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cpu_s"].items()))
               + f"; services {r['services_cpu_ms_per_file']:.2f} ms/file")
+    print("the machine's CPU time from the first browsable file to the end, %: pool = the import's work (what "
+          "×limit can reach), urgent-pool = the urgent files' work, idle = nobody's, other = other processes")
+    for r in rows:
+        m = dict(r["machine_pct"])
+        seconds = m.pop("seconds")
+        services = sum(v for k, v in m.items() if k not in ("pool", "urgent-pool", "idle", "other"))
+        print(f"  {r['mode']:10s} {r['files']:6d} ({seconds:.1f} s): " + ", ".join(
+            f"{k} {m.pop(k, 0):.1f}" for k in ("pool", "urgent-pool")) + f"; services {services:.1f}: "
+            + ", ".join(f"{k} {m.pop(k):.1f}" for k in sorted(m) if k not in ("idle", "other"))
+            + f"; idle {m['idle']:.1f}, other {m['other']:.1f}")
     print("peak RSS (MB) per process role:")
     for r in rows:
         print(f"  {r['mode']:10s} {r['files']:6d}: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["rss_mb"].items())))

@@ -1,5 +1,5 @@
 """Peak resident memory (VmHWM) and CPU time of a process tree, read from /proc: every damflow process, the broker
-included."""
+included; and the machine's idle time, to account for all of it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,17 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+_SCHED_IDLE = 5  # Linux's idle scheduling class, as /proc/<pid>/stat reports a process's policy
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (the first is the state, field 3 of proc(5))."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def describe(pid: int) -> str:
+    """The process's role: broker, worker, pool (the batch pool: its processes run in the idle scheduling class),
+    urgent-pool (the interactive pool and the forkserver), resource-tracker, or supervisor (`damflow up`)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -36,6 +46,12 @@ def describe(pid: int) -> str:
     for marker, name in (("tansu", "broker"), ("streams.cli worker", "worker"), ("forkserver", "pool"),
                          ("resource_tracker", "resource-tracker")):
         if marker in text:
+            if name == "pool":
+                try:
+                    batch = int(_stat(pid)[38]) == _SCHED_IDLE
+                except (OSError, IndexError, ValueError):
+                    batch = True
+                return "pool" if batch else "urgent-pool"
             return name
     return "supervisor"
 
@@ -67,12 +83,30 @@ def cpu_seconds(root: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for pid in tree(root):
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
         except OSError:
             continue
         role = describe(pid)
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) one process has used so far; 0 once it is gone."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(idle, total) CPU seconds of the whole machine so far, over all its CPUs (/proc/stat; I/O wait counts
+    as idle: nobody used the CPU)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (values[3] + values[4]) / tick, sum(values[:8]) / tick
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
