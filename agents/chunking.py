@@ -13,6 +13,10 @@ which is queued behind the running ones (up to ``queued`` chunks), or until a pr
 whatever has gathered. So no process idles while a chunk is being formed, and the chunks are as large as the
 load allows (dispatching a chunk as soon as any slot is free made every other chunk a chunk of one).
 
+Near the end of a backlog, full chunks would leave one process working through its last chunk while the others
+idle: given how many calls are still to come (``backlog``, e.g. the lane's records no agent has started on), a
+chunk is at most what is left split evenly across the pool's processes, so they run out of work together.
+
 Isolation is kept per file: a chunk whose process died or ran past its time limit (``timeout_s`` per call) is
 run again one call per task, so only the file that crashed or hung fails; the others are worked on again, which
 is safe because the work is idempotent (content-addressed outputs).
@@ -56,10 +60,15 @@ def run_calls(calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, A
 class ChunkedPool:
     """``await chunked.run(fn, *args, **kwargs)``, like :meth:`WorkPool.run`, with calls batched into chunks."""
 
-    def __init__(self, pool: WorkPool, *, max_chunk: int, queued: int = 1) -> None:
+    def __init__(
+        self, pool: WorkPool, *, max_chunk: int, queued: int = 1, backlog: Callable[[], int | None] | None = None,
+    ) -> None:
         self.pool = pool
         self.max_chunk = max_chunk
         self.slots = pool.size + queued
+        #: How many calls are still to come besides those waiting here (``None``, or its answer ``None``:
+        #: unknown, plenty).
+        self.backlog = backlog
         self._pending: list[_Call] = []
         self._in_flight = 0
         #: Calls per chunk sent so far, by chunk size (for tests and metrics).
@@ -73,14 +82,24 @@ class ChunkedPool:
         self._dispatch()
         return await future
 
+    def chunk_size(self) -> int:
+        """Calls per chunk now: ``max_chunk``, or near the end of the backlog its remainder split across the
+        pool's processes."""
+        to_come = self.backlog() if self.backlog is not None else None
+        if to_come is None:
+            return self.max_chunk
+        left = len(self._pending) + to_come
+        return max(1, min(self.max_chunk, -(-left // self.pool.size)))
+
     def _dispatch(self) -> None:
         while self._pending:
+            size = self.chunk_size()
             idle_process = self._in_flight < self.pool.size
-            full = len(self._pending) >= self.max_chunk
+            full = len(self._pending) >= size
             if not (idle_process or (full and self._in_flight < self.slots)):
                 return
-            chunk = [c for c in self._pending[: self.max_chunk] if not c.future.done()]  # skip cancelled callers
-            del self._pending[: self.max_chunk]
+            chunk = [c for c in self._pending[:size] if not c.future.done()]  # skip cancelled callers
+            del self._pending[:size]
             if not chunk:
                 continue
             self._in_flight += 1

@@ -99,14 +99,20 @@ class LaneGovernor:
             3: {topics.t3_background},
         }
         self._last_busy = dict.fromkeys(range(4), time.monotonic())
+        #: Per partition, the highest offset an agent has started on (see :meth:`waiting`).
+        self._started: dict[TP, int] = {}
         self.paused = dict.fromkeys(range(1, 4), False)
         #: How often each level was paused (for tests and metrics).
         self.pauses = dict.fromkeys(range(1, 4), 0)
         app.on_partitions_assigned.connect(self._on_assigned)
 
     @contextlib.contextmanager
-    def working(self, tier: int, lane: str) -> Iterator[None]:
+    def working(self, tier: int, lane: str, position: tuple[TP, int] | None = None) -> Iterator[None]:
+        """Counts one event's work as in flight at its level; ``position`` is its partition and offset."""
         level = LEVELS.get((tier, lane), 3)
+        if position is not None:
+            tp, offset = position
+            self._started[tp] = max(offset, self._started.get(tp, -1))
         browsing = (tier, lane) == (1, "interactive")  # what makes an urgent file browsable: worth a freeze
         self.in_flight[level] += 1
         self._browsing += browsing
@@ -128,6 +134,21 @@ class LaneGovernor:
             if high is not None and high > (read + 1 if read is not None else 0):
                 return True
         return False
+
+    def waiting(self, level: int) -> int | None:
+        """Events of ``level``'s partitions here that no agent has started on yet: not fetched (as of the last
+        fetch's high water) or fetched and buffered. ``None`` while unknown (a partition nothing started on
+        since it was assigned)."""
+        consumer = self.app.consumer
+        total = 0
+        for tp in self._tps(level):
+            high, started = consumer.highwater(tp), self._started.get(tp)
+            if high is None or started is None:
+                if high:  # a partition with events, none of them started here yet
+                    return None
+                continue
+            total += max(high - started - 1, 0)
+        return total
 
     def _update(self) -> None:
         now = time.monotonic()
@@ -159,6 +180,8 @@ class LaneGovernor:
         self._update()
 
     async def _on_assigned(self, sender: object, assigned: set[TP], **_: object) -> None:
+        # a partition may now be read again from its last commit, or be new here: started offsets start over
+        self._started.clear()
         # faust resets its paused set on assignment: apply ours again
         for level, paused in self.paused.items():
             if paused:
@@ -177,11 +200,11 @@ def lane_agent(
 
     async def agent(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with governor.working(handler.tier, lane):
+            msg = event.message
+            with governor.working(handler.tier, lane, (TP(msg.topic, msg.partition), msg.offset)):
                 if once is None:
                     await handler.process(event, work)
                 else:
-                    msg = event.message
                     await once.run((msg.topic, msg.partition, msg.offset), lambda: handler.process(event, work))
 
     return agent

@@ -46,6 +46,28 @@ async def test_a_partial_chunk_waits_only_while_every_process_is_busy(one_proces
     assert chunked.chunk_sizes == {1: 1, 3: 1}  # they went together once the process was free
 
 
+@pytest.mark.parametrize("backlog", [False, True], ids=["unknown", "known"])
+async def test_the_last_calls_of_a_backlog_are_split_across_the_processes(backlog: bool) -> None:
+    two = WorkPool(2, timeout_s=5, memory_mb=1024, preload=("tests.agents.pool_jobs",))
+    to_come = [12]
+    chunked = ChunkedPool(two, max_chunk=8, backlog=(lambda: to_come[0]) if backlog else None)
+
+    async def call(i: int) -> int:
+        to_come[0] -= 1  # one more call made: one less to come
+        return await chunked.run(pool_jobs.double, i)
+
+    try:
+        assert await asyncio.gather(*(call(i) for i in range(12))) == [2 * i for i in range(12)]
+    finally:
+        two.shutdown()
+    if backlog:
+        # one each at once; then at most what was left split in two: 5 of 10, 3 of 5, then the last ones alone
+        assert chunked.chunk_sizes == {1: 4, 5: 1, 3: 1}
+    else:
+        # one each at once, a full chunk, and the last two: one process works through 8 while the other has 2
+        assert chunked.chunk_sizes == {1: 2, 8: 1, 2: 1}
+
+
 async def test_a_lone_call_starts_at_once_alone(one_process: WorkPool) -> None:
     chunked = ChunkedPool(one_process, max_chunk=8)
     assert await chunked.run(pool_jobs.double, 21) == 42

@@ -115,3 +115,19 @@ def test_only_an_urgent_file_being_made_browsable_freezes_the_batch_pool() -> No
             pass
         assert calls == [True]  # frozen until the last urgent file is done
     assert calls == [True, False]
+
+
+async def test_waiting_counts_the_events_no_agent_has_started_on() -> None:
+    gov, consumer, app = governor()
+    tp0, tp1 = TP(T.t1_batch, 0), TP(T.t1_batch, 1)
+    consumer.high[tp0], consumer.high[tp1] = 10, 4
+    assert gov.waiting(1) is None  # nothing started yet: unknown
+    with gov.working(1, "batch", (tp0, 5)), gov.working(1, "batch", (tp1, 3)):
+        pass
+    assert gov.waiting(1) == 4  # offsets 6-9 of partition 0; partition 1 all started
+    with gov.working(1, "batch", (tp0, 2)):  # a record started late (concurrent agents) moves nothing back
+        pass
+    assert gov.waiting(1) == 4
+    for handler in app.handlers:  # after a rebalance a partition may be read again from its last commit
+        await handler(None, consumer.assigned)
+    assert gov.waiting(1) is None
