@@ -71,6 +71,12 @@ class SourceMissing(PermanentError):
     code = "source_missing"
 
 
+class UnrepresentablePath(PermanentError):
+    """The file's name is not valid UTF-8, so no event (JSON) and no catalog row can hold its path."""
+
+    code = "unrepresentable_path"
+
+
 class SourceUnreadable(TransientError):
     """The file exists but could not be read (permissions, I/O error, file busy)."""
 

@@ -3,7 +3,12 @@
 - Image files are recognised by their content (magic bytes); a file with an image extension whose content is
   not recognised (empty, truncated, mislabelled) is still published, so it ends as a recorded failure rather
   than a silently skipped file. Anything else (notes, sidecars) is counted as skipped.
-- Links are followed only while they stay inside the root; directory loops are visited once.
+- Links are followed only while they stay inside the root; directory loops are visited once. A file that
+  vanishes or cannot be read during the walk, or a link whose target is gone, is still published when it is
+  named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it) is
+  recorded as failed right here (``AssetFailed``, ``unrepresentable_path``): nothing found goes unaccounted.
+- Every send is checked: a file the broker did not take fails the scan (``BrokerError``), it is never reported
+  as published.
 - A file the catalog already shows as browsable with the same size and mtime is skipped (unchanged).
 - The running total goes out on ``progress`` as ``BatchScanned`` while the walk goes on, so a progress bar can
   show a total before the scan ends.
@@ -24,8 +29,8 @@ from aiokafka import AIOKafkaProducer
 
 from agents.sniff import sniff_file
 from consumers.catalog import Catalog
-from schemas import BatchScanned, FileDiscovered, encode, new_id, now
-from streams.errors import SourceMissing
+from schemas import AssetFailed, BatchScanned, FileDiscovered, encode, new_id, now
+from streams.errors import BrokerError, DamflowError, SourceMissing, UnrepresentablePath
 from streams.kafka import LagProbe
 from streams.logs import get
 from streams.settings import Settings
@@ -82,8 +87,10 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     subdirs.append(path)
                 elif entry.is_file(follow_symlinks=True):
                     yield path, os.stat(path)
+                elif not os.path.exists(path):  # a link whose target is gone: tier 1 says so
+                    yield entry.path, entry.stat(follow_symlinks=False)
             except OSError as exc:  # vanished or unreadable between listing and stat
-                log.warning("scan_unreadable_entry", path=path, error=str(exc))
+                log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
         stack.extend(reversed(subdirs))
 
 
@@ -91,9 +98,14 @@ def looks_like_image(path: str) -> bool:
     try:
         if sniff_file(Path(path)) is not None:
             return True
-    except OSError:
-        pass  # unreadable now: let tier 1 record why, if it is named like an image
+    except (OSError, DamflowError):
+        pass  # gone or unreadable now: let tier 1 record why, if it is named like an image
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
+
+
+def _printable(path: str) -> str:
+    """``path`` as valid text: bytes of a name that is not UTF-8 written as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 async def scan(
@@ -113,13 +125,26 @@ async def scan(
     found = unchanged = other = 0
     last_report = time.monotonic()
     topic = topics.tier1(lane)
+    sent: list[asyncio.Future] = []  # deliveries not yet checked
+
+    async def send(to: str, value: bytes, key: bytes) -> None:
+        sent.append(await prod.send(to, value, key=key))
+
+    async def delivered() -> None:
+        """Returns once the broker has everything sent so far; raises if it refused or lost any of it."""
+        await prod.flush()
+        futures, sent[:] = list(sent), []
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise BrokerError(f"the broker did not take a message of batch {batch_id}: {outcome!r}") \
+                    from outcome
 
     async def report(complete: bool = False, paused: bool = False) -> None:
         event = BatchScanned(
             batch_id=batch_id, lane=lane, root=real_root, found=found, skipped_unchanged=unchanged,
             skipped_other=other, complete=complete, paused=paused, started_at=started, scanned_at=now(),
         )
-        await prod.send(topics.progress, encode(event), key=batch_id.encode())
+        await send(topics.progress, encode(event), batch_id.encode())
 
     async def backpressure(probe: LagProbe) -> None:
         """Stop here while the workers are too far behind; nothing more is read or published meanwhile."""
@@ -143,20 +168,44 @@ async def scan(
             if known.get(path) == (st.st_size, st.st_mtime_ns):
                 unchanged += 1
                 continue
-            event = FileDiscovered(
-                event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
-                mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
-            )
-            await prod.send(topic, encode(event), key=path.encode())
             found += 1
+            if not _is_text(path):
+                await send(topics.assets, *_unrepresentable(path, batch_id, lane))
+            else:
+                event = FileDiscovered(
+                    event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
+                    mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
+                )
+                await send(topic, encode(event), path.encode())
             if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
                 await report()
                 last_report = time.monotonic()
             if found % settings.scan_lag_every == 0:
-                await prod.flush()
+                await delivered()
                 await backpressure(probe)
-    await prod.flush()
+    await delivered()
     await report(complete=True)
-    await prod.flush()
+    await delivered()
     log.info("scan_done", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged, other=other)
     return ScanResult(batch_id, real_root, found, unchanged, other)
+
+
+def _is_text(path: str) -> bool:
+    try:
+        path.encode()
+    except UnicodeEncodeError:  # a name that is not UTF-8, as Python keeps it (surrogate escapes)
+        return False
+    return True
+
+
+def _unrepresentable(path: str, batch_id: str, lane: str) -> tuple[bytes, bytes]:
+    """The recorded failure (value, key) of a file whose name no event can carry."""
+    shown = _printable(path)
+    error = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it", path=shown)
+    log.warning("scan_unrepresentable_path", batch_id=batch_id, path=shown)
+    event = AssetFailed(
+        event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", tier=1, path=shown,
+        error_class=type(error).__name__, error_code=error.code, reason=str(error), retriable=False,
+        failed_at=now(),
+    )
+    return encode(event), shown.encode()

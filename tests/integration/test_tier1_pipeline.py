@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,26 @@ async def test_bad_files_end_as_recorded_failures_while_the_rest_completes(stack
     assert set(by_path) == {"truncated.png", "empty.jpg", "garbage.webp"}
     assert by_path["truncated.png"].error_code == "corrupt_image"
     assert all(letter.original_topic == stack.topics.t1_batch and letter.traceback for letter in letters)
+
+
+async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    make_png(folder / "good.png", size=(64, 64), seed=1)
+    with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8
+        f.write(make_png(tmp_path / "src.png", size=(64, 64), seed=2).read_bytes())
+    (folder / "gone.png").symlink_to(folder / "deleted.png")  # a link whose target is gone
+    s = stack.settings
+
+    result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
+
+    assert result.found == 3
+    p = result.progress
+    assert p.done == 1 and p.failed + p.dead_lettered == 2 and p.in_flight == 0
+    with sqlite3.connect(s.catalog_path) as db:
+        codes = dict(db.execute("SELECT path, error_code FROM failures WHERE tier = 1"))
+    real = os.path.realpath(folder)
+    assert codes == {f"{real}/caf\\xe9.png": "unrepresentable_path", f"{real}/gone.png": "source_missing"}
 
 
 async def test_upload_lands_in_catalog_and_is_stored_content_addressed(stack: Stack, tmp_path: Path) -> None:

@@ -63,3 +63,14 @@ def test_files_named_like_images_are_kept_even_if_unreadable_content(tmp_path: P
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(os.urandom(64))
     assert looks_like_image(str(empty)) and looks_like_image(str(garbage))
+
+
+def test_a_file_gone_before_it_is_sniffed_is_kept_when_named_like_an_image(tmp_path: Path) -> None:
+    # tier 1 then records that it is gone, rather than the scan failing or skipping it unseen
+    assert looks_like_image(str(tmp_path / "vanished.png"))
+    assert not looks_like_image(str(tmp_path / "vanished.txt"))
+
+
+def test_a_link_whose_target_is_gone_is_walked(tmp_path: Path) -> None:
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    assert _paths(tmp_path) == {"gone.png"}
