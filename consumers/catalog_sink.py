@@ -3,12 +3,16 @@ catalog, then publishes each touched batch's ``ProgressEvent`` — so progress i
 
 One writer owns the SQLite file, so this runs once per data directory (in ``damflow up`` or ``damflow catalog``),
 in its own consumer group. Offsets are committed only after the catalog commit and the progress sends: a crash
-replays events, and :meth:`Catalog.apply` is idempotent, so a replay changes nothing.
+replays events, and :meth:`Catalog.apply` is idempotent, so a replay changes nothing. An event that decodes but
+that the catalog cannot hold (a number too large for SQLite, say) is logged and left out, and the rest of its
+batch goes in: one bad event never stops the catalog. A progress event the broker did not take fails the run
+(nothing is committed), and ``damflow up`` starts the sink again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from aiokafka.errors import KafkaError
 
@@ -25,6 +29,9 @@ log = get(__name__)
 _APPLIED = (AssetBrowsable, AssetIndexed, AssetEnriched, AssetFailed, BatchScanned)
 #: Tiers whose progress the sink reports.
 REPORTED_TIERS = (1, 2, 3)
+#: What applying an event the catalog cannot hold raises (as opposed to a fault of the database itself, such as
+#: ``sqlite3.OperationalError``, which fails the run so that it is tried again).
+_UNFIT = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.InterfaceError)
 
 
 class CatalogSink:
@@ -38,7 +45,17 @@ class CatalogSink:
 
     def write(self, catalog: Catalog, events: list[Event]) -> list[ProgressEvent]:
         """Apply a batch of decoded events; return the progress of every batch they touched."""
-        touched = catalog.apply(events)
+        try:
+            touched = catalog.apply(events)
+        except _UNFIT:
+            touched = set()
+            for event in events:  # one at a time, to leave out only what the catalog cannot hold
+                try:
+                    touched |= catalog.apply([event])
+                except _UNFIT as exc:
+                    log.error("catalog_event_rejected", event_type=type(event).__name__,
+                              batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None),
+                              error=repr(exc))
         out = []
         for batch_id in sorted(touched):
             for tier in REPORTED_TIERS:
@@ -62,9 +79,9 @@ class CatalogSink:
                         continue
                     events = [e for records in batches.values() for e in self._decode(records)]
                     # SQLite work off the event loop: this process also serves HTTP uploads
-                    for progress in await asyncio.to_thread(self.write, catalog, events):
-                        await prod.send(self.topics.progress, encode(progress), key=progress.batch_id.encode())
-                    await prod.flush()
+                    sent = [await prod.send(self.topics.progress, encode(progress), key=progress.batch_id.encode())
+                            for progress in await asyncio.to_thread(self.write, catalog, events)]
+                    await asyncio.gather(*sent)  # raises if the broker did not take one: then nothing is committed
                     await consumer.commit()
         except KafkaError as exc:
             log.error("catalog_sink_failed", error=repr(exc))
