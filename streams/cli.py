@@ -111,7 +111,9 @@ def _run_service(settings: Settings, service: Callable) -> int:
     async def main() -> None:
         bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
         await ensure_topics(bootstrap, topics.all(), settings.partitions)
-        task = asyncio.create_task(service(settings, topics, bootstrap).run())
+        from streams.supervisor import keep_running
+
+        task = asyncio.create_task(keep_running(service.__name__, service(settings, topics, bootstrap).run))
         await _until_signal()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -3,6 +3,10 @@ retrier, and the HTTP interface (uploads, asset lookup, live progress, dashboard
 
 Shutdown runs in reverse: workers first (SIGTERM, they finish and commit), then the sink, then the broker last.
 Children are started with a parent-death signal, so even a SIGKILLed supervisor leaves no orphans behind.
+
+A service that fails (the catalog sink or the retrier raising, a worker process exiting) is logged and started
+again, with a growing pause between attempts, rather than leaving the pipeline up with a part of it dead: its
+consumer group hands it back its uncommitted events, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import contextlib
 import os
 import signal
 import sys
+import time
+from collections.abc import Awaitable, Callable
 
 from consumers.catalog_sink import CatalogSink
 from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
@@ -26,6 +32,29 @@ from streams.topics import topics_for
 from streams.worker import READY_LINE
 
 log = get(__name__)
+
+#: Pause before restarting a failed service: doubling from the first to the last, back to the first after a
+#: service has run well for ``_HEALTHY_S``.
+_RESTART_PAUSES_S = (0.5, 30.0)
+_HEALTHY_S = 60.0
+
+
+async def keep_running(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run the service ``run()`` until cancelled, starting it again whenever it fails or returns."""
+    pause = _RESTART_PAUSES_S[0]
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            log.error("service_stopped", service=name, restart_in_s=pause)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — whatever ended it, the pipeline needs it back
+            log.error("service_failed", service=name, error=repr(exc), restart_in_s=pause, exc_info=True)
+        if time.monotonic() - started > _HEALTHY_S:
+            pause = _RESTART_PAUSES_S[0]
+        await asyncio.sleep(pause)  # a pause before restarting, so a persistent fault does not spin
+        pause = min(pause * 2, _RESTART_PAUSES_S[1])
 
 
 class Stack:
@@ -48,6 +77,9 @@ class Stack:
         self.http_url = ""
         self._http_runner = None
         self._exit_stack = contextlib.AsyncExitStack()
+        self._stopping = False
+        #: Worker processes started again after they exited on their own (for tests and status).
+        self.worker_restarts = 0
 
     async def start(self) -> None:
         s = self.settings
@@ -67,8 +99,8 @@ class Stack:
             await self._start_http()
         self.sink = CatalogSink(s, self.topics, self.bootstrap)
         self.retrier = Retrier(s, self.topics, self.bootstrap)
-        self._tasks.append(asyncio.create_task(self.sink.run(), name="catalog-sink"))
-        self._tasks.append(asyncio.create_task(self.retrier.run(), name="retrier"))
+        self._tasks.append(asyncio.create_task(keep_running("catalog-sink", self.sink.run), name="catalog-sink"))
+        self._tasks.append(asyncio.create_task(keep_running("retrier", self.retrier.run), name="retrier"))
         for _ in range(self.n_workers):
             await self.add_worker()
         await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
@@ -103,9 +135,36 @@ class Stack:
         try:
             await asyncio.wait_for(ready, self.ready_timeout)
         except (TimeoutError, EOFError) as exc:
+            if proc.returncode is None:
+                proc.kill()
+            self.workers.remove(proc)
             raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
         log.info("worker_ready", pid=proc.pid)
+        self._tasks.append(asyncio.create_task(self._replace_when_gone(proc)))
         return proc
+
+    async def _replace_when_gone(self, proc: asyncio.subprocess.Process) -> None:
+        """Start a new worker in place of one that exited while the stack runs (its partitions move on to the
+        others meanwhile, and back to the new one)."""
+        code = await proc.wait()
+        if self._stopping:
+            return
+        log.error("worker_exited", pid=proc.pid, code=code)
+        with contextlib.suppress(ValueError):
+            self.workers.remove(proc)
+        pause = _RESTART_PAUSES_S[0]
+        while not self._stopping:
+            await asyncio.sleep(pause)
+            if self._stopping:
+                return
+            try:
+                await self.add_worker()
+            except BrokerError as exc:
+                log.error("worker_restart_failed", error=str(exc), restart_in_s=pause)
+                pause = min(pause * 2, _RESTART_PAUSES_S[1])
+                continue
+            self.worker_restarts += 1
+            return
 
     @staticmethod
     async def _watch_stdout(proc: asyncio.subprocess.Process, ready: asyncio.Future) -> None:
@@ -121,6 +180,7 @@ class Stack:
             ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._http_runner is not None:
             await self._http_runner.cleanup()
             self._http_runner = None

@@ -78,6 +78,7 @@ async def test_a_crashing_or_hanging_decoder_costs_that_one_file_only(fault_stac
     p = result.progress
     assert p.done == 6 and p.dead_lettered == 2
     assert all(proc.returncode is None for proc in fault_stack.workers)  # the worker itself survived
+    assert fault_stack.worker_restarts == 0
     letters = [e for e in await read_topic(fault_stack, fault_stack.topics.dlq(1), until=2)
                if isinstance(e, DeadLetter)]
     by_name = {Path(e.file_path).name: e for e in letters}

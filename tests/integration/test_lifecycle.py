@@ -15,6 +15,10 @@ import pytest
 
 from bench.rss import children  # the same /proc walk the benchmarks use
 from streams.broker import EmbeddedBroker
+from streams.ingest import ingest_folder
+from streams.supervisor import Stack
+from tests.images import make_png
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +106,17 @@ def _assert_urgent_work_runs_first(up_pid: int, services: list[int], pool: list[
     interactive = [p for p in pool if p not in idle]
     assert len(idle) == 1 and len(interactive) == 1, pool  # DAMFLOW_POOL_SIZE=1, one reserved process
     assert os.getpriority(os.PRIO_PROCESS, interactive[0]) == base
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_work_done(stack: Stack, tmp_path: Path) -> None:
+    [dead] = stack.workers
+    dead.kill()  # SIGKILL: no shutdown code runs
+    await wait_until(lambda: stack.worker_restarts == 1, timeout=90, what="a new worker")
+    [worker] = stack.workers
+    assert worker is not dead and worker.returncode is None
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        make_png(folder / f"{i}.png", size=(32, 32), seed=i)
+    result = await ingest_folder(stack.settings, stack.topics, stack.bootstrap, folder, wait=True, timeout=90)
+    assert result.progress is not None and result.progress.done == 3

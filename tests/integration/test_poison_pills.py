@@ -31,7 +31,7 @@ async def test_random_bytes_go_to_the_dlq_and_the_worker_keeps_running(stack: St
     [row] = await upload_files(stack.settings, stack.topics, stack.bootstrap,
                                [make_png(tmp_path / "after.png", size=(64, 64), seed=2)], wait=True, timeout=60)
     assert row.state == "browsable"
-    assert all(proc.returncode is None for proc in stack.workers)
+    assert all(proc.returncode is None for proc in stack.workers) and stack.worker_restarts == 0
 
     letters: list[DeadLetter] = []
     async with tail(stack.bootstrap, stack.topics.dlq(1), stack.settings, from_beginning=True) as dlq:
