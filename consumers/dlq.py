@@ -20,10 +20,11 @@ from datetime import datetime
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas import DeadLetter, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError, PermanentError
+from streams.kafka import partitions_of
 from streams.settings import Settings
 from streams.topics import TIERS, Topics
 
@@ -109,7 +110,7 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
     letters: list[Letter] = []
     try:
         tier_of = {topics.dlq(t): t for t in tiers}
-        tps = [TopicPartition(name, p) for name in tier_of for p in sorted(consumer.partitions_for_topic(name) or [])]
+        tps = [tp for name in tier_of for tp in await partitions_of(consumer, name)]
         if not tps:
             return []
         consumer.assign(tps)

@@ -69,6 +69,18 @@ async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKa
         await prod.stop()
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, asking the broker when the consumer does not know the topic yet: a started
+    consumer without a subscription has no topic metadata on Apache Kafka (aiokafka bootstraps with a metadata
+    request for no topics; the embedded broker happens to list them all anyway). Empty if there is no such
+    topic."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # type: ignore[attr-defined]  # all topics, when none tracked
+        parts = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(parts or ())]
+
+
 @contextlib.asynccontextmanager
 async def tail(
     bootstrap: str, topic: str, settings: Settings, *, from_beginning: bool = False, fetch_max_wait_ms: int | None = None,
@@ -86,13 +98,9 @@ async def tail(
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()  # type: ignore[attr-defined]
-            parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
+        tps = await partitions_of(consumer, topic)
+        if not tps:
             raise BrokerError(f"topic {topic} does not exist on {bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
@@ -120,8 +128,7 @@ class LagProbe:
         # let the consumer's background task take its first step: stopping it before that raises
         # CancelledError out of aiokafka's NoGroupCoordinator.close()
         await asyncio.sleep(0)
-        parts = self._consumer.partitions_for_topic(self.topic) or set()
-        self._tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._tps = await partitions_of(self._consumer, self.topic)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
