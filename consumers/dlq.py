@@ -3,8 +3,10 @@
 Letters are read straight from ``t<tier>.dlq`` (start to current end, no consumer group). What has been done to
 a letter — replayed or purged — is recorded in a small ledger (``dlq.sqlite`` in the data directory), keyed by
 the letter's topic/partition/offset, which makes ``replay`` idempotent: replaying twice sends once. A replayed
-event keeps its event id and batch (so progress counts it once), gets ``source="replay"`` and its
-``replay_count`` raised by one; past ``Settings.replay_cap`` it is refused, so nothing loops forever.
+event (what the failed tier consumes: the ``FileDiscovered`` for tier 1, the asset's ``AssetBrowsable`` for
+tier 2, its ``AssetIndexed`` for tier 3) goes back to its topic under its key, keeps its event id and batch (so
+progress counts it once) and gets its ``replay_count`` raised by one (a file also ``source="replay"``); past
+``Settings.replay_cap`` it is refused, so nothing loops forever.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas import DeadLetter, FileDiscovered, decode, encode, now
+from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError, PermanentError
 from streams.kafka import partitions_of
 from streams.settings import Settings
@@ -177,20 +179,28 @@ def select(
     return out
 
 
-def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | None, str]:
+#: What each tier's topics carry: the event a dead letter of that tier holds.
+_INPUT_OF_TIER: dict[int, type[FileDiscovered | AssetBrowsable | AssetIndexed]] = {
+    1: FileDiscovered, 2: AssetBrowsable, 3: AssetIndexed,
+}
+
+
+def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | AssetBrowsable | AssetIndexed | None, str]:
     """The event to send again, or None and why not."""
     e = letter.envelope
     if e is None:
         return None, f"unreadable envelope: {letter.unreadable}"
     raw = base64.b64decode(e.original_payload) if e.payload_encoding == "base64" else e.original_payload.encode()
     try:
-        record = decode(raw, FileDiscovered)
+        record = decode(raw, _INPUT_OF_TIER.get(e.tier, FileDiscovered))
     except DamflowError as exc:
         return None, f"poison pill, nothing to replay: {exc}"
     if record.replay_count >= settings.replay_cap:
         return None, f"refused: already replayed {record.replay_count} times (cap {settings.replay_cap})"
-    return msgspec.structs.replace(record, replay_count=record.replay_count + 1, source="replay",
-                                   discovered_at=now()), ""
+    if isinstance(record, FileDiscovered):  # found again, now
+        return msgspec.structs.replace(record, replay_count=record.replay_count + 1, source="replay",
+                                       discovered_at=now()), ""
+    return msgspec.structs.replace(record, replay_count=record.replay_count + 1), ""
 
 
 async def replay(
@@ -215,7 +225,8 @@ async def replay(
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
             continue
-        await prod.send_and_wait(target, encode(event), key=event.path.encode())
+        key = letter.envelope.original_key or event.path  # the path on tier 1's topics, the asset id after
+        await prod.send_and_wait(target, encode(event), key=key.encode())
         ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"
         results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})

@@ -82,6 +82,8 @@ class AssetBrowsable(Event, frozen=True, kw_only=True):
     display_name: str | None = None
     #: Which attempt succeeded (1 = the first; more after transient failures and retries).
     attempts: int = 1
+    #: As tier 2's input: how many times it was replayed from tier 2's dead-letter topic.
+    replay_count: int = 0
 
 
 class AssetIndexed(Event, frozen=True, kw_only=True):
@@ -123,6 +125,8 @@ class AssetIndexed(Event, frozen=True, kw_only=True):
     warnings: list[str] = []
     indexed_at: float
     attempts: int = 1
+    #: As tier 3's input: how many times it was replayed from tier 3's dead-letter topic.
+    replay_count: int = 0
 
 
 class AssetEnriched(Event, frozen=True, kw_only=True):

@@ -6,10 +6,11 @@ import base64
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from consumers.dlq import BadFilter, Ledger, Letter, parse_when, replayable, select
-from schemas import DeadLetter, FileDiscovered, encode
+from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, encode
 from streams.settings import Settings
 
 
@@ -48,6 +49,25 @@ def test_replay_raises_the_count_and_refuses_past_the_cap() -> None:
     assert why == "" and event.replay_count == 2 and event.source == "replay" and event.event_id == "e1"
     refused, why = replayable(letter(2, replay_count=2), settings)
     assert refused is None and "cap 2" in why
+
+
+@pytest.mark.parametrize("tier", [2, 3])
+def test_a_later_tiers_letter_replays_the_event_that_tier_consumes(tier: int) -> None:
+    asset = "ab" * 32
+    common = dict(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id=asset, path="/p/1.png")
+    record = AssetBrowsable(**common, size=1, mtime_ns=1, format="PNG", width=8, height=8, thumbnails={},
+                            discovered_at=1.0, browsable_at=2.0) if tier == 2 else \
+        AssetIndexed(**common, parser_version=1, metadata_path="m.json", indexed_at=3.0)
+    env = DeadLetter(original_topic=f"damflow.t{tier}.batch", original_partition=0, original_offset=7,
+                     original_key=asset, original_payload=encode(record).decode(), consumer_group="g",
+                     error_class="SourceUnreadable", error_code="source_unreadable", error_message="m",
+                     first_failure_at=1.0, last_failure_at=1.0, worker_host="h", worker_version="0", tier=tier)
+    event, why = replayable(Letter(1, f"damflow.t{tier}.dlq", 0, 7, 0, env), Settings(replay_cap=1))
+    assert why == "" and type(event) is type(record)
+    assert event.replay_count == 1 and event.event_id == "e1" and event.asset_id == asset
+    again = DeadLetter(**{**msgspec.structs.asdict(env), "original_payload": encode(event).decode()})
+    refused, why = replayable(Letter(1, f"damflow.t{tier}.dlq", 0, 8, 0, again), Settings(replay_cap=1))
+    assert refused is None and "cap 1" in why
 
 
 def test_poison_pills_are_not_replayable() -> None:
