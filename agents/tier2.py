@@ -2,7 +2,8 @@
 
 Consumes the ``AssetBrowsable`` events tier 1 sends to ``t2.<lane>`` (one agent per lane, interactive first, as in
 tier 1), runs :func:`agents.index.index_file`, and publishes ``AssetIndexed`` on ``assets`` (for the catalog and
-its full-text index) and, when the cost gate lets it through, on ``t3.background`` (work for tier 3).
+its full-text index) and, when the cost gate lets it through, on ``t3.background`` (work for tier 3); when the
+gate keeps it out, an ``AssetEnriched`` saying why (``skipped``) settles its tier 3 right away.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from agents.handling import EventHandler
 from agents.index import index_file
 from agents.metadata.model import PARSER_VERSION
 from agents.lanes import LaneGovernor, LanePools, lane_agent
-from schemas import AssetBrowsable, AssetIndexed, now
+from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, now
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -21,13 +22,15 @@ from streams.topics import LANES, Topics
 log = get(__name__)
 
 
-def passes_cost_gate(settings: Settings, record: AssetBrowsable) -> bool:
-    """Whether tier 3's background work is worth spending on this asset."""
+def cost_gate(settings: Settings, record: AssetBrowsable) -> str | None:
+    """Why tier 3's background work is not worth spending on this asset, or ``None`` when it is."""
     if not settings.tier3_enabled:
-        return False
+        return "disabled"
     if settings.tier3_skip_duplicates and record.deduplicated:
-        return False
-    return record.width * record.height >= settings.tier3_min_pixels
+        return "duplicate"
+    if record.width * record.height < settings.tier3_min_pixels:
+        return "small"
+    return None
 
 
 def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:
@@ -43,7 +46,13 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,
             metadata_path=result.metadata_path, indexed_at=now(), attempts=attempt, **result.summary,
         )
-        await handler.emit(indexed, record.asset_id, *([tier3] if passes_cost_gate(settings, record) else []))
+        skipped = cost_gate(settings, record)
+        await handler.emit(indexed, record.asset_id, *([] if skipped else [tier3]))
+        if skipped:
+            await handler.emit(AssetEnriched(
+                event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
+                asset_id=record.asset_id, path=record.path, enriched_at=now(), skipped=skipped,
+            ), record.asset_id)
         log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
 
     for lane in LANES:

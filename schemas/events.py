@@ -144,6 +144,10 @@ class AssetEnriched(Event, frozen=True, kw_only=True):
     quality: dict[str, float] = {}
     enriched_at: float
     attempts: int = 1
+    #: Why tier 3 left this asset alone, when the cost gate kept it out (``disabled``, ``duplicate``, ``small``):
+    #: sent by tier 2 in place of tier 3's work, so the asset's tier 3 is settled and its batch's tier-3 progress
+    #: can finish. ``None`` when tier 3 did the work.
+    skipped: str | None = None
 
 
 class AssetFailed(Event, frozen=True, kw_only=True):

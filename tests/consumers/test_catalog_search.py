@@ -526,3 +526,15 @@ def test_enrichment_sets_tier3_state_and_keeps_the_latest_scores(tmp_path) -> No
     asset = catalog.asset("ab" * 32)
     assert asset["tier3_state"] == "enriched" and asset["quality"] == {"score": 0.9}
     assert catalog.progress("b1", 3).done == 1
+
+
+def test_an_asset_the_cost_gate_kept_out_of_tier3_is_settled_without_scores(tmp_path) -> None:
+    from schemas import AssetEnriched
+
+    catalog = Catalog(tmp_path / "c.sqlite")
+    skipped = AssetEnriched(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="ab" * 32,
+                            path="/x.png", enriched_at=5.0, skipped="duplicate")
+    catalog.apply([skipped])
+    asset = catalog.asset("ab" * 32)
+    assert asset["tier3_state"] == "enriched" and asset["quality"] is None
+    assert catalog.progress("b1", 3).done == 1

@@ -95,3 +95,17 @@ async def test_tier3_waits_while_tiers_1_and_2_have_work(make_settings, tmp_path
     assert kinds[:first_enriched].count("AssetIndexed") == 16
     enriched = [e for e in events if isinstance(e, AssetEnriched)]
     assert all(0.0 <= e.quality["score"] <= 1.0 for e in enriched)
+
+
+async def test_tier3_finishes_for_a_batch_with_files_the_cost_gate_keeps_out(stack: Stack, tmp_path: Path) -> None:
+    folder = folder_of(tmp_path, 2, size=(256, 256))
+    make_png(folder / "icon.png", size=(16, 16), seed=99)  # below tier3_min_pixels: no tier-3 work
+    s = stack.settings
+    async with tail(stack.bootstrap, stack.topics.assets, s) as assets:
+        result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, tier=3, timeout=90)
+        events = await collect(assets, lambda ev: sum(isinstance(e, AssetEnriched) for e in ev) >= 3)
+    p = result.progress
+    assert p.tier == 3 and p.done == 3 and p.in_flight == 0 and p.total_final
+    enriched = {e.path.rsplit("/", 1)[-1]: e for e in events if isinstance(e, AssetEnriched)}
+    assert enriched["icon.png"].skipped == "small" and not enriched["icon.png"].quality
+    assert all(e.skipped is None and e.quality for name, e in enriched.items() if name != "icon.png")
