@@ -67,7 +67,11 @@ class _Consumer(faust_aiokafka.Consumer):
         # the lane went quiet with files never processed (and commits stalled on the gap). Deliver everything
         # the fetch handed out; a pause takes effect from the next fetch on. Unless a rebalance happened
         # meanwhile: faust then seeks every partition back to its committed offset before it resumes, so
-        # nothing handed out under the old generation may be delivered under the new one.
+        # nothing handed out under the old generation may be delivered under the new one. The generation is
+        # read once the flow runs: faust's own wait for a rebalance to end comes first, and a fetch made after
+        # it belongs to the new generation (dropping it lost those records for good).
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)
         generation = self.app.consumer_generation_id
         records, _active = await super()._wait_next_records(timeout)
         if not records or self.app.consumer_generation_id != generation:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.types import TP
 
@@ -76,6 +78,29 @@ async def test_nothing_fetched_under_an_earlier_generation_is_delivered(tmp_path
         c.app.consumer_generation_id += 1
 
     assert await _deliver(consumer, _fetched(BATCH, range(3)), during_fetch=rebalance) == []
+
+
+async def test_the_first_fetch_after_a_rebalance_is_delivered(tmp_path) -> None:
+    # the fetcher comes back for records while the flow is stopped for a rebalance, and waits; by the time the
+    # flow resumes, faust has the new generation and has sought to the committed offsets: what it fetches now
+    # is this generation's (dropping it lost the records for good: the next ones committed past them)
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+
+    async def fetch(active_partitions, timeout):
+        return _fetched(BATCH, range(10, 13))
+
+    consumer._getmany = fetch
+    consumer.stop_flow()  # partitions revoked
+    delivery = asyncio.ensure_future(_drain(consumer))
+    await asyncio.sleep(0.05)
+    assert not delivery.done()  # waiting for the flow
+    consumer.app.consumer_generation_id += 1  # assigned again: a new generation, then the flow resumes
+    consumer.resume_flow()
+    assert await asyncio.wait_for(delivery, 5) == [(BATCH, 10), (BATCH, 11), (BATCH, 12)]
+
+
+async def _drain(consumer) -> list[tuple[TP, int]]:
+    return [(tp, message.offset) async for tp, message in consumer.getmany(timeout=0.1)]
 
 
 def test_a_paused_partition_whose_buffer_drains_stays_out_of_fetches_until_resumed(tmp_path) -> None:
