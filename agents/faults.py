@@ -6,7 +6,9 @@ never looks at these markers:
 - a file name containing ``__crash__`` aborts the pool process (like a segfault in a decoder);
 - a file name containing ``__hang__`` never returns (like a decoder stuck in a loop);
 - a sidecar ``<file>.transient`` holding a number N makes the next N attempts fail with a transient error
-  (the count goes down by one per attempt; the sidecar is removed at zero).
+  (the count goes down by one per attempt; the sidecar is removed at zero);
+- a sidecar ``<file>.hold`` holds the work on that file until the sidecar is removed (work in progress, on
+  demand).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from streams.errors import SourceUnreadable
 CRASH = "__crash__"
 HANG = "__hang__"
 TRANSIENT_SUFFIX = ".transient"
+HOLD_SUFFIX = ".hold"
 
 
 def inject(path: str) -> None:
@@ -28,6 +31,8 @@ def inject(path: str) -> None:
     if HANG in name:
         while True:
             time.sleep(3600)
+    while os.path.exists(path + HOLD_SUFFIX):
+        time.sleep(0.02)  # a test's hand on the work: nothing to await across processes
     sidecar = path + TRANSIENT_SUFFIX
     try:
         remaining = int(open(sidecar).read().strip() or 1)  # noqa: SIM115

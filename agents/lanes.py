@@ -21,6 +21,7 @@ Pauses are re-applied after every rebalance (faust forgets them on assignment).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import time
@@ -39,6 +40,8 @@ from streams.topics import Topics
 
 log = get(__name__)
 
+#: Pause before working again on an event whose handling raised, doubling from the first to the last.
+_AGAIN_S = (0.5, 30.0)
 #: (tier, lane) -> priority level; lower is more urgent. Level 0 is never paused.
 LEVELS = {(1, "interactive"): 0, (2, "interactive"): 0, (1, "batch"): 1, (2, "batch"): 2, (3, "background"): 3}
 
@@ -116,8 +119,8 @@ class LaneGovernor:
         browsing = (tier, lane) == (1, "interactive")  # what makes an urgent file browsable: worth a freeze
         self.in_flight[level] += 1
         self._browsing += browsing
-        self._update()
         try:
+            self._update()
             yield
         finally:
             self.in_flight[level] -= 1
@@ -127,10 +130,16 @@ class LaneGovernor:
     def _tps(self, level: int) -> set[TP]:
         return {tp for tp in self.app.consumer.assignment() if tp.topic in self._topics[level]}
 
+    def _highwater(self, tp: TP) -> int | None:
+        try:
+            return self.app.consumer.highwater(tp)
+        except AssertionError:  # aiokafka's "not assigned": the consumer thread took it away just now
+            return None
+
     def _lagging(self, level: int) -> bool:
         consumer = self.app.consumer
         for tp in self._tps(level):
-            high, read = consumer.highwater(tp), consumer._read_offset.get(tp)  # noqa: SLF001
+            high, read = self._highwater(tp), consumer._read_offset.get(tp)  # noqa: SLF001
             if high is not None and high > (read + 1 if read is not None else 0):
                 return True
         return False
@@ -139,10 +148,9 @@ class LaneGovernor:
         """Events of ``level``'s partitions here that no agent has started on yet: not fetched (as of the last
         fetch's high water) or fetched and buffered. ``None`` while unknown (a partition nothing started on
         since it was assigned)."""
-        consumer = self.app.consumer
         total = 0
         for tp in self._tps(level):
-            high, started = consumer.highwater(tp), self._started.get(tp)
+            high, started = self._highwater(tp), self._started.get(tp)
             if high is None or started is None:
                 if high:  # a partition with events, none of them started here yet
                     return None
@@ -171,9 +179,9 @@ class LaneGovernor:
                 tps = self._tps(level)
                 if want:
                     self.pauses[level] += 1
-                    self.app.consumer.pause_partitions(tps)
+                    self.app.consumer.hold_partitions(tps)
                 else:
-                    self.app.consumer.resume_partitions(tps)
+                    self.app.consumer.release_partitions(tps)
 
     def tick(self) -> None:
         """Re-evaluate (lag changes without any work starting or ending)."""
@@ -185,7 +193,7 @@ class LaneGovernor:
         # faust resets its paused set on assignment: apply ours again
         for level, paused in self.paused.items():
             if paused:
-                self.app.consumer.pause_partitions(self._tps(level))
+                self.app.consumer.hold_partitions(self._tps(level))
         self._update()
 
 
@@ -198,13 +206,30 @@ def lane_agent(
     copy waits for the other's outcome, and its offset commits after that.
     """
 
+    async def handle(event: faust.EventT) -> None:
+        msg = event.message
+        with governor.working(handler.tier, lane, (TP(msg.topic, msg.partition), msg.offset)):
+            if once is None:
+                await handler.process(event, work)
+            else:
+                await once.run((msg.topic, msg.partition, msg.offset), lambda: handler.process(event, work))
+
     async def agent(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            with governor.working(handler.tier, lane, (TP(msg.topic, msg.partition), msg.offset)):
-                if once is None:
-                    await handler.process(event, work)
-                else:
-                    await once.run((msg.topic, msg.partition, msg.offset), lambda: handler.process(event, work))
+        # Acks by hand, once the work (or its recorded failure) is done. faust acks an event whenever the agent
+        # leaves it, also when a stopping worker cancels the agent mid-work or the agent raises; its offset is
+        # then committed and the event never read again: lost.
+        async for event in stream.noack().events():
+            pause = _AGAIN_S[0]
+            while True:
+                try:
+                    await handle(event)
+                    break
+                except Exception as exc:  # not even its failure could be recorded (the broker away?): again
+                    msg = event.message
+                    log.error("event_unfinished", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                              error=repr(exc), again_in_s=pause, exc_info=True)
+                    await asyncio.sleep(pause)  # a pause before trying again, so a lasting fault does not spin
+                    pause = min(pause * 2, _AGAIN_S[1])
+            event.ack()
 
     return agent

@@ -55,7 +55,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class _Consumer(faust_aiokafka.Consumer):
     """faust's consumer with two rules made to hold: a record handed out by a fetch is delivered, and a partition
-    is fetched only while it is neither paused (by the lane governor) nor backed up (its stream buffer is full)."""
+    is fetched only while it is neither paused (held by the lane governor) nor backed up (its stream buffer is
+    full)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_partitions: set[TP] = set()
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -90,14 +95,31 @@ class _Consumer(faust_aiokafka.Consumer):
                 self._get_active_partitions().add(tp)
 
     def resume_partitions(self, tps: Iterable[TP]) -> None:
-        tpset = ensure_TPset(tps)
+        # a partition the lane governor holds stays paused: faust resumes every assigned partition once a
+        # rebalance is over (after the governor applied its pauses again), which let tier-2 and tier-3 batch
+        # work run beside an import for the rest of it
+        tpset = ensure_TPset(tps) - self._held_partitions
         self._paused_partitions.difference_update(tpset)
         self._get_active_partitions().update(tpset - self._buffered_partitions)
 
+    def hold_partitions(self, tps: Iterable[TP]) -> None:
+        """Pause ``tps`` until :meth:`release_partitions`, whoever else resumes them meanwhile (the lane
+        governor's pauses)."""
+        tpset = ensure_TPset(tps)
+        self._held_partitions.update(tpset)
+        self.pause_partitions(tpset)
+
+    def release_partitions(self, tps: Iterable[TP]) -> None:
+        tpset = ensure_TPset(tps)
+        self._held_partitions.difference_update(tpset)
+        self.resume_partitions(tpset)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # faust forgets a revoked partition's pause but kept its "backed up" mark, which a resume now honours:
-        # a mark left from before the rebalance must not keep the partition out of fetches after it
+        # a mark left from before the rebalance must not keep the partition out of fetches after it; nor a hold
+        # (the governor holds what it wants again on assignment)
         self._buffered_partitions.difference_update(revoked)
+        self._held_partitions.difference_update(revoked)
         await super().on_partitions_revoked(revoked)
 
 

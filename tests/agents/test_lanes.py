@@ -27,6 +27,8 @@ class FakeConsumer:
     def resume_partitions(self, tps) -> None:
         self.paused -= set(tps)
 
+    hold_partitions, release_partitions = pause_partitions, resume_partitions  # streams.app's governor holds
+
     def highwater(self, tp: TP):
         return self.high.get(tp)
 
@@ -131,3 +133,70 @@ async def test_waiting_counts_the_events_no_agent_has_started_on() -> None:
     for handler in app.handlers:  # after a rebalance a partition may be read again from its last commit
         await handler(None, consumer.assigned)
     assert gov.waiting(1) is None
+
+
+def test_a_partition_taken_away_mid_check_counts_as_unknown(monkeypatch) -> None:
+    gov, consumer, _ = governor()
+    tp = TP(T.t1_batch, 0)
+
+    def taken_away(tp):  # aiokafka asserts the partition is assigned; the consumer thread just revoked it
+        raise AssertionError("Partition is not assigned")
+
+    monkeypatch.setattr(consumer, "highwater", taken_away)
+    with gov.working(1, "batch", (tp, 3)):  # neither the count nor the pauses fail
+        assert paused(consumer) == {T.t2_batch, T.t3_background}
+    assert gov.in_flight[1] == 0 and gov.waiting(1) == 0
+
+
+class _Message:
+    def __init__(self, offset: int) -> None:
+        self.topic, self.partition, self.offset = T.t1_batch, 0, offset
+
+
+class _Event:
+    def __init__(self, offset: int) -> None:
+        self.message = _Message(offset)
+        self.acked = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+class _Stream:
+    """faust's stream as the agent uses it: manual acks, events in order."""
+
+    def __init__(self, events: list[_Event]) -> None:
+        self._events = events
+        self.acks_enabled = True
+
+    def noack(self) -> _Stream:
+        self.acks_enabled = False
+        return self
+
+    async def events(self):
+        for event in self._events:
+            yield event
+
+
+async def test_an_event_is_acked_only_once_its_handling_is_done_and_tried_again_if_it_raised(monkeypatch) -> None:
+    from agents import lanes
+
+    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
+    gov, _, _ = governor()
+    events = [_Event(0), _Event(1)]
+    seen: list[tuple[int, bool]] = []
+
+    class Handler:
+        tier = 1
+
+        async def process(self, event, work) -> None:
+            seen.append((event.message.offset, event.acked))
+            if len(seen) == 2:  # the second event's first try: its failure could not be recorded
+                raise ConnectionError("broker away")
+
+    stream = _Stream(events)
+    await lanes.lane_agent(Handler(), gov, "batch", work=None)(stream)
+    assert not stream.acks_enabled  # faust would ack an event the agent leaves, done or not
+    assert seen == [(0, False), (1, False), (1, False)]  # tried again, and never acked before it was done
+    assert all(e.acked for e in events) and gov.in_flight[1] == 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +176,24 @@ def _browsable(settings, path: str) -> dict | None:
     with catalog_of(settings) as catalog:
         asset = catalog.asset(path)
     return asset if asset and asset["tier1_state"] == "browsable" else None
+
+
+async def test_work_cut_short_by_a_worker_stopping_is_done_by_its_successor(fault_stack: Stack, tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        make_png(folder / f"{i}.png", size=(64, 64), seed=i)
+    hold = folder / "1.png.hold"  # the work on 1.png is in progress until this goes
+    hold.touch()
+    s = fault_stack.settings
+    ingest = asyncio.create_task(ingest_folder(s, fault_stack.topics, fault_stack.bootstrap, folder, wait=True,
+                                               timeout=120))
+    with catalog_of(s) as catalog:
+        await wait_until(lambda: catalog.counts()["browsable"] == 2, what="the two files not held")
+    [worker] = fault_stack.workers
+    worker.send_signal(signal.SIGTERM)  # a graceful stop, with 1.png in progress
+    await worker.wait()
+    hold.unlink()
+    result = await ingest  # the supervisor's new worker gets the partition and the file again
+    assert fault_stack.worker_restarts == 1
+    assert result.progress.done == 3

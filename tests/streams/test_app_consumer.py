@@ -136,3 +136,19 @@ async def test_a_backed_up_mark_from_before_a_rebalance_does_not_keep_the_partit
     consumer.pause_partitions({BATCH})
     consumer.resume_partitions({BATCH})
     assert consumer._get_active_partitions() == {BATCH, URGENT}
+
+
+async def test_a_partition_the_governor_holds_stays_paused_when_faust_resumes_everything_after_a_rebalance(
+    tmp_path,
+) -> None:
+    assigned = {BATCH, URGENT}
+    consumer = _consumer(tmp_path, assigned)
+    consumer.hold_partitions({BATCH})
+    consumer.resume_partitions(assigned)  # faust's recovery, once a rebalance is over
+    assert consumer._get_active_partitions() == {URGENT}
+    consumer.release_partitions({BATCH})
+    assert consumer._get_active_partitions() == assigned
+    consumer.hold_partitions({BATCH})
+    await consumer.on_partitions_revoked({BATCH})  # gone elsewhere: its hold goes with it
+    consumer.resume_partitions(assigned)
+    assert BATCH in consumer._get_active_partitions()
