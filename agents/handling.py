@@ -1,7 +1,7 @@
 """The per-event wrapper every agent uses: decode, bind log context, run the work, classify and route failures.
 
-An agent stays a thin loop (``async for event in stream.events(): await handler.process(event, work)``); this
-module is the one place that knows what happens when work fails:
+An agent stays a thin loop (``agents.lanes.lane_agent``: ``await handler.process(event, work)`` per event, acked
+once that returns); this module is the one place that knows what happens when work fails:
 
 - undecodable message (poison pill) -> dead letter at once, raw bytes kept;
 - permanent error, or transient error on the last attempt -> dead letter + ``AssetFailed(dead_lettered)``;
