@@ -66,7 +66,7 @@ class Retrier:
                                     timers[tp].cancel()
                                 timers[tp] = loop.call_later(wait, resume, tp)
                                 break
-                            target = history.source_topic or self._fallback_source(rec.topic)
+                            target = self.target(history.source_topic, rec.topic)
                             headers = [(k, v) for k, v in header_dict(rec.headers).items() if k != DUE_AT]
                             sends.append(await prod.send(target, rec.value, key=rec.key, headers=headers))
                             commits[tp] = OffsetAndMetadata(rec.offset + 1, "")
@@ -80,8 +80,15 @@ class Retrier:
                 handle.cancel()
             await consumer.stop()
 
-    def _fallback_source(self, retry_topic: str) -> str:
-        """An event that lost its source header goes to its tier's batch lane rather than nowhere."""
-        tier = retry_topic.removeprefix(self.topics.prefix).split(".")[0]
-        log.warning("retry_without_source", topic=retry_topic)
-        return self.topics.tier1("batch") if tier == "t1" else self.topics.tier2("batch")
+    def target(self, source_topic: str | None, retry_topic: str) -> str:
+        """Where a retried event goes back to: the topic its header names when that is one of its tier's work
+        topics; else (header lost or garbled) its tier's batch lane rather than nowhere, or a topic that does
+        not exist (a send there would fail again at every restart)."""
+        t = self.topics
+        tier = retry_topic.removeprefix(t.prefix).split(".")[0]
+        lanes = {"t1": (t.t1_interactive, t.t1_batch), "t2": (t.t2_interactive, t.t2_batch),
+                 "t3": (t.t3_background,)}.get(tier, (t.t1_batch,))
+        if source_topic in lanes:
+            return source_topic
+        log.warning("retry_without_source", topic=retry_topic, header=source_topic)
+        return lanes[-1]

@@ -30,3 +30,19 @@ def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
         assert all(base * 0.75 <= v <= base * 1.25 for v in values)
         assert max(values) - min(values) > base * 0.2  # jitter really spreads retries out
     assert backoff_s(3, Settings(retry_backoff_s=1.0, retry_jitter=0.0)) == 4.0
+
+
+def test_a_retry_goes_back_to_its_source_topic_or_its_tiers_batch_lane_when_the_header_is_lost_or_garbled() -> None:
+    from streams.retrier import Retrier
+    from streams.settings import Settings
+    from streams.topics import topics_for
+
+    settings = Settings()
+    t = topics_for(settings)
+    retrier = Retrier(settings, t, "unused:9092")
+    assert retrier.target(t.t1_interactive, t.retry(1, 1)) == t.t1_interactive
+    assert retrier.target(t.t2_interactive, t.retry(2, 2)) == t.t2_interactive
+    assert retrier.target(None, t.retry(1, 1)) == t.t1_batch
+    assert retrier.target("no-such-topic", t.retry(2, 1)) == t.t2_batch
+    assert retrier.target(t.t1_batch, t.retry(3, 1)) == t.t3_background  # another tier's topic: not this event's
+    assert retrier.target(None, t.retry(3, 1)) == t.t3_background
