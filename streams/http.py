@@ -251,7 +251,9 @@ def _check_token(request: web.Request, settings: Settings) -> None:
     if not token:
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # aiohttp keeps header bytes that are not UTF-8 as surrogate escapes: compared as the bytes that came
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
         raise Unauthorized("a valid bearer token is required")
 
 
@@ -374,7 +376,7 @@ async def thumbnail(request: web.Request) -> web.FileResponse:
     asset_id, size = request.match_info["id"].lower(), request.match_info["size"]
     if not _FULL_ID.fullmatch(asset_id):
         raise Refused("a thumbnail is addressed by the full asset id (64 hex characters)")
-    if not size.isdigit() or int(size) not in settings.thumbnail_sizes:
+    if size not in {str(n) for n in settings.thumbnail_sizes}:
         raise NotFound(f"no thumbnail size {size}; sizes: {', '.join(map(str, settings.thumbnail_sizes))}")
     path = thumbnail_path(settings.thumbs_dir, asset_id, int(size))
     if not path.is_file():

@@ -162,7 +162,8 @@ async def test_uploads_become_browsable_and_are_served_back(stack: Stack, tmp_pa
         assert thumb.format == "WEBP" and thumb.width == 256
         async with http.get(f"/thumbs/1440/{asset_id}") as resp:
             assert resp.status == 404  # the source is smaller than 1440 px: no preview
-        for size, ref in (("256", asset_id[:12]), ("256", "..%2F..%2Fcatalog.sqlite"), ("abc", asset_id)):
+        for size, ref in (("256", asset_id[:12]), ("256", "..%2F..%2Fcatalog.sqlite"), ("abc", asset_id),
+                          ("%C2%B2", asset_id), ("9" * 5000, asset_id), ("0256", asset_id)):
             async with http.get(f"/thumbs/{size}/{ref}") as resp:
                 assert resp.status in (400, 404), (size, ref)
 
@@ -277,6 +278,12 @@ async def test_the_token_is_required_when_set(bare: Callable, tmp_path: Path) ->
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-token"}):
             async with http.post("/upload", data=png, headers=raw | headers) as resp:
                 assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        # header bytes that are not UTF-8: refused like any wrong token, not an internal error
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(http.base.rsplit(":", 1)[1]))
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                     b"Content-Type: image/png\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 401")
+        writer.close()
         assert leftovers(settings) == []
 
         async with tail(settings.broker_url, topics.t1_interactive, settings) as lane:
