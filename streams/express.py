@@ -247,6 +247,19 @@ class ExpressServer:
             writer.close()
 
 
+def _alive(pid: object) -> bool:
+    """Whether a process with this id runs (on this host); ``True`` when that cannot be told."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
 def same_user(sock: socket.socket | None) -> bool:
     """Whether the peer of a Unix socket runs as this process's user (abstract sockets have no file modes)."""
     try:
@@ -269,35 +282,46 @@ class ExpressClient:
 
     def owner(self, topic: str, partition: int) -> str | None:
         """The socket address of the worker on this host that owns ``partition`` of ``topic``, if any."""
+        return next(iter(self.owners(topic, partition)), None)
+
+    def owners(self, topic: str, partition: int) -> list[str]:
+        """The addresses of the workers on this host registered for ``partition`` of ``topic``, newest
+        registration first. A registration left by a worker that died without withdrawing it (killed) is
+        removed, so it cannot hide the live owner; during a rebalance two may claim the partition for a moment."""
         try:
             entries = list(self.directory.glob("*.json"))
         except OSError:
-            return None
+            return []
+        found: list[tuple[float, str]] = []
         for path in entries:
             try:
-                reg = json.loads(path.read_text())
+                reg, mtime = json.loads(path.read_text()), path.stat().st_mtime
             except (OSError, ValueError):
                 continue
-            if reg.get("host") == self.host and reg.get("topic") == topic and partition in reg.get("partitions", ()):
-                return reg.get("address")
-        return None
+            if reg.get("host") != self.host:
+                continue
+            if not _alive(reg.get("pid")):
+                path.unlink(missing_ok=True)
+                continue
+            if reg.get("topic") == topic and partition in reg.get("partitions", ()) and reg.get("address"):
+                found.append((mtime, reg["address"]))
+        return [address for _, address in sorted(found, reverse=True)]
 
     async def _send(self, request: ExpressRequest) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """The open connection to the record's worker, the record sent on it; ``None`` when nobody could be
         rung (no owner registered, refused, or lost while sending)."""
-        address = self.owner(request.topic, request.partition)
-        if address is None:
-            return None
-        try:
-            reader, writer = await asyncio.open_unix_connection(path=address)
-        except OSError:
-            return None
-        try:
-            await _write_frame(writer, _request_encoder.encode(request))
-        except OSError:
-            writer.close()
-            return None
-        return reader, writer
+        for address in self.owners(request.topic, request.partition):
+            try:
+                reader, writer = await asyncio.open_unix_connection(path=address)
+            except OSError:
+                continue  # gone meanwhile: the next one, if any
+            try:
+                await _write_frame(writer, _request_encoder.encode(request))
+            except OSError:
+                writer.close()
+                continue
+            return reader, writer
+        return None
 
     async def hand_over(self, request: ExpressRequest) -> bool:
         """Give the record to its worker without waiting for the outcome (an upload that does not wait): the

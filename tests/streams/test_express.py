@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,6 +164,33 @@ async def test_no_outcome_a_stale_registration_or_a_dropped_connection_mean_fall
             assert await client.outcome(request(), 5) is None
         finally:
             await server.stop()
+
+
+async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_owner(settings: Settings) -> None:
+    async def serve(req: ExpressRequest) -> bytes:
+        return encode(browsable("e1", "/u.png"))
+
+    server = ExpressServer(settings, TOPIC, serve)
+    await server.start()
+    try:
+        server.publish({1})
+        client = ExpressClient(settings)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        killed = registry_dir(settings) / "killed.json"  # newer than the live one, and claiming the same partition
+        killed.write_text(json.dumps({"address": "\0damflow-express-killed", "host": client.host,
+                                      "pid": int(dead.stdout), "topic": TOPIC, "partitions": [1]}))
+        outcome = await client.outcome(request(), 5)
+        assert outcome is not None and outcome.event_id == "e1"
+        assert not killed.exists()  # swept
+        # a live but unreachable claimant (a rebalance half-way) is skipped for the next one
+        (registry_dir(settings) / "moving.json").write_text(json.dumps(
+            {"address": "\0damflow-express-moving", "host": client.host, "pid": os.getpid(), "topic": TOPIC,
+             "partitions": [1]}))
+        outcome = await client.outcome(request(), 5)
+        assert outcome is not None and outcome.event_id == "e1"
+    finally:
+        await server.stop()
 
 
 async def test_a_worker_still_at_it_after_the_timeout_times_out(settings: Settings) -> None:
