@@ -108,7 +108,7 @@ def decode_user_comment(raw: bytes, big_endian: bool = True) -> str | None:
 
 def _utf16(body: bytes, big_endian: bool) -> str:
     if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
-        return body.decode("utf-16")
+        return body[: len(body) & ~1].decode("utf-16", errors="replace")
     sample = body[:2000]
     zeros_even = sample[0::2].count(0)
     zeros_odd = sample[1::2].count(0)

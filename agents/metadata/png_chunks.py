@@ -205,11 +205,17 @@ def _inflate(data: bytes, what: str, out: Containers) -> bytes | None:
     return result
 
 
+#: Chunks of one name kept in the raw read-out; past that one ``<name>#more`` entry says the rest were left out
+#: (a file can repeat a chunk name tens of thousands of times).
+MAX_SAME_NAME = 32
+
+
 def _unique(raw: dict[str, str], key: str) -> str:
-    """``key``, or ``key#2``, ``key#3``... when a chunk of that name was already kept."""
+    """``key``, or ``key#2``, ``key#3``... when a chunk of that name was already kept; ``key#more`` once
+    :data:`MAX_SAME_NAME` of them are (what is stored there stands for every further one)."""
     if key not in raw:
         return key
-    n = 2
-    while f"{key}#{n}" in raw:
-        n += 1
-    return f"{key}#{n}"
+    for n in range(2, MAX_SAME_NAME + 1):
+        if f"{key}#{n}" not in raw:
+            return f"{key}#{n}"
+    return f"{key}#more"

@@ -82,9 +82,25 @@ def load_json(text: Any) -> Any:
     except msgspec.DecodeError:
         pass
     try:
-        return json.loads(s)  # what msgspec refuses but Python writers produce: NaN, Infinity
+        # what msgspec refuses but Python writers produce: NaN, Infinity, and escapes of lone surrogates
+        # (``"\ud800"``), which no UTF-8 output can hold: those become U+FFFD
+        return _without_surrogates(json.loads(s))
     except ValueError:
         return None
+
+
+def _without_surrogates(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return v
+    if isinstance(v, dict):
+        return {_without_surrogates(k): _without_surrogates(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_without_surrogates(x) for x in v]
+    return v
 
 
 def json_object(v: Any) -> dict[str, Any] | None:

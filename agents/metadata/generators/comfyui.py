@@ -162,9 +162,14 @@ def _decoder_vae(g: Graph, nid: str) -> str | None:
     return None
 
 
+#: Samplers of one graph taken into account (in node order): real workflows have a handful, and the walk between
+#: them grows with their square (a crafted graph of thousands would outlast the pool's time limit).
+MAX_SAMPLERS = 64
+
+
 def passes(graph: dict[str, Any]) -> tuple[Graph, list[_Pass]]:
     g = Graph(graph)
-    ids = {nid for nid in g.nodes if is_sampler(g.cls(nid), g.inputs(nid))}
+    ids = set([nid for nid in g.nodes if is_sampler(g.cls(nid), g.inputs(nid))][:MAX_SAMPLERS])
     out = [_sampler_pass(g, nid, ids) for nid in g.nodes if nid in ids]
     for p in out:
         p.upstream = _upstream_samplers(g, p.node_id, ids)

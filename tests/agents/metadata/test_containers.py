@@ -151,6 +151,17 @@ def test_png_text_after_idat_and_duplicates_are_kept(tmp_path: Path) -> None:
     assert c.raw["png:parameters#2"] == "second copy"  # ... and every copy stays in raw
 
 
+def test_png_copies_of_one_chunk_name_are_kept_up_to_a_cap(tmp_path: Path) -> None:
+    png = _png_bytes(pattern((8, 8)))
+    copies = [_chunk(b"tEXt", b"k\x00" + str(i).encode()) for i in range(png_chunks.MAX_SAME_NAME + 500)]
+    c = read_containers(_write(tmp_path, "many.png", _before_iend(png, *copies)))
+    kept = [k for k in c.raw if k.startswith("png:k")]
+    # the first copies by number, then one entry standing for the rest: not one per copy (that made the
+    # walk quadratic: tens of thousands of copies ran past the pool's time limit)
+    assert len(kept) == png_chunks.MAX_SAME_NAME + 1 and "png:k#more" in kept
+    assert c.raw["png:k"] == "0" and c.raw[f"png:k#{png_chunks.MAX_SAME_NAME}"] == str(png_chunks.MAX_SAME_NAME - 1)
+
+
 def test_png_bad_crc_and_truncation_are_warnings_and_what_was_read_stays(tmp_path: Path) -> None:
     png = _png_bytes(pattern((64, 64)), pnginfo=_info(first="kept"))
     bad = _chunk(b"tEXt", b"checked\x00still kept", crc=0)
@@ -300,13 +311,15 @@ def test_comfyui_jpeg_json_in_ifd0_user_comment(tmp_path: Path) -> None:
         (b"UNICODE\x00" + "Steps: 20 ✓".encode("utf-16-be"), "Steps: 20 ✓"),
         (b"UNICODE\x00" + "Steps: 20 ✓".encode("utf-16-le"), "Steps: 20 ✓"),
         (b"UNICODE\x00\xfe\xff" + "BOM".encode("utf-16-be"), "BOM"),
+        (b"UNICODE\x00\xff\xfe" + "odd".encode("utf-16-le") + b"\x00", "odd"),  # a stray byte: not an error
+        (b"UNICODE\x00\xff\xfe\x00\xd8", "\ufffd"),  # a lone surrogate: replaced
         (b"JIS\x00\x00\x00\x00\x00" + "猫".encode("shift_jis"), "猫"),
         (b"\x00" * 8 + b"\x00" * 20, None),
         (b"\x00" * 8 + b"       ", None),
         (b'{"prompt": {}}', '{"prompt": {}}'),
         (b"", None),
     ],
-    ids=["ascii", "utf16-be", "utf16-le", "utf16-bom", "jis", "zero-filled", "blank", "bare-json", "empty"],
+    ids=["ascii", "utf16-be", "utf16-le", "utf16-bom", "utf16-bom-odd", "utf16-lone-surrogate", "jis", "zero-filled", "blank", "bare-json", "empty"],
 )
 def test_user_comment_decoding(raw: bytes, expected: str | None) -> None:
     assert decode_user_comment(raw, big_endian=False) == expected
@@ -496,3 +509,15 @@ def test_manifest_phrases_yield_checks(corpus: Path) -> None:
     bare = [e["file"] for e in entries
             if e["kind"] != "broken" and len(container_checks(e)) <= 2 and "Bare 8x8 JPEG" not in e["expect"]]
     assert bare == []
+
+
+def test_metadata_that_cannot_be_written_is_a_transient_error(tmp_path: Path) -> None:
+    from agents.index import index_file
+    from streams.errors import TransientError
+
+    png = make_png(tmp_path / "a.png", size=(8, 8))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata").write_text("a file where the directory should be")  # like a full or read-only disk
+    with pytest.raises(TransientError, match="cannot write metadata"):
+        index_file(str(png), "ab" * 32, str(data))

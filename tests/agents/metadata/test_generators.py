@@ -237,6 +237,22 @@ def test_comfy_two_samplers_base_is_main_refiner_is_a_pass() -> None:
     assert gen.parser == f"comfyui/{PARSER_VERSION}" and gen.documents["prompt"]["10"]["inputs"]["noise_seed"] == 42
 
 
+def test_comfy_a_crafted_chain_of_thousands_of_samplers_is_read_up_to_a_cap() -> None:
+    graph = {"0": _n("CheckpointLoaderSimple", ckpt_name="m"), "1": _n("EmptyLatentImage", width=8, height=8)}
+    for i in range(3000):  # each sampler refines the one before: the walk between them grows with their square
+        graph[str(i + 2)] = _n("KSampler", seed=i, steps=1, model=["0", 0], latent_image=[str(i + 1), 0])
+    gen = comfyui.generation_from_graph(graph, None, "png:prompt")
+    assert len(gen.passes) == comfyui.MAX_SAMPLERS and gen.seed == 0 and gen.model == "m"
+
+
+def test_comfy_json_with_lone_surrogate_escapes_is_read_with_replacement_characters() -> None:
+    from agents.metadata.generators.coerce import load_json
+
+    # msgspec refuses the escape, Python's json takes it; no UTF-8 output (document, event) could hold it
+    graph = load_json('{"6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat \\ud800 x"}}}')
+    assert graph["6"]["inputs"]["text"].encode() and "\ufffd" in graph["6"]["inputs"]["text"]
+
+
 def test_comfy_lora_chain_collects_every_lora_with_strengths() -> None:
     graph = {
         "1": _n("CheckpointLoaderSimple", ckpt_name="sd15.ckpt"),
