@@ -17,6 +17,7 @@ why this runs in the pool's processes rather than in threads.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -63,7 +64,9 @@ _TRANSPOSE = {
 _SWAPS_SIDES = frozenset({5, 6, 7, 8})
 
 # Exceptions Pillow's plugins are known to leak on malformed input besides OSError.
-_DECODE_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, ZeroDivisionError)
+#: What Pillow's decoders raise on a damaged file (``RuntimeError``: the AVIF plugin's decoder failures).
+_DECODE_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, ZeroDivisionError,
+                  RuntimeError)
 
 _ASSET_ID = re.compile(r"[0-9a-f]{2,128}")
 
@@ -232,7 +235,8 @@ def _write_atomically(target: Path, data: bytes) -> None:
             out.write(data)
         os.replace(temp, target)
     except BaseException as exc:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the directory is not one: the error below says so
+            temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):  # disk full, permissions of the data dir: not the image's fault
             raise TransientError(f"cannot write thumbnail: {exc.strerror or exc}", path=str(target)) from exc
         raise

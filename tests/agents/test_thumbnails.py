@@ -3,8 +3,10 @@ then the shared corpus (camera and AI images must thumbnail; every broken file m
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import re
 import time
 import warnings
@@ -369,6 +371,19 @@ def test_signature_then_garbage_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + write_garbage(tmp_path / "g", 200).read_bytes())
     with pytest.raises(CorruptImage, match="PNG"):
+        run(path, tmp_path)
+
+
+def test_an_avif_whose_pixel_data_is_damaged_is_corrupt(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 64).convert("RGB").save(buffer, "AVIF")
+    data = bytearray(buffer.getvalue())
+    rng = random.Random(1)
+    for i in range(data.find(b"mdat") + 12, len(data)):  # the AV1 payload, scrambled
+        data[i] = rng.randrange(256)
+    path = tmp_path / "damaged.avif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptImage, match="AVIF|decode"):  # Pillow's AVIF decoder raises RuntimeError
         run(path, tmp_path)
 
 
