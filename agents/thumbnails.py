@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageFile, ImageMath, UnidentifiedImageError, features
 
 from agents.hashing import source_error
 from agents.sniff import sniff_file
@@ -126,10 +126,11 @@ def make_thumbnails(
             image.load()
         orientation = _orientation(image)
         encoded = _encode(image, orientation, missing, quality)
+        turned = orientation in _SWAPS_SIDES and not _displayed_size_at_open(image, stored)
 
     for size, data in encoded.items():
         _write_atomically(thumbnail_path(thumbs_dir, asset_id, size), data)
-    width, height = (stored[1], stored[0]) if orientation in _SWAPS_SIDES else stored
+    width, height = (stored[1], stored[0]) if turned else stored
     files = {str(s): f"{thumbs_dir.name}/{asset_id[:2]}/{asset_id}.{s}.webp" for s in wanted}
     return Thumbnails(image_format, width, height, files, created=bool(encoded))
 
@@ -177,6 +178,20 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
+def _displayed_size_at_open(image: Image.Image, size: tuple[int, int]) -> bool:
+    """Whether Pillow already reported the displayed size when it opened the file: its TIFF reader (Pillow 13)
+    turns orientations 5-8 itself, swapping the size at once and the pixels when they load (then dropping the
+    tag). Told by the file's own width and length tags being the other way round. Without this, an image whose
+    thumbnails already existed (not loaded, tag still there) had its sides swapped a second time."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or size[0] == size[1]:
+        return False
+    try:
+        return (tags.get(256), tags.get(257)) == (size[1], size[0])  # ImageWidth, ImageLength
+    except Exception:  # noqa: BLE001 - malformed tags: as if not turned
+        return False
+
+
 def _encode(image: Image.Image, orientation: int, sizes: Sequence[int], quality: int) -> dict[int, bytes]:
     """WebP bytes per size, largest first, each smaller one resized from the one before (less work, same look)."""
     encoded: dict[int, bytes] = {}
@@ -211,7 +226,12 @@ def _displayable(image: Image.Image) -> Image.Image:
         if image.has_transparency_data:
             return image.convert("RGBA")
         return image.convert("L" if mode == "1" else "RGB")
-    if "transparency" in image.info:  # a 16-bit grey tRNS: Pillow's own conversion knows which value it is
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):  # a 16-bit grey tRNS: compared at full depth (Pillow's RGBA clips first)
+        full = image.convert("I")
+        alpha = ImageMath.lambda_eval(lambda a: (a["im"] != transparent) * 255, im=full).convert("L")
+        return Image.merge("LA", (grey, alpha)).convert("RGBA")
+    if "transparency" in image.info:
         return Image.merge("LA", (grey, image.convert("RGBA").getchannel("A"))).convert("RGBA")
     return grey
 

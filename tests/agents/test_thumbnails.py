@@ -133,7 +133,7 @@ def colour_at(image: Image.Image, x: float, y: float) -> tuple[int, int, int]:
     return (255, 0, 0) if r > b else (0, 0, 255)
 
 
-@pytest.mark.parametrize("image_format", ["JPEG", "WEBP", "PNG"])  # PNG: the eXIf chunk
+@pytest.mark.parametrize("image_format", ["JPEG", "WEBP", "PNG", "TIFF"])  # PNG: the eXIf chunk
 @pytest.mark.parametrize(
     ("orientation", "display", "first", "second"),
     [
@@ -158,6 +158,8 @@ def test_exif_orientation_is_applied(
     else:
         assert (colour_at(thumb, 0.1, 0.5), colour_at(thumb, 0.9, 0.5)) == (first, second)
     assert 0x0112 not in thumb.getexif()  # no viewer may rotate it a second time
+    again = run(path, tmp_path)  # the same bytes again: the thumbnails exist, nothing is decoded
+    assert not again.created and (again.width, again.height) == display
 
 
 # -- modes ---------------------------------------------------------------------------------------------------
@@ -194,6 +196,16 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
     expected = mean(opened(tmp_path, grey.files["256"]))[0]
     assert expected < 200  # the pattern is no white sheet, so clipping would show
     assert abs(mean(Image.open(tmp_path / "x" / deep.files["256"]))[0] - expected) < 3
+
+
+@pytest.mark.parametrize("transparent", [1000, 255])  # beyond 8 bits; and the value 8-bit clipping lands on
+def test_16_bit_grey_transparency_is_the_one_16_bit_value(tmp_path: Path, transparent: int) -> None:
+    image = Image.new("I;16", (64, 64), 40000)
+    image.paste(Image.new("I;16", (16, 16), transparent), (0, 0))  # a transparent corner
+    image.save(tmp_path / "g16.png", transparency=transparent)
+    thumb = opened(tmp_path, run(tmp_path / "g16.png", tmp_path).files["256"])
+    assert thumb.mode == "RGBA"
+    assert thumb.getpixel((2, 2))[3] == 0 and thumb.getpixel((40, 40))[3] == 255
 
 
 @pytest.mark.parametrize("mode", ["I", "F"])
