@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from agents.hashing import hash_file
+from agents.hashing import hash_file, source_error
 from agents.sniff import sniff_file
 from schemas import FileDiscovered, encode, new_id, now
 from streams.errors import UploadRejected
@@ -38,12 +38,29 @@ def store_original(settings: Settings, source: Path, *, move: bool = False) -> S
     """Copy ``source`` into the content-addressed originals store (atomically; a no-op if already there).
 
     ``move`` renames instead of copying (for a spooled upload on the same filesystem); the source is gone after.
+    A copy is made first and judged and hashed as copied, so a source still being written (a renderer saving
+    it) cannot end up stored under the hash of other bytes.
     """
-    fmt = sniff_file(source)
+    if move:
+        return _store_file(settings, source, move=True)
+    staging = settings.originals_dir / f".incoming.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            shutil.copyfile(source, staging)
+        except OSError as exc:
+            raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
+        return _store_file(settings, staging, move=True, name=source.name)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _store_file(settings: Settings, path: Path, *, move: bool, name: str | None = None) -> StoredUpload:
+    fmt = sniff_file(path)
     if fmt is None:
-        raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
-    asset_id, size = hash_file(source, max_bytes=settings.upload_max_bytes)
-    return place_original(settings, source, asset_id=asset_id, size=size, format=fmt, move=move)
+        raise UploadRejected(f"not a recognised image: {name or path.name}", path=str(path))
+    asset_id, size = hash_file(path, max_bytes=settings.upload_max_bytes)
+    return place_original(settings, path, asset_id=asset_id, size=size, format=fmt, move=move)
 
 
 def place_original(

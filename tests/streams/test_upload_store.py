@@ -1,0 +1,37 @@
+"""Storing an upload content-addressed (no broker needed): the stored bytes are the ones their name hashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from streams import upload
+from streams.errors import SourceMissing
+from streams.settings import Settings
+from tests.images import make_png
+
+
+def test_a_source_rewritten_while_it_is_stored_is_stored_under_the_hash_of_what_was_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    source = make_png(tmp_path / "render.png", size=(32, 32), seed=1)
+    other = make_png(tmp_path / "other.png", size=(32, 32), seed=2).read_bytes()
+    hash_file = upload.hash_file
+
+    def hash_then_rewrite(path, **kw):  # the renderer saves the file again right after it was hashed
+        result = hash_file(path, **kw)
+        source.write_bytes(other)
+        return result
+
+    monkeypatch.setattr(upload, "hash_file", hash_then_rewrite)
+    stored = upload.store_original(settings, source)
+    assert blake3(stored.path.read_bytes()).hexdigest() == stored.asset_id
+    assert not [p for p in settings.originals_dir.iterdir() if p.name.startswith(".")]  # no staging copy left
+
+
+def test_a_source_gone_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceMissing):
+        upload.store_original(Settings(data_dir=tmp_path / "data"), tmp_path / "gone.png")
