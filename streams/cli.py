@@ -166,10 +166,15 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
         _print_json([vars(r) for r in rows])
     else:
         for row in rows:
-            extra = f"  browsable in {row.ms_to_browsable} ms" if row.state == "browsable" else ""
-            extra += f"  FAILED: {row.reason}" if row.state == "failed" else ""
-            print(f"{row.asset_id}  {row.file}{extra}")
-    return 1 if any(r.state == "failed" for r in rows) else 0
+            extra = {"browsable": f"  browsable in {row.ms_to_browsable} ms", "failed": f"  FAILED: {row.reason}",
+                     "rejected": f"  REJECTED: {row.reason}",
+                     "pending": f"  not browsable within {args.timeout:g} s (published; still in the works)",
+                     }.get(row.state, "")
+            print(f"{row.asset_id or '-':64s}  {row.file}{extra}")
+    # 1: some file failed or was refused; 3: some outcome did not come within the timeout
+    if any(r.state in ("failed", "rejected") for r in rows):
+        return 1
+    return 3 if any(r.state == "pending" for r in rows) else 0
 
 
 # -- catalog views -------------------------------------------------------------------------------------------

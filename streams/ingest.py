@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
-from streams.errors import SchemaError
+from streams.errors import DamflowError, SchemaError
 from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
 from streams.scanner import scan
@@ -106,7 +106,11 @@ async def upload_files(
         prod = await stack.enter_async_context(producer(bootstrap))
         express = ExpressClient(settings) if settings.express else None
         for src in files:
-            stored = store_original(settings, src)
+            try:
+                stored = store_original(settings, src)
+            except DamflowError as exc:  # not an image, gone, unreadable: this file is refused, not the rest
+                out.append(UploadResult(str(src), "", "", state="rejected", reason=str(exc)))
+                continue
             event = upload_event(stored, batch_id=batch_id, display_name=src.name)
             # registered before publishing: none missed
             outcome = await watcher.expect(event.event_id, wake=express is None) if watcher else None
@@ -115,10 +119,15 @@ async def upload_files(
             await follow_published(express, watcher, record, event.event_id, timeout)
             row = UploadResult(str(src), stored.asset_id, event.event_id)
             if outcome is not None:
-                result, read_at, row.via = await asyncio.wait_for(outcome, timeout)
-                row.ms_to_browsable = round((read_at - t0) * 1000, 1)
-                row.state = "browsable" if isinstance(result, AssetBrowsable) else "failed"
-                row.reason = result.reason if isinstance(result, AssetFailed) else None
+                try:
+                    result, read_at, row.via = await asyncio.wait_for(outcome, timeout)
+                except TimeoutError:  # published, its outcome still to come: reported as such, as over HTTP
+                    row.state = "pending"
+                    watcher.forget(event.event_id)  # type: ignore[union-attr]
+                else:
+                    row.ms_to_browsable = round((read_at - t0) * 1000, 1)
+                    row.state = "browsable" if isinstance(result, AssetBrowsable) else "failed"
+                    row.reason = result.reason if isinstance(result, AssetFailed) else None
             out.append(row)
     return out
 

@@ -92,3 +92,18 @@ async def test_without_a_worker_to_ring_the_outcome_is_read_from_assets(make_set
                                  headers={"Content-Type": "image/png"}) as resp:
                 [row] = (await resp.json())["uploads"]
     assert (row["state"], row["via"]) == ("browsable", "assets")
+
+
+async def test_upload_wait_reports_every_file_even_when_one_is_refused_and_outcomes_time_out(
+    make_settings, tmp_path: Path
+) -> None:
+    from streams.ingest import upload_files
+
+    files = [make_png(tmp_path / "a.png", size=(32, 32), seed=61), tmp_path / "notes.txt",
+             make_png(tmp_path / "b.png", size=(32, 32), seed=62)]
+    files[1].write_text("not an image")
+    async with Stack(make_settings(), workers=0) as stack:  # nobody works on them: no outcome comes
+        rows = await upload_files(stack.settings, stack.topics, stack.bootstrap, files, wait=True, timeout=0.5)
+    assert [(r.file, r.state) for r in rows] == [(str(files[0]), "pending"), (str(files[1]), "rejected"),
+                                                 (str(files[2]), "pending")]
+    assert rows[0].event_id and rows[2].event_id and "not a recognised image" in rows[1].reason
