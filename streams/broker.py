@@ -86,7 +86,10 @@ class EmbeddedBroker:
             if self.process is None or self.process.poll() is not None:
                 return False
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
-                return True
+                # somebody answers; the broker only if the listening socket is its own (a port taken by
+                # another process answers too, while the broker is about to exit with "address in use")
+                if _listens(self.process.pid, self.port) is not False:
+                    return True
             time.sleep(0.02)  # polling a port for readiness: there is no event to await
         return False
 
@@ -107,6 +110,29 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a listening TCP socket on ``port``; ``None`` when this system cannot tell
+    (no Linux /proc)."""
+    inodes = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        inodes.add(fields[9])
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (OSError, ValueError, IndexError):
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
 
 
 # -- finding the broker ----------------------------------------------------------------------------------

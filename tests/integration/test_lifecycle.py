@@ -15,6 +15,7 @@ import pytest
 
 from bench.rss import children  # the same /proc walk the benchmarks use
 from streams.broker import EmbeddedBroker
+from streams.errors import BrokerError
 from streams.ingest import ingest_folder
 from streams.supervisor import Stack
 from tests.images import make_png
@@ -106,6 +107,17 @@ def _assert_urgent_work_runs_first(up_pid: int, services: list[int], pool: list[
     interactive = [p for p in pool if p not in idle]
     assert len(idle) == 1 and len(interactive) == 1, pool  # DAMFLOW_POOL_SIZE=1, one reserved process
     assert os.getpriority(os.PRIO_PROCESS, interactive[0]) == base
+
+
+def test_an_embedded_broker_whose_port_is_taken_does_not_pass_for_started(tmp_path: Path) -> None:
+    with socket.socket() as squatter:  # another process's listener on the port asked for
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "b.log")
+        with pytest.raises(BrokerError, match="did not start"):
+            broker.start(timeout=10)
+        assert broker.process is None  # nothing left running
 
 
 async def test_a_worker_that_dies_is_replaced_and_its_work_done(stack: Stack, tmp_path: Path) -> None:
