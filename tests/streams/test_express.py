@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -166,14 +168,24 @@ async def test_no_outcome_a_stale_registration_or_a_dropped_connection_mean_fall
             await server.stop()
 
 
-async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_owner(settings: Settings) -> None:
+@contextlib.asynccontextmanager
+async def answering(settings: Settings) -> AsyncIterator[ExpressServer]:
+    """A worker's express end for partition 1, answering every record with the same browsable outcome."""
+
     async def serve(req: ExpressRequest) -> bytes:
         return encode(browsable("e1", "/u.png"))
 
     server = ExpressServer(settings, TOPIC, serve)
     await server.start()
+    server.publish({1})
     try:
-        server.publish({1})
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_owner(settings: Settings) -> None:
+    async with answering(settings):
         client = ExpressClient(settings)
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
@@ -189,8 +201,6 @@ async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_own
              "partitions": [1]}))
         outcome = await client.outcome(request(), 5)
         assert outcome is not None and outcome.event_id == "e1"
-    finally:
-        await server.stop()
 
 
 async def test_a_worker_still_at_it_after_the_timeout_times_out(settings: Settings) -> None:
@@ -209,18 +219,10 @@ async def test_a_worker_still_at_it_after_the_timeout_times_out(settings: Settin
 
 
 async def test_a_registration_from_another_host_is_never_rung(settings: Settings) -> None:
-    async def serve(req: ExpressRequest) -> bytes:
-        return encode(browsable("e1", "/u.png"))
-
-    server = ExpressServer(settings, TOPIC, serve)
-    await server.start()
-    try:
-        server.publish({1})
+    async with answering(settings) as server:
         reg = json.loads(server.registration.read_text())
         server.registration.write_text(json.dumps(reg | {"host": "elsewhere"}))
         assert await ExpressClient(settings).outcome(request(), 5) is None
-    finally:
-        await server.stop()
 
 
 async def test_a_record_handed_over_reaches_its_worker_without_anyone_waiting(settings: Settings) -> None:
