@@ -115,6 +115,7 @@ class EventHandler:
             source_topic=history.source_topic or event.message.topic,
         )
         asset_id = getattr(exc, "asset_id", None) or getattr(record, "asset_id", None)
+        attempts = max(attempts, 1)  # a garbled attempts header (negative) counts as a first attempt
         retry = retriable and attempts < self.settings.max_attempts
         log.warning("work_failed", error_class=type(exc).__name__, code=code, reason=str(exc), asset_id=asset_id,
                     attempts=attempts, outcome="retrying" if retry else "dead_lettered")

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from agents.chunking import ChunkedPool
@@ -197,6 +198,15 @@ class LaneGovernor:
         self._update()
 
 
+def _passing(exc: BaseException) -> bool:
+    """Whether an error met while handling an event may pass by itself: the broker unreachable or busy (a retriable
+    Kafka error, a lost connection, a timeout). Anything else (a message too large for the broker, a bug) would
+    fail the same way for ever and hold the partition's commits with it."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 def lane_agent(
     handler: EventHandler, governor: LaneGovernor, lane: str, work: Work, *, once: OnceLedger | None = None,
 ) -> Callable[[faust.StreamT], object]:
@@ -224,10 +234,15 @@ def lane_agent(
                 try:
                     await handle(event)
                     break
-                except Exception as exc:  # not even its failure could be recorded (the broker away?): again
+                except Exception as exc:
                     msg = event.message
+                    if not _passing(exc):  # a fault no retry cures: recorded in the log, and the lane goes on
+                        log.error("event_abandoned", topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                  error=repr(exc), exc_info=True)
+                        break
+                    # not even its failure could be recorded, the broker being away: again, until it is back
                     log.error("event_unfinished", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                              error=repr(exc), again_in_s=pause, exc_info=True)
+                              error=repr(exc), again_in_s=pause)
                     await asyncio.sleep(pause)  # a pause before trying again, so a lasting fault does not spin
                     pause = min(pause * 2, _AGAIN_S[1])
             event.ack()

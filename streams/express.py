@@ -301,7 +301,8 @@ class ExpressClient:
             if reg.get("host") != self.host:
                 continue
             if not _alive(reg.get("pid")):
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # somebody else's to sweep, then
+                    path.unlink(missing_ok=True)
                 continue
             if reg.get("topic") == topic and partition in reg.get("partitions", ()) and reg.get("address"):
                 found.append((mtime, reg["address"]))

@@ -43,22 +43,39 @@ def store_original(settings: Settings, source: Path, *, move: bool = False) -> S
     """
     if move:
         return _store_file(settings, source, move=True)
+    if sniff_file(source) is None:  # judged before a byte is copied (the copy is judged again)
+        raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
     staging = settings.originals_dir / f".incoming.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
-        try:
-            shutil.copyfile(source, staging)
-        except OSError as exc:
-            raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
-        return _store_file(settings, staging, move=True, name=source.name)
+        _copy_at_most(source, staging, settings.upload_max_bytes)
+        return _store_file(settings, staging, move=True, name=source.name, shown=source)
     finally:
         staging.unlink(missing_ok=True)
 
 
-def _store_file(settings: Settings, path: Path, *, move: bool, name: str | None = None) -> StoredUpload:
+def _copy_at_most(source: Path, target: Path, limit: int) -> None:
+    """Copy ``source`` to ``target``, refusing it once more than ``limit`` bytes came (a file still growing, a
+    device that never ends)."""
+    copied = 0
+    try:
+        with open(source, "rb") as src, open(target, "wb") as out:
+            while chunk := src.read(1024 * 1024):
+                copied += len(chunk)
+                if copied > limit:
+                    raise UploadRejected(f"{source.name} exceeds the upload limit of {limit} bytes",
+                                         path=str(source))
+                out.write(chunk)
+    except OSError as exc:
+        raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
+
+
+def _store_file(settings: Settings, path: Path, *, move: bool, name: str | None = None,
+                shown: Path | None = None) -> StoredUpload:
+    """Judge, hash and place ``path``; errors name ``shown`` (the user's file) when given."""
     fmt = sniff_file(path)
     if fmt is None:
-        raise UploadRejected(f"not a recognised image: {name or path.name}", path=str(path))
+        raise UploadRejected(f"not a recognised image: {name or path.name}", path=str(shown or path))
     asset_id, size = hash_file(path, max_bytes=settings.upload_max_bytes)
     return place_original(settings, path, asset_id=asset_id, size=size, format=fmt, move=move)
 

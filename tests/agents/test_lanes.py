@@ -200,3 +200,24 @@ async def test_an_event_is_acked_only_once_its_handling_is_done_and_tried_again_
     assert not stream.acks_enabled  # faust would ack an event the agent leaves, done or not
     assert seen == [(0, False), (1, False), (1, False)]  # tried again, and never acked before it was done
     assert all(e.acked for e in events) and gov.in_flight[1] == 0
+
+
+async def test_an_event_whose_handling_fails_for_good_is_left_and_the_lane_goes_on(monkeypatch) -> None:
+    from agents import lanes
+
+    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
+    gov, _, _ = governor()
+    events = [_Event(0), _Event(1)]
+    seen: list[int] = []
+
+    class Handler:
+        tier = 1
+
+        async def process(self, event, work) -> None:
+            seen.append(event.message.offset)
+            if event.message.offset == 0:
+                raise KeyError(0)  # a bug, or a message too large to dead-letter: no retry would cure it
+
+    await lanes.lane_agent(Handler(), gov, "batch", work=None)(_Stream(events))
+    assert seen == [0, 1]  # tried once, logged, and the next one's turn came
+    assert all(e.acked for e in events)

@@ -35,3 +35,17 @@ def test_a_source_rewritten_while_it_is_stored_is_stored_under_the_hash_of_what_
 def test_a_source_gone_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(SourceMissing):
         upload.store_original(Settings(data_dir=tmp_path / "data"), tmp_path / "gone.png")
+
+
+def test_a_file_over_the_limit_or_not_an_image_is_refused_without_a_full_copy(tmp_path: Path) -> None:
+    from streams.errors import UploadRejected
+
+    settings = Settings(data_dir=tmp_path / "data", upload_max_bytes=64 * 1024)
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"not an image at all" * 10_000)
+    with pytest.raises(UploadRejected, match="notes.png"):
+        upload.store_original(settings, notes)
+    big = make_png(tmp_path / "big.png", size=(1024, 1024), seed=3)  # noise: far over 64 KB
+    with pytest.raises(UploadRejected, match="big.png exceeds the upload limit"):
+        upload.store_original(settings, big)
+    assert not settings.originals_dir.exists() or not list(settings.originals_dir.rglob("*"))
