@@ -8,19 +8,16 @@ atomically), and returns the searchable summary that travels in ``AssetIndexed``
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.atomic_write import write_atomically
 from agents.metadata.containers import read_containers
 from agents.metadata.generators import detect
 from agents.metadata.model import PARSER_VERSION, Containers, Generation
-from streams.errors import TransientError
 
 #: Camera / authoring fields for search and display: summary name -> where to look, first found wins.
 CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -92,19 +89,6 @@ def metadata_relpath(asset_id: str) -> str:
     return f"metadata/{asset_id[:2]}/{asset_id}.v{PARSER_VERSION}.json"
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except OSError as exc:  # disk full, permissions of the data dir: not the file's fault, as in tier 1
-        raise TransientError(f"cannot write metadata: {exc.strerror or exc}", path=str(target)) from exc
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
 def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
     """Read, normalise and keep the metadata of the file at ``path`` (whose content hash is ``asset_id``)."""
     started = time.perf_counter()
@@ -115,5 +99,6 @@ def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
         "asset_id": asset_id, "parser_version": PARSER_VERSION, "path": path,
         "containers": asdict(containers), "generation": asdict(generation) if generation else None,
     }
-    _write_atomic(Path(data_dir) / rel, json.dumps(document, default=str, ensure_ascii=False).encode("utf-8", "replace"))
+    document_bytes = json.dumps(document, default=str, ensure_ascii=False).encode("utf-8", "replace")
+    write_atomically(Path(data_dir) / rel, document_bytes, what="metadata")
     return Indexed(rel, summarise(containers, generation), (time.perf_counter() - started) * 1000)

@@ -17,11 +17,9 @@ why this runs in the pool's processes rather than in threads.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import secrets
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,9 +29,10 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, ImageFile, ImageMath, UnidentifiedImageError, features
 
+from agents.atomic_write import write_atomically
 from agents.hashing import source_error
 from agents.sniff import sniff_file
-from streams.errors import CorruptImage, DamflowError, DecompressionBomb, TransientError, UnsupportedFormat
+from streams.errors import CorruptImage, DamflowError, DecompressionBomb, UnsupportedFormat
 
 DEFAULT_SIZES: tuple[int, ...] = (256, 1440)
 DEFAULT_QUALITY = 80
@@ -129,7 +128,7 @@ def make_thumbnails(
         turned = orientation in _SWAPS_SIDES and not _displayed_size_at_open(image, stored)
 
     for size, data in encoded.items():
-        _write_atomically(thumbnail_path(thumbs_dir, asset_id, size), data)
+        write_atomically(thumbnail_path(thumbs_dir, asset_id, size), data, what="thumbnail")
     width, height = (stored[1], stored[0]) if turned else stored
     files = {str(s): f"{thumbs_dir.name}/{asset_id[:2]}/{asset_id}.{s}.webp" for s in wanted}
     return Thumbnails(image_format, width, height, files, created=bool(encoded))
@@ -240,26 +239,6 @@ def _to_l(image: Image.Image, low: float, high: float) -> Image.Image:
     """Scale ``low..high`` of a 32-bit (``I`` or ``F``) image onto 0..255 — a plain convert would clip at 255."""
     scale = 255.0 / (high - low) if high > low else 0.0
     return image.point(lambda v: (v - low) * scale).convert("L")
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` under a name unique to this writer, then rename it into place.
-
-    ``os.replace`` is atomic within a directory: readers see the old file, or none, or the whole new one;
-    concurrent writers of the same asset each rename a complete file of the same content.
-    """
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "xb") as out:
-            out.write(data)
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # e.g. the directory is not one: the error below says so
-            temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, permissions of the data dir: not the image's fault
-            raise TransientError(f"cannot write thumbnail: {exc.strerror or exc}", path=str(target)) from exc
-        raise
 
 
 @contextmanager

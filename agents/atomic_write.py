@@ -1,0 +1,32 @@
+"""Writing the pipeline's own files (thumbnails, metadata documents) so that no reader ever sees half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+from streams.errors import TransientError
+
+
+def write_atomically(target: Path, data: bytes, *, what: str) -> None:
+    """Write ``data`` to ``target`` under a name unique to this writer, then rename it into place.
+
+    ``os.replace`` is atomic within a directory: readers see the old file, or none, or the whole new one;
+    concurrent writers of the same asset each rename a complete file of the same content. An OS error (disk
+    full, permissions of the data dir: not the source file's fault) is a :class:`TransientError` naming ``what``
+    could not be written.
+    """
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "xb") as out:
+            out.write(data)
+        os.replace(temp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # e.g. the directory is not one: the error below says so
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TransientError(f"cannot write {what}: {exc.strerror or exc}", path=str(target)) from exc
+        raise
