@@ -306,7 +306,8 @@ def summary(run: dict, limit: float, limits: list[float]) -> dict:
         "first_asset_s": round(run["first_asset_s"], 3) if run["first_asset_s"] else None,
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"], "repeats": run.get("repeats", 1),
+        "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"],
+        "repeats": run.get("repeats", 1),
         "work_floor_ms": round(run["work_floor_ms"], 1) if run.get("work_floor_ms") else None,
         "urgent_p50_over_floor_ms": round(pct(u, 50) - run["work_floor_ms"], 1)
         if u and run.get("work_floor_ms") else None,

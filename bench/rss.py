@@ -79,7 +79,6 @@ def snapshot(root: int) -> dict[str, float]:
 
 def cpu_seconds(root: int) -> dict[str, float]:
     """CPU time (user + system) used so far per role, summed over the role's processes (e.g. every pool process)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in tree(root):
         try:
@@ -87,7 +86,7 @@ def cpu_seconds(root: int) -> dict[str, float]:
         except OSError:
             continue
         role = describe(pid)
-        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[role] = out.get(role, 0.0) + _cpu(fields)
     return out
 
 
@@ -97,6 +96,11 @@ def process_cpu_seconds(pid: int) -> float:
         fields = _stat(pid)
     except OSError:
         return 0.0
+    return _cpu(fields)
+
+
+def _cpu(fields: list[str]) -> float:
+    """User + system CPU seconds from a process's stat fields (see :func:`_stat`)."""
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

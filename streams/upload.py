@@ -49,7 +49,7 @@ def store_original(settings: Settings, source: Path, *, move: bool = False) -> S
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         _copy_at_most(source, staging, settings.upload_max_bytes)
-        return _store_file(settings, staging, move=True, name=source.name, shown=source)
+        return _store_file(settings, staging, move=True, shown=source)
     finally:
         staging.unlink(missing_ok=True)
 
@@ -70,12 +70,12 @@ def _copy_at_most(source: Path, target: Path, limit: int) -> None:
         raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
 
 
-def _store_file(settings: Settings, path: Path, *, move: bool, name: str | None = None,
-                shown: Path | None = None) -> StoredUpload:
+def _store_file(settings: Settings, path: Path, *, move: bool, shown: Path | None = None) -> StoredUpload:
     """Judge, hash and place ``path``; errors name ``shown`` (the user's file) when given."""
     fmt = sniff_file(path)
     if fmt is None:
-        raise UploadRejected(f"not a recognised image: {name or path.name}", path=str(shown or path))
+        shown = shown or path
+        raise UploadRejected(f"not a recognised image: {shown.name}", path=str(shown))
     asset_id, size = hash_file(path, max_bytes=settings.upload_max_bytes)
     return place_original(settings, path, asset_id=asset_id, size=size, format=fmt, move=move)
 
