@@ -24,6 +24,7 @@ from importlib import metadata
 from typing import Any
 
 import faust
+import msgspec
 import structlog
 
 from schemas import AssetBrowsable, AssetFailed, AssetIndexed, DeadLetter, Event, FileDiscovered, decode, encode, now
@@ -37,6 +38,9 @@ log = get(__name__)
 
 _HOST = socket.gethostname()
 _TRACEBACK_LIMIT = 4000
+_MESSAGE_LIMIT = 4000
+#: Room kept in a dead letter's message for the broker's record and batch framing and the headers.
+_FRAMING = 16 * 1024
 
 #: What an agent consumes: tier 1 takes ``FileDiscovered``, tier 2 the ``AssetBrowsable`` tier 1 produced.
 Record = FileDiscovered | AssetBrowsable | AssetIndexed
@@ -63,6 +67,25 @@ def classify(exc: BaseException) -> tuple[str, bool]:
     return "unexpected", False
 
 
+def _with_payload(letter: DeadLetter, raw: bytes, budget: int) -> bytes:
+    """The encoded letter holding ``raw``: as UTF-8 text when it is, else (or when escaping it would pass
+    ``budget`` bytes: JSON escapes make control characters six times longer) in base64; and when even that would
+    pass the budget, its first bytes in base64, marked truncated."""
+    try:
+        value = encode(msgspec.structs.replace(letter, original_payload=raw.decode("utf-8")))
+        if len(value) <= budget:
+            return value
+    except UnicodeDecodeError:
+        pass
+    room = budget - len(encode(letter)) - 64  # what the envelope takes without the payload, and its quotes
+    whole = len(raw) <= room // 4 * 3
+    head = raw if whole else raw[: max(room, 0) // 4 * 3]
+    return encode(msgspec.structs.replace(
+        letter, original_payload=base64.b64encode(head).decode("ascii"), payload_encoding="base64",
+        payload_truncated=not whole,
+    ))
+
+
 class EventHandler:
     """Runs one tier's work for each event of its topics and turns every failure into recorded events."""
 
@@ -78,6 +101,8 @@ class EventHandler:
         self.assets = app.topic(topics.assets)
         self._dlq = app.topic(topics.dlq(tier))
         self._retry = {n: app.topic(topics.retry(tier, n)) for n in range(1, settings.max_attempts)}
+        #: The most a dead letter may weigh: what the producer sends in one request, less the framing.
+        self._letter_budget = app.conf.producer_max_request_size - _FRAMING
 
     async def process(self, event: faust.EventT, work: Work) -> Any:
         """Run ``work`` for one event; returns what the work returned (tier 1: the ``AssetBrowsable`` it
@@ -132,7 +157,7 @@ class EventHandler:
         failed = AssetFailed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             tier=self.tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
-            error_code=code, reason=str(exc), retriable=retriable,
+            error_code=code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=retriable,
             outcome="retrying" if retry else "dead_lettered", attempts=attempts, failed_at=at,
         )
         await self.emit(failed, asset_id or record.path)
@@ -144,10 +169,6 @@ class EventHandler:
     ) -> None:
         msg = event.message
         raw: bytes = bytes(event.value) if isinstance(event.value, bytes | bytearray) else b""
-        try:
-            payload, encoding = raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         code, _ = classify(exc)
         at = now()
         letter = DeadLetter(
@@ -155,9 +176,9 @@ class EventHandler:
             original_offset=msg.offset,
             original_timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
             original_key=msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else None,
-            original_payload=payload, payload_encoding=encoding, consumer_group=self.group,
-            error_class=type(exc).__name__, error_code=code, error_message=str(exc),
-            cause=repr(exc.__cause__) if exc.__cause__ else None,
+            original_payload="", original_size=len(raw), received_topic=msg.topic, consumer_group=self.group,
+            error_class=type(exc).__name__, error_code=code, error_message=str(exc)[:_MESSAGE_LIMIT],
+            cause=repr(exc.__cause__)[:_MESSAGE_LIMIT] if exc.__cause__ else None,
             traceback="".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:],
             attempts=max(history.attempts, 1), first_failure_at=history.first_failure_at or at, last_failure_at=at,
             worker_host=_HOST, worker_version=LIBRARY_VERSIONS["damflow"], library_versions=LIBRARY_VERSIONS,
@@ -165,15 +186,17 @@ class EventHandler:
             file_size=size if size is not None else (record.size if record else None),
             replay_count=getattr(record, "replay_count", 0), batch_id=record.batch_id if record else None,
         )
+        value = _with_payload(letter, raw, self._letter_budget)
         headers = {
             "damflow-error-class": letter.error_class, "damflow-error-code": code,
             "damflow-error-message": letter.error_message[:500], "damflow-original-topic": letter.original_topic,
             "damflow-original-partition": str(msg.partition), "damflow-original-offset": str(msg.offset),
             "damflow-tier": str(self.tier), "damflow-attempts": str(letter.attempts),
             "damflow-replay-count": str(letter.replay_count), "damflow-worker-host": _HOST,
+            "damflow-original-size": str(len(raw)),
             "damflow-batch-id": letter.batch_id or "", "damflow-file-path": (letter.file_path or "")[:500],
         }
         await (await self._dlq.send(
-            key=msg.key if isinstance(msg.key, bytes) else None, value=encode(letter),
+            key=msg.key if isinstance(msg.key, bytes) else None, value=value,
             headers={k: v.encode() for k, v in headers.items()},
         ))

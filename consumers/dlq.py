@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError, PermanentError
@@ -45,12 +45,27 @@ class Letter:
     envelope: DeadLetter | None
     #: Why the envelope itself could not be read (it should never happen; kept visible if it does).
     unreadable: str | None = None
+    #: The whole original value, read back from its topic, when the envelope holds only its first bytes.
+    fetched: bytes | None = None
     status: str = "pending"
     history: list[dict] = field(default_factory=list)
 
     @property
     def id(self) -> str:
         return f"{self.tier}:{self.partition}:{self.offset}"
+
+    def original_value(self) -> tuple[bytes | None, str]:
+        """The original message value, or None and why it is not at hand."""
+        e = self.envelope
+        if e is None:
+            return None, f"unreadable envelope: {self.unreadable}"
+        if e.payload_truncated:
+            if self.fetched is None:
+                return None, (f"the letter keeps only the first bytes of a {e.original_size}-byte value, and "
+                              f"{e.received_topic or e.original_topic} no longer holds offset {e.original_offset}")
+            return self.fetched, ""
+        return (base64.b64decode(e.original_payload) if e.payload_encoding == "base64"
+                else e.original_payload.encode()), ""
 
     def summary(self) -> dict:
         e = self.envelope
@@ -130,9 +145,29 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
                                           rec.timestamp, envelope, why))
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
+        await _fetch_cut_originals(consumer, letters)
     finally:
         await consumer.stop()
     return sorted(letters, key=lambda x: (x.tier, x.partition, x.offset))
+
+
+async def _fetch_cut_originals(consumer: AIOKafkaConsumer, letters: list[Letter]) -> None:
+    """Read back, from where they were consumed, the values of letters that could keep only their first bytes."""
+    cut: dict[TopicPartition, list[Letter]] = {}
+    for letter in letters:
+        e = letter.envelope
+        if e is not None and e.payload_truncated:
+            cut.setdefault(TopicPartition(e.received_topic or e.original_topic, e.original_partition), []).append(letter)
+    if not cut:
+        return
+    consumer.assign(list(cut))
+    for tp, wanted in cut.items():
+        for letter in wanted:
+            offset = letter.envelope.original_offset
+            consumer.seek(tp, offset)
+            records = (await consumer.getmany(tp, timeout_ms=2000, max_records=1)).get(tp, [])
+            if records and records[0].offset == offset:  # gone past retention: the broker answers a later one
+                letter.fetched = records[0].value
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -187,10 +222,10 @@ _INPUT_OF_TIER: dict[int, type[FileDiscovered | AssetBrowsable | AssetIndexed]] 
 
 def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | AssetBrowsable | AssetIndexed | None, str]:
     """The event to send again, or None and why not."""
+    raw, why = letter.original_value()
+    if raw is None:
+        return None, why
     e = letter.envelope
-    if e is None:
-        return None, f"unreadable envelope: {letter.unreadable}"
-    raw = base64.b64decode(e.original_payload) if e.payload_encoding == "base64" else e.original_payload.encode()
     try:
         record = decode(raw, _INPUT_OF_TIER.get(e.tier, FileDiscovered))
     except DamflowError as exc:

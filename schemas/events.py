@@ -218,9 +218,17 @@ class DeadLetter(Event, frozen=True, kw_only=True):
     original_offset: int
     original_timestamp_ms: int | None = None
     original_key: str | None = None
-    #: The original message value, base64 when it was not valid UTF-8 (see ``payload_encoding``).
+    #: The original message value, base64 when it was not valid UTF-8 (see ``payload_encoding``). Cut to its
+    #: first bytes (base64) when the whole would not fit in one message: see ``payload_truncated``.
     original_payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    #: True when ``original_payload`` holds only the first bytes of the value; the whole value is still readable
+    #: at ``received_topic``/``original_partition``/``original_offset`` while the broker retains it.
+    payload_truncated: bool = False
+    #: The value's size in bytes.
+    original_size: int | None = None
+    #: The topic the message was read from (a retry topic after retries; ``original_topic`` names its lane).
+    received_topic: str | None = None
     consumer_group: str
     error_class: str
     error_code: str

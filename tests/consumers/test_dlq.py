@@ -93,3 +93,15 @@ def test_parse_when() -> None:
     assert parse_when("2026-01-02T03:04:05+00:00") == 1767323045.0
     with pytest.raises(BadFilter):
         parse_when("yesterday-ish")
+
+
+def test_a_cut_letter_replays_the_value_read_back_from_its_topic_or_says_why_not() -> None:
+    whole = letter(1)
+    raw = whole.envelope.original_payload.encode()
+    cut = msgspec.structs.replace(whole.envelope, original_payload=base64.b64encode(raw[:20]).decode(),
+                                  payload_encoding="base64", payload_truncated=True, original_size=len(raw),
+                                  received_topic="damflow.t1.retry.1")
+    gone, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut), Settings())
+    assert gone is None and f"{len(raw)}-byte value" in why and "damflow.t1.retry.1 no longer holds offset 1" in why
+    event, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut, fetched=raw), Settings())
+    assert why == "" and event.event_id == "e1" and event.replay_count == 1

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from schemas import DeadLetter, decode
+from consumers.dlq import read_letters
 from streams.ingest import upload_files
 from streams.kafka import producer, tail
 from streams.supervisor import Stack
@@ -50,3 +51,23 @@ async def test_random_bytes_go_to_the_dlq_and_the_worker_keeps_running(stack: St
         assert raw == pill
         assert letter.original_topic in {stack.topics.t1_batch, stack.topics.t1_interactive}
         assert letter.consumer_group == stack.settings.group_id and letter.worker_host
+
+
+async def test_a_pill_too_large_to_dead_letter_whole_keeps_its_head_and_is_read_back_whole(stack: Stack) -> None:
+    pill = b"\x01" * 900_000  # fits in a message; not in one with its envelope, as text (5.4 MB) or base64
+    async with producer(stack.bootstrap) as prod:
+        await (await prod.send(stack.topics.t1_batch, pill, key=b"big-pill"))
+    async with tail(stack.bootstrap, stack.topics.dlq(1), stack.settings, from_beginning=True) as dlq:
+        letter = None
+        while letter is None:
+            batches = await dlq.getmany(timeout_ms=10_000)
+            assert batches, "the large pill was never dead-lettered"
+            letter = next((decode(r.value, DeadLetter) for rs in batches.values() for r in rs
+                           if r.key == b"big-pill"), None)
+    assert letter.payload_truncated and letter.original_size == len(pill)
+    assert letter.received_topic == stack.topics.t1_batch and letter.error_class == "SchemaError"
+    assert pill.startswith(base64.b64decode(letter.original_payload))
+
+    [found] = [x for x in await read_letters(stack.bootstrap, stack.topics, tiers=(1,))
+               if x.envelope and x.envelope.original_key == "big-pill"]
+    assert found.original_value() == (pill, "")
