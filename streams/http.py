@@ -99,6 +99,11 @@ class NotAnImage(Refused):
     code = "unsupported_media_type"
 
 
+class BodyTimeout(Refused):
+    status = 408
+    code = "request_timeout"
+
+
 class Busy(Refused):
     retriable = True
     status = 503
@@ -207,27 +212,36 @@ class _Spool:
             raise NotAnImage("not a recognised image (judged by its content, not its name or declared type)")
 
 
+async def _read_within(read: Any, idle_s: float) -> bytes:
+    """The next chunk of a body from ``read()``; a client that sends nothing for ``idle_s`` is cut off."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await read()
+    except TimeoutError:
+        raise BodyTimeout(f"no byte of the body for {idle_s:g} s") from None
+
+
 async def _receive(request: web.Request, settings: Settings, spools: list[_Spool]) -> None:
     """Stream the request's file(s) into ``spools`` (appended as they are opened, so the caller cleans up)."""
     directory = spool_dir(settings)
-    limit = settings.upload_max_bytes
+    limit, idle = settings.upload_max_bytes, settings.http_body_idle_timeout_s
     ctype = request.content_type
     if ctype.startswith("multipart/"):
-        max_files = getattr(settings, "upload_max_files", 32)
+        max_files = settings.upload_max_files
         try:
             reader = await request.multipart()
-            while (part := await reader.next()) is not None:
+            while (part := await _read_within(reader.next, idle)) is not None:
                 if isinstance(part, MultipartReader):
                     raise Refused("nested multipart bodies are not accepted")
                 if part.name != "file":
-                    await part.release()
+                    await _read_within(part.release, idle)
                     continue
                 if len(spools) >= max_files:
                     raise Refused(f"at most {max_files} files per request")
                 # aiohttp's client percent-encodes file names in Content-Disposition; browsers send them raw
                 spool = _Spool(directory, limit, display_name(unquote(part.filename or "")))
                 spools.append(spool)
-                while chunk := await part.read_chunk(READ_BYTES):
+                while chunk := await _read_within(lambda: part.read_chunk(READ_BYTES), idle):
                     spool.write(chunk)
                 spool.finish()
         except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
@@ -239,7 +253,7 @@ async def _receive(request: web.Request, settings: Settings, spools: list[_Spool
             raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
         spool = _Spool(directory, limit, display_name(request.query.get("name")))
         spools.append(spool)
-        async for chunk in request.content.iter_chunked(READ_BYTES):
+        while chunk := await _read_within(lambda: request.content.read(READ_BYTES), idle):
             spool.write(chunk)
         spool.finish()
     else:
@@ -260,10 +274,10 @@ def _check_token(request: web.Request, settings: Settings) -> None:
 def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]:
     wait = request.query.get("wait", "").lower() in _TRUE
     try:
-        timeout = float(request.query.get("timeout", getattr(settings, "http_wait_timeout_s", 30.0)))
+        timeout = float(request.query.get("timeout", settings.http_wait_timeout_s))
     except ValueError:
         raise Refused("timeout must be a number of seconds") from None
-    if not 0 < timeout <= getattr(settings, "http_wait_timeout_max_s", 300.0):
+    if not 0 < timeout <= settings.http_wait_timeout_max_s:
         raise Refused("timeout out of range")
     return wait, timeout
 
@@ -399,9 +413,9 @@ async def progress(request: web.Request) -> web.StreamResponse:
     settings, topics = app[_SETTINGS], app[_TOPICS]
     batch = request.query.get("batch") or None
     clients = app[_STREAMS]
-    if len(clients) >= getattr(settings, "http_max_sse_clients", 64):
+    if len(clients) >= settings.http_max_sse_clients:
         raise Busy("too many live progress streams open")
-    heartbeat = getattr(settings, "http_sse_heartbeat_s", 15.0)
+    heartbeat, patience = settings.http_sse_heartbeat_s, settings.http_sse_write_timeout_s
     slog = log.bind(batch_id=batch, peer=request.remote)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -415,7 +429,12 @@ async def progress(request: web.Request) -> web.StreamResponse:
             await response.write(b"retry: 2000\n: connected\n\n")
             slog.info("progress_stream_open")
             try:
-                sent = await _stream_progress(request, response, consumer, batch, heartbeat)
+                sent = await _stream_progress(request, _Sender(response, patience), consumer, batch, heartbeat)
+            except ClientStalled:
+                slog.warning("progress_stream_dropped", reason=f"client took nothing for {patience:g} s")
+                if request.transport is not None:
+                    request.transport.close()  # what it has not read is not worth delivering
+                return response
             except (KafkaError, DamflowError) as exc:
                 # The headers are out: end the stream (EventSource reconnects) rather than answer again.
                 slog.warning("progress_stream_failed", error=repr(exc))
@@ -428,7 +447,26 @@ async def progress(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _stream_progress(request: web.Request, response: web.StreamResponse, consumer: AIOKafkaConsumer,
+class ClientStalled(Exception):
+    """A live progress client stopped taking bytes."""
+
+
+class _Sender:
+    """Writes to an event stream; a client that takes nothing for ``patience`` seconds raises ``ClientStalled``
+    (a write waits while the socket's buffers are full, so a client that never reads would hold its place)."""
+
+    def __init__(self, response: web.StreamResponse, patience: float) -> None:
+        self.response, self.patience = response, patience
+
+    async def write(self, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.patience):
+                await self.response.write(data)
+        except TimeoutError:
+            raise ClientStalled from None
+
+
+async def _stream_progress(request: web.Request, response: _Sender, consumer: AIOKafkaConsumer,
                            batch: str | None, heartbeat: float) -> int:
     loop = asyncio.get_running_loop()
     stopping = request.app[_STOPPING]
@@ -524,7 +562,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     ``port`` 0 picks a free port: see :func:`bound_port`.
     """
     runner = web.AppRunner(app, access_log=None,
-                           shutdown_timeout=getattr(app[_SETTINGS], "http_shutdown_timeout_s", 5.0))
+                           shutdown_timeout=app[_SETTINGS].http_shutdown_timeout_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     http_sse_heartbeat_s: float = Field(default=15.0, gt=0)
     http_max_sse_clients: int = Field(default=64, ge=1)
     http_shutdown_timeout_s: float = Field(default=5.0, gt=0)
+    #: An upload whose body sends no byte for this long is answered 408 and dropped (its temp file goes).
+    http_body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    #: A live progress client that takes no byte of an event or heartbeat for this long is dropped, freeing
+    #: its place among ``http_max_sse_clients``.
+    http_sse_write_timeout_s: float = Field(default=30.0, gt=0)
 
     # -- logging -----------------------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warn", "error"] = "info"

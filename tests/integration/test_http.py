@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from agents.hashing import hash_bytes
-from schemas import FileDiscovered, decode, new_id
+from schemas import FileDiscovered, ProgressEvent, decode, encode, new_id
 from streams.http import bound_port, create_app, live_streams, serve, spool_dir
 from streams.ingest import ingest_folder
 from streams.kafka import ensure_topics, producer, tail
@@ -61,6 +62,7 @@ async def bare(make_settings: Callable[..., Settings], broker: str) -> Callable:
             async with http_app(settings, topics, broker) as session:
                 session.settings = settings  # type: ignore[attr-defined]
                 session.topics = topics  # type: ignore[attr-defined]
+                session.bootstrap = broker  # type: ignore[attr-defined]
                 yield session
 
         return run()
@@ -354,3 +356,62 @@ async def test_dashboard_and_health(bare: Callable) -> None:
             assert resp.status == 200 and await resp.json() == {"ok": True}
         async with http.get("/nowhere") as resp:
             assert resp.status == 404 and "error" in await resp.json()
+
+
+# -- clients that stall ----------------------------------------------------------------------------------------
+
+
+async def raw_connection(http: aiohttp.ClientSession, rcvbuf: int | None = None):
+    """A plain socket to the app, for clients that misbehave; ``rcvbuf`` makes its receive window small."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(http.base.rsplit(":", 1)[1])))
+    return await asyncio.open_connection(sock=sock)
+
+
+@pytest.mark.parametrize("shape", ["raw", "multipart"])
+async def test_an_upload_body_that_stops_coming_is_408_and_leaves_nothing(bare: Callable, tmp_path: Path,
+                                                                          shape: str) -> None:
+    png = make_png(tmp_path / "a.png", size=(64, 64), seed=3).read_bytes()
+    if shape == "raw":
+        head, body = b"Content-Type: image/png\r\n", png
+    else:
+        head = b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+        body = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n" + png)
+    async with bare(http_body_idle_timeout_s=0.5) as http:
+        reader, writer = await raw_connection(http)
+        try:  # announces more than it sends, then goes quiet with the connection open
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\n" + head
+                         + f"Content-Length: {len(body) + 10_000}\r\n\r\n".encode() + body[:2000])
+            async with asyncio.timeout(30):
+                status = await reader.readline()
+                answer = await reader.read()  # until the server closes the connection
+        finally:
+            writer.close()
+        assert status.split()[1] == b"408", status
+        assert b"request_timeout" in answer
+        assert not leftovers(http.settings)
+
+
+async def test_a_progress_client_that_stops_reading_is_dropped_and_frees_its_place(bare: Callable) -> None:
+    async with bare(http_sse_write_timeout_s=0.5, http_max_sse_clients=1) as http:
+        reader, writer = await raw_connection(http, rcvbuf=4096)
+        try:
+            writer.write(b"GET /progress HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await reader.readline()).split()[1] == b"200"
+            await wait_until(lambda: live_streams(http.app) == 1, 10, "the stream to open")
+            async with http.get("/progress") as resp:
+                assert resp.status == 503  # its one place is taken
+            # large progress events, far more than the sockets' buffers hold, and the client reads none of them
+            big = ProgressEvent(batch_id="b" * 400_000, tier=1, known_total=1, total_final=True, done=0, at=1.0)
+            async with producer(http.bootstrap) as prod:
+                for _ in range(20):
+                    await prod.send(http.topics.progress, encode(big), key=b"b")
+            await wait_until(lambda: live_streams(http.app) == 0, 30, "the stalled stream to be dropped")
+        finally:
+            writer.close()
+        async with http.get("/progress") as resp:  # its place is free again
+            assert resp.status == 200
