@@ -5,8 +5,9 @@
   than a silently skipped file. Anything else (notes, sidecars) is counted as skipped.
 - Links are followed only while they stay inside the root; directory loops are visited once. A file that
   vanishes or cannot be read during the walk, or a link whose target is gone, is still published when it is
-  named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it) is
-  recorded as failed right here (``AssetFailed``, ``unrepresentable_path``): nothing found goes unaccounted.
+  named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it), and a
+  directory or entry that cannot be read (whose files are unknown), is recorded as failed right here
+  (``AssetFailed``: ``unrepresentable_path``, ``source_unreadable``): nothing found goes unaccounted.
 - Every send is checked: a file the broker did not take fails the scan (``BrokerError``), it is never reported
   as published.
 - A file the catalog already shows as browsable with the same size and mtime is skipped (unchanged).
@@ -30,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 from agents.sniff import sniff_file
 from consumers.catalog import Catalog
 from schemas import AssetFailed, BatchScanned, FileDiscovered, encode, new_id, now
-from streams.errors import BrokerError, DamflowError, SourceMissing, UnrepresentablePath
+from streams.errors import BrokerError, DamflowError, SourceMissing, SourceUnreadable, UnrepresentablePath
 from streams.kafka import LagProbe
 from streams.logs import get
 from streams.settings import Settings
@@ -57,8 +58,10 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield (path, stat) of every regular file under ``root``, following links only within ``root``."""
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result | OSError]]:
+    """Yield (path, stat) of every regular file under ``root``, following links only within ``root``; and
+    (path, error) of each directory or entry that exists but cannot be read, whose files are therefore unknown.
+    What vanished meanwhile is not there to find: it is logged only."""
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [real_root]
@@ -70,8 +73,12 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError as exc:
+            log.info("scan_vanished_dir", path=_printable(directory), error=str(exc))
+            continue
         except OSError as exc:
-            log.warning("scan_unreadable_dir", path=directory, error=str(exc))
+            log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
+            yield directory, exc
             continue
         subdirs = []
         for entry in entries:
@@ -89,8 +96,11 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     yield path, os.stat(path)
                 elif not os.path.exists(path):  # a link whose target is gone: tier 1 says so
                     yield entry.path, entry.stat(follow_symlinks=False)
-            except OSError as exc:  # vanished or unreadable between listing and stat
+            except FileNotFoundError as exc:  # vanished between listing and stat
+                log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
+            except OSError as exc:
                 log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
+                yield path, exc
         stack.extend(reversed(subdirs))
 
 
@@ -162,6 +172,12 @@ async def scan(
     await report()
     async with LagProbe(bootstrap, settings.group_id, topic) as probe:
         for path, st in walk(root):
+            if isinstance(st, OSError):  # what it holds is unknown: a recorded failure, counted in the batch
+                found += 1
+                await send(topics.assets, *_scan_failure(path, batch_id, lane, SourceUnreadable(
+                    f"cannot read {'directory' if os.path.isdir(path) else 'entry'}: {st.strerror or st}; "
+                    "fix its permissions and ingest the folder again", path=_printable(path))))
+                continue
             if not looks_like_image(path):
                 other += 1
                 continue
@@ -170,7 +186,8 @@ async def scan(
                 continue
             found += 1
             if not _is_text(path):
-                await send(topics.assets, *_unrepresentable(path, batch_id, lane))
+                await send(topics.assets, *_scan_failure(path, batch_id, lane, UnrepresentablePath(
+                    "the file name is not valid UTF-8: rename the file to ingest it", path=_printable(path))))
             else:
                 event = FileDiscovered(
                     event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
@@ -198,11 +215,10 @@ def _is_text(path: str) -> bool:
     return True
 
 
-def _unrepresentable(path: str, batch_id: str, lane: str) -> tuple[bytes, bytes]:
-    """The recorded failure (value, key) of a file whose name no event can carry."""
+def _scan_failure(path: str, batch_id: str, lane: str, error: DamflowError) -> tuple[bytes, bytes]:
+    """The recorded failure (value, key) of something the walk found but no ``FileDiscovered`` can stand for."""
     shown = _printable(path)
-    error = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it", path=shown)
-    log.warning("scan_unrepresentable_path", batch_id=batch_id, path=shown)
+    log.warning("scan_failed_entry", batch_id=batch_id, path=shown, code=error.code, reason=str(error))
     event = AssetFailed(
         event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", tier=1, path=shown,
         error_class=type(error).__name__, error_code=error.code, reason=str(error), retriable=False,

@@ -140,9 +140,20 @@ async def test_bad_files_end_as_recorded_failures_while_the_rest_completes(stack
     assert all(letter.original_topic == stack.topics.t1_batch and letter.traceback for letter in letters)
 
 
-async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack: Stack, tmp_path: Path) -> None:
+async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack: Stack, tmp_path: Path,
+                                                                          monkeypatch) -> None:
     folder = tmp_path / "odd"
     folder.mkdir()
+    (folder / "locked").mkdir()
+    make_png(folder / "locked" / "hidden.png", size=(64, 64), seed=3)
+    real_scandir = os.scandir
+
+    def scandir(path):  # as for a directory without read permission (tests run as root, who may read all)
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr("streams.scanner.os.scandir", scandir)
     make_png(folder / "good.png", size=(64, 64), seed=1)
     with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8
         f.write(make_png(tmp_path / "src.png", size=(64, 64), seed=2).read_bytes())
@@ -151,13 +162,14 @@ async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack
 
     result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
 
-    assert result.found == 3
+    assert result.found == 4
     p = result.progress
-    assert p.done == 1 and p.failed + p.dead_lettered == 2 and p.in_flight == 0
+    assert p.done == 1 and p.failed + p.dead_lettered == 3 and p.in_flight == 0
     with sqlite3.connect(s.catalog_path) as db:
         codes = dict(db.execute("SELECT path, error_code FROM failures WHERE tier = 1"))
     real = os.path.realpath(folder)
-    assert codes == {f"{real}/caf\\xe9.png": "unrepresentable_path", f"{real}/gone.png": "source_missing"}
+    assert codes == {f"{real}/caf\\xe9.png": "unrepresentable_path", f"{real}/gone.png": "source_missing",
+                     f"{real}/locked": "source_unreadable"}
 
 
 async def test_upload_lands_in_catalog_and_is_stored_content_addressed(stack: Stack, tmp_path: Path) -> None:

@@ -74,3 +74,23 @@ def test_a_file_gone_before_it_is_sniffed_is_kept_when_named_like_an_image(tmp_p
 def test_a_link_whose_target_is_gone_is_walked(tmp_path: Path) -> None:
     (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
     assert _paths(tmp_path) == {"gone.png"}
+
+
+def test_a_directory_that_cannot_be_read_is_yielded_with_its_error_and_one_that_vanished_is_not(
+        tmp_path: Path, monkeypatch) -> None:
+    _mk(tmp_path / "locked", tmp_path / "gone", tmp_path / "open")
+    make_png(tmp_path / "open" / "a.png", size=(8, 8))
+    make_png(tmp_path / "locked" / "b.png", size=(8, 8))
+    real_scandir = os.scandir
+
+    def scandir(path):  # as for a directory without read permission (tests run as root, who may read all)
+        if os.path.basename(path) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        if os.path.basename(path) == "gone":
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr("streams.scanner.os.scandir", scandir)
+    found = {os.path.relpath(p, os.path.realpath(tmp_path)): st for p, st in walk(tmp_path)}
+    assert set(found) == {"open/a.png", "locked"}
+    assert isinstance(found["locked"], PermissionError) and isinstance(found["open/a.png"], os.stat_result)
