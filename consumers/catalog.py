@@ -326,7 +326,9 @@ class Catalog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit survives a power loss too (NORMAL may roll the last ones back), and the sink commits
+            # the events' offsets after it: with NORMAL, a crash of the machine could lose rows for good.
+            self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.row_factory = sqlite3.Row
         try:
