@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from consumers.catalog_sink import CatalogSink
 from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
-from streams.errors import BrokerError
+from streams.errors import BrokerError, DamflowError
 from streams.kafka import ensure_topics, producer
 from streams.logs import get
 from streams.niceness import lower_priority
@@ -37,6 +37,12 @@ log = get(__name__)
 #: service has run well for ``_HEALTHY_S``.
 _RESTART_PAUSES_S = (0.5, 30.0)
 _HEALTHY_S = 60.0
+
+
+class WorkerExited(DamflowError):
+    """A worker process ended while the stack was running."""
+
+    code = "worker_exited"
 
 
 async def keep_running(name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -77,7 +83,8 @@ class Stack:
         self.http_url = ""
         self._http_runner = None
         self._exit_stack = contextlib.AsyncExitStack()
-        self._stopping = False
+        #: One task per worker slot, each starting a new worker when its last one exits.
+        self._keepers: list[asyncio.Task] = []
         #: Worker processes started again after they exited on their own (for tests and status).
         self.worker_restarts = 0
 
@@ -123,7 +130,31 @@ class Stack:
         return env
 
     async def add_worker(self) -> asyncio.subprocess.Process:
-        """Start one more worker process and wait until it has joined the group and got partitions."""
+        """Start one more worker process and wait until it has joined the group and got partitions; it is
+        replaced whenever it exits while the stack runs."""
+        proc = await self._start_worker()
+        self._keepers.append(asyncio.create_task(keep_running("worker", self._worker_lives(proc)), name="worker"))
+        return proc
+
+    def _worker_lives(self, first: asyncio.subprocess.Process) -> Callable[[], Awaitable[None]]:
+        """One worker's life after another: the first one given, then a new one each time the last exits (its
+        partitions move on to the others meanwhile, and back to the new one)."""
+        waiting = [first]
+
+        async def life() -> None:
+            if waiting:
+                proc = waiting.pop()
+            else:
+                proc = await self._start_worker()
+                self.worker_restarts += 1
+            code = await proc.wait()
+            with contextlib.suppress(ValueError):
+                self.workers.remove(proc)
+            raise WorkerExited(f"worker {proc.pid} exited with {code}")
+
+        return life
+
+    async def _start_worker(self) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "streams.cli", "worker",
             env=self.child_env(), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
@@ -134,37 +165,15 @@ class Stack:
         self._tasks.append(asyncio.create_task(self._watch_stdout(proc, ready)))
         try:
             await asyncio.wait_for(ready, self.ready_timeout)
-        except (TimeoutError, EOFError) as exc:
+        except BaseException as exc:  # not ready in time, or the stack stopping meanwhile: it goes
             if proc.returncode is None:
                 proc.kill()
             self.workers.remove(proc)
-            raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
+            if isinstance(exc, TimeoutError | EOFError):
+                raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
+            raise
         log.info("worker_ready", pid=proc.pid)
-        self._tasks.append(asyncio.create_task(self._replace_when_gone(proc)))
         return proc
-
-    async def _replace_when_gone(self, proc: asyncio.subprocess.Process) -> None:
-        """Start a new worker in place of one that exited while the stack runs (its partitions move on to the
-        others meanwhile, and back to the new one)."""
-        code = await proc.wait()
-        if self._stopping:
-            return
-        log.error("worker_exited", pid=proc.pid, code=code)
-        with contextlib.suppress(ValueError):
-            self.workers.remove(proc)
-        pause = _RESTART_PAUSES_S[0]
-        while not self._stopping:
-            await asyncio.sleep(pause)
-            if self._stopping:
-                return
-            try:
-                await self.add_worker()
-            except BrokerError as exc:
-                log.error("worker_restart_failed", error=str(exc), restart_in_s=pause)
-                pause = min(pause * 2, _RESTART_PAUSES_S[1])
-                continue
-            self.worker_restarts += 1
-            return
 
     @staticmethod
     async def _watch_stdout(proc: asyncio.subprocess.Process, ready: asyncio.Future) -> None:
@@ -180,15 +189,20 @@ class Stack:
             ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
 
     async def stop(self) -> None:
-        self._stopping = True
+        for keeper in self._keepers:  # first, so that no worker is started while the others stop
+            keeper.cancel()
+        for keeper in self._keepers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
         if self._http_runner is not None:
             await self._http_runner.cleanup()
             self._http_runner = None
         await self._exit_stack.aclose()
-        for proc in self.workers:
+        workers = list(self.workers)
+        for proc in workers:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.workers:
+        for proc in workers:
             try:
                 await asyncio.wait_for(proc.wait(), 15)
             except TimeoutError:

@@ -132,3 +132,18 @@ async def test_a_worker_that_dies_is_replaced_and_its_work_done(stack: Stack, tm
         make_png(folder / f"{i}.png", size=(32, 32), seed=i)
     result = await ingest_folder(stack.settings, stack.topics, stack.bootstrap, folder, wait=True, timeout=90)
     assert result.progress is not None and result.progress.done == 3
+
+
+async def test_stopping_while_a_replacement_worker_starts_leaves_no_worker_running(make_settings) -> None:
+    stack = Stack(make_settings())
+    await stack.start()
+    try:
+        [dead] = stack.workers
+        dead.kill()
+        # the replacement is started, and the stack stops before it is ready
+        [starting] = await wait_until(lambda: [p for p in stack.workers if p is not dead], timeout=30,
+                                      what="a replacement worker process")
+    finally:
+        await stack.stop()
+    assert starting.returncode is not None and stack.worker_restarts == 0
+    assert _gone(starting.pid)
