@@ -19,8 +19,10 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import pebble
@@ -52,6 +54,13 @@ def _init_process(limit_mb: int, nice: int, idle_class: bool = False) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _retire(pool: pebble.ProcessPool) -> None:
+    """Stop a pool pebble gave up on and reap its processes (joining it blocks: off the event loop)."""
+    with contextlib.suppress(Exception):
+        pool.stop()
+        pool.join(timeout=10)
+
+
 def _pid(_: int = 0) -> int:
     return os.getpid()
 
@@ -66,11 +75,30 @@ class WorkPool:
         self.size = size
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["agents.forkserver_guard", *preload])
-        self._pool = pebble.ProcessPool(
-            max_workers=size, initializer=_init_process, initargs=(memory_mb, nice, idle_class), context=ctx,
-        )
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["agents.forkserver_guard", *preload])
+        self._initargs = (memory_mb, nice, idle_class)
+        self._pool = self._new_pool()
+        #: Times a pool pebble gave up on was replaced (for tests and status).
+        self.replacements = 0
+
+    def _new_pool(self) -> pebble.ProcessPool:
+        return pebble.ProcessPool(max_workers=self.size, initializer=_init_process, initargs=self._initargs,
+                                  context=self._ctx)
+
+    def _replace(self, broken: pebble.ProcessPool, why: BaseException) -> None:
+        """Put a fresh pool in place of ``broken`` (once, however many callers saw it break).
+
+        pebble gives a whole pool up (``BrokenProcessPool`` for every job, then ``RuntimeError`` for every new
+        one) when a process dies before pebble has recorded which job it took — a crashing decoder on a busy
+        machine. Without this, one such crash would fail every later file of the worker.
+        """
+        if self._pool is not broken:
+            return
+        log.error("pool_replaced", error=repr(why), size=self.size)
+        self._pool = self._new_pool()
+        self.replacements += 1
+        threading.Thread(target=_retire, args=(broken,), name="pool-retire", daemon=True).start()
 
     def warm(self) -> set[int]:
         """Start every pool process now rather than on the first file (first-asset latency); returns their pids."""
@@ -85,7 +113,21 @@ class WorkPool:
     ) -> T:
         """:meth:`run` with the arguments as they are and a time limit of its own (default: the pool's)."""
         timeout_s = timeout_s or self.timeout_s
-        future = self._pool.schedule(fn, args, kwargs, timeout=timeout_s)
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                future = pool.schedule(fn, args, kwargs, timeout=timeout_s)
+                return await self._outcome(future, timeout_s)
+            except RuntimeError as exc:  # BrokenProcessPool is one too
+                if not isinstance(exc, BrokenProcessPool) and pool.active:
+                    raise  # not the pool's state: the job's own error
+                self._replace(pool, exc)
+                if attempt == 2:  # broke again: this job is what breaks it
+                    raise DecoderCrashed(f"the decoding pool broke while running it: {exc!r}") from exc
+                log.warning("pool_job_rerun", error=repr(exc))  # innocent, as a rule: a neighbour crashed
+        raise AssertionError("unreachable")
+
+    async def _outcome(self, future: Any, timeout_s: float | None) -> Any:
         try:
             return await asyncio.wrap_future(future)
         except FutureTimeout as exc:

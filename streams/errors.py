@@ -107,6 +107,18 @@ class UploadRejected(PermanentError):
     code = "upload_rejected"
 
 
+class UploadTooLarge(UploadRejected):
+    code = "too_large"
+
+
+class UploadNotAnImage(UploadRejected):
+    code = "unsupported_media_type"
+
+
+class UploadEmpty(UploadRejected):
+    code = "empty_upload"
+
+
 # -- isolated decoding -----------------------------------------------------------------------------
 
 

@@ -21,11 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import os
 import re
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,20 +30,20 @@ from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from blake3 import blake3
 
-from agents.sniff import HEAD_BYTES, sniff
 from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
-from streams.errors import DamflowError, PermanentError, SchemaError
+from streams.errors import (
+    DamflowError, PermanentError, SchemaError, UploadNotAnImage, UploadRejected, UploadTooLarge,
+)
 from streams.express import ExpressClient
 from streams.ingest import OutcomeWatcher, follow_published
 from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import place_original, publish_upload, upload_event
+from streams.upload import Spool, publish_upload, spool_dir, upload_event
 
 log = get(__name__)
 
@@ -110,6 +107,9 @@ class Busy(Refused):
     code = "busy"
 
 
+_REFUSALS: dict[type[UploadRejected], type[Refused]] = {UploadTooLarge: TooLarge, UploadNotAnImage: NotAnImage}
+
+
 def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, "code": code, **extra}, status=status)
 
@@ -150,11 +150,6 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
 # -- uploads -----------------------------------------------------------------------------------------------
 
 
-def spool_dir(settings: Settings) -> Path:
-    """Where request bodies are streamed before they are sniffed and stored (temp names, made up here)."""
-    return settings.data_path / "incoming"
-
-
 def display_name(raw: str | None) -> str | None:
     """The client's file name for people to read: last path component, printable, at most 255 characters.
 
@@ -166,52 +161,6 @@ def display_name(raw: str | None) -> str | None:
     return None if name in ("", ".", "..") else name
 
 
-class _Spool:
-    """One received file: streamed to a temp file, the size limit checked, the head sniffed and the content hashed
-    on the way — so storing it afterwards is a rename, not a second read of its bytes."""
-
-    def __init__(self, directory: Path, limit: int, name: str | None) -> None:
-        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
-        self.path = Path(path)
-        self._file = os.fdopen(fd, "wb")
-        self.limit = limit
-        self.name = name
-        self.size = 0
-        self.format: str | None = None
-        self.asset_id = ""
-        self._head = b""
-        self._hasher = blake3()
-
-    def write(self, chunk: bytes) -> None:
-        """Take the next chunk of the body (a page-cache write: cheaper than a hop to a thread)."""
-        self.size += len(chunk)
-        if self.size > self.limit:
-            raise TooLarge(f"upload exceeds the limit of {self.limit} bytes")
-        if len(self._head) < HEAD_BYTES:
-            self._head += chunk[: HEAD_BYTES - len(self._head)]
-            if len(self._head) >= HEAD_BYTES:
-                self._sniff()  # refuse a non-image before reading the rest of it
-        self._hasher.update(chunk)
-        self._file.write(chunk)
-
-    def finish(self) -> None:
-        if self.size == 0:
-            raise Refused("empty file")
-        if self.format is None:
-            self._sniff()
-        self._file.close()
-        self.asset_id = self._hasher.hexdigest()
-
-    def discard(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def _sniff(self) -> None:
-        self.format = sniff(self._head)
-        if self.format is None:
-            raise NotAnImage("not a recognised image (judged by its content, not its name or declared type)")
-
-
 async def _read_within(read: Any, idle_s: float) -> bytes:
     """The next chunk of a body from ``read()``; a client that sends nothing for ``idle_s`` is cut off."""
     try:
@@ -221,7 +170,7 @@ async def _read_within(read: Any, idle_s: float) -> bytes:
         raise BodyTimeout(f"no byte of the body for {idle_s:g} s") from None
 
 
-async def _receive(request: web.Request, settings: Settings, spools: list[_Spool]) -> None:
+async def _receive(request: web.Request, settings: Settings, spools: list[Spool]) -> None:
     """Stream the request's file(s) into ``spools`` (appended as they are opened, so the caller cleans up)."""
     directory = spool_dir(settings)
     limit, idle = settings.upload_max_bytes, settings.http_body_idle_timeout_s
@@ -239,7 +188,7 @@ async def _receive(request: web.Request, settings: Settings, spools: list[_Spool
                 if len(spools) >= max_files:
                     raise Refused(f"at most {max_files} files per request")
                 # aiohttp's client percent-encodes file names in Content-Disposition; browsers send them raw
-                spool = _Spool(directory, limit, display_name(unquote(part.filename or "")))
+                spool = Spool(directory, limit, display_name(unquote(part.filename or "")))
                 spools.append(spool)
                 while chunk := await _read_within(lambda: part.read_chunk(READ_BYTES), idle):
                     spool.write(chunk)
@@ -251,7 +200,7 @@ async def _receive(request: web.Request, settings: Settings, spools: list[_Spool
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
-        spool = _Spool(directory, limit, display_name(request.query.get("name")))
+        spool = Spool(directory, limit, display_name(request.query.get("name")))
         spools.append(spool)
         while chunk := await _read_within(lambda: request.content.read(READ_BYTES), idle):
             spool.write(chunk)
@@ -289,10 +238,13 @@ async def upload(request: web.Request) -> web.Response:
     wait, timeout = _wait_params(request, settings)
     batch_id = f"upload-{new_id()}"
     ulog = log.bind(batch_id=batch_id, peer=request.remote)
-    spools: list[_Spool] = []
+    spools: list[Spool] = []
     try:
         try:
-            await _receive(request, settings, spools)
+            try:
+                await _receive(request, settings, spools)
+            except UploadRejected as exc:  # what the spool refused, as an HTTP answer
+                raise _REFUSALS.get(type(exc), Refused)(exc.message) from None
         except Refused as exc:
             ulog.info("upload_refused", status=exc.status, reason=exc.message)
             raise
@@ -302,7 +254,7 @@ async def upload(request: web.Request) -> web.Response:
             spool.discard()
 
 
-async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wait: bool, timeout: float,
+async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait: bool, timeout: float,
                   ulog: Any) -> web.Response:
     """Store and publish every received file; with ``wait``, follow ``assets`` until each has its outcome."""
     settings, topics = app[_SETTINGS], app[_TOPICS]
@@ -313,8 +265,7 @@ async def _accept(app: web.Application, spools: list[_Spool], batch_id: str, wai
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
-            stored = place_original(settings, spool.path, asset_id=spool.asset_id, size=spool.size,
-                                    format=spool.format or "", move=True)
+            stored = spool.store(settings)
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)

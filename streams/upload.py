@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from blake3 import blake3
 
-from agents.hashing import hash_file, source_error
-from agents.sniff import sniff_file
+from agents.hashing import source_error
+from agents.sniff import HEAD_BYTES, sniff
 from schemas import FileDiscovered, encode, new_id, now
-from streams.errors import UploadRejected
+from streams.errors import UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge
 from streams.express import ExpressRequest
 from streams.settings import Settings
 from streams.topics import Topics
@@ -34,50 +36,108 @@ class StoredUpload:
     format: str
 
 
-def store_original(settings: Settings, source: Path, *, move: bool = False) -> StoredUpload:
-    """Copy ``source`` into the content-addressed originals store (atomically; a no-op if already there).
+#: Bytes read from a local source at a time while it is spooled.
+COPY_BYTES = 1024 * 1024
 
-    ``move`` renames instead of copying (for a spooled upload on the same filesystem); the source is gone after.
-    A copy is made first and judged and hashed as copied, so a source still being written (a renderer saving
-    it) cannot end up stored under the hash of other bytes.
+
+def _umasked_mode() -> int:
+    """The mode a file created here would get (0666 less the umask), read without changing the umask."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+#: Stored originals get the mode of any file this process writes, not a temp file's 0600.
+_STORED_MODE = _umasked_mode()
+
+
+def spool_dir(settings: Settings) -> Path:
+    """Where uploads are spooled before they are stored (temp names, made up here; same filesystem as the store,
+    so storing is a rename). Files left by a process that died mid-upload are swept by ``damflow up``."""
+    return settings.data_path / "incoming"
+
+
+class Spool:
+    """One upload's bytes on their way into the store: written to a temp file under ``directory`` while the size
+    limit is held, the head sniffed (a non-image is refused before the rest is read) and the content hashed, so
+    storing it afterwards is a rename, not a second read. The stored bytes are exactly the hashed ones, even if
+    the source changes meanwhile. Used by the HTTP endpoint (a request body) and ``damflow upload`` (a file).
     """
-    if move:
-        return _store_file(settings, source, move=True)
-    if sniff_file(source) is None:  # judged before a byte is copied (the copy is judged again)
-        raise UploadRejected(f"not a recognised image: {source.name}", path=str(source))
-    staging = settings.originals_dir / f".incoming.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.parent.mkdir(parents=True, exist_ok=True)
+
+    def __init__(self, directory: Path, limit: int, name: str | None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
+        os.fchmod(fd, _STORED_MODE)
+        self.path = Path(path)
+        self._file = os.fdopen(fd, "wb")
+        self.limit = limit
+        self.name = name
+        self.size = 0
+        self.format: str | None = None
+        self.asset_id = ""
+        self._head = b""
+        self._hasher = blake3()
+
+    def write(self, chunk: bytes) -> None:
+        """Take the next chunk (a page-cache write: cheaper than a hop to a thread)."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UploadTooLarge(f"{self.name or 'upload'} exceeds the upload limit of {self.limit} bytes")
+        if len(self._head) < HEAD_BYTES:
+            self._head += chunk[: HEAD_BYTES - len(self._head)]
+            if len(self._head) >= HEAD_BYTES:
+                self._sniff()  # refuse a non-image before reading the rest of it
+        self._hasher.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> None:
+        """All bytes are in: judge what came if it was shorter than a sniff, and fix the content hash."""
+        if self.size == 0:
+            raise UploadEmpty(f"{self.name}: empty file" if self.name else "empty file")
+        if self.format is None:
+            self._sniff()
+        self._file.close()
+        self.asset_id = self._hasher.hexdigest()
+
+    def store(self, settings: Settings) -> StoredUpload:
+        """Move the finished spool into the store."""
+        return place_original(settings, self.path, asset_id=self.asset_id, size=self.size,
+                              format=self.format or "", move=True)
+
+    def discard(self) -> None:
+        """Close and remove the temp file (a no-op once it was stored)."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def _sniff(self) -> None:
+        self.format = sniff(self._head)
+        if self.format is None:
+            raise UploadNotAnImage(f"{self.name + ': ' if self.name else ''}not a recognised image (judged by its "
+                                   "content, not its name or declared type)")
+
+
+def store_original(settings: Settings, source: Path) -> StoredUpload:
+    """Copy the local file ``source`` into the content-addressed originals store (atomically; once per content),
+    reading it once: judged, size-limited and hashed as it is copied (see :class:`Spool`)."""
+    spool = Spool(spool_dir(settings), settings.upload_max_bytes, source.name)
     try:
-        _copy_at_most(source, staging, settings.upload_max_bytes)
-        return _store_file(settings, staging, move=True, shown=source)
+        try:
+            with open(source, "rb") as src:
+                while chunk := src.read(COPY_BYTES):
+                    spool.write(chunk)
+        except OSError as exc:
+            raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
+        spool.finish()
+        return spool.store(settings)
+    except UploadRejected as exc:
+        raise type(exc)(exc.message, path=str(source)) from None
     finally:
-        staging.unlink(missing_ok=True)
-
-
-def _copy_at_most(source: Path, target: Path, limit: int) -> None:
-    """Copy ``source`` to ``target``, refusing it once more than ``limit`` bytes came (a file still growing, a
-    device that never ends)."""
-    copied = 0
-    try:
-        with open(source, "rb") as src, open(target, "wb") as out:
-            while chunk := src.read(1024 * 1024):
-                copied += len(chunk)
-                if copied > limit:
-                    raise UploadRejected(f"{source.name} exceeds the upload limit of {limit} bytes",
-                                         path=str(source))
-                out.write(chunk)
-    except OSError as exc:
-        raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
-
-
-def _store_file(settings: Settings, path: Path, *, move: bool, shown: Path | None = None) -> StoredUpload:
-    """Judge, hash and place ``path``; errors name ``shown`` (the user's file) when given."""
-    fmt = sniff_file(path)
-    if fmt is None:
-        shown = shown or path
-        raise UploadRejected(f"not a recognised image: {shown.name}", path=str(shown))
-    asset_id, size = hash_file(path, max_bytes=settings.upload_max_bytes)
-    return place_original(settings, path, asset_id=asset_id, size=size, format=fmt, move=move)
+        spool.discard()
 
 
 def place_original(

@@ -28,3 +28,8 @@ def corrupt(path: str) -> None:
     from streams.errors import CorruptImage
 
     raise CorruptImage(f"cannot decode {path}", path=path)
+
+
+def double_later(x: int, delay: float) -> int:
+    time.sleep(delay)
+    return 2 * x

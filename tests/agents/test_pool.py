@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -32,6 +33,38 @@ async def test_bad_jobs_fail_alone_with_typed_errors(pool: WorkPool) -> None:
     assert isinstance(hang, DecoderTimeout) and hang.retriable
     assert isinstance(hog, DecoderOutOfMemory) and not hog.retriable
     assert (four, ten) == (4, 10)
+
+
+async def test_a_pool_pebble_gives_up_on_is_replaced_and_the_jobs_it_dropped_run_again(pool: WorkPool) -> None:
+    # pebble gives a whole pool up when a process dies before pebble recorded which job it took (a crashing
+    # decoder on a busy machine): every job in flight fails with BrokenProcessPool, every later one with
+    # RuntimeError. Breaking it here the way pebble does makes that race happen on demand.
+    assert await pool.run(pool_jobs.double, 1) == 2
+    broken = pool._pool
+    in_flight = asyncio.ensure_future(pool.run(pool_jobs.double_later, 3, 0.5))
+    while not broken._pool_manager.task_manager.tasks:
+        await asyncio.sleep(0.01)  # pebble's own threads take the job: nothing to await on this side
+    broken._pool_manager.handle_broken_pool(BrokenProcessPool("All workers expired"))
+    assert await in_flight == 6  # run again on a fresh pool
+    assert await pool.run(pool_jobs.double, 4) == 8
+    assert pool.replacements == 1 and pool._pool is not broken
+
+
+async def test_a_job_that_breaks_a_fresh_pool_too_is_a_crash(pool: WorkPool, monkeypatch) -> None:
+    pools = []
+    new_pool = pool._new_pool
+
+    def breaking_pool():  # every pool pebble makes gives up at the first job
+        fresh = new_pool()
+        fresh.schedule = lambda *a, **k: (_ for _ in ()).throw(BrokenProcessPool("All workers expired"))
+        pools.append(fresh)
+        return fresh
+
+    monkeypatch.setattr(pool, "_new_pool", breaking_pool)
+    pool._pool = breaking_pool()
+    with pytest.raises(DecoderCrashed, match="broke while running it"):
+        await pool.run(pool_jobs.double, 1)
+    assert pool.replacements == 2
 
 
 async def test_pool_keeps_its_size_after_losing_processes(pool: WorkPool) -> None:

@@ -20,12 +20,13 @@ from pydantic import SecretStr
 
 from agents.hashing import hash_bytes
 from schemas import FileDiscovered, ProgressEvent, decode, encode, new_id
-from streams.http import bound_port, create_app, live_streams, serve, spool_dir
+from streams.http import bound_port, create_app, live_streams, serve
 from streams.ingest import ingest_folder
 from streams.kafka import ensure_topics, producer, tail
 from streams.settings import Settings
 from streams.supervisor import Stack
 from streams.topics import Topics, topics_for
+from streams.upload import spool_dir
 from tests.images import make_jpeg, make_png
 from tests.integration.conftest import catalog_of, wait_until
 

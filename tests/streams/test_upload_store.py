@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -17,19 +18,28 @@ def test_a_source_rewritten_while_it_is_stored_is_stored_under_the_hash_of_what_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    source = make_png(tmp_path / "render.png", size=(32, 32), seed=1)
-    other = make_png(tmp_path / "other.png", size=(32, 32), seed=2).read_bytes()
-    hash_file = upload.hash_file
+    source = make_png(tmp_path / "render.png", size=(256, 256), seed=1)
+    other = make_png(tmp_path / "other.png", size=(256, 256), seed=2).read_bytes()
+    monkeypatch.setattr(upload, "COPY_BYTES", 4096)
+    write = upload.Spool.write
 
-    def hash_then_rewrite(path, **kw):  # the renderer saves the file again right after it was hashed
-        result = hash_file(path, **kw)
-        source.write_bytes(other)
-        return result
+    def write_then_rewrite(spool, chunk):  # the renderer saves the file again while it is being copied
+        write(spool, chunk)
+        if spool.size == 4096:
+            source.write_bytes(other)
 
-    monkeypatch.setattr(upload, "hash_file", hash_then_rewrite)
+    monkeypatch.setattr(upload.Spool, "write", write_then_rewrite)
     stored = upload.store_original(settings, source)
     assert blake3(stored.path.read_bytes()).hexdigest() == stored.asset_id
-    assert not [p for p in settings.originals_dir.iterdir() if p.name.startswith(".")]  # no staging copy left
+    assert not list(upload.spool_dir(settings).iterdir())  # no spooled copy left
+
+
+def test_a_stored_original_gets_an_ordinary_files_mode(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    stored = upload.store_original(settings, make_png(tmp_path / "a.png", size=(32, 32), seed=1))
+    probe = tmp_path / "probe"
+    probe.touch()  # what this process's umask gives any new file
+    assert stat.S_IMODE(stored.path.stat().st_mode) == stat.S_IMODE(probe.stat().st_mode) != 0o600
 
 
 def test_a_source_gone_is_a_typed_error(tmp_path: Path) -> None:
