@@ -169,8 +169,9 @@ MAX_SAMPLERS = 64
 
 def passes(graph: dict[str, Any]) -> tuple[Graph, list[_Pass]]:
     g = Graph(graph)
-    ids = set([nid for nid in g.nodes if is_sampler(g.cls(nid), g.inputs(nid))][:MAX_SAMPLERS])
-    out = [_sampler_pass(g, nid, ids) for nid in g.nodes if nid in ids]
+    samplers = [nid for nid in g.nodes if is_sampler(g.cls(nid), g.inputs(nid))][:MAX_SAMPLERS]
+    ids = set(samplers)
+    out = [_sampler_pass(g, nid, ids) for nid in samplers]
     for p in out:
         p.upstream = _upstream_samplers(g, p.node_id, ids)
     return g, out
