@@ -143,7 +143,8 @@ def record_runtime(settings: Settings, bootstrap: str) -> None:
     path = settings.runtime_file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"bootstrap": bootstrap, "pid": os.getpid()}))
+    pid = os.getpid()
+    tmp.write_text(json.dumps({"bootstrap": bootstrap, "pid": pid, "started": _start_time(pid)}))
     os.replace(tmp, path)
 
 
@@ -152,7 +153,23 @@ def clear_runtime(settings: Settings) -> None:
         settings.runtime_file.unlink()
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; Linux), which tells it apart from a later process
+    given the same pid; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22; the name before it may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs, and is the one that started at ``started`` when that is known."""
+    if pid <= 0:
+        return False
+    if started is not None and _start_time(pid) not in (started, None):
+        return False  # the pid was given to another process since
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -170,7 +187,7 @@ def resolve_bootstrap(settings: Settings) -> str:
         info = json.loads(settings.runtime_file.read_text())
     except (FileNotFoundError, ValueError):
         info = None
-    if info and _alive(int(info.get("pid", 0))):
+    if info and _alive(int(info.get("pid", 0)), info.get("started")):
         return str(info["bootstrap"])
     raise ConfigError(
         f"no broker: start `damflow up` (data dir {settings.data_path}) or set DAMFLOW_BROKER_URL"

@@ -1,0 +1,33 @@
+"""Finding the broker a running ``damflow up`` started, from the runtime file it leaves (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from streams.broker import record_runtime, resolve_bootstrap
+from streams.errors import ConfigError
+from streams.settings import Settings
+
+
+def test_the_recorded_broker_is_found_while_its_process_runs(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    record_runtime(settings, "127.0.0.1:9092")  # as `damflow up` does: this process is its recorder
+    assert resolve_bootstrap(settings) == "127.0.0.1:9092"
+
+
+@pytest.mark.parametrize("change", [
+    {"started": 1},  # the recorder's pid now belongs to a later process (pids are reused)
+    {"pid": 0},  # no pid recorded
+])
+def test_a_recorder_that_is_gone_is_not_trusted(tmp_path: Path, change: dict) -> None:
+    settings = Settings(data_dir=tmp_path)
+    record_runtime(settings, "127.0.0.1:9092")
+    info = json.loads(settings.runtime_file.read_text()) | change
+    settings.runtime_file.write_text(json.dumps(info))
+    assert info["pid"] in (0, os.getpid())
+    with pytest.raises(ConfigError, match="no broker"):
+        resolve_bootstrap(settings)
