@@ -19,15 +19,32 @@ def quality_scores(thumbs_dir: str, asset_id: str) -> dict[str, float]:
     path = thumbnail_path(Path(thumbs_dir), asset_id, 256)
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                rgba = im.convert("RGBA")
+                rgb, opaque = rgba.convert("RGB"), rgba.getchannel("A").point(lambda a: 255 if a >= 128 else 0)
+            else:
+                rgb, opaque = im.convert("RGB"), None
     except FileNotFoundError as exc:
         raise SourceMissing(f"no thumbnail for {asset_id}", path=str(path)) from exc
+    return scores(rgb, opaque)
+
+
+def scores(rgb: Image.Image, opaque: Image.Image | None = None) -> dict[str, float]:
+    """The scores of an RGB image; with ``opaque`` (an L mask), of its opaque pixels only: what lies under a
+    transparent pixel is not part of the picture, nor is the edge where the picture meets the transparency."""
+    inner = None
+    if opaque is not None:
+        if opaque.getbbox() is None:  # nothing to see
+            return dict.fromkeys(("brightness", "contrast", "sharpness", "saturation", "score"), 0.0)
+        inner = opaque.filter(ImageFilter.MinFilter(3))  # one pixel in from the picture's border
     gray = rgb.convert("L")
-    brightness = ImageStat.Stat(gray).mean[0] / 255
-    contrast = min(ImageStat.Stat(gray).stddev[0] / 128, 1.0)
+    lum = ImageStat.Stat(gray, opaque)
+    brightness = lum.mean[0] / 255
+    contrast = min(lum.stddev[0] / 128, 1.0)
     edges = gray.filter(ImageFilter.FIND_EDGES)
-    sharpness = min(ImageStat.Stat(edges).stddev[0] / 64, 1.0)
-    saturation = ImageStat.Stat(rgb.convert("HSV")).mean[1] / 255
+    sharpness = 0.0 if inner is not None and inner.getbbox() is None else \
+        min(ImageStat.Stat(edges, inner).stddev[0] / 64, 1.0)
+    saturation = ImageStat.Stat(rgb.convert("HSV"), opaque).mean[1] / 255
     exposure = 1 - abs(brightness - 0.5) * 2
     score = round(0.35 * sharpness + 0.3 * contrast + 0.2 * exposure + 0.15 * saturation, 4)
     return {"brightness": round(brightness, 4), "contrast": round(contrast, 4), "sharpness": round(sharpness, 4),
