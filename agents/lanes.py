@@ -147,14 +147,19 @@ class LaneGovernor:
 
     def waiting(self, level: int) -> int | None:
         """Events of ``level``'s partitions here that no agent has started on yet: not fetched (as of the last
-        fetch's high water) or fetched and buffered. ``None`` while unknown (a partition nothing started on
-        since it was assigned)."""
+        fetch's high water) or fetched and buffered. For a partition nothing started on since it was assigned,
+        everything from its committed offset on; ``None`` while that is unknown too (never committed)."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})  # faust's: the next offset to read
         total = 0
         for tp in self._tps(level):
             high, started = self._highwater(tp), self._started.get(tp)
-            if high is None or started is None:
-                if high:  # a partition with events, none of them started here yet
+            if not high:
+                continue
+            if started is None:
+                start = committed.get(tp)
+                if start is None:  # a partition with events, none of them started here, and no commit
                     return None
+                total += max(high - start, 0)
                 continue
             total += max(high - started - 1, 0)
         return total

@@ -133,6 +133,10 @@ async def test_waiting_counts_the_events_no_agent_has_started_on() -> None:
     for handler in app.handlers:  # after a rebalance a partition may be read again from its last commit
         await handler(None, consumer.assigned)
     assert gov.waiting(1) is None
+    consumer._committed_offset = {tp0: 7}  # where it is read again from: the group's commit
+    assert gov.waiting(1) is None  # partition 1 never committed: still unknown
+    consumer._committed_offset[tp1] = 4
+    assert gov.waiting(1) == 3  # offsets 7-9 of partition 0; partition 1 all done
 
 
 def test_a_partition_taken_away_mid_check_counts_as_unknown(monkeypatch) -> None:
