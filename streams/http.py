@@ -101,6 +101,12 @@ class BodyTimeout(Refused):
     code = "request_timeout"
 
 
+class StorageUnavailable(Refused):
+    retriable = True
+    status = 503
+    code = "storage_unavailable"
+
+
 class Busy(Refused):
     retriable = True
     status = 503
@@ -241,13 +247,19 @@ async def upload(request: web.Request) -> web.Response:
     spools: list[Spool] = []
     try:
         try:
-            try:
-                await _receive(request, settings, spools)
-            except UploadRejected as exc:  # what the spool refused, as an HTTP answer
-                raise _REFUSALS.get(type(exc), Refused)(exc.message) from None
+            await _receive(request, settings, spools)
+            refusal = None
         except Refused as exc:
-            ulog.info("upload_refused", status=exc.status, reason=exc.message)
-            raise
+            refusal = exc
+        except UploadRejected as exc:  # what the spool refused, as an HTTP answer
+            refusal = _REFUSALS.get(type(exc), Refused)(exc.message)
+        except ConnectionError:
+            raise  # the client went
+        except OSError as exc:  # the spool's disk (full, read-only): as when storing, try again later
+            refusal = StorageUnavailable(f"cannot take uploads now: {exc.strerror or exc}")
+        if refusal is not None:
+            ulog.info("upload_refused", status=refusal.status, reason=refusal.message)
+            raise refusal
         return await _accept(app, spools, batch_id, wait, timeout, ulog)
     finally:
         for spool in spools:
