@@ -20,6 +20,7 @@ import os
 import resource
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -61,7 +62,8 @@ def _retire(pool: pebble.ProcessPool) -> None:
         pool.join(timeout=10)
 
 
-def _pid(_: int = 0) -> int:
+def _pid(linger_s: float = 0.0) -> int:
+    time.sleep(linger_s)  # long enough for the other processes to take the other tasks
     return os.getpid()
 
 
@@ -101,9 +103,15 @@ class WorkPool:
         threading.Thread(target=_retire, args=(broken,), name="pool-retire", daemon=True).start()
 
     def warm(self) -> set[int]:
-        """Start every pool process now rather than on the first file (first-asset latency); returns their pids."""
-        futures = [self._pool.schedule(_pid, (i,)) for i in range(self.size * 2)]
-        return {f.result() for f in futures}
+        """Start every pool process now rather than on the first file (first-asset latency), and wait until each
+        has run a task (so has run its initializer: nothing is frozen half set up); returns their pids."""
+        seen: set[int] = set()
+        for _ in range(50):
+            futures = [self._pool.schedule(_pid, (0.01,)) for _ in range(self.size * 2)]
+            seen |= {f.result() for f in futures}
+            if len(seen) >= self.size and set(self.pids()) <= seen:
+                break
+        return seen
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.call(fn, args, kwargs)
