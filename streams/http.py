@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import hmac
 import re
+import socket
+import struct
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -167,13 +169,37 @@ def display_name(raw: str | None) -> str | None:
     return None if name in ("", ".", "..") else name
 
 
-async def _read_within(read: Any, idle_s: float) -> bytes:
-    """The next chunk of a body from ``read()``; a client that sends nothing for ``idle_s`` is cut off."""
+async def _raw_chunk(request: web.Request, idle_s: float) -> bytes:
+    """The next bytes of a raw body, as soon as any arrive (the urgent path: no task per read); a client whose
+    body brings no byte for ``idle_s`` is cut off."""
     try:
         async with asyncio.timeout(idle_s):
-            return await read()
+            return await request.content.read(READ_BYTES)
     except TimeoutError:
         raise BodyTimeout(f"no byte of the body for {idle_s:g} s") from None
+
+
+async def _read_within(read: Any, request: web.Request, idle_s: float) -> Any:
+    """What ``read()`` gives of a multipart body; a client whose body brings no byte for ``idle_s`` is cut off.
+
+    Idle is judged by the bytes arriving, not by each read: a multipart read may wait for more than one arrival
+    (it looks ahead for the boundary), and a slow but steady client must not be cut off for that.
+    """
+    task = asyncio.ensure_future(read())
+    loop = asyncio.get_running_loop()
+    arrived, since = request.content.total_bytes, loop.time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(since + idle_s - loop.time(), 0.01))
+            if done:
+                return task.result()
+            if request.content.total_bytes != arrived:
+                arrived, since = request.content.total_bytes, loop.time()
+            elif loop.time() - since >= idle_s:
+                raise BodyTimeout(f"no byte of the body for {idle_s:g} s")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 async def _receive(request: web.Request, settings: Settings, spools: list[Spool]) -> None:
@@ -185,18 +211,19 @@ async def _receive(request: web.Request, settings: Settings, spools: list[Spool]
         max_files = settings.upload_max_files
         try:
             reader = await request.multipart()
-            while (part := await _read_within(reader.next, idle)) is not None:
+            while (part := await _read_within(reader.next, request, idle)) is not None:
                 if isinstance(part, MultipartReader):
                     raise Refused("nested multipart bodies are not accepted")
-                if part.name != "file":
-                    await _read_within(part.release, idle)
+                if part.name != "file":  # drained a chunk at a time: the idle limit is per read, as for files
+                    while await _read_within(lambda: part.read_chunk(READ_BYTES), request, idle):
+                        pass
                     continue
                 if len(spools) >= max_files:
                     raise Refused(f"at most {max_files} files per request")
                 # aiohttp's client percent-encodes file names in Content-Disposition; browsers send them raw
                 spool = Spool(directory, limit, display_name(unquote(part.filename or "")))
                 spools.append(spool)
-                while chunk := await _read_within(lambda: part.read_chunk(READ_BYTES), idle):
+                while chunk := await _read_within(lambda: part.read_chunk(READ_BYTES), request, idle):
                     spool.write(chunk)
                 spool.finish()
         except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
@@ -208,7 +235,7 @@ async def _receive(request: web.Request, settings: Settings, spools: list[Spool]
             raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
         spool = Spool(directory, limit, display_name(request.query.get("name")))
         spools.append(spool)
-        while chunk := await _read_within(lambda: request.content.read(READ_BYTES), idle):
+        while chunk := await _raw_chunk(request, idle):
             spool.write(chunk)
         spool.finish()
     else:
@@ -395,8 +422,7 @@ async def progress(request: web.Request) -> web.StreamResponse:
                 sent = await _stream_progress(request, _Sender(response, patience), consumer, batch, heartbeat)
             except ClientStalled:
                 slog.warning("progress_stream_dropped", reason=f"client took nothing for {patience:g} s")
-                if request.transport is not None:
-                    request.transport.close()  # what it has not read is not worth delivering
+                _drop(request)
                 return response
             except (KafkaError, DamflowError) as exc:
                 # The headers are out: end the stream (EventSource reconnects) rather than answer again.
@@ -453,6 +479,19 @@ async def _stream_progress(request: web.Request, response: _Sender, consumer: AI
             await response.write(b": heartbeat\n\n")
             beat = loop.time() + heartbeat
     return sent
+
+
+def _drop(request: web.Request) -> None:
+    """Reset the connection now: what the client has not read is not worth delivering. (``close()`` would wait
+    for the buffered bytes to drain, which a stalled client never lets happen: socket and buffers would stay.)"""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no FIN-WAIT
+    transport.abort()
 
 
 def _gone(request: web.Request) -> bool:

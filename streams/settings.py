@@ -173,8 +173,8 @@ class Settings(BaseSettings):
     http_shutdown_timeout_s: float = Field(default=5.0, gt=0)
     #: An upload whose body sends no byte for this long is answered 408 and dropped (its temp file goes).
     http_body_idle_timeout_s: float = Field(default=30.0, gt=0)
-    #: A live progress client that takes no byte of an event or heartbeat for this long is dropped, freeing
-    #: its place among ``http_max_sse_clients``.
+    #: A live progress client whose connection takes no byte for this long once the socket's buffers are full
+    #: (a write waits) is reset, freeing its place among ``http_max_sse_clients`` and its socket.
     http_sse_write_timeout_s: float = Field(default=30.0, gt=0)
 
     # -- logging -----------------------------------------------------------------------------------------

@@ -412,6 +412,11 @@ async def test_a_progress_client_that_stops_reading_is_dropped_and_frees_its_pla
                 for _ in range(20):
                     await prod.send(http.topics.progress, encode(big), key=b"b")
             await wait_until(lambda: live_streams(http.app) == 0, 30, "the stalled stream to be dropped")
+            # and its connection is reset at once, not left to drain what the client never reads
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(10):
+                    while await reader.read(1 << 20):
+                        pass
         finally:
             writer.close()
         async with http.get("/progress") as resp:  # its place is free again
@@ -433,3 +438,27 @@ async def test_a_full_disk_while_receiving_is_503_and_leaves_nothing(bare: Calla
         async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
             assert resp.status == 503 and (await resp.json())["code"] == "storage_unavailable"
         assert leftovers(http.settings) == []
+
+
+async def test_a_slow_but_steady_body_is_not_cut_off(bare: Callable, tmp_path: Path) -> None:
+    png = make_png(tmp_path / "a.png", size=(64, 64), seed=5).read_bytes()
+    note = b"n" * 4000
+    body = [b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\n'] + \
+        [note[i:i + 500] for i in range(0, len(note), 500)] + \
+        [b'\r\n--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+         b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--XyZ--\r\n"]
+    async with bare(http_body_idle_timeout_s=0.5) as http:
+        reader, writer = await raw_connection(http)
+        try:
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                         b"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+                         + f"Content-Length: {sum(map(len, body))}\r\n\r\n".encode())
+            for piece in body:  # a part that takes 2.4 s in all, a piece every 0.3 s: never idle for 0.5 s
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.3)  # the pace of a slow client, not synchronisation
+            async with asyncio.timeout(30):
+                status = await reader.readline()
+        finally:
+            writer.close()
+    assert status.split()[1] == b"202", status
