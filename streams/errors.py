@@ -107,6 +107,12 @@ class UploadRejected(PermanentError):
     code = "upload_rejected"
 
 
+class StorageUnavailable(TransientError):
+    """damflow's own disk cannot take a file now (full, read-only): nothing wrong with the file; try again later."""
+
+    code = "storage_unavailable"
+
+
 class UploadTooLarge(UploadRejected):
     code = "too_large"
 

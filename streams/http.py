@@ -37,7 +37,7 @@ from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
 from streams.errors import (
-    DamflowError, PermanentError, SchemaError, UploadNotAnImage, UploadRejected, UploadTooLarge,
+    DamflowError, PermanentError, SchemaError, StorageUnavailable, UploadNotAnImage, UploadRejected, UploadTooLarge,
 )
 from streams.express import ExpressClient
 from streams.ingest import OutcomeWatcher, follow_published
@@ -103,7 +103,7 @@ class BodyTimeout(Refused):
     code = "request_timeout"
 
 
-class StorageUnavailable(Refused):
+class CannotStore(Refused):
     retriable = True
     status = 503
     code = "storage_unavailable"
@@ -280,10 +280,8 @@ async def upload(request: web.Request) -> web.Response:
             refusal = exc
         except UploadRejected as exc:  # what the spool refused, as an HTTP answer
             refusal = _REFUSALS.get(type(exc), Refused)(exc.message)
-        except ConnectionError:
-            raise  # the client went
-        except OSError as exc:  # the spool's disk (full, read-only): as when storing, try again later
-            refusal = StorageUnavailable(f"cannot take uploads now: {exc.strerror or exc}")
+        except StorageUnavailable as exc:  # the spool's disk (full, read-only): as when storing, try again later
+            refusal = CannotStore(exc.message)
         if refusal is not None:
             ulog.info("upload_refused", status=refusal.status, reason=refusal.message)
             raise refusal

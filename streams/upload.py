@@ -6,12 +6,15 @@ the client is ever used on disk — the client's file name is kept as ``display_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiokafka import AIOKafkaProducer
 from blake3 import blake3
@@ -19,7 +22,7 @@ from blake3 import blake3
 from agents.hashing import source_error
 from agents.sniff import HEAD_BYTES, sniff
 from schemas import FileDiscovered, encode, new_id, now
-from streams.errors import UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge
+from streams.errors import StorageUnavailable, UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge
 from streams.express import ExpressRequest
 from streams.settings import Settings
 from streams.topics import Topics
@@ -62,6 +65,15 @@ def spool_dir(settings: Settings) -> Path:
     return settings.data_path / "incoming"
 
 
+@contextlib.contextmanager
+def _storing() -> Iterator[None]:
+    """An error of damflow's own disk while storing is typed as such: not the user's file's fault."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot store uploads now: {exc.strerror or exc}") from exc
+
+
 class Spool:
     """One upload's bytes on their way into the store: written to a temp file under ``directory`` while the size
     limit is held, the head sniffed (a non-image is refused before the rest is read) and the content hashed, so
@@ -70,9 +82,10 @@ class Spool:
     """
 
     def __init__(self, directory: Path, limit: int, name: str | None) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
-        os.fchmod(fd, _STORED_MODE)
+        with _storing():
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
+            os.fchmod(fd, _STORED_MODE)
         self.path = Path(path)
         self._file = os.fdopen(fd, "wb")
         self.limit = limit
@@ -93,7 +106,8 @@ class Spool:
             if len(self._head) >= HEAD_BYTES:
                 self._sniff()  # refuse a non-image before reading the rest of it
         self._hasher.update(chunk)
-        self._file.write(chunk)
+        with _storing():
+            self._file.write(chunk)
 
     def finish(self) -> None:
         """All bytes are in: judge what came if it was shorter than a sniff, and fix the content hash."""
@@ -101,18 +115,22 @@ class Spool:
             raise UploadEmpty(f"{self.name}: empty file" if self.name else "empty file")
         if self.format is None:
             self._sniff()
-        self._file.close()
+        with _storing():
+            self._file.close()  # the last buffered bytes are written here
         self.asset_id = self._hasher.hexdigest()
 
     def store(self, settings: Settings) -> StoredUpload:
         """Move the finished spool into the store."""
-        return place_original(settings, self.path, asset_id=self.asset_id, size=self.size,
-                              format=self.format or "", move=True)
+        with _storing():
+            return place_original(settings, self.path, asset_id=self.asset_id, size=self.size,
+                                  format=self.format or "", move=True)
 
     def discard(self) -> None:
         """Close and remove the temp file (a no-op once it was stored)."""
-        self._file.close()
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed flush was reported when it happened
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
     def _sniff(self) -> None:
         self.format = sniff(self._head)
@@ -121,17 +139,25 @@ class Spool:
                                    "content, not its name or declared type)")
 
 
+def _read_source(src: BinaryIO, source: Path) -> bytes:
+    try:
+        return src.read(COPY_BYTES)
+    except OSError as exc:
+        raise source_error(exc, source) from exc  # typed as when hashing
+
+
 def store_original(settings: Settings, source: Path) -> StoredUpload:
     """Copy the local file ``source`` into the content-addressed originals store (atomically; once per content),
     reading it once: judged, size-limited and hashed as it is copied (see :class:`Spool`)."""
     spool = Spool(spool_dir(settings), settings.upload_max_bytes, source.name)
     try:
         try:
-            with open(source, "rb") as src:
-                while chunk := src.read(COPY_BYTES):
-                    spool.write(chunk)
+            src = open(source, "rb")  # noqa: SIM115 — its errors (gone, unreadable) are the source's, typed below
         except OSError as exc:
-            raise source_error(exc, source) from exc  # gone, unreadable: typed as when hashing
+            raise source_error(exc, source) from exc
+        with src:
+            while chunk := _read_source(src, source):
+                spool.write(chunk)
         spool.finish()
         return spool.store(settings)
     except UploadRejected as exc:

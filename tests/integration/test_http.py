@@ -425,16 +425,11 @@ async def test_a_progress_client_that_stops_reading_is_dropped_and_frees_its_pla
 
 async def test_a_full_disk_while_receiving_is_503_and_leaves_nothing(bare: Callable, tmp_path: Path,
                                                                      monkeypatch) -> None:
-    import errno
+    from tests.streams.test_upload_store import spool_on_a_full_disk
 
-    from streams import upload as upload_module
-
-    def no_space(self, chunk: bytes) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(upload_module.Spool, "write", no_space)
     png = make_png(tmp_path / "a.png", size=(32, 32), seed=4).read_bytes()
     async with bare() as http:
+        spool_on_a_full_disk(monkeypatch, tmp_path)
         async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
             assert resp.status == 503 and (await resp.json())["code"] == "storage_unavailable"
         assert leftovers(http.settings) == []

@@ -59,3 +59,24 @@ def test_a_file_over_the_limit_or_not_an_image_is_refused_without_a_full_copy(tm
     with pytest.raises(UploadRejected, match="big.png exceeds the upload limit"):
         upload.store_original(settings, big)
     assert not settings.originals_dir.exists() or not list(settings.originals_dir.rglob("*"))
+
+
+def spool_on_a_full_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Make every upload spool write to /dev/full (each write: ENOSPC), as on a full disk."""
+    import os
+
+    def full_mkstemp(**kw):
+        return os.open("/dev/full", os.O_WRONLY), str(tmp_path / "spooled.part")
+
+    monkeypatch.setattr(upload.tempfile, "mkstemp", full_mkstemp)
+    monkeypatch.setattr(upload.os, "fchmod", lambda fd, mode: None)  # leave /dev/full's own mode alone
+
+
+@pytest.mark.parametrize("size", [(8, 8), (512, 512)])  # written at close (a few hundred bytes), or on the way
+def test_a_full_disk_is_a_typed_storage_error_not_the_files_fault(tmp_path: Path, monkeypatch, size) -> None:
+    from streams.errors import StorageUnavailable
+
+    source = make_png(tmp_path / "a.png", size=size, seed=1)
+    spool_on_a_full_disk(monkeypatch, tmp_path)
+    with pytest.raises(StorageUnavailable, match="No space left"):
+        upload.store_original(Settings(data_dir=tmp_path / "data"), source)
