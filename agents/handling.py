@@ -39,6 +39,8 @@ log = get(__name__)
 _HOST = socket.gethostname()
 _TRACEBACK_LIMIT = 4000
 _MESSAGE_LIMIT = 4000
+#: A key longer than this is cut in the envelope and not the letter's key (damflow's, paths and ids, are shorter).
+_KEY_LIMIT = 4096
 #: Room kept in a dead letter's message for the broker's record and batch framing and the headers.
 _FRAMING = 16 * 1024
 
@@ -169,13 +171,15 @@ class EventHandler:
     ) -> None:
         msg = event.message
         raw: bytes = bytes(event.value) if isinstance(event.value, bytes | bytearray) else b""
+        key: bytes | None = msg.key if isinstance(msg.key, bytes) else None
         code, _ = classify(exc)
         at = now()
         letter = DeadLetter(
             original_topic=history.source_topic or msg.topic, original_partition=msg.partition,
             original_offset=msg.offset,
             original_timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-            original_key=msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes) else None,
+            original_key=key.decode("utf-8", "replace")[:_KEY_LIMIT] if key is not None else None,
+            key_truncated=key is not None and len(key) > _KEY_LIMIT,
             original_payload="", original_size=len(raw), received_topic=msg.topic, consumer_group=self.group,
             error_class=type(exc).__name__, error_code=code, error_message=str(exc)[:_MESSAGE_LIMIT],
             cause=repr(exc.__cause__)[:_MESSAGE_LIMIT] if exc.__cause__ else None,
@@ -186,7 +190,9 @@ class EventHandler:
             file_size=size if size is not None else (record.size if record else None),
             replay_count=getattr(record, "replay_count", 0), batch_id=record.batch_id if record else None,
         )
-        value = _with_payload(letter, raw, self._letter_budget)
+        # a key too long to keep goes neither in the envelope nor as the letter's key: it stays on the source topic
+        letter_key = key if key is None or len(key) <= _KEY_LIMIT else None
+        value = _with_payload(letter, raw, self._letter_budget - len(letter_key or b""))
         headers = {
             "damflow-error-class": letter.error_class, "damflow-error-code": code,
             "damflow-error-message": letter.error_message[:500], "damflow-original-topic": letter.original_topic,
@@ -197,6 +203,6 @@ class EventHandler:
             "damflow-batch-id": letter.batch_id or "", "damflow-file-path": (letter.file_path or "")[:500],
         }
         await (await self._dlq.send(
-            key=msg.key if isinstance(msg.key, bytes) else None, value=value,
+            key=letter_key, value=value,
             headers={k: v.encode() for k, v in headers.items()},
         ))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError, PermanentError
@@ -45,8 +46,11 @@ class Letter:
     envelope: DeadLetter | None
     #: Why the envelope itself could not be read (it should never happen; kept visible if it does).
     unreadable: str | None = None
-    #: The whole original value, read back from its topic, when the envelope holds only its first bytes.
+    #: The whole original value and key, read back from its topic (:func:`read_back`), when the envelope holds
+    #: only part of them.
     fetched: bytes | None = None
+    fetched_key: bytes | None = None
+    read_back_tried: bool = False
     status: str = "pending"
     history: list[dict] = field(default_factory=list)
 
@@ -59,10 +63,12 @@ class Letter:
         e = self.envelope
         if e is None:
             return None, f"unreadable envelope: {self.unreadable}"
-        if e.payload_truncated:
+        if e.payload_truncated or e.key_truncated:
             if self.fetched is None:
-                return None, (f"the letter keeps only the first bytes of a {e.original_size}-byte value, and "
-                              f"{e.received_topic or e.original_topic} no longer holds offset {e.original_offset}")
+                where = f"{e.received_topic or e.original_topic} offset {e.original_offset}"
+                return None, (f"the letter keeps only part of the message ({e.original_size} bytes); "
+                              + (f"it could not be read back from {where} (gone past retention?)"
+                                 if self.read_back_tried else f"the whole of it is at {where}"))
             return self.fetched, ""
         return (base64.b64decode(e.original_payload) if e.payload_encoding == "base64"
                 else e.original_payload.encode()), ""
@@ -145,29 +151,39 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
                                           rec.timestamp, envelope, why))
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-        await _fetch_cut_originals(consumer, letters)
     finally:
         await consumer.stop()
     return sorted(letters, key=lambda x: (x.tier, x.partition, x.offset))
 
 
-async def _fetch_cut_originals(consumer: AIOKafkaConsumer, letters: list[Letter]) -> None:
-    """Read back, from where they were consumed, the values of letters that could keep only their first bytes."""
+async def read_back(bootstrap: str, letters: Iterable[Letter]) -> None:
+    """Read the whole original message of each letter that keeps only part of it (``payload_truncated``,
+    ``key_truncated``) back from where it was consumed, while the broker retains it (for ``replay``)."""
     cut: dict[TopicPartition, list[Letter]] = {}
     for letter in letters:
         e = letter.envelope
-        if e is not None and e.payload_truncated:
+        if e is not None and (e.payload_truncated or e.key_truncated):
             cut.setdefault(TopicPartition(e.received_topic or e.original_topic, e.original_partition), []).append(letter)
     if not cut:
         return
-    consumer.assign(list(cut))
-    for tp, wanted in cut.items():
-        for letter in wanted:
-            offset = letter.envelope.original_offset
-            consumer.seek(tp, offset)
-            records = (await consumer.getmany(tp, timeout_ms=2000, max_records=1)).get(tp, [])
-            if records and records[0].offset == offset:  # gone past retention: the broker answers a later one
-                letter.fetched = records[0].value
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
+                                auto_offset_reset="none")
+    await consumer.start()
+    try:
+        consumer.assign(list(cut))
+        for tp, wanted in cut.items():
+            for letter in wanted:
+                letter.read_back_tried = True
+                offset = letter.envelope.original_offset
+                consumer.seek(tp, offset)
+                try:
+                    records = (await consumer.getmany(tp, timeout_ms=2000, max_records=1)).get(tp, [])
+                except OffsetOutOfRangeError:  # gone past retention
+                    continue
+                if records and records[0].offset == offset:
+                    letter.fetched, letter.fetched_key = records[0].value, records[0].key
+    finally:
+        await consumer.stop()
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -260,8 +276,8 @@ async def replay(
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
             continue
-        key = letter.envelope.original_key or event.path  # the path on tier 1's topics, the asset id after
-        await prod.send_and_wait(target, encode(event), key=key.encode())
+        key = letter.fetched_key or (letter.envelope.original_key or event.path).encode()  # path, then asset id
+        await prod.send_and_wait(target, encode(event), key=key)
         ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"
         results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})

@@ -217,7 +217,9 @@ class DeadLetter(Event, frozen=True, kw_only=True):
     original_partition: int
     original_offset: int
     original_timestamp_ms: int | None = None
+    #: The original key; its first characters when ``key_truncated`` (the whole one is on the source topic).
     original_key: str | None = None
+    key_truncated: bool = False
     #: The original message value, base64 when it was not valid UTF-8 (see ``payload_encoding``). Cut to its
     #: first bytes (base64) when the whole would not fit in one message: see ``payload_truncated``.
     original_payload: str

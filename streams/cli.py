@@ -257,6 +257,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 return [letter.to_dict() for letter in chosen]
             if args.action == "purge":
                 return dlq.purge(chosen, ledger, dry_run=args.dry_run)
+            await dlq.read_back(resolve_bootstrap(settings), chosen)  # the whole of any message a letter cut
             async with producer(resolve_bootstrap(settings)) as prod:
                 return await dlq.replay(chosen, prod, ledger, settings, topics, dry_run=args.dry_run, rate=args.rate)
         finally:

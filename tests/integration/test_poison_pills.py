@@ -8,7 +8,7 @@ import random
 import pytest
 
 from schemas import DeadLetter, decode
-from consumers.dlq import read_letters
+from consumers.dlq import read_back, read_letters
 from streams.ingest import upload_files
 from streams.kafka import producer, tail
 from streams.supervisor import Stack
@@ -53,21 +53,28 @@ async def test_random_bytes_go_to_the_dlq_and_the_worker_keeps_running(stack: St
         assert letter.consumer_group == stack.settings.group_id and letter.worker_host
 
 
-async def test_a_pill_too_large_to_dead_letter_whole_keeps_its_head_and_is_read_back_whole(stack: Stack) -> None:
-    pill = b"\x01" * 900_000  # fits in a message; not in one with its envelope, as text (5.4 MB) or base64
+@pytest.mark.parametrize(("key", "pill"), [
+    (b"big-pill", b"\x01" * 900_000),  # fits in a message; not in one with its envelope, as text (5.4 MB) or base64
+    (b"k" * 200_000, b"\x01" * 780_000),  # the key too would go twice: as the letter's key and in its envelope
+])
+async def test_a_pill_too_large_to_dead_letter_whole_keeps_its_head_and_is_read_back_whole(
+        stack: Stack, key: bytes, pill: bytes) -> None:
     async with producer(stack.bootstrap) as prod:
-        await (await prod.send(stack.topics.t1_batch, pill, key=b"big-pill"))
+        await (await prod.send(stack.topics.t1_batch, pill, key=key))
     async with tail(stack.bootstrap, stack.topics.dlq(1), stack.settings, from_beginning=True) as dlq:
         letter = None
         while letter is None:
             batches = await dlq.getmany(timeout_ms=10_000)
             assert batches, "the large pill was never dead-lettered"
             letter = next((decode(r.value, DeadLetter) for rs in batches.values() for r in rs
-                           if r.key == b"big-pill"), None)
+                           if decode(r.value, DeadLetter).original_key == key.decode()[:4096]), None)
     assert letter.payload_truncated and letter.original_size == len(pill)
+    assert letter.key_truncated == (len(key) > 4096)
     assert letter.received_topic == stack.topics.t1_batch and letter.error_class == "SchemaError"
     assert pill.startswith(base64.b64decode(letter.original_payload))
 
     [found] = [x for x in await read_letters(stack.bootstrap, stack.topics, tiers=(1,))
-               if x.envelope and x.envelope.original_key == "big-pill"]
-    assert found.original_value() == (pill, "")
+               if x.envelope and x.envelope.original_key == key.decode()[:4096]]
+    assert found.original_value()[0] is None  # only part of it is in the letter
+    await read_back(stack.bootstrap, [found])
+    assert found.original_value() == (pill, "") and found.fetched_key == key
