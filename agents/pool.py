@@ -33,6 +33,8 @@ from streams.logs import get
 from streams.parentage import die_with_parent
 
 T = TypeVar("T")
+#: How often a job's wait checks that its pool still runs (pebble leaves a job it took as it broke unsettled).
+POOL_CHECK_S = 1.0
 log = get(__name__)
 
 
@@ -125,7 +127,7 @@ class WorkPool:
             pool = self._pool
             try:
                 future = pool.schedule(fn, args, kwargs, timeout=timeout_s)
-                return await self._outcome(future, timeout_s)
+                return await self._outcome(pool, future, timeout_s)
             except RuntimeError as exc:  # BrokenProcessPool is one too
                 if not isinstance(exc, BrokenProcessPool) and pool.active:
                     raise  # not the pool's state: the job's own error
@@ -135,9 +137,16 @@ class WorkPool:
                 log.warning("pool_job_rerun", error=repr(exc))  # innocent, as a rule: a neighbour crashed
         raise AssertionError("unreachable")
 
-    async def _outcome(self, future: Any, timeout_s: float | None) -> Any:
+    async def _outcome(self, pool: pebble.ProcessPool, future: Any, timeout_s: float | None) -> Any:
+        waiter = asyncio.wrap_future(future)
         try:
-            return await asyncio.wrap_future(future)
+            while True:  # a job pebble took just as it gave the pool up is never settled: check the pool meanwhile
+                done, _ = await asyncio.wait({waiter}, timeout=POOL_CHECK_S)
+                if done:
+                    return waiter.result()
+                if not pool.active:
+                    future.cancel()
+                    raise BrokenProcessPool("the pool stopped with this job still pending")
         except FutureTimeout as exc:
             raise DecoderTimeout(f"no result within {timeout_s:g} s; the decoding process was killed") from exc
         except pebble.ProcessExpired as exc:
@@ -145,6 +154,9 @@ class WorkPool:
             raise DecoderCrashed(f"the decoding process died (exit code {exc.exitcode})") from exc
         except MemoryError as exc:
             raise self.translate(exc) from exc
+        finally:
+            if not waiter.done():  # the caller was cancelled: so is the job
+                waiter.cancel()
 
     def translate(self, exc: BaseException) -> BaseException:
         """The error a caller gets for ``exc`` raised by its call in a pool process."""

@@ -133,3 +133,18 @@ def _await_states(pids: list[int], states: str, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)  # a signal's effect on another process: nothing to await
     return True
+
+
+async def test_a_job_taken_just_as_the_pool_breaks_runs_on_a_fresh_one(pool: WorkPool, monkeypatch) -> None:
+    monkeypatch.setattr("agents.pool.POOL_CHECK_S", 0.05, raising=False)
+    assert await pool.run(pool_jobs.double, 1) == 2
+    broken = pool._pool
+    check = broken._check_pool_status
+
+    def check_then_break() -> None:  # the pool breaks just after schedule() found it running: pebble then
+        check()  # dispatches the job with nothing left to settle its future or enforce its time limit
+        broken._pool_manager.handle_broken_pool(BrokenProcessPool("All workers expired"))
+
+    broken._check_pool_status = check_then_break
+    assert await asyncio.wait_for(pool.run(pool_jobs.double, 2), 30) == 4
+    assert pool.replacements == 1
