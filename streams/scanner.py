@@ -2,11 +2,13 @@
 
 - Image files are recognised by their content (magic bytes); a file with an image extension whose content is
   not recognised (empty, truncated, mislabelled) is still published, so it ends as a recorded failure rather
-  than a silently skipped file. Anything else (notes, sidecars) is counted as skipped.
+  than a silently skipped file. Anything else (notes, sidecars) is counted as skipped. A file that is gone
+  between the directory's listing and its stat was never there to find: it is logged only.
 - Links are followed only while they stay inside the root; directory loops are visited once. A file that
   vanishes or cannot be read during the walk, or a link whose target is gone, is still published when it is
   named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it), and a
-  directory or entry that cannot be read (whose files are unknown), is recorded as failed right here
+  directory that cannot be read (whose files are unknown) or an entry named like an image that cannot be looked
+  at, is recorded as failed right here
   (``AssetFailed``: ``unrepresentable_path``, ``source_unreadable``): nothing found goes unaccounted.
 - Every send is checked: a file the broker did not take fails the scan (``BrokerError``), it is never reported
   as published.
@@ -58,10 +60,18 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result | OSError]]:
+@dataclass(frozen=True)
+class Unreadable:
+    """Something the walk found but could not read: a directory (whose files are therefore unknown) or an entry."""
+
+    error: OSError
+    directory: bool
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
     """Yield (path, stat) of every regular file under ``root``, following links only within ``root``; and
-    (path, error) of each directory or entry that exists but cannot be read, whose files are therefore unknown.
-    What vanished meanwhile is not there to find: it is logged only."""
+    (path, ``Unreadable``) of each directory or entry that exists but cannot be read. What vanished meanwhile
+    (between listing and looking) is not there to find: it is logged only."""
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [real_root]
@@ -78,7 +88,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | OSError]]:
             continue
         except OSError as exc:
             log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
-            yield directory, exc
+            yield directory, Unreadable(exc, directory=True)
             continue
         subdirs = []
         for entry in entries:
@@ -100,7 +110,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | OSError]]:
                 log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
             except OSError as exc:
                 log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
-                yield path, exc
+                yield path, Unreadable(exc, directory=False)
         stack.extend(reversed(subdirs))
 
 
@@ -110,6 +120,10 @@ def looks_like_image(path: str) -> bool:
             return True
     except (OSError, DamflowError):
         pass  # gone or unreadable now: let tier 1 record why, if it is named like an image
+    return _named_like_image(path)
+
+
+def _named_like_image(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
@@ -172,23 +186,26 @@ async def scan(
     await report()
     async with LagProbe(bootstrap, settings.group_id, topic) as probe:
         for path, st in walk(root):
-            if isinstance(st, OSError):  # what it holds is unknown: a recorded failure, counted in the batch
-                found += 1
+            if isinstance(st, Unreadable):
+                if not st.directory and not _named_like_image(path):
+                    other += 1  # as for any file that is not an image
+                    continue
+                found += 1  # what it holds is unknown: a recorded failure, counted in the batch
                 await send(topics.assets, *_scan_failure(path, batch_id, lane, SourceUnreadable(
-                    f"cannot read {'directory' if os.path.isdir(path) else 'entry'}: {st.strerror or st}; "
+                    f"cannot read {'directory' if st.directory else 'entry'}: {st.error.strerror or st.error}; "
                     "fix its permissions and ingest the folder again", path=_printable(path))))
-                continue
-            if not looks_like_image(path):
+            elif not looks_like_image(path):
                 other += 1
                 continue
-            if known.get(path) == (st.st_size, st.st_mtime_ns):
+            elif known.get(path) == (st.st_size, st.st_mtime_ns):
                 unchanged += 1
                 continue
-            found += 1
-            if not _is_text(path):
+            elif not _is_text(path):
+                found += 1
                 await send(topics.assets, *_scan_failure(path, batch_id, lane, UnrepresentablePath(
                     "the file name is not valid UTF-8: rename the file to ingest it", path=_printable(path))))
             else:
+                found += 1
                 event = FileDiscovered(
                     event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
                     mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,

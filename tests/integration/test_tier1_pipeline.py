@@ -153,7 +153,17 @@ async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
 
+    real_stat = os.stat
+
+    def stat(path, *a, **k):  # as for entries of a directory that can be listed but not entered
+        if os.path.basename(path).startswith("blocked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *a, **k)
+
     monkeypatch.setattr("streams.scanner.os.scandir", scandir)
+    monkeypatch.setattr("streams.scanner.os.stat", stat)
+    make_png(folder / "blocked.png", size=(64, 64), seed=4)  # named like an image: a recorded failure
+    (folder / "blocked.txt").write_text("notes")  # not named like one: skipped, as any other non-image
     make_png(folder / "good.png", size=(64, 64), seed=1)
     with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8
         f.write(make_png(tmp_path / "src.png", size=(64, 64), seed=2).read_bytes())
@@ -162,14 +172,14 @@ async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack
 
     result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
 
-    assert result.found == 4
+    assert result.found == 5 and result.skipped_other == 1
     p = result.progress
-    assert p.done == 1 and p.failed + p.dead_lettered == 3 and p.in_flight == 0
+    assert p.done == 1 and p.failed + p.dead_lettered == 4 and p.in_flight == 0
     with sqlite3.connect(s.catalog_path) as db:
         codes = dict(db.execute("SELECT path, error_code FROM failures WHERE tier = 1"))
     real = os.path.realpath(folder)
     assert codes == {f"{real}/caf\\xe9.png": "unrepresentable_path", f"{real}/gone.png": "source_missing",
-                     f"{real}/locked": "source_unreadable"}
+                     f"{real}/locked": "source_unreadable", f"{real}/blocked.png": "source_unreadable"}
 
 
 async def test_upload_lands_in_catalog_and_is_stored_content_addressed(stack: Stack, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from streams.scanner import looks_like_image, walk
+from streams.scanner import Unreadable, looks_like_image, walk
 from tests.images import make_jpeg, make_png
 
 
@@ -93,4 +93,5 @@ def test_a_directory_that_cannot_be_read_is_yielded_with_its_error_and_one_that_
     monkeypatch.setattr("streams.scanner.os.scandir", scandir)
     found = {os.path.relpath(p, os.path.realpath(tmp_path)): st for p, st in walk(tmp_path)}
     assert set(found) == {"open/a.png", "locked"}
-    assert isinstance(found["locked"], PermissionError) and isinstance(found["open/a.png"], os.stat_result)
+    assert found["locked"] == Unreadable(found["locked"].error, directory=True)
+    assert isinstance(found["locked"].error, PermissionError) and isinstance(found["open/a.png"], os.stat_result)
