@@ -172,14 +172,15 @@ class EventHandler:
         msg = event.message
         raw: bytes = bytes(event.value) if isinstance(event.value, bytes | bytearray) else b""
         key: bytes | None = msg.key if isinstance(msg.key, bytes) else None
+        key_text = key.decode("utf-8", "replace") if key is not None else None
         code, _ = classify(exc)
         at = now()
         letter = DeadLetter(
             original_topic=history.source_topic or msg.topic, original_partition=msg.partition,
             original_offset=msg.offset,
             original_timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-            original_key=key.decode("utf-8", "replace")[:_KEY_LIMIT] if key is not None else None,
-            key_truncated=key is not None and len(key) > _KEY_LIMIT,
+            original_key=key_text[:_KEY_LIMIT] if key_text is not None else None,
+            key_truncated=key_text is not None and len(key_text) > _KEY_LIMIT,
             original_payload="", original_size=len(raw), received_topic=msg.topic, consumer_group=self.group,
             error_class=type(exc).__name__, error_code=code, error_message=str(exc)[:_MESSAGE_LIMIT],
             cause=repr(exc.__cause__)[:_MESSAGE_LIMIT] if exc.__cause__ else None,
@@ -191,7 +192,7 @@ class EventHandler:
             replay_count=getattr(record, "replay_count", 0), batch_id=record.batch_id if record else None,
         )
         # a key too long to keep goes neither in the envelope nor as the letter's key: it stays on the source topic
-        letter_key = key if key is None or len(key) <= _KEY_LIMIT else None
+        letter_key = None if letter.key_truncated else key
         value = _with_payload(letter, raw, self._letter_budget - len(letter_key or b""))
         headers = {
             "damflow-error-class": letter.error_class, "damflow-error-code": code,

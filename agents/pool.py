@@ -113,6 +113,8 @@ class WorkPool:
             seen |= {f.result() for f in futures}
             if len(seen) >= self.size and set(self.pids()) <= seen:
                 break
+        else:
+            log.warning("pool_warm_incomplete", size=self.size, started=len(seen))
         return seen
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

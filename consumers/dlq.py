@@ -63,13 +63,13 @@ class Letter:
         e = self.envelope
         if e is None:
             return None, f"unreadable envelope: {self.unreadable}"
-        if e.payload_truncated or e.key_truncated:
-            if self.fetched is None:
-                where = f"{e.received_topic or e.original_topic} offset {e.original_offset}"
-                return None, (f"the letter keeps only part of the message ({e.original_size} bytes); "
-                              + (f"it could not be read back from {where} (gone past retention?)"
-                                 if self.read_back_tried else f"the whole of it is at {where}"))
+        if self.fetched is not None:
             return self.fetched, ""
+        if e.payload_truncated:
+            where = f"{e.received_topic or e.original_topic} offset {e.original_offset}"
+            return None, (f"the letter keeps only the first bytes of the message's {e.original_size}-byte value; "
+                          + (f"it could not be read back from {where} (gone past retention?)"
+                             if self.read_back_tried else f"the whole of it is at {where}"))
         return (base64.b64decode(e.original_payload) if e.payload_encoding == "base64"
                 else e.original_payload.encode()), ""
 
@@ -276,7 +276,8 @@ async def replay(
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
             continue
-        key = letter.fetched_key or (letter.envelope.original_key or event.path).encode()  # path, then asset id
+        kept_key = None if letter.envelope.key_truncated else letter.envelope.original_key
+        key = letter.fetched_key or (kept_key or getattr(event, "asset_id", None) or event.path).encode()
         await prod.send_and_wait(target, encode(event), key=key)
         ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"

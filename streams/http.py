@@ -189,8 +189,8 @@ async def _read_within(read: Any, request: web.Request, idle_s: float) -> Any:
     loop = asyncio.get_running_loop()
     arrived, since = request.content.total_bytes, loop.time()
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=max(since + idle_s - loop.time(), 0.01))
+        while True:  # looked at 8 times per limit: a client silent for the limit is cut off within 1/8 more
+            done, _ = await asyncio.wait({task}, timeout=max(min(idle_s / 8, since + idle_s - loop.time()), 0.01))
             if done:
                 return task.result()
             if request.content.total_bytes != arrived:
@@ -214,7 +214,7 @@ async def _receive(request: web.Request, settings: Settings, spools: list[Spool]
             while (part := await _read_within(reader.next, request, idle)) is not None:
                 if isinstance(part, MultipartReader):
                     raise Refused("nested multipart bodies are not accepted")
-                if part.name != "file":  # drained a chunk at a time: the idle limit is per read, as for files
+                if part.name != "file":  # drained, under the same idle limit as a file
                     while await _read_within(lambda: part.read_chunk(READ_BYTES), request, idle):
                         pass
                     continue
@@ -319,8 +319,9 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
         # What was published stays published (and is listed); the rest was not: the client may retry it.
         ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
         retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
+        code = exc.code if isinstance(exc, StorageUnavailable) else "upload_failed"  # as while receiving
         return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
-                      f"{exc}", "upload_failed", uploads=rows)
+                      f"{exc}", code, uploads=rows)
     if not wait:
         return web.json_response({"uploads": rows}, status=202)
     outcomes: dict[str, tuple[Any, float]] = {}

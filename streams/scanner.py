@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from aiokafka import AIOKafkaProducer
 
@@ -62,10 +63,11 @@ def _inside(path: str, root: str) -> bool:
 
 @dataclass(frozen=True)
 class Unreadable:
-    """Something the walk found but could not read: a directory (whose files are therefore unknown) or an entry."""
+    """Something the walk found but could not read: a directory (whose files are therefore unknown), a plain
+    file, or an entry of unknown type (which may be a directory)."""
 
     error: OSError
-    directory: bool
+    kind: Literal["directory", "file", "entry"]
 
 
 def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
@@ -88,7 +90,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             continue
         except OSError as exc:
             log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
-            yield directory, Unreadable(exc, directory=True)
+            yield directory, Unreadable(exc, "directory")
             continue
         subdirs = []
         for entry in entries:
@@ -110,8 +112,16 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
                 log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
             except OSError as exc:
                 log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
-                yield path, Unreadable(exc, directory=False)
+                yield path, Unreadable(exc, "file" if _known_file(entry) else "entry")
         stack.extend(reversed(subdirs))
+
+
+def _known_file(entry: os.DirEntry) -> bool:
+    """Whether the listing itself says ``entry`` is a plain file (not a directory, link or unknown type)."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def looks_like_image(path: str) -> bool:
@@ -187,12 +197,12 @@ async def scan(
     async with LagProbe(bootstrap, settings.group_id, topic) as probe:
         for path, st in walk(root):
             if isinstance(st, Unreadable):
-                if not st.directory and not _named_like_image(path):
+                if st.kind == "file" and not _named_like_image(path):
                     other += 1  # as for any file that is not an image
                     continue
                 found += 1  # what it holds is unknown: a recorded failure, counted in the batch
                 await send(topics.assets, *_scan_failure(path, batch_id, lane, SourceUnreadable(
-                    f"cannot read {'directory' if st.directory else 'entry'}: {st.error.strerror or st.error}; "
+                    f"cannot read {st.kind}: {st.error.strerror or st.error}; "
                     "fix its permissions and ingest the folder again", path=_printable(path))))
             elif not looks_like_image(path):
                 other += 1

@@ -85,7 +85,12 @@ class Spool:
         with _storing():
             directory.mkdir(parents=True, exist_ok=True)
             fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
-            os.fchmod(fd, _STORED_MODE)
+            try:
+                os.fchmod(fd, _STORED_MODE)
+            except OSError:
+                os.close(fd)
+                Path(path).unlink(missing_ok=True)
+                raise
         self.path = Path(path)
         self._file = os.fdopen(fd, "wb")
         self.limit = limit

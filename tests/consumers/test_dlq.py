@@ -102,8 +102,15 @@ def test_a_cut_letter_replays_the_value_read_back_from_its_topic_or_says_why_not
                                   payload_encoding="base64", payload_truncated=True, original_size=len(raw),
                                   received_topic="damflow.t1.retry.1")
     unread, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut), Settings())
-    assert unread is None and f"({len(raw)} bytes)" in why and "the whole of it is at damflow.t1.retry.1 offset 1" in why
+    assert unread is None and f"{len(raw)}-byte value" in why and "the whole of it is at damflow.t1.retry.1 offset 1" in why
     gone, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut, read_back_tried=True), Settings())
     assert gone is None and "could not be read back from damflow.t1.retry.1 offset 1" in why
     event, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut, fetched=raw), Settings())
     assert why == "" and event.event_id == "e1" and event.replay_count == 1
+
+
+def test_a_letter_whose_key_alone_was_cut_replays_from_its_envelope() -> None:
+    whole = letter(1)
+    cut_key = msgspec.structs.replace(whole.envelope, original_key="k" * 4096, key_truncated=True)
+    event, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut_key), Settings())
+    assert why == "" and event.event_id == "e1"

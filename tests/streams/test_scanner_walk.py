@@ -93,5 +93,5 @@ def test_a_directory_that_cannot_be_read_is_yielded_with_its_error_and_one_that_
     monkeypatch.setattr("streams.scanner.os.scandir", scandir)
     found = {os.path.relpath(p, os.path.realpath(tmp_path)): st for p, st in walk(tmp_path)}
     assert set(found) == {"open/a.png", "locked"}
-    assert found["locked"] == Unreadable(found["locked"].error, directory=True)
+    assert found["locked"] == Unreadable(found["locked"].error, "directory")
     assert isinstance(found["locked"].error, PermissionError) and isinstance(found["open/a.png"], os.stat_result)
