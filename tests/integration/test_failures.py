@@ -178,7 +178,17 @@ def _browsable(settings, path: str) -> dict | None:
     return asset if asset and asset["tier1_state"] == "browsable" else None
 
 
-async def test_work_cut_short_by_a_worker_stopping_is_done_by_its_successor(fault_stack: Stack, tmp_path: Path):
+@pytest.fixture
+async def holding_stack(make_settings) -> Stack:
+    """Fault injection with a decode time limit no held file reaches: a hold lasts as long as the test takes to
+    get there, which on a slow machine may be longer than ``fault_stack``'s 3 s (the held work would then time
+    out, be retried and held again, and end dead-lettered)."""
+    async with Stack(make_settings(**FAST_RETRY, decode_timeout_s=600.0)) as s:
+        yield s
+
+
+async def test_work_cut_short_by_a_worker_stopping_is_done_by_its_successor(holding_stack: Stack, tmp_path: Path):
+    fault_stack = holding_stack
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(3):
