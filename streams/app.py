@@ -20,6 +20,7 @@ import faust
 from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.utils.functional import consecutive_numbers
 
 from streams.settings import Settings
 
@@ -61,6 +62,38 @@ class _Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held_partitions: set[TP] = set()
+        #: The first offset fetched per partition since it was assigned: where its processing starts when the
+        #: group has no commit for it yet.
+        self._first_fetched: dict[TP, int] = {}
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp``: past the run of acked offsets that starts at the next unprocessed one.
+
+        faust's own commits past a record still in work when it is the very next one (its check of the gap at the
+        head is off by one: the committed offset is the next to read) or when nothing was committed yet (the
+        check is skipped for None and 0). With events handled concurrently, a later record is often done before
+        an earlier one: a worker stopped or killed then lost the earlier one for good.
+        """
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        committed = self._committed_offset[tp]
+        head = committed if committed else self._first_fetched.get(tp)
+        gaps = self._gap[tp]
+        if gaps:  # offsets never delivered (compacted, transaction markers) count as done, as in faust
+            max_offset = max(acked)
+            candidates = sorted(gaps.overlap(0, max_offset), key=lambda x: x.begin)
+            if candidates:
+                filled = [o for entry in candidates for o in range(entry.begin, entry.end)]
+                acked.extend(filled)
+                gaps.chop(0, max(filled[-1], max_offset + 1))
+        acked.sort()
+        if head is None or acked[0] > head:
+            return None  # the next record to process is not done yet: nothing new to commit
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return batch[-1] + 1
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -82,7 +115,11 @@ class _Consumer(faust_aiokafka.Consumer):
         if not records or self.app.consumer_generation_id != generation:
             return records, set()
         assigned = self.assignment()
-        return records, {tp for tp in records if tp in assigned}
+        delivered = {tp for tp in records if tp in assigned}
+        for tp in delivered:
+            if tp not in self._first_fetched and records[tp]:
+                self._first_fetched[tp] = records[tp][0].offset
+        return records, delivered
 
     # faust keeps two reasons to leave a partition out of fetches (paused; stream buffer full) but lifts either
     # without looking at the other: a batch partition whose buffer drained was fetched again while the governor
@@ -120,6 +157,7 @@ class _Consumer(faust_aiokafka.Consumer):
         # (the governor holds what it wants again on assignment)
         self._buffered_partitions.difference_update(revoked)
         self._held_partitions.difference_update(revoked)
+        self._first_fetched.clear()  # read again from the group's commit after the rebalance
         await super().on_partitions_revoked(revoked)
 
 

@@ -152,3 +152,26 @@ async def test_a_partition_the_governor_holds_stays_paused_when_faust_resumes_ev
     await consumer.on_partitions_revoked({BATCH})  # gone elsewhere: its hold goes with it
     consumer.resume_partitions(assigned)
     assert BATCH in consumer._get_active_partitions()
+
+
+def _ack(consumer, tp: TP, *offsets: int) -> None:
+    consumer._acked[tp].extend(offsets)
+    consumer._acked_index[tp].update(offsets)
+
+
+async def test_nothing_is_committed_past_the_next_record_while_it_is_still_in_work(tmp_path) -> None:
+    # events are handled concurrently: a later record is often done before an earlier one. faust committed past
+    # the earlier one when it was the very next (or nothing was committed yet), and a worker stopped meanwhile
+    # lost it for good.
+    consumer = _consumer(tmp_path, {BATCH})
+    delivered = await _deliver(consumer, _fetched(BATCH, range(0, 3)), during_fetch=lambda c: None)
+    assert delivered == [(BATCH, 0), (BATCH, 1), (BATCH, 2)]  # fetched from the start: no commit yet
+    _ack(consumer, BATCH, 1, 2)  # offset 0 still in work
+    assert consumer._new_offset(BATCH) is None
+    _ack(consumer, BATCH, 0)
+    assert consumer._new_offset(BATCH) == 3
+    consumer._committed_offset[BATCH] = 3  # the next to read
+    _ack(consumer, BATCH, 4, 5)  # offset 3 still in work
+    assert consumer._new_offset(BATCH) is None
+    _ack(consumer, BATCH, 3)
+    assert consumer._new_offset(BATCH) == 6
