@@ -63,7 +63,7 @@ class _Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         self._held_partitions: set[TP] = set()
         #: The first offset fetched per partition since it was assigned: where its processing starts when the
-        #: group has no commit for it yet.
+        #: group has no commit for it yet, or when the records at its commit are gone.
         self._first_fetched: dict[TP, int] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -77,8 +77,10 @@ class _Consumer(faust_aiokafka.Consumer):
         acked = self._acked[tp]
         if not acked:
             return None
-        committed = self._committed_offset[tp]
-        head = committed if committed else self._first_fetched.get(tp)
+        # the next record to process: the group's commit, or, past it, the first one fetched since the assignment
+        # (what lies between was never delivered: removed by retention or compaction)
+        known = [o for o in (self._committed_offset[tp], self._first_fetched.get(tp)) if o]
+        head = max(known) if known else self._first_fetched.get(tp)
         gaps = self._gap[tp]
         if gaps:  # offsets never delivered (compacted, transaction markers) count as done, as in faust
             max_offset = max(acked)

@@ -175,3 +175,13 @@ async def test_nothing_is_committed_past_the_next_record_while_it_is_still_in_wo
     assert consumer._new_offset(BATCH) is None
     _ack(consumer, BATCH, 3)
     assert consumer._new_offset(BATCH) == 6
+
+
+async def test_records_gone_before_the_first_fetch_do_not_hold_commits_back(tmp_path) -> None:
+    consumer = _consumer(tmp_path, {BATCH})
+    consumer._committed_offset[BATCH] = 10  # the group's commit; retention has removed offsets 10-49 since
+    await _deliver(consumer, _fetched(BATCH, range(50, 52)), during_fetch=lambda c: None)
+    _ack(consumer, BATCH, 51)
+    assert consumer._new_offset(BATCH) is None  # 50 still in work
+    _ack(consumer, BATCH, 50)
+    assert consumer._new_offset(BATCH) == 52
