@@ -66,6 +66,21 @@ class _Consumer(faust_aiokafka.Consumer):
         #: group has no commit for it yet, or when the records at its commit are gone.
         self._first_fetched: dict[TP, int] = {}
 
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Record offsets that were never handed out (removed by retention or compaction, transaction markers).
+
+        faust's drain loop passes (last delivered + 1, the record being delivered now). faust's own version
+        counted that record in the gap, so a commit could go past it while it was in work. It also never counted
+        the group's commit (the next to read) when that one was never delivered, so commits could stop for good.
+        """
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from < offset_to:
+            gaps = self._gap[tp]
+            gaps.addi(offset_from, offset_to)
+            gaps.merge_overlaps()
+
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for ``tp``: past the run of acked offsets that starts at the next unprocessed one.
 
