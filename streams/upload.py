@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +123,18 @@ class Spool:
         self.asset_id = self._hasher.hexdigest()
 
     def store(self, settings: Settings) -> StoredUpload:
-        """Move the finished spool into the store."""
+        """Move the finished spool into the store: hashed and sniffed on the way in, so this is a rename, not a
+        second read. The name comes from the hash alone; a file already there is complete (renamed into place
+        whole), so the same content uploaded twice is stored once."""
+        fmt = self.format or ""
+        dest = settings.originals_dir / self.asset_id[:2] / f"{self.asset_id}{_EXT.get(fmt, '.bin')}"
         with _storing():
-            return place_original(settings, self.path, asset_id=self.asset_id, size=self.size,
-                                  format=self.format or "", move=True)
+            if dest.exists():
+                self.path.unlink(missing_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path, dest)  # atomic: a file that exists is complete
+        return StoredUpload(self.asset_id, dest, self.size, fmt)
 
     def discard(self) -> None:
         """Close and remove the temp file (a no-op once it was stored)."""
@@ -169,33 +175,6 @@ def store_original(settings: Settings, source: Path) -> StoredUpload:
         raise type(exc)(exc.message, path=str(source)) from None
     finally:
         spool.discard()
-
-
-def place_original(
-    settings: Settings, source: Path, *, asset_id: str, size: int, format: str, move: bool = False
-) -> StoredUpload:
-    """Put ``source``, whose content hash, size and sniffed format the caller already knows, into the store.
-
-    For a body that was hashed and sniffed while it streamed in (the HTTP endpoint), so its bytes are not read
-    a second time. The destination name comes from the hash alone; a file already there is complete (written
-    under a temporary name, then renamed), so the same content uploaded twice is stored once.
-    """
-    dest = settings.originals_dir / asset_id[:2] / f"{asset_id}{_EXT.get(format, '.bin')}"
-    if dest.exists():
-        if move:
-            source.unlink(missing_ok=True)
-    else:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if move:
-            os.replace(source, dest)  # atomic: a file that exists is complete
-            return StoredUpload(asset_id, dest, size, format)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return StoredUpload(asset_id, dest, size, format)
 
 
 def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | None) -> FileDiscovered:
