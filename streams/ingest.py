@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
@@ -162,14 +162,19 @@ class OutcomeWatcher:
     on; re-positioning instead would cost a round trip to the broker before the publish, slow when an import
     floods it — or, after a long spell (``reseek_after_s``), at the end of the topic: what was published while
     it slept cannot be the outcome of an event not yet published, and a long backlog would delay the answer.
+    An upload whose express answer did not come wakes the reader after its publish: after a long spell the
+    reader then starts at the first record stamped since that publish (less ``clock_skew_s``, for a worker
+    whose clock runs behind), not at the backlog's start.
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0,
+                 clock_skew_s: float = 5.0) -> None:
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future] = {}
         self._waking = asyncio.Lock()
         self._asking: set[asyncio.Task] = set()
         self.reseek_after_s = reseek_after_s
+        self.clock_skew_s = clock_skew_s
         self._paused_at = time.monotonic()
         self._consumer.pause(*self._consumer.assignment())
 
@@ -188,14 +193,16 @@ class OutcomeWatcher:
 
     def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
         """Ask the worker that owns the published ``request`` for its outcome directly, and settle the future
-        :meth:`expect` gave for ``event_id`` with it; without an answer (or with a not yet final one: a retry
-        is coming), read it from ``assets`` after all — from where the reader stopped, so nothing is missed."""
+        :meth:`expect` gave for ``event_id`` with it. Without an answer within ``timeout`` (or with a not yet
+        final one: a retry is coming) it is read from ``assets`` after all, from the publish on, so nothing is
+        missed: a caller may wait longer than ``timeout`` (for the several files of one request)."""
+        published_ms = request.timestamp_ms if request.timestamp_ms is not None else int(time.time() * 1000)
 
         async def ask() -> None:
             try:
                 outcome = await express.outcome(request, timeout)
-            except TimeoutError:
-                return  # the worker has it and is still at it: the caller's own timeout answers
+            except TimeoutError:  # the worker has it and is still at it
+                outcome = None
             fut = self._waiting.get(event_id)
             if fut is None or fut.done():
                 return
@@ -203,7 +210,7 @@ class OutcomeWatcher:
                 self._waiting.pop(event_id, None)
                 fut.set_result(Outcome(outcome, time.perf_counter(), "express"))
             else:
-                await self._wake(catch_up=True)
+                await self._wake(since_ms=published_ms)
 
         task = asyncio.create_task(ask(), name=f"express-{event_id}")
         self._asking.add(task)
@@ -216,16 +223,33 @@ class OutcomeWatcher:
     def paused(self) -> bool:
         return bool(self._consumer.paused())
 
-    async def _wake(self, *, catch_up: bool = False) -> None:
+    async def _wake(self, *, since_ms: int | None = None) -> None:
+        """Resume the reader; after a long spell, at the end of the topic (before a publish) or at the first
+        record stamped ``since_ms`` or later (after one)."""
         async with self._waking:
             paused = list(self._consumer.paused())
             if not paused:
                 return
-            if not catch_up and time.monotonic() - self._paused_at > self.reseek_after_s:
-                await self._consumer.seek_to_end(*paused)
-                for tp in paused:  # resolve the lazy seek now, before the caller publishes
-                    await self._consumer.position(tp)
+            if time.monotonic() - self._paused_at > self.reseek_after_s:
+                if since_ms is None:
+                    await self._consumer.seek_to_end(*paused)
+                    for tp in paused:  # resolve the lazy seek now, before the caller publishes
+                        await self._consumer.position(tp)
+                else:
+                    await self._skip_to(paused, since_ms - int(self.clock_skew_s * 1000))
             self._consumer.resume(*paused)
+
+    async def _skip_to(self, partitions: list[TopicPartition], since_ms: int) -> None:
+        """Move each partition forward to its first record stamped ``since_ms`` or later, or to its end where
+        there is none yet. The ends are asked for first: what the time lookup did not find came after them."""
+        ends = await self._consumer.end_offsets(partitions)
+        found = await self._consumer.offsets_for_times({tp: since_ms for tp in partitions})
+        for tp in partitions:
+            hit = found.get(tp)
+            # none found: Kafka answers None, the embedded broker offset 0 with timestamp -1
+            target = hit.offset if hit is not None and hit.timestamp >= since_ms else ends[tp]
+            if target > await self._consumer.position(tp):
+                self._consumer.seek(tp, target)
 
     async def run(self) -> None:
         while True:

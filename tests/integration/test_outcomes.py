@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from schemas import encode
+from streams.express import ExpressClient, ExpressRequest, ExpressServer
 from streams.ingest import OutcomeWatcher
 from streams.kafka import ensure_topics, producer, tail
 from streams.topics import topics_for
@@ -54,3 +56,76 @@ async def test_reader_sleeps_while_nobody_waits_and_misses_nothing_on_waking(mak
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+async def test_an_upload_whose_express_answer_is_late_is_answered_from_assets(make_settings) -> None:
+    # a request of several files waits longer than each express ask: an outcome after the ask's timeout counts
+    settings = make_settings()
+    topics = topics_for(settings)
+    await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
+
+    async def busy(_request: ExpressRequest) -> bytes:
+        await asyncio.sleep(60)  # the worker took it and is still at it
+        return b""
+
+    server = ExpressServer(settings, topics.t1_interactive, busy)
+    await server.start()
+    server.publish({0})
+    async with tail(settings.broker_url, topics.assets, settings) as consumer, \
+            producer(settings.broker_url) as prod:
+        watcher = OutcomeWatcher(consumer)
+        reader = asyncio.create_task(watcher.run())
+        try:
+            outcome = await watcher.expect("slow", wake=False)
+            watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive), "slow", 0.2)
+            await wait_until(lambda: not watcher.paused, 10, "the reader to wake once the ask timed out")
+            await prod.send_and_wait(topics.assets, encode(browsable("slow", "/s")), key=b"s")
+            event, _read_at, via = await asyncio.wait_for(outcome, 10)
+            assert (event.event_id, via) == ("slow", "assets")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await server.stop()
+
+
+async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_publish_on(make_settings) -> None:
+    settings = make_settings()
+    topics = topics_for(settings)
+    await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
+    async with tail(settings.broker_url, topics.assets, settings) as consumer, \
+            producer(settings.broker_url) as prod:
+        watcher = OutcomeWatcher(consumer, reseek_after_s=0.0, clock_skew_s=0.0)
+        reader = asyncio.create_task(watcher.run())
+        try:
+            # the backlog of a long spell, all from before the upload: one record even names it, so reading
+            # the backlog would answer with it
+            for i in range(10):
+                await prod.send_and_wait(topics.assets, encode(browsable(f"old-{i}", f"/old/{i}")), key=b"k")
+            await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/stale")), key=b"k")
+            published = await _published_after_all_that(topics.t1_interactive)
+
+            outcome = await watcher.expect("urgent", wake=False)
+            # nobody to ring by express (no worker registered): the reader wakes at the publish
+            watcher.ask_express(ExpressClient(settings), published, "urgent", 5)
+            await wait_until(lambda: not watcher.paused, 10, "the reader to wake")
+            await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
+            event, _read_at, via = await asyncio.wait_for(outcome, 10)
+            assert (event.path, via) == ("/u", "assets")
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def _published(topic: str) -> ExpressRequest:
+    """An upload's record as its publish returned it, stamped now."""
+    return ExpressRequest(topic, 0, 0, b"{}", b"key", int(time.time() * 1000))
+
+
+async def _published_after_all_that(topic: str) -> ExpressRequest:
+    """An upload's record stamped after everything published so far (timestamps count milliseconds)."""
+    start = int(time.time() * 1000)
+    while int(time.time() * 1000) <= start:
+        await asyncio.sleep(0.001)
+    return _published(topic)
