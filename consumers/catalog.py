@@ -39,13 +39,14 @@ from types import TracebackType
 from typing import Any
 
 from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
+from schemas.codec import encode
 from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
 from streams.errors import PermanentError
 
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
-#: ``enrichments``; 4: ``batch_tallies``.
-CATALOG_VERSION = 4
+#: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``.
+CATALOG_VERSION = 5
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -175,8 +176,17 @@ INSERT OR IGNORE INTO batch_tallies
     SELECT batch_id, 0, 'seen', COUNT(DISTINCT event_id) FROM batch_files GROUP BY batch_id;
 """
 
+# Version 5: events the catalog could not hold (see ``Catalog.hold``), kept whole until a later sink start
+# applies them: keyed by the event's encoded bytes' hash, so a redelivery holds it once.
+_SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS held_events (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, event_type TEXT NOT NULL, batch_id TEXT, event_id TEXT,
+    error TEXT NOT NULL, first_held_at REAL NOT NULL, held_at REAL NOT NULL
+);
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
-_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -399,6 +409,27 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
         return touched
+
+    def hold(self, event: Event, error: BaseException) -> None:
+        """Keep an event :meth:`apply` refused, whole, with why: it is not lost, ``damflow status`` counts it,
+        and :meth:`held` gives it back to be tried again (the sink does at every start, so a fixed bug or a
+        widened column lets it in)."""
+        value = encode(event)
+        at = time.time()
+        self._db.execute(  # one statement: committed on its own
+            "INSERT INTO held_events VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " error = excluded.error, held_at = excluded.held_at",
+            (hashlib.blake2b(value, digest_size=16).hexdigest(), value, type(event).__name__,
+             getattr(event, "batch_id", None), getattr(event, "event_id", None), repr(error)[:4000], at, at))
+
+    def held(self) -> list[tuple[str, bytes]]:
+        """The held events, oldest first: ``(key, encoded event)``."""
+        return [(k, bytes(v)) for k, v in
+                self._db.execute("SELECT key, value FROM held_events ORDER BY first_held_at, key")]
+
+    def release(self, key: str) -> None:
+        """Forget a held event (once it went in)."""
+        self._db.execute("DELETE FROM held_events WHERE key = ?", (key,))
 
     def _browsable(self, e: AssetBrowsable) -> None:
         db = self._db
@@ -706,7 +737,8 @@ class Catalog:
             info["tiers"] = {f"tier{t}": self._tier_figures(batch, t, tally, now) for t in tiers}
             batches.append(info)
         return {"at": now, "assets": counts["assets"], "locations": counts["locations"],
-                "batch_count": counts["batches"], "asset_states": asset_states, "batches": batches}
+                "batch_count": counts["batches"], "held_events": counts["held_events"],
+                "asset_states": asset_states, "batches": batches}
 
     def counts(self) -> dict[str, int]:
         """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done, ``indexed`` assets with
@@ -720,6 +752,7 @@ class Catalog:
             "failures": one("SELECT COUNT(*) FROM failures"),
             "batches": one("SELECT COUNT(*) FROM batches"),
             "batch_files": one("SELECT COUNT(*) FROM batch_files"),
+            "held_events": one("SELECT COUNT(*) FROM held_events"),
         }
 
     def asset_count(self) -> int:

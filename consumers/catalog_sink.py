@@ -4,9 +4,11 @@ catalog, then publishes each touched batch's ``ProgressEvent`` — so progress i
 One writer owns the SQLite file, so this runs once per data directory (in ``damflow up`` or ``damflow catalog``),
 in its own consumer group. Offsets are committed only after the catalog commit and the progress sends: a crash
 replays events, and :meth:`Catalog.apply` is idempotent, so a replay changes nothing. An event that decodes but
-that the catalog cannot hold (a number too large for SQLite, say) is logged and left out, and the rest of its
-batch goes in: one bad event never stops the catalog. A progress event the broker did not take fails the run
-(nothing is committed), and ``damflow up`` starts the sink again.
+that the catalog cannot hold (a number too large for SQLite, say, or a bug of the catalog's own) is held whole
+in the catalog (:meth:`Catalog.hold`, counted by ``damflow status``) and the rest of its batch goes in: one bad
+event never stops the catalog, and none is lost — every start of the sink tries the held ones again, so once the
+cause is mended they go in. A progress event the broker did not take fails the run (nothing is committed), and
+``damflow up`` starts the sink again.
 """
 
 from __future__ import annotations
@@ -49,13 +51,34 @@ class CatalogSink:
             touched = catalog.apply(events)
         except _UNFIT:
             touched = set()
-            for event in events:  # one at a time, to leave out only what the catalog cannot hold
+            for event in events:  # one at a time, to hold back only what the catalog cannot hold
                 try:
                     touched |= catalog.apply([event])
                 except _UNFIT as exc:
-                    log.error("catalog_event_rejected", event_type=type(event).__name__,
+                    catalog.hold(event, exc)
+                    log.error("catalog_event_held", event_type=type(event).__name__,
                               batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None),
                               error=repr(exc))
+        return self._progress(catalog, touched)
+
+    def release_held(self, catalog: Catalog) -> list[ProgressEvent]:
+        """Try the events the catalog held back again; those that go in now are released. Returns the progress
+        of every batch they touched."""
+        touched: set[str] = set()
+        for key, value in catalog.held():
+            try:
+                event = decode(value)
+                touched |= catalog.apply([event])
+            except (SchemaError, *_UNFIT) as exc:
+                log.warning("catalog_event_still_held", key=key, error=repr(exc))
+                continue
+            catalog.release(key)
+            log.info("catalog_event_released", event_type=type(event).__name__,
+                     batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None))
+        return self._progress(catalog, touched)
+
+    @staticmethod
+    def _progress(catalog: Catalog, touched: set[str]) -> list[ProgressEvent]:
         out = []
         for batch_id in sorted(touched):
             for tier in REPORTED_TIERS:
@@ -72,16 +95,21 @@ class CatalogSink:
         try:
             await consumer.start()
             async with producer(self.bootstrap) as prod:
+
+                async def report(progress: list[ProgressEvent]) -> None:
+                    sent = [await prod.send(self.topics.progress, encode(p), key=p.batch_id.encode())
+                            for p in progress]
+                    await asyncio.gather(*sent)  # raises if the broker did not take one: then nothing is committed
+
+                # SQLite work off the event loop: this process also serves HTTP uploads
+                await report(await asyncio.to_thread(self.release_held, catalog))
                 self.ready.set()
                 while True:
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                     if not batches:
                         continue
                     events = [e for records in batches.values() for e in self._decode(records)]
-                    # SQLite work off the event loop: this process also serves HTTP uploads
-                    sent = [await prod.send(self.topics.progress, encode(progress), key=progress.batch_id.encode())
-                            for progress in await asyncio.to_thread(self.write, catalog, events)]
-                    await asyncio.gather(*sent)  # raises if the broker did not take one: then nothing is committed
+                    await report(await asyncio.to_thread(self.write, catalog, events))
                     await consumer.commit()
         except KafkaError as exc:
             log.error("catalog_sink_failed", error=repr(exc))

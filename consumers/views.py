@@ -23,6 +23,9 @@ def render_status(status: dict[str, Any]) -> str:
         if shown or tier == "tier1":
             parts = [f"{n:,} {_word(s)}" for s, n in shown] + [f"{states.get('pending', 0):,} pending"]
             lines.append(f"  tier {tier.removeprefix('tier')}: " + " · ".join(parts))
+    if status["held_events"]:
+        lines.append(f"  {status['held_events']:,} events held back: the catalog could not take them (see the "
+                     "sink's catalog_event_held log); tried again at every start of the sink")
     batches = status["batches"]
     if not batches:
         lines.append("no batches yet")
