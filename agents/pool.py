@@ -18,7 +18,6 @@ import contextlib
 import multiprocessing
 import os
 import resource
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,6 @@ import pebble
 
 from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
 from streams.logs import get
-from streams.parentage import die_with_parent
 
 T = TypeVar("T")
 #: How often a job's wait checks that its pool still runs (pebble leaves a job it took as it broke unsettled).
@@ -39,9 +37,8 @@ log = get(__name__)
 
 
 def _init_process(limit_mb: int, nice: int, idle_class: bool = False) -> None:
-    # SIGKILL when the forkserver that made this process goes (it goes with the worker, see
-    # agents.forkserver_guard): a process the lane governor froze (SIGSTOP) would act on no gentler signal
-    die_with_parent(signal.SIGKILL)
+    # (the process was set to die with the forkserver, and so with the worker, as it was forked: see
+    # agents.forkserver_guard)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)

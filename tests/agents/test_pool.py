@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +101,39 @@ def test_frozen_pool_processes_die_with_their_worker() -> None:
     deadline = time.monotonic() + 10
     while any(_state(pid) not in (None, "Z") for pid in pids):
         assert time.monotonic() < deadline, f"frozen pool processes outlived their worker: {pids}"
+        time.sleep(0.05)  # polling other processes' /proc entries: there is no event to await
+
+
+_FROZEN_BEFORE_ITS_INITIALIZER = """
+import json, signal, sys, time
+from agents.pool import WorkPool
+pool = WorkPool(2, preload=("tests.agents.pool_slow_start",))
+job = pool._pool.schedule(len, ([],))  # starts the processes; each is held before its initializer
+while len(pool.pids()) < 2:
+    time.sleep(0.01)
+pids = sorted(pool.pids())
+pool.signal_all(signal.SIGSTOP)  # as the lane governor may, the moment pebble has started them
+print(json.dumps(pids), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_pool_processes_frozen_before_their_initializer_die_with_their_worker() -> None:
+    worker = subprocess.Popen([sys.executable, "-c", _FROZEN_BEFORE_ITS_INITIALIZER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        pids = json.loads(worker.stdout.readline())
+        assert pids and _await_states(pids, "T")
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while any(_state(pid) not in (None, "Z") for pid in pids):
+        if time.monotonic() > deadline:
+            for pid in pids:  # not left behind by the test either
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"pool processes frozen before their initializer outlived their worker: {pids}")
         time.sleep(0.05)  # polling other processes' /proc entries: there is no event to await
 
 
