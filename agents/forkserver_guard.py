@@ -2,9 +2,10 @@
 and every pool process it makes dies with it.
 
 The forkserver that makes the CPU pools' processes would otherwise outlive a killed worker: every process it made
-holds it open. Each process it forks is set to be killed when it goes — in the child at once, at the fork, not
-later in the pool's initializer: the lane governor may freeze (SIGSTOP) a process pebble just started, and a
-frozen process acts on no gentler signal, runs no more code of its own, and would never exit by itself.
+holds it open. Each process it forks is set to be killed when it goes, at the fork itself — not later in the
+pool's initializer — and the fork returns (so the new process's id reaches pebble, and the lane governor) only
+once the child has done so: the governor may freeze (SIGSTOP) a process pebble just started, and a frozen process
+runs no more code of its own, acts on no gentler signal, and would never exit by itself.
 Importing this module anywhere else would tie that process (and its children) to its parent the same way;
 nothing else imports it.
 """
@@ -17,4 +18,42 @@ import signal
 from streams.parentage import die_with_parent
 
 die_with_parent(signal.SIGKILL)
-os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL))
+
+_handshake: tuple[int, int, int] | None = None  # (parent pid, read end, write end) during one fork
+
+
+def _before_fork() -> None:
+    global _handshake
+    _handshake = (os.getpid(), *os.pipe())
+
+
+def _in_child() -> None:
+    global _handshake
+    handshake, _handshake = _handshake, None
+    die_with_parent(signal.SIGKILL)
+    if handshake is None:  # no pipe could be made: nobody waits
+        return
+    parent, r, w = handshake
+    try:
+        os.close(r)
+        if os.getppid() != parent:  # the forkserver died before that took: nothing would kill this process later
+            os._exit(1)
+        os.write(w, b"1")
+    finally:
+        os.close(w)
+
+
+def _in_parent() -> None:
+    global _handshake
+    handshake, _handshake = _handshake, None
+    if handshake is None:
+        return
+    _parent, r, w = handshake
+    os.close(w)
+    try:
+        os.read(r, 1)  # the child is tied to this process now (or died trying: end of file)
+    finally:
+        os.close(r)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_in_parent, after_in_child=_in_child)

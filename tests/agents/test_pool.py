@@ -79,53 +79,32 @@ async def test_pool_keeps_its_size_after_losing_processes(pool: WorkPool) -> Non
     assert len(set(before)) <= 2
 
 
-_FROZEN_POOL = """
-import json, signal, sys
+_FREEZE = """
+import json, signal, sys, time
 from agents.pool import WorkPool
-pool = WorkPool(2, preload=("tests.agents.pool_jobs",))
-pids = sorted(pool.warm())
+pool = WorkPool(2, preload=({preload!r},))
+{start}
+pids = sorted(pool.pids())
 pool.signal_all(signal.SIGSTOP)  # as the lane governor does while urgent work runs
 print(json.dumps(pids), flush=True)
 sys.stdin.read()
 """
 
 
-def test_frozen_pool_processes_die_with_their_worker() -> None:
-    worker = subprocess.Popen([sys.executable, "-c", _FROZEN_POOL], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+@pytest.mark.parametrize("preload, start", [
+    ("tests.agents.pool_jobs", "pool.warm()"),  # frozen at work
+    # frozen the moment pebble started them, before their initializer has run (each is held there)
+    ("tests.agents.pool_slow_start",
+     "job = pool._pool.schedule(len, ([],))\nwhile len(pool.pids()) < 2:\n    time.sleep(0.01)"),
+], ids=["ready", "before-their-initializer"])
+def test_frozen_pool_processes_die_with_their_worker(preload: str, start: str) -> None:
+    worker = subprocess.Popen([sys.executable, "-c", _FREEZE.format(preload=preload, start=start)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         pids = json.loads(worker.stdout.readline())
-        assert pids and _await_states(pids, "T")  # stopped
+        assert len(pids) == 2 and _await_states(pids, "T")  # stopped
     finally:
         worker.kill()  # SIGKILL: no shutdown code runs
-        worker.wait()
-    deadline = time.monotonic() + 10
-    while any(_state(pid) not in (None, "Z") for pid in pids):
-        assert time.monotonic() < deadline, f"frozen pool processes outlived their worker: {pids}"
-        time.sleep(0.05)  # polling other processes' /proc entries: there is no event to await
-
-
-_FROZEN_BEFORE_ITS_INITIALIZER = """
-import json, signal, sys, time
-from agents.pool import WorkPool
-pool = WorkPool(2, preload=("tests.agents.pool_slow_start",))
-job = pool._pool.schedule(len, ([],))  # starts the processes; each is held before its initializer
-while len(pool.pids()) < 2:
-    time.sleep(0.01)
-pids = sorted(pool.pids())
-pool.signal_all(signal.SIGSTOP)  # as the lane governor may, the moment pebble has started them
-print(json.dumps(pids), flush=True)
-sys.stdin.read()
-"""
-
-
-def test_pool_processes_frozen_before_their_initializer_die_with_their_worker() -> None:
-    worker = subprocess.Popen([sys.executable, "-c", _FROZEN_BEFORE_ITS_INITIALIZER], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
-    try:
-        pids = json.loads(worker.stdout.readline())
-        assert pids and _await_states(pids, "T")
-    finally:
-        worker.kill()
         worker.wait()
     deadline = time.monotonic() + 10
     while any(_state(pid) not in (None, "Z") for pid in pids):
@@ -133,7 +112,7 @@ def test_pool_processes_frozen_before_their_initializer_die_with_their_worker() 
             for pid in pids:  # not left behind by the test either
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"pool processes frozen before their initializer outlived their worker: {pids}")
+            raise AssertionError(f"frozen pool processes outlived their worker: {pids}")
         time.sleep(0.05)  # polling other processes' /proc entries: there is no event to await
 
 
