@@ -194,6 +194,7 @@ class ExpressServer:
         self.registration = registry_dir(settings) / f"{socket.gethostname()}-{os.getpid()}.json"
         self._slots = asyncio.Semaphore(concurrency)
         self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task] = set()
         self.served = 0
 
     async def start(self) -> None:
@@ -213,9 +214,14 @@ class ExpressServer:
         self.registration.unlink(missing_ok=True)
 
     async def stop(self) -> None:
+        """Stop taking records, and drop those in work: their fetched copies stay uncommitted, so whoever
+        takes the partitions over does them (``wait_closed`` waits for open connections since Python 3.12, so
+        without this a stopping worker would wait for every express record in work)."""
         self.withdraw()
         if self._server is not None:
             self._server.close()
+            for connection in list(self._connections):
+                connection.cancel()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
@@ -224,6 +230,9 @@ class ExpressServer:
             log.warning("express_refused", reason="connection from another user")
             writer.close()
             return
+        this = asyncio.current_task()
+        if this is not None:
+            self._connections.add(this)
         try:
             while True:
                 try:
@@ -244,6 +253,7 @@ class ExpressServer:
         except (ConnectionError, ValueError) as exc:
             log.info("express_connection_lost", error=repr(exc))
         finally:
+            self._connections.discard(this)  # type: ignore[arg-type]
             writer.close()
 
 

@@ -218,6 +218,28 @@ async def test_a_worker_still_at_it_after_the_timeout_times_out(settings: Settin
         await server.stop()
 
 
+async def test_a_stopping_worker_drops_the_records_in_work_and_does_not_wait_for_them(settings: Settings) -> None:
+    started, dropped = asyncio.Event(), asyncio.Event()
+
+    async def slow(req: ExpressRequest) -> bytes:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            dropped.set()  # the fetched copy stays uncommitted: the partition's next owner does it
+            raise
+        return b""
+
+    server = ExpressServer(settings, TOPIC, slow)
+    await server.start()
+    server.publish({1})
+    asking = asyncio.create_task(ExpressClient(settings).outcome(request(), 60))
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(server.stop(), 5)
+    assert dropped.is_set()
+    assert await asyncio.wait_for(asking, 5) is None  # the publisher falls back to reading the outcome
+
+
 async def test_a_registration_from_another_host_is_never_rung(settings: Settings) -> None:
     async with answering(settings) as server:
         reg = json.loads(server.registration.read_text())
