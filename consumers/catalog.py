@@ -427,9 +427,16 @@ class Catalog:
         return [(k, bytes(v)) for k, v in
                 self._db.execute("SELECT key, value FROM held_events ORDER BY first_held_at, key")]
 
-    def release(self, key: str) -> None:
-        """Forget a held event (once it went in)."""
-        self._db.execute("DELETE FROM held_events WHERE key = ?", (key,))
+    def release(self, keys: Iterable[str]) -> None:
+        """Forget held events (once they went in)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM held_events WHERE key = ?", ((k,) for k in keys))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _browsable(self, e: AssetBrowsable) -> None:
         db = self._db

@@ -36,6 +36,23 @@ REPORTED_TIERS = (1, 2, 3)
 _UNFIT = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.InterfaceError)
 
 
+def _apply(catalog: Catalog, events: list[Event]) -> tuple[set[str], list[tuple[Event, BaseException]]]:
+    """Apply ``events`` in one transaction or, when the catalog cannot hold one of them, one by one: the batches
+    touched, and each event the catalog refused with why."""
+    try:
+        return catalog.apply(events), []
+    except _UNFIT:
+        pass
+    touched: set[str] = set()
+    refused: list[tuple[Event, BaseException]] = []
+    for event in events:
+        try:
+            touched |= catalog.apply([event])
+        except _UNFIT as exc:
+            refused.append((event, exc))
+    return touched, refused
+
+
 class CatalogSink:
     """setup / write(batch) / close, as a small sink class (STYLE.md §8)."""
 
@@ -47,34 +64,36 @@ class CatalogSink:
 
     def write(self, catalog: Catalog, events: list[Event]) -> list[ProgressEvent]:
         """Apply a batch of decoded events; return the progress of every batch they touched."""
-        try:
-            touched = catalog.apply(events)
-        except _UNFIT:
-            touched = set()
-            for event in events:  # one at a time, to hold back only what the catalog cannot hold
-                try:
-                    touched |= catalog.apply([event])
-                except _UNFIT as exc:
-                    catalog.hold(event, exc)
-                    log.error("catalog_event_held", event_type=type(event).__name__,
-                              batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None),
-                              error=repr(exc))
+        touched, refused = _apply(catalog, events)
+        for event, exc in refused:
+            catalog.hold(event, exc)
+            log.error("catalog_event_held", event_type=type(event).__name__,
+                      batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None),
+                      error=repr(exc))
         return self._progress(catalog, touched)
 
     def release_held(self, catalog: Catalog) -> list[ProgressEvent]:
         """Try the events the catalog held back again; those that go in now are released. Returns the progress
         of every batch they touched."""
-        touched: set[str] = set()
+        held: dict[int, str] = {}  # id(event) -> its key
+        events: list[Event] = []
         for key, value in catalog.held():
             try:
                 event = decode(value)
-                touched |= catalog.apply([event])
-            except (SchemaError, *_UNFIT) as exc:
+            except SchemaError as exc:  # held by a version whose events this one cannot read: kept
                 log.warning("catalog_event_still_held", key=key, error=repr(exc))
                 continue
-            catalog.release(key)
-            log.info("catalog_event_released", event_type=type(event).__name__,
-                     batch_id=getattr(event, "batch_id", None), event_id=getattr(event, "event_id", None))
+            held[id(event)] = key
+            events.append(event)
+        if not events:
+            return []
+        touched, refused = _apply(catalog, events)
+        for event, exc in refused:
+            log.warning("catalog_event_still_held", key=held[id(event)], error=repr(exc))
+        kept = {id(event) for event, _ in refused}
+        released = [held[id(event)] for event in events if id(event) not in kept]
+        catalog.release(released)
+        log.info("catalog_events_released", released=len(released), still_held=len(kept))
         return self._progress(catalog, touched)
 
     @staticmethod
@@ -101,9 +120,9 @@ class CatalogSink:
                             for p in progress]
                     await asyncio.gather(*sent)  # raises if the broker did not take one: then nothing is committed
 
+                self.ready.set()
                 # SQLite work off the event loop: this process also serves HTTP uploads
                 await report(await asyncio.to_thread(self.release_held, catalog))
-                self.ready.set()
                 while True:
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                     if not batches:
