@@ -10,16 +10,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
 from streams.errors import DamflowError, SchemaError
 from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
+from streams.logs import get
 from streams.scanner import scan
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.upload import publish_upload, store_original, upload_event
+
+log = get(__name__)
 
 
 @dataclass
@@ -163,14 +167,16 @@ class OutcomeWatcher:
     floods it — or, after a long spell (``reseek_after_s``), at the end of the topic: what was published while
     it slept cannot be the outcome of an event not yet published, and a long backlog would delay the answer.
     An upload whose express answer did not come wakes the reader after its publish: after a long spell the
-    reader then starts at the first record stamped since that publish (less ``clock_skew_s``, for a worker
-    whose clock runs behind), not at the backlog's start.
+    reader then starts at the first record stamped since the oldest waiter registered (less ``clock_skew_s``,
+    for a worker whose clock runs behind), not at the backlog's start.
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0,
                  clock_skew_s: float = 5.0) -> None:
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future] = {}
+        #: When each waiter registered (epoch ms): its outcome cannot be stamped much earlier.
+        self._since: dict[str, int] = {}
         self._waking = asyncio.Lock()
         self._asking: set[asyncio.Task] = set()
         self.reseek_after_s = reseek_after_s
@@ -186,17 +192,17 @@ class OutcomeWatcher:
         """
         fut = self._waiting.get(event_id)
         if fut is None:
-            if wake:
-                await self._wake()
             fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
+            self._since[event_id] = int(time.time() * 1000)
+            if wake:
+                await self._wake(fresh=event_id)
         return fut
 
     def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
         """Ask the worker that owns the published ``request`` for its outcome directly, and settle the future
         :meth:`expect` gave for ``event_id`` with it. Without an answer within ``timeout`` (or with a not yet
-        final one: a retry is coming) it is read from ``assets`` after all, from the publish on, so nothing is
-        missed: a caller may wait longer than ``timeout`` (for the several files of one request)."""
-        published_ms = request.timestamp_ms if request.timestamp_ms is not None else int(time.time() * 1000)
+        final one: a retry is coming) it is read from ``assets`` after all, so nothing is missed: a caller may
+        wait longer than ``timeout`` (for the several files of one request)."""
 
         async def ask() -> None:
             try:
@@ -207,36 +213,46 @@ class OutcomeWatcher:
             if fut is None or fut.done():
                 return
             if outcome is not None and final_outcome(outcome):
-                self._waiting.pop(event_id, None)
+                self._take(event_id)
                 fut.set_result(Outcome(outcome, time.perf_counter(), "express"))
             else:
-                await self._wake(since_ms=published_ms)
+                await self._wake()
 
         task = asyncio.create_task(ask(), name=f"express-{event_id}")
         self._asking.add(task)
         task.add_done_callback(self._asking.discard)
 
     def forget(self, event_id: str) -> None:
-        self._waiting.pop(event_id, None)
+        self._take(event_id)
+
+    def _take(self, event_id: str) -> asyncio.Future | None:
+        self._since.pop(event_id, None)
+        return self._waiting.pop(event_id, None)
 
     @property
     def paused(self) -> bool:
         return bool(self._consumer.paused())
 
-    async def _wake(self, *, since_ms: int | None = None) -> None:
-        """Resume the reader; after a long spell, at the end of the topic (before a publish) or at the first
-        record stamped ``since_ms`` or later (after one)."""
+    async def _wake(self, *, fresh: str | None = None) -> None:
+        """Resume the reader. After a long spell, first skip what cannot be the outcome of anyone waiting: for
+        ``fresh`` (an event about to be published) everything so far, for every other waiter what was stamped
+        before it registered (less ``clock_skew_s``). A broker error while skipping leaves the reader where it
+        stopped: slower, nothing missed."""
         async with self._waking:
             paused = list(self._consumer.paused())
             if not paused:
                 return
             if time.monotonic() - self._paused_at > self.reseek_after_s:
-                if since_ms is None:
-                    await self._consumer.seek_to_end(*paused)
-                    for tp in paused:  # resolve the lazy seek now, before the caller publishes
-                        await self._consumer.position(tp)
-                else:
-                    await self._skip_to(paused, since_ms - int(self.clock_skew_s * 1000))
+                others = [ms for event_id, ms in self._since.items() if event_id != fresh]
+                try:
+                    if others:
+                        await self._skip_to(paused, min(others) - int(self.clock_skew_s * 1000))
+                    else:
+                        await self._consumer.seek_to_end(*paused)
+                        for tp in paused:  # resolve the lazy seek now, before the caller publishes
+                            await self._consumer.position(tp)
+                except (KafkaError, OSError) as exc:
+                    log.warning("outcome_reader_skip_failed", error=repr(exc))
             self._consumer.resume(*paused)
 
     async def _skip_to(self, partitions: list[TopicPartition], since_ms: int) -> None:
@@ -270,7 +286,7 @@ class OutcomeWatcher:
                     except SchemaError:
                         continue
                     if final_outcome(event):
-                        fut = self._waiting.pop(event.event_id, None)
+                        fut = self._take(event.event_id)
                         if fut is not None and not fut.done():
                             fut.set_result(Outcome(event, time.perf_counter(), "assets"))
             if not self._waiting and not self._waking.locked() and not self._consumer.paused():

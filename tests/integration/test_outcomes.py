@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
 from schemas import encode
 from streams.express import ExpressClient, ExpressRequest, ExpressServer
 from streams.ingest import OutcomeWatcher
@@ -89,7 +92,7 @@ async def test_an_upload_whose_express_answer_is_late_is_answered_from_assets(ma
             await server.stop()
 
 
-async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_publish_on(make_settings) -> None:
+async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_registration_on(make_settings) -> None:
     settings = make_settings()
     topics = topics_for(settings)
     await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
@@ -103,11 +106,11 @@ async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_pu
             for i in range(10):
                 await prod.send_and_wait(topics.assets, encode(browsable(f"old-{i}", f"/old/{i}")), key=b"k")
             await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/stale")), key=b"k")
-            published = await _published_after_all_that(topics.t1_interactive)
+            await _next_millisecond()  # (timestamps count milliseconds)
 
             outcome = await watcher.expect("urgent", wake=False)
-            # nobody to ring by express (no worker registered): the reader wakes at the publish
-            watcher.ask_express(ExpressClient(settings), published, "urgent", 5)
+            # nobody to ring by express (no worker registered): the reader wakes after the publish
+            watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive), "urgent", 5)
             await wait_until(lambda: not watcher.paused, 10, "the reader to wake")
             await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
             event, _read_at, via = await asyncio.wait_for(outcome, 10)
@@ -118,14 +121,73 @@ async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_pu
                 await reader
 
 
-def _published(topic: str) -> ExpressRequest:
+async def test_a_wake_for_one_upload_skips_nothing_another_still_waits_for(make_settings) -> None:
+    settings = make_settings()
+    topics = topics_for(settings)
+    await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
+
+    async def busy(_request: ExpressRequest) -> bytes:
+        await asyncio.sleep(60)  # the first upload's express copy is stuck; its fetched copy did the work
+        return b""
+
+    server = ExpressServer(settings, topics.t1_interactive, busy)
+    await server.start()
+    server.publish({0})
+    async with tail(settings.broker_url, topics.assets, settings) as consumer, \
+            producer(settings.broker_url) as prod:
+        watcher = OutcomeWatcher(consumer, reseek_after_s=0.0, clock_skew_s=0.0)
+        reader = asyncio.create_task(watcher.run())
+        try:
+            first = await watcher.expect("first", wake=False)
+            watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive, 0), "first", 60)
+            await prod.send_and_wait(topics.assets, encode(browsable("first", "/1")), key=b"1")
+            await _next_millisecond()
+            # a later upload, on a partition nobody owns: its ask fails at once and wakes the reader
+            second = await watcher.expect("second", wake=False)
+            watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive, 1), "second", 60)
+            assert (await asyncio.wait_for(first, 10))[0].path == "/1"  # published before the second registered
+            await prod.send_and_wait(topics.assets, encode(browsable("second", "/2")), key=b"2")
+            assert (await asyncio.wait_for(second, 10))[0].path == "/2"
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await server.stop()
+
+
+async def test_a_broker_error_while_skipping_leaves_the_reader_reading_from_where_it_stopped(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    topics = topics_for(settings)
+    await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
+    async with tail(settings.broker_url, topics.assets, settings) as consumer, \
+            producer(settings.broker_url) as prod:
+        watcher = OutcomeWatcher(consumer, reseek_after_s=0.0)
+
+        async def timing_out(*_args, **_kw):
+            raise KafkaTimeoutError()
+
+        monkeypatch.setattr(consumer, "end_offsets", timing_out)
+        reader = asyncio.create_task(watcher.run())
+        try:
+            outcome = await watcher.expect("urgent", wake=False)
+            # its outcome comes while the reader sleeps; the express ask fails (nobody to ring) and wakes it
+            await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
+            watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive), "urgent", 5)
+            assert (await asyncio.wait_for(outcome, 10))[0].path == "/u"
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def _published(topic: str, partition: int = 0) -> ExpressRequest:
     """An upload's record as its publish returned it, stamped now."""
-    return ExpressRequest(topic, 0, 0, b"{}", b"key", int(time.time() * 1000))
+    return ExpressRequest(topic, partition, 0, b"{}", b"key", int(time.time() * 1000))
 
 
-async def _published_after_all_that(topic: str) -> ExpressRequest:
-    """An upload's record stamped after everything published so far (timestamps count milliseconds)."""
+async def _next_millisecond() -> None:
     start = int(time.time() * 1000)
     while int(time.time() * 1000) <= start:
         await asyncio.sleep(0.001)
-    return _published(topic)
