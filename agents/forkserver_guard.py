@@ -19,23 +19,29 @@ from streams.parentage import die_with_parent
 
 die_with_parent(signal.SIGKILL)
 
+#: The forkserver: the hooks below act in its forks alone, not in those of the processes it makes (which
+#: inherit them).
+_FORKSERVER = os.getpid()
 _handshake: tuple[int, int, int] | None = None  # (parent pid, read end, write end) during one fork
 
 
 def _before_fork() -> None:
     global _handshake
-    _handshake = (os.getpid(), *os.pipe())
+    if os.getpid() == _FORKSERVER:
+        _handshake = (os.getpid(), *os.pipe())
 
 
 def _in_child() -> None:
     global _handshake
     handshake, _handshake = _handshake, None
-    die_with_parent(signal.SIGKILL)
-    if handshake is None:  # no pipe could be made: nobody waits
-        return
+    if handshake is None:
+        if os.getppid() == _FORKSERVER:  # no pipe could be made: tied all the same, and nobody waits
+            die_with_parent(signal.SIGKILL)
+        return  # (else forked by one of the forkserver's children: not one of its pool processes)
     parent, r, w = handshake
     try:
         os.close(r)
+        die_with_parent(signal.SIGKILL)
         if os.getppid() != parent:  # the forkserver died before that took: nothing would kill this process later
             os._exit(1)
         os.write(w, b"1")

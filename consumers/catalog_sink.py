@@ -87,7 +87,11 @@ class CatalogSink:
             events.append(event)
         if not events:
             return []
-        touched, refused = _apply(catalog, events)
+        try:
+            touched, refused = _apply(catalog, events)
+        except Exception as exc:  # noqa: BLE001 — whatever it is, they stay held; the sink goes on consuming
+            log.error("catalog_held_retry_failed", held=len(events), error=repr(exc))
+            return []
         for event, exc in refused:
             log.warning("catalog_event_still_held", key=held[id(event)], error=repr(exc))
         kept = {id(event) for event, _ in refused}

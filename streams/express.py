@@ -195,6 +195,7 @@ class ExpressServer:
         self._slots = asyncio.Semaphore(concurrency)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
+        self._closing = False
         self.served = 0
 
     async def start(self) -> None:
@@ -218,6 +219,7 @@ class ExpressServer:
         takes the partitions over does them (``wait_closed`` waits for open connections since Python 3.12, so
         without this a stopping worker would wait for every express record in work)."""
         self.withdraw()
+        self._closing = True  # a connection accepted but not yet handled is dropped as it starts
         if self._server is not None:
             self._server.close()
             for connection in list(self._connections):
@@ -234,7 +236,7 @@ class ExpressServer:
         if this is not None:
             self._connections.add(this)
         try:
-            while True:
+            while not self._closing:
                 try:
                     frame = await _read_frame(reader)
                 except asyncio.IncompleteReadError:

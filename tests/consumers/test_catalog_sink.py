@@ -65,3 +65,17 @@ def test_events_held_back_by_a_fault_of_the_catalog_go_in_once_it_is_mended(
     assert catalog.location("/r/b.png") is not None and catalog.held() == []
     [tier1] = [p for p in progress if p.tier == 1]  # its batch's progress, to be sent
     assert (tier1.batch_id, tier1.done, tier1.known_total) == ("b1", 2, 2)
+
+
+def test_a_held_event_that_fails_otherwise_on_retry_stays_held_and_the_sink_goes_on(
+    catalog: Catalog, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = sink_for(tmp_path)
+    catalog.hold(browsable("e1", "/r/a.png"), TypeError("held earlier"))
+
+    def changed(self, e: AssetBrowsable) -> None:
+        raise KeyError("an error the sink does not expect of the catalog")
+
+    monkeypatch.setattr(Catalog, "_browsable", changed)
+    assert sink.release_held(catalog) == []  # no crash at every start of the sink
+    assert len(catalog.held()) == 1

@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from schemas import encode
@@ -238,6 +239,22 @@ async def test_a_stopping_worker_drops_the_records_in_work_and_does_not_wait_for
     await asyncio.wait_for(server.stop(), 5)
     assert dropped.is_set()
     assert await asyncio.wait_for(asking, 5) is None  # the publisher falls back to reading the outcome
+
+
+async def test_a_connection_whose_handler_starts_after_the_stop_is_dropped_unserved(settings: Settings) -> None:
+    async def serve(req: ExpressRequest) -> bytes:
+        raise AssertionError("served after the stop")
+
+    server = ExpressServer(settings, TOPIC, serve)
+    await server.start()
+    await server.stop()
+    # accepted before the stop, its handler first runs after it (the record already sent)
+    ours, theirs = socket.socketpair(socket.AF_UNIX)
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    theirs.sendall(len(frame := msgspec.msgpack.encode(request())).to_bytes(4, "big") + frame)
+    await asyncio.wait_for(server._handle(reader, writer), 5)
+    assert server.served == 0
+    theirs.close()
 
 
 async def test_a_registration_from_another_host_is_never_rung(settings: Settings) -> None:
