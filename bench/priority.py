@@ -1,6 +1,6 @@
 """Priority benchmark: urgent uploads during a big import, damflow's lanes vs a FIFO baseline, in one command.
 
-    python bench/priority.py [--files 500] [--big 5000] [--interval 0.5]
+    python bench/priority.py [--files 500] [--big 5000] [--interval 0.5] [--workers 1]
 
 Runs, on this machine, one after the other:
 1. the compute limit: a bare process pool (one process per core) doing the tier-1 work for the import's files,
@@ -105,7 +105,7 @@ class CatalogProbe:
 class Up:
     """`damflow up` as its own process, as in production: the benchmark client and scanner live outside it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, workers: int = 1) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.settings = Settings(data_dir=data_dir, log_level="warn", http_port=self.port)
@@ -115,7 +115,8 @@ class Up:
         env = dict(os.environ, DAMFLOW_DATA_DIR=str(data_dir), DAMFLOW_HTTP_PORT=str(self.port),
                    DAMFLOW_LOG_LEVEL="warn")
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env, stdout=log,
+            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "up", "--workers", str(workers)],
+                                         env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
         while "damflow up:" not in self.log.read_text():
@@ -129,8 +130,9 @@ class Up:
         self.proc.wait(60)
 
 
-async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: float, data_dir: Path) -> dict:
-    up = Up(data_dir)
+async def run_import(folder: Path, urgent: list[Path], *, mode: str, interval: float, data_dir: Path,
+                     workers: int = 1) -> dict:
+    up = Up(data_dir, workers)
     try:
         return await _run_import(up, folder, urgent, mode=mode, interval=interval)
     finally:
@@ -321,6 +323,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=500)
     ap.add_argument("--big", type=int, default=5000, help="second, larger import for memory (0: skip)")
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes (`damflow up --workers`); with several, set DAMFLOW_POOL_SIZE to the "
+                         "cores over the workers")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run the priority import this many times: urgent samples pooled, throughput the median "
                          "run's against the compute limit around it (this machine is noisy)")
@@ -346,21 +351,21 @@ def main() -> None:
         for i in range(args.repeat):
             floor = work_floor(urgent[-25:], tmp / f"floor{i}", Settings())
             run = asyncio.run(run_import(folder, urgent, mode="priority", interval=args.interval,
-                                         data_dir=tmp / f"priority{i}"))
+                                         data_dir=tmp / f"priority{i}", workers=args.workers))
             after = limit_now()
             runs.append({**run, "limit": (before + after) / 2, "limits": [before, after], "work_floor_ms": floor})
             before = after
         best = pooled(runs)
         rows.append(summary(best, best["limit"], best["limits"]))
         fifo = asyncio.run(run_import(folder, urgent[200:], mode="fifo", interval=args.interval,
-                                      data_dir=tmp / "fifo"))
+                                      data_dir=tmp / "fifo", workers=args.workers))
         after = limit_now()
         rows.append(summary(fifo, (before + after) / 2, [before, after]))
         before = after
         if args.big:
             big = variant_pngs(args.big)
             run = asyncio.run(run_import(big, urgent, mode="priority", interval=args.interval,
-                                         data_dir=tmp / "big"))
+                                         data_dir=tmp / "big", workers=args.workers))
             after = limit_now()
             rows.append(summary(run, (before + after) / 2, [before, after]))
         limit = rows[0]["compute_limit_fps"]
