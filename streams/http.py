@@ -325,14 +325,17 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     if not wait:
         return web.json_response({"uploads": rows}, status=202)
     outcomes: dict[str, tuple[Any, float]] = {}
-    if pending:
-        await asyncio.wait(pending.values(), timeout=timeout)
+    try:
+        if pending:
+            await asyncio.wait(pending.values(), timeout=timeout)
+    finally:  # also when the request is cancelled: a waiter left behind would keep the reader polling
+        for event_id, fut in pending.items():
+            if not fut.done():
+                watcher.forget(event_id)
     for event_id, fut in pending.items():
         if fut.done():
             event, read_at, via = fut.result()
             outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1), via)
-        else:
-            watcher.forget(event_id)
     for row in rows:
         outcome = outcomes.get(row["event_id"])
         if outcome is None:
