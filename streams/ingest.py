@@ -161,18 +161,17 @@ class OutcomeWatcher:
     Register with :meth:`expect` *before* publishing the event, so nothing published afterwards can be missed —
     and no consumer has to be set up per upload. While nobody waits, the reader's partitions are paused: a
     reader that must answer within milliseconds polls the broker often, and during an import that polling
-    would take CPU from the work. The first :meth:`expect` after a quiet spell resumes the reader where it
-    stopped — the events published meanwhile are skimmed (not decoded) while the upload is still being worked
-    on; re-positioning instead would cost a round trip to the broker before the publish, slow when an import
-    floods it — or, after a long spell (``reseek_after_s``), at the end of the topic: what was published while
-    it slept cannot be the outcome of an event not yet published, and a long backlog would delay the answer.
-    An upload whose express answer did not come wakes the reader after its publish: after a long spell the
-    reader then starts at the first record stamped since the oldest waiter registered (less ``clock_skew_s``,
-    for a worker whose clock runs behind), not at the backlog's start.
+    would take CPU from the work. The first :meth:`expect` after a quiet spell (or, for an upload that asked
+    its worker by express, the failed ask) resumes the reader where it stopped — the events published meanwhile
+    are skimmed (not decoded) while the upload is still being worked on; re-positioning instead would cost
+    round trips to the broker, slow when an import floods it — or, after a long spell (``reseek_after_s``), at
+    the first record stamped since the oldest waiter registered, less ``clock_skew_s`` (for a worker whose
+    clock runs behind): a waiter registers before its upload is published, so nothing stamped earlier can be
+    its outcome, and a long backlog would delay the answer.
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0,
-                 clock_skew_s: float = 5.0) -> None:
+                 clock_skew_s: float = 5.0, skip_timeout_s: float = 5.0) -> None:
         self._consumer = consumer
         self._waiting: dict[str, asyncio.Future] = {}
         #: When each waiter registered (epoch ms): its outcome cannot be stamped much earlier.
@@ -181,6 +180,7 @@ class OutcomeWatcher:
         self._asking: set[asyncio.Task] = set()
         self.reseek_after_s = reseek_after_s
         self.clock_skew_s = clock_skew_s
+        self.skip_timeout_s = skip_timeout_s
         self._paused_at = time.monotonic()
         self._consumer.pause(*self._consumer.assignment())
 
@@ -195,7 +195,11 @@ class OutcomeWatcher:
             fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
             self._since[event_id] = int(time.time() * 1000)
             if wake:
-                await self._wake(fresh=event_id)
+                try:
+                    await self._wake()
+                except BaseException:  # (cancelled) the caller never gets the future: nobody would forget it
+                    self._take(event_id)
+                    raise
         return fut
 
     def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
@@ -233,27 +237,23 @@ class OutcomeWatcher:
     def paused(self) -> bool:
         return bool(self._consumer.paused())
 
-    async def _wake(self, *, fresh: str | None = None) -> None:
-        """Resume the reader. After a long spell, first skip what cannot be the outcome of anyone waiting: for
-        ``fresh`` (an event about to be published) everything so far, for every other waiter what was stamped
-        before it registered (less ``clock_skew_s``). A broker error while skipping leaves the reader where it
-        stopped: slower, nothing missed."""
+    async def _wake(self) -> None:
+        """Resume the reader; after a long spell, first skip what no waiter can need (see the class). A broker
+        that does not answer the skip within ``skip_timeout_s`` leaves the reader where it stopped: slower,
+        nothing missed."""
         async with self._waking:
             paused = list(self._consumer.paused())
             if not paused:
                 return
-            if time.monotonic() - self._paused_at > self.reseek_after_s:
-                others = [ms for event_id, ms in self._since.items() if event_id != fresh]
-                try:
-                    if others:
-                        await self._skip_to(paused, min(others) - int(self.clock_skew_s * 1000))
-                    else:
-                        await self._consumer.seek_to_end(*paused)
-                        for tp in paused:  # resolve the lazy seek now, before the caller publishes
-                            await self._consumer.position(tp)
-                except (KafkaError, OSError) as exc:
-                    log.warning("outcome_reader_skip_failed", error=repr(exc))
-            self._consumer.resume(*paused)
+            try:
+                if self._since and time.monotonic() - self._paused_at > self.reseek_after_s:
+                    since = min(self._since.values()) - int(self.clock_skew_s * 1000)
+                    try:
+                        await asyncio.wait_for(self._skip_to(paused, since), self.skip_timeout_s)
+                    except (KafkaError, OSError, TimeoutError) as exc:
+                        log.warning("outcome_reader_skip_failed", error=repr(exc))
+            finally:
+                self._consumer.resume(*paused)
 
     async def _skip_to(self, partitions: list[TopicPartition], since_ms: int) -> None:
         """Move each partition forward to its first record stamped ``since_ms`` or later, or to its end where

@@ -60,7 +60,7 @@ async def test_reader_sleeps_while_nobody_waits_and_misses_nothing_on_waking(mak
     # every wake after a spell skips what came while it slept
     async with watching(make_settings(), reseek_after_s=0.0) as (watcher, _consumer, prod, topics):
         assert watcher.paused  # nobody waits: no polling
-        # published while it sleeps: skipped on waking, as none can answer a later upload
+        # published while it sleeps: read past (not decoded) on waking, as none can answer a later upload
         for i in range(20):
             await prod.send_and_wait(topics.assets, encode(browsable(f"old-{i}", f"/old/{i}")), key=b"k")
 
@@ -144,6 +144,32 @@ async def test_a_broker_error_while_skipping_leaves_the_reader_reading_from_wher
         await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
         watcher.ask_express(ExpressClient(settings), _published(topics.t1_interactive), "urgent", 5)
         assert (await asyncio.wait_for(outcome, 10))[0].path == "/u"
+
+
+async def test_a_broker_that_does_not_answer_the_skip_holds_no_upload_and_a_cancelled_one_leaves_no_waiter(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with watching(make_settings(), reseek_after_s=0.0, skip_timeout_s=0.3) as (watcher, consumer, prod,
+                                                                                     topics):
+        async def no_answer(*_args, **_kw):
+            await asyncio.sleep(3600)
+
+        for name in ("end_offsets", "offsets_for_times", "seek_to_end"):
+            monkeypatch.setattr(consumer, name, no_answer)
+        # the wake gives the skip up and reads on from where the reader stopped
+        outcome = await asyncio.wait_for(watcher.expect("urgent"), 10)
+        await prod.send_and_wait(topics.assets, encode(browsable("urgent", "/u")), key=b"u")
+        assert (await asyncio.wait_for(outcome, 10))[0].path == "/u"
+        await wait_until(lambda: watcher.paused, 10, "the reader to pause again")
+
+        # a caller gone while its wake waits on the broker: it leaves no waiter behind, and the reader sleeps
+        watcher.skip_timeout_s = 3600.0
+        gone = asyncio.create_task(watcher.expect("gone"))
+        await wait_until(lambda: watcher._waking.locked(), 10, "the wake to start")
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        await wait_until(lambda: watcher.paused, 10, "the reader to pause again")
 
 
 async def _missed_by_express(settings: Settings, watcher: OutcomeWatcher, prod: AIOKafkaProducer, event_id: str,
