@@ -196,14 +196,14 @@ async def scan(
     await report()
     async with LagProbe(bootstrap, settings.group_id, topic) as probe:
         for path, st in walk(root):
+            failure: DamflowError | None = None  # found, but recorded as failed right here
             if isinstance(st, Unreadable):
                 if st.kind == "file" and not _named_like_image(path):
                     other += 1  # as for any file that is not an image
                     continue
-                found += 1  # what it holds is unknown: a recorded failure, counted in the batch
-                await send(topics.assets, *_scan_failure(path, batch_id, lane, SourceUnreadable(
-                    f"cannot read {st.kind}: {st.error.strerror or st.error}; "
-                    "fix its permissions and ingest the folder again", path=_printable(path))))
+                # what it holds is unknown
+                failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix its "
+                                           "permissions and ingest the folder again", path=_printable(path))
             elif not looks_like_image(path):
                 other += 1
                 continue
@@ -211,11 +211,12 @@ async def scan(
                 unchanged += 1
                 continue
             elif not _is_text(path):
-                found += 1
-                await send(topics.assets, *_scan_failure(path, batch_id, lane, UnrepresentablePath(
-                    "the file name is not valid UTF-8: rename the file to ingest it", path=_printable(path))))
+                failure = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it",
+                                              path=_printable(path))
+            found += 1
+            if failure is not None:
+                await send(topics.assets, *_scan_failure(path, batch_id, lane, failure))
             else:
-                found += 1
                 event = FileDiscovered(
                     event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
                     mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
