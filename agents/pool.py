@@ -103,7 +103,9 @@ class WorkPool:
 
     def warm(self) -> set[int]:
         """Start every pool process now rather than on the first file (first-asset latency), and wait until each
-        has run a task (so has run its initializer: nothing is frozen half set up); returns their pids."""
+        has run a task, so its initializer (niceness, scheduling class, memory limit) has run before the first
+        file; returns their pids. (A process frozen before then still dies with its worker: the forkserver ties
+        it at the fork, see agents.forkserver_guard.)"""
         seen: set[int] = set()
         for _ in range(50):
             futures = [self._pool.schedule(_pid, (0.01,)) for _ in range(self.size * 2)]
