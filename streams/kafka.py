@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -114,7 +114,12 @@ async def tail(
 
 
 class LagProbe:
-    """How far a consumer group is behind on a topic: end offsets minus the group's committed offsets."""
+    """How far a consumer group is behind on a topic: end offsets minus the group's committed offsets.
+
+    The embedded broker answers a partition's end offset (ListOffsets, latest) with its last record batch's first
+    offset + 1, not the high watermark: a last batch of 25 records reads as 24 fewer than there are. A producer
+    therefore passes the ends it knows from its own delivery reports (``published``); the larger one counts.
+    """
 
     def __init__(self, bootstrap: str, group: str, topic: str) -> None:
         self.bootstrap, self.group, self.topic = bootstrap, group, topic
@@ -135,7 +140,9 @@ class LagProbe:
         await self._consumer.stop()
         await self._admin.close()
 
-    async def lag(self) -> int:
+    async def lag(self, published: Mapping[TopicPartition, int] | None = None) -> int:
+        """Records not yet committed by the group; ``published``: end offsets known to the caller (the offset
+        after the last record it saw delivered, per partition)."""
         if not self._tps:
             return 0
         ends = await self._consumer.end_offsets(self._tps)
@@ -144,5 +151,6 @@ class LagProbe:
         for tp in self._tps:
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            total += max(ends[tp] - done, 0)
+            end = max(ends[tp], (published or {}).get(tp, 0))
+            total += max(end - done, 0)
         return total

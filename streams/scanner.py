@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.sniff import sniff_file
 from consumers.catalog import Catalog
@@ -160,6 +160,7 @@ async def scan(
     last_report = time.monotonic()
     topic = topics.tier1(lane)
     sent: list[asyncio.Future] = []  # deliveries not yet checked
+    published: dict[TopicPartition, int] = {}  # per partition of the lane, the offset after our last delivered
 
     async def send(to: str, value: bytes, key: bytes) -> None:
         sent.append(await prod.send(to, value, key=key))
@@ -172,6 +173,9 @@ async def scan(
             if isinstance(outcome, BaseException):
                 raise BrokerError(f"the broker did not take a message of batch {batch_id}: {outcome!r}") \
                     from outcome
+            if outcome.topic == topic:
+                tp = outcome.topic_partition
+                published[tp] = max(published.get(tp, 0), outcome.offset + 1)
 
     async def report(complete: bool = False, paused: bool = False) -> None:
         event = BatchScanned(
@@ -182,14 +186,14 @@ async def scan(
 
     async def backpressure(probe: LagProbe) -> None:
         """Stop here while the workers are too far behind; nothing more is read or published meanwhile."""
-        lag = await probe.lag()
+        lag = await probe.lag(published)
         if lag < settings.scan_high_water:
             return
         log.info("scan_paused", batch_id=batch_id, lag=lag, high_water=settings.scan_high_water)
         await report(paused=True)
         while lag > settings.scan_low_water:
             await asyncio.sleep(settings.scan_lag_poll_s)  # polling the group's lag: there is no event to await
-            lag = await probe.lag()
+            lag = await probe.lag(published)
         log.info("scan_resumed", batch_id=batch_id, lag=lag)
         await report()
 
