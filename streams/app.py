@@ -1,9 +1,10 @@
 """The Faust application the workers run, and the tweaks damflow makes to its Kafka transport.
 
-Three tweaks. First, faust's worker consumer hard-codes ``fetch_max_wait_ms=1500``. Real Kafka answers a fetch as soon as data
-arrives, so that only costs idle polling there; the embedded broker answers after a fraction of the wait even
-when data is waiting (measured: ~375 ms p50 at 1500 ms, ~3 ms at 10 ms). The wait is therefore a setting,
-applied here to every broker. Second, pausing a partition must not drop records already fetched for it, and a
+Three tweaks. First, faust's worker consumer hard-codes ``fetch_max_wait_ms=1500``. Real Kafka answers a fetch as
+soon as data arrives, so that only costs idle polling there; the embedded broker answers after a fraction of the
+wait even when data is waiting (measured: ~375 ms p50 at 1500 ms, ~3 ms at 10 ms). The wait is therefore a
+setting, applied here to every broker, and lengthened while the worker is quiet (:mod:`streams.fetch_wait`).
+Second, pausing a partition must not drop records already fetched for it, and a
 partition paused by the lane governor (which pauses and resumes partitions many times a second) must stay out of
 fetches until resumed, whatever faust's own per-buffer flow control does meanwhile (see ``_Consumer``). Third,
 fetched but unconsumed batch records must not hold back the next fetch of the interactive lane (see
@@ -22,6 +23,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
+from streams.fetch_wait import QuietFetchWait
 from streams.settings import Settings
 
 
@@ -49,6 +51,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             # an import waited 100-150 ms (bench/priority.py). The partition holding records is left out of
             # the next fetch anyway; the others are fetched at once.
             consumer._fetcher._prefetch_backoff = 0.0  # type: ignore[attr-defined]
+            conf: Any = self.app.conf
+            QuietFetchWait(consumer._fetcher, self.consumer, busy_ms=conf.fetch_max_wait_ms,
+                           idle_ms=conf.idle_fetch_max_wait_ms, idle_after_s=conf.idle_after_s).install()
 
         consumer.start = start_without_prefetch_backoff  # type: ignore[method-assign]
         return consumer
@@ -183,11 +188,14 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class _Conf(faust.Settings):
-    fetch_max_wait_ms: int = Settings.model_fields["fetch_max_wait_ms"].default  # one default, in Settings
+    # one default, in Settings
+    fetch_max_wait_ms: int = Settings.model_fields["fetch_max_wait_ms"].default
+    idle_fetch_max_wait_ms: int = Settings.model_fields["idle_fetch_max_wait_ms"].default
+    idle_after_s: float = Settings.model_fields["idle_after_s"].default
 
 
 class DamflowApp(faust.App):
-    """A faust App whose consumer honours ``Settings.fetch_max_wait_ms``."""
+    """A faust App whose consumer honours ``Settings.fetch_max_wait_ms`` (and its idle counterpart)."""
 
     Settings = _Conf
 
@@ -221,4 +229,6 @@ def create_app(settings: Settings, bootstrap: str) -> DamflowApp:
         stream_wait_empty=False,
     )
     app.conf.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.conf.idle_fetch_max_wait_ms = settings.idle_fetch_max_wait_ms
+    app.conf.idle_after_s = settings.idle_after_s
     return app
