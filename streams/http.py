@@ -4,6 +4,7 @@ Routes::
 
     POST /upload              multipart (one or more ``file`` fields) or a raw image body (``?name=``);
                               ``?wait=1[&timeout=S]`` answers once each asset is browsable (or failed)
+                              and, under ``damflow up``, in the catalog: ``GET /assets/{id}`` finds it
     GET  /assets/{id}         the catalog's view of one asset (full id or unique prefix)
     GET  /thumbs/{size}/{id}  a thumbnail file (content-addressed, immutable)
     GET  /progress            Server-Sent Events: every ``ProgressEvent`` (``?batch=`` to follow one batch)
@@ -35,6 +36,7 @@ from aiokafka.errors import KafkaError
 
 from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
+from consumers.catalog_sink import CatalogSink
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
 from streams.errors import (
     DamflowError, PermanentError, SchemaError, StorageUnavailable, UploadNotAnImage, UploadRejected, UploadTooLarge,
@@ -62,6 +64,7 @@ _STOPPING = web.AppKey("stopping", asyncio.Event)
 _STREAMS = web.AppKey("sse_clients", list)
 _OUTCOMES = web.AppKey("outcomes", OutcomeWatcher)
 _EXPRESS = web.AppKey("express", ExpressClient)  # None when Settings.express is off
+_CATALOG = web.AppKey("catalog", CatalogSink)  # the catalog sink of this process; None without one
 
 _HEX = re.compile(r"[0-9a-f]+")
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -332,10 +335,14 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
         for event_id, fut in pending.items():
             if not fut.done():
                 watcher.forget(event_id)
-    for event_id, fut in pending.items():
-        if fut.done():
-            event, read_at, via = fut.result()
-            outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1), via)
+    finished = {event_id: fut.result() for event_id, fut in pending.items() if fut.done()}
+    # into the catalog before the answer, so that what is answered browsable can be looked up at once
+    sink = app[_CATALOG]
+    if finished and sink is not None and await sink.apply_now([o.event for o in finished.values()]):
+        applied_at = time.perf_counter()
+        finished = {e: o._replace(read_at=applied_at) for e, o in finished.items()}
+    for event_id, (event, read_at, via) in finished.items():
+        outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1), via)
     for row in rows:
         outcome = outcomes.get(row["event_id"])
         if outcome is None:
@@ -509,14 +516,17 @@ async def dashboard(request: web.Request) -> web.Response:
 # -- app and runner ----------------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIOKafkaProducer) -> web.Application:
-    """The aiohttp application; ``producer`` is started and stopped by the caller."""
+def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIOKafkaProducer, *,
+               catalog: CatalogSink | None = None) -> web.Application:
+    """The aiohttp application; ``producer`` is started and stopped by the caller. ``catalog``: the catalog
+    sink running beside it (``damflow up``), which writes an upload's outcome before it is answered."""
     app = web.Application(middlewares=[_answer_errors])
     app[_SETTINGS] = settings
     app[_TOPICS] = topics
     app[_BOOTSTRAP] = bootstrap
     app[_PRODUCER] = producer
     app[_EXPRESS] = ExpressClient(settings) if settings.express else None  # type: ignore[assignment]
+    app[_CATALOG] = catalog  # type: ignore[assignment]
     app[_STOPPING] = asyncio.Event()
     app[_STREAMS] = []
     app.router.add_post("/upload", upload)

@@ -102,9 +102,9 @@ class Stack:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
         await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)
+        self.sink = CatalogSink(s, self.topics, self.bootstrap)
         if self.serve_http:
             await self._start_http()
-        self.sink = CatalogSink(s, self.topics, self.bootstrap)
         self.retrier = Retrier(s, self.topics, self.bootstrap)
         self._tasks.append(asyncio.create_task(keep_running("catalog-sink", self.sink.run), name="catalog-sink"))
         self._tasks.append(asyncio.create_task(keep_running("retrier", self.retrier.run), name="retrier"))
@@ -117,8 +117,8 @@ class Stack:
         from streams import http
 
         prod = await self._exit_stack.enter_async_context(producer(self.bootstrap))
-        self._http_runner = await http.serve(http.create_app(self.settings, self.topics, self.bootstrap, prod),
-                                             self.settings.http_host, self.settings.http_port)
+        app = http.create_app(self.settings, self.topics, self.bootstrap, prod, catalog=self.sink)
+        self._http_runner = await http.serve(app, self.settings.http_host, self.settings.http_port)
         self.http_url = f"http://{self.settings.http_host}:{http.bound_port(self._http_runner)}"
         log.info("http_ready", url=self.http_url)
 

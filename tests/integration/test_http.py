@@ -181,6 +181,24 @@ async def test_uploads_become_browsable_and_are_served_back(stack: Stack, tmp_pa
         assert not list(spool_dir(s).iterdir())
 
 
+async def test_an_upload_answered_browsable_can_be_looked_up_at_once(stack: Stack, tmp_path: Path) -> None:
+    # damflow up's own endpoint, beside its catalog sink: the answer waits for the catalog, not only the worker
+    # (the sink alone gathers results for up to a quarter of a second before it writes them)
+    bodies = [make_png(tmp_path / f"n{i}.png", size=(160, 120), seed=70 + i).read_bytes() for i in range(3)]
+    async with aiohttp.ClientSession(stack.http_url) as http:
+        for one, two in ((bodies[0], None), (bodies[1], bodies[2])):  # one file, then two in one request
+            files = [("a.png", one)] + ([("b.png", two)] if two else [])
+            async with http.post("/upload?wait=1&timeout=45", data=form(*files)) as resp:
+                rows = (await resp.json())["uploads"]
+            assert [r["state"] for r in rows] == ["browsable"] * len(files)
+            for row in rows:
+                async with http.get(f"/assets/{row['asset_id']}") as resp:
+                    assert resp.status == 200, f"answered browsable, then {resp.status} from the catalog"
+                    found = await resp.json()
+                assert found["tier1_state"] == "browsable"
+                assert found["locations"][0]["display_name"] == row["name"]
+
+
 async def test_progress_stream_delivers_the_batch_as_it_is_ingested(stack: Stack, tmp_path: Path) -> None:
     s = stack.settings
     folder = tmp_path / "shoot"
