@@ -92,6 +92,12 @@ class CatalogProbe:
                           batch_id or FIFO_URGENT)
         return rows[0][0] if rows else None
 
+    def last_browsable(self, batch_id: str) -> float | None:
+        """When the last file of ``batch_id`` became browsable (epoch s, the worker's stamp)."""
+        rows = self.query("SELECT MAX(updated_at) FROM batch_files WHERE tier = 1 AND state = 'done' AND batch_id = ?",
+                          batch_id)
+        return rows[0][0] if rows else None
+
     def browsable_at(self, batch_id: str) -> dict[str, float]:
         return dict(self.query("SELECT event_id, updated_at FROM batch_files WHERE batch_id = ? AND tier = 1 "
                                "AND state = 'done'", batch_id))
@@ -225,11 +231,14 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     p = result["progress"] or {}
     elapsed = result["seconds"]
     first = catalog.first_browsable(result["batch_id"])
+    last = catalog.last_browsable(result["batch_id"])
     return {
         "mode": mode, "files": n, "seconds": elapsed, "files_per_s": n / elapsed,
         # the urgent files the same machine made browsable during the import, counted with it
         "work_files_per_s": (n + urgent_in_import) / elapsed,
         "first_asset_s": first - result["started_at"] if first else None,
+        # from the last file's browsable stamp until `ingest --wait` learnt that the batch was done
+        "end_latency_s": result["started_at"] + elapsed - last if last else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
         "urgent_parts": parts, "urgent_detail": detail, "cpu_s": cpu, "machine": machine,
@@ -306,6 +315,7 @@ def summary(run: dict, limit: float, limits: list[float]) -> dict:
         # what the pipeline's own processes cost per file, besides the work: CPU the pool could have had
         "services_cpu_ms_per_file": round(services * 1000 / run["files"], 2),
         "first_asset_s": round(run["first_asset_s"], 3) if run["first_asset_s"] else None,
+        "end_latency_s": round(run["end_latency_s"], 3) if run.get("end_latency_s") is not None else None,
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
         "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"],
@@ -374,13 +384,16 @@ def main() -> None:
               f"{r['mode']} {r['files']}: {r['compute_limits_around_fps'][0]:.1f}/{r['compute_limits_around_fps'][1]:.1f}"
               for r in rows))
     print("×limit: the import's files/s against the limit; +urgent: with the urgent files worked on meanwhile")
+    print("first s: the first file browsable after `ingest` started; end s: after the last one, until `ingest --wait`"
+          " knew the batch was done")
     head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'+urgent':>7s} {'first s':>8s} " \
-           f"{'urgent n':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
+           f"{'end s':>6s} {'urgent n':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     print(head)
     for r in rows:
         print(f"{r['mode']:10s} {r['files']:6d} {r['files_per_s']:8.1f} {r['ratio_to_limit']:7.2f} "
               f"{r['work_ratio_to_limit']:7.2f} "
-              f"{r['first_asset_s'] or 0:8.3f} {r['urgent_n']:8d} {r['urgent_p50_ms'] or 0:8.1f} "
+              f"{r['first_asset_s'] or 0:8.3f} {r['end_latency_s'] or 0:6.3f} {r['urgent_n']:8d} "
+              f"{r['urgent_p50_ms'] or 0:8.1f} "
               f"{r['urgent_p95_ms'] or 0:8.1f} {r['urgent_p99_ms'] or 0:8.1f}")
     for r in rows:
         for q in ("p50", "p99"):

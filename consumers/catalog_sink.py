@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from consumers.catalog import Catalog
+from consumers.progress import ending
 from schemas import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode
 from streams.errors import SchemaError
 from streams.kafka import group_consumer, producer
@@ -60,6 +63,32 @@ def _apply(catalog: Catalog, events: list[Event]) -> tuple[set[str], list[tuple[
     return touched, refused
 
 
+class FetchPace:
+    """How the sink fetches: gathering an import's results (``sink_fetch_max_wait_ms``, ``sink_fetch_min_bytes``),
+    or promptly while a batch is about to finish a tier (see ``Settings.sink_prompt_eta_s``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: Until when (``time.monotonic()``) to fetch promptly.
+        self.prompt_until = 0.0
+
+    def after_write(self, progress: list[ProgressEvent], now: float) -> None:
+        within = self.settings.sink_prompt_eta_s
+        if any(ending(p, within) for p in progress):
+            self.prompt_until = now + 2 * within
+
+    def wait_and_min_bytes(self, now: float) -> tuple[int, int]:
+        s = self.settings
+        if now < self.prompt_until:
+            return s.sink_prompt_fetch_max_wait_ms, 1
+        return s.sink_fetch_max_wait_ms, s.sink_fetch_min_bytes
+
+    def apply(self, consumer: AIOKafkaConsumer, now: float) -> None:
+        """Set the consumer's next fetches (aiokafka reads both when it builds a request)."""
+        fetcher = consumer._fetcher  # type: ignore[attr-defined]
+        fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self.wait_and_min_bytes(now)
+
+
 class CatalogSink:
     """setup / write(batch) / close, as a small sink class (STYLE.md §8)."""
 
@@ -68,6 +97,7 @@ class CatalogSink:
         self.topics = topics
         self.bootstrap = bootstrap
         self.ready = asyncio.Event()
+        self.pace = FetchPace(settings)
         #: The catalog while :meth:`run` has it open; used only on ``_thread``.
         self._catalog: Catalog | None = None
         # SQLite work off the event loop (this process also serves HTTP uploads), one call at a time
@@ -160,11 +190,14 @@ class CatalogSink:
                 self.ready.set()
                 await report(await self._on_thread(self.release_held, catalog))
                 while True:
+                    self.pace.apply(consumer, time.monotonic())
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                     if not batches:
                         continue
                     events = [e for records in batches.values() for e in self._decode(records)]
-                    await report(await self._on_thread(self.write, catalog, events))
+                    progress = await self._on_thread(self.write, catalog, events)
+                    self.pace.after_write(progress, time.monotonic())
+                    await report(progress)
                     await consumer.commit()
         except KafkaError as exc:
             log.error("catalog_sink_failed", error=repr(exc))

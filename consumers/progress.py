@@ -22,6 +22,12 @@ def finished(p: ProgressEvent) -> bool:
     return p.total_final and p.done + p.failed + p.dead_lettered >= p.known_total
 
 
+def ending(p: ProgressEvent, within_s: float) -> bool:
+    """The batch's tier is about to be done: the scan is over and the files left are expected within ``within_s``
+    at the batch's rate so far."""
+    return p.total_final and not finished(p) and p.eta_s is not None and p.eta_s <= within_s
+
+
 def _fmt_eta(eta: float | None) -> str:
     if eta is None:
         return "--"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from consumers.catalog import Catalog
-from consumers.catalog_sink import CatalogSink
+from consumers.catalog_sink import CatalogSink, FetchPace
 from consumers.views import render_status
-from schemas import AssetBrowsable, decode
+from schemas import AssetBrowsable, ProgressEvent, decode
 from streams.settings import Settings
 from streams.topics import topics_for
 from tests.consumers.test_catalog import browsable, scanned
@@ -79,3 +79,29 @@ def test_a_held_event_that_fails_otherwise_on_retry_stays_held_and_the_sink_goes
     monkeypatch.setattr(Catalog, "_browsable", changed)
     assert sink.release_held(catalog) == []  # no crash at every start of the sink
     assert len(catalog.held()) == 1
+
+
+def _progress(tier: int = 1, *, final: bool = True, known: int = 100, done: int = 90, rate: float = 20.0):
+    in_flight = known - done
+    return ProgressEvent(batch_id="b1", tier=tier, known_total=known, total_final=final, done=done,
+                         in_flight=in_flight, rate=rate, eta_s=in_flight / rate if rate else None, at=1.0)
+
+
+def test_the_sink_fetches_promptly_only_while_a_batch_is_about_to_finish(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, sink_fetch_max_wait_ms=250, sink_fetch_min_bytes=65536,
+                        sink_prompt_fetch_max_wait_ms=25, sink_prompt_eta_s=1.0)
+    pace = FetchPace(settings)
+    gathering, prompt = (250, 65536), (25, 1)
+    assert pace.wait_and_min_bytes(0.0) == gathering
+
+    # far from the end (5 s left), still scanning, or already finished: keep gathering
+    pace.after_write([_progress(done=0, rate=20.0, known=100)], now=0.0)
+    pace.after_write([_progress(final=False, done=95)], now=0.0)
+    pace.after_write([_progress(done=100)], now=0.0)
+    pace.after_write([_progress(rate=0.0)], now=0.0)  # no rate yet: no estimate
+    assert pace.wait_and_min_bytes(0.0) == gathering
+
+    # half a second left in some tier: prompt, for twice the threshold after that write
+    pace.after_write([_progress(tier=3, done=0, rate=0.0), _progress(tier=1, done=90)], now=10.0)
+    assert pace.wait_and_min_bytes(10.1) == prompt and pace.wait_and_min_bytes(11.9) == prompt
+    assert pace.wait_and_min_bytes(12.1) == gathering  # nothing written since (a straggler retrying): back

@@ -1,5 +1,6 @@
-"""The worker's fetch wait (``streams.fetch_wait``) on a real aiokafka fetcher and the embedded broker: short while
-records come or anything is held back, long once quiet — read from the requests the fetcher really sends."""
+"""Fetch waits set at run time on a real aiokafka fetcher and the embedded broker, read from the requests the
+fetcher really sends: the worker's (``streams.fetch_wait``: short while records come or anything is held back,
+long once quiet) and the catalog sink's (``FetchPace``: prompt while a batch is about to finish)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from types import SimpleNamespace
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from consumers.catalog_sink import FetchPace
 from schemas import new_id
 from streams.fetch_wait import QuietFetchWait
 from streams.kafka import ensure_topics
+from streams.settings import Settings
 
 BUSY_MS, IDLE_MS = 20, 300
 
@@ -93,4 +96,27 @@ async def test_fetches_wait_long_once_quiet_and_short_again_for_records_or_held_
     finally:
         taking.cancel()
         await producer.stop()
+        await consumer.stop()
+
+
+async def test_the_catalog_sinks_pace_sets_the_requests_it_sends(broker: str, tmp_path) -> None:
+    topic = f"test.sinkpace.{new_id()[:8]}"
+    await ensure_topics(broker, [topic], partitions=1)
+    tp = TopicPartition(topic, 0)
+    settings = Settings(data_dir=tmp_path, sink_fetch_max_wait_ms=IDLE_MS, sink_prompt_fetch_max_wait_ms=BUSY_MS)
+    pace = FetchPace(settings)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, fetch_max_wait_ms=IDLE_MS)
+    await consumer.start()
+    try:
+        sent = SentWaits(consumer._fetcher)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        await asyncio.wait_for(sent.next_with(IDLE_MS), 10)  # gathering
+        pace.prompt_until = float("inf")
+        pace.apply(consumer, now=0.0)
+        sent_before = len(sent.waits)  # the gathering request on its way is not changed ...
+        index = await asyncio.wait_for(sent.next_with(BUSY_MS), 10)
+        assert index == sent_before  # ... the next one is prompt
+        assert consumer._fetcher._fetch_min_bytes == 1
+    finally:
         await consumer.stop()
