@@ -237,7 +237,8 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         # the urgent files the same machine made browsable during the import, counted with it
         "work_files_per_s": (n + urgent_in_import) / elapsed,
         "first_asset_s": first - result["started_at"] if first else None,
-        # from the last file's browsable stamp until `ingest --wait` learnt that the batch was done
+        # from the last file's browsable stamp until `ingest --wait` returned (it learnt that the batch was done,
+        # and closed its consumer and producer)
         "end_latency_s": result["started_at"] + elapsed - last if last else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
         "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
@@ -385,7 +386,7 @@ def main() -> None:
               for r in rows))
     print("×limit: the import's files/s against the limit; +urgent: with the urgent files worked on meanwhile")
     print("first s: the first file browsable after `ingest` started; end s: after the last one, until `ingest --wait`"
-          " knew the batch was done")
+          " returned")
     head = f"{'run':10s} {'files':>6s} {'files/s':>8s} {'×limit':>7s} {'+urgent':>7s} {'first s':>8s} " \
            f"{'end s':>6s} {'urgent n':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     print(head)

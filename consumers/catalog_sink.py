@@ -14,7 +14,7 @@ The HTTP endpoint of the same process hands it the outcome of each ``?wait=1`` u
 apply_now`) before answering, so an upload answered browsable can be looked up at once: read from ``assets``, it
 would reach the catalog only with the sink's next fetch, which waits to gather an import's results (about 220 ms
 later, measured on an idle ``damflow up``). The sink reads the same event from ``assets`` afterwards and applies
-it again, which changes nothing. All catalog work runs on one thread of the sink's own, one call after another.
+it again, which changes nothing. The sink's catalog writes run on one thread of its own, one after another.
 """
 
 from __future__ import annotations
@@ -84,8 +84,11 @@ class FetchPace:
         return s.sink_fetch_max_wait_ms, s.sink_fetch_min_bytes
 
     def apply(self, consumer: AIOKafkaConsumer, now: float) -> None:
-        """Set the consumer's next fetches (aiokafka reads both when it builds a request)."""
+        """Set the consumer's next fetches (aiokafka 0.11-0.14 reads both when it builds a request; the one
+        already on its way keeps its own, hence the early trigger)."""
         fetcher = consumer._fetcher  # type: ignore[attr-defined]
+        if not hasattr(fetcher, "_fetch_min_bytes"):  # another aiokafka: keep its fixed pace
+            return
         fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self.wait_and_min_bytes(now)
 
 
@@ -106,20 +109,24 @@ class CatalogSink:
     async def _on_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def apply_now(self, events: list[Event]) -> bool:
+    async def apply_now(self, events: list[Event], timeout: float) -> bool:
         """Write ``events`` (already published on ``assets``) into the catalog now, ahead of the sink's reading.
-        False when they could not be: the sink is not running, or the catalog refused them — they come the usual
-        way then (held, if need be), so nothing is lost and the caller goes on."""
+        False when they were not all written within ``timeout`` seconds (the write goes on meanwhile): the sink
+        is not running, the catalog refused one (the others go in), or the sink's thread is busy or stuck on the
+        disk. They come the usual way then (held, if need be): nothing is lost, and the caller goes on."""
 
         def apply() -> bool:
             catalog = self._catalog
             if catalog is None:
                 return False
-            catalog.apply(events)
-            return True
+            _touched, refused = _apply(catalog, events)
+            return not refused
 
         try:
-            return await self._on_thread(apply)
+            return await asyncio.wait_for(asyncio.shield(self._on_thread(apply)), timeout)
+        except TimeoutError:
+            log.warning("catalog_apply_now_late", events=len(events), timeout_s=timeout)
+            return False
         except Exception as exc:  # noqa: BLE001 — the sink's own reading of the events decides what becomes of them
             log.warning("catalog_apply_now_failed", events=len(events), error=repr(exc))
             return False

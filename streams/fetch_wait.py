@@ -1,11 +1,14 @@
 """How long the worker's fetches wait for data: short while work flows, long once the worker is quiet.
 
 The embedded broker answers a fetch only after a fraction of its wait, so the worker asks with a short one
-(``Settings.fetch_max_wait_ms``) — and pays for it in polls: at 50 ms an idle ``damflow up`` spent about 80 ms of
-CPU a second, 55 with this (figures in the settings). Nothing needs that speed while nothing happens: uploads reach their worker by express, and the first file of an import may take a
-tenth of a second more. So after ``idle_after_s`` without a fetched record, while no partition is held back (by
-the lane governor, or behind a full stream buffer) and nothing fetched waits to be taken, the next fetches wait
+(``Settings.fetch_max_wait_ms``) and pays for it in polls: at 50 ms an idle ``damflow up`` spent about 80 ms of
+CPU a second, about 55 with this (figures in the settings). Nothing needs that speed while nothing happens:
+uploads reach their worker by express, and the first file of an import may take a tenth of a second more. So
+after ``idle_after_s`` without a fetched record, while no partition is held back (by the lane governor, or
+behind a full stream buffer) and nothing fetched waits to be taken, the next fetches wait
 ``idle_fetch_max_wait_ms``; the first record back, or anything held back, makes the next fetch short again.
+The fetch already on its way keeps its wait, and the broker answers the worker's other requests on that
+connection after it: keep the idle wait to a fraction of a second.
 """
 
 from __future__ import annotations
@@ -29,8 +32,12 @@ class QuietFetchWait:
 
     def install(self) -> QuietFetchWait:
         """Choose the wait each time the fetcher plans its requests (aiokafka 0.11-0.14:
-        ``_get_actions_per_node``, called after every fetch that came back, before the next is built)."""
+        ``_get_actions_per_node``, called after every fetch that came back, before the next is built). With an
+        aiokafka that lacks these, the wait stays ``busy_ms``."""
         fetcher = self.fetcher
+        if not all(hasattr(fetcher, a) for a in ("_get_actions_per_node", "_records", "_fetch_max_wait_ms")):
+            log.warning("fetch_wait_fixed", reason="this aiokafka's fetcher has no known planning step")
+            return self
         plan = fetcher._get_actions_per_node
 
         def plan_with_wait(assignment: Any) -> Any:

@@ -4,7 +4,8 @@ Routes::
 
     POST /upload              multipart (one or more ``file`` fields) or a raw image body (``?name=``);
                               ``?wait=1[&timeout=S]`` answers once each asset is browsable (or failed)
-                              and, under ``damflow up``, in the catalog: ``GET /assets/{id}`` finds it
+                              and, under ``damflow up``, normally in the catalog too (``GET /assets/{id}``
+                              finds it; not while the catalog sink restarts or is held up by its disk)
     GET  /assets/{id}         the catalog's view of one asset (full id or unique prefix)
     GET  /thumbs/{size}/{id}  a thumbnail file (content-addressed, immutable)
     GET  /progress            Server-Sent Events: every ``ProgressEvent`` (``?batch=`` to follow one batch)
@@ -338,7 +339,8 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     finished = {event_id: fut.result() for event_id, fut in pending.items() if fut.done()}
     # into the catalog before the answer, so that what is answered browsable can be looked up at once
     sink = app[_CATALOG]
-    if finished and sink is not None and await sink.apply_now([o.event for o in finished.values()]):
+    if finished and sink is not None and await sink.apply_now([o.event for o in finished.values()],
+                                                              settings.http_catalog_write_timeout_s):
         applied_at = time.perf_counter()
         finished = {e: o._replace(read_at=applied_at) for e, o in finished.items()}
     for event_id, (event, read_at, via) in finished.items():

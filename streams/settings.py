@@ -49,11 +49,12 @@ class Settings(BaseSettings):
     #: the compute limit from 10 to 50 ms, urgent uploads unchanged.
     fetch_max_wait_ms: int = Field(default=50, ge=0)
     #: ... and once the worker is quiet: nothing fetched for ``idle_after_s``, nothing held back (see
-    #: streams/fetch_wait.py). Measured, idle ``damflow up``, CPU per second: worker 31 -> 19 ms, broker 37 -> 22 ms,
-    #: all processes 80 -> 55 ms. The first event after a quiet spell waits about a fifth of this more on the
-    #: embedded broker (bench/priority.py, first asset of the FIFO run: 0.10 -> 0.16 s); real Kafka answers when
-    #: data comes. Equal to ``fetch_max_wait_ms``: always short.
-    idle_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    #: streams/fetch_wait.py). Measured, idle ``damflow up``, CPU per second, all processes: 80 ms at 50, 57 at
+    #: 200-250, 52-55 at 500. The first event after a quiet spell waits up to about half of this more on the
+    #: embedded broker; so does any other request the worker sends to the broker meanwhile (the connection
+    #: answers in order: the first fetch after a rebalance, an offset lookup), on any broker. Equal to
+    #: ``fetch_max_wait_ms``: always short.
+    idle_fetch_max_wait_ms: int = Field(default=250, ge=0)
     idle_after_s: float = Field(default=2.0, gt=0)
     #: The same for the reader that answers ``upload --wait`` and ``POST /upload?wait=1``: it polls only while
     #: somebody waits (paused otherwise), so it can afford to poll more often than the workers.
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
     #: ... but while a batch's tier is about to finish (expected within ``sink_prompt_eta_s``), the catalog sink
     #: fetches with this wait and no byte minimum, until twice that long after the last write that said so: the
     #: end of an import reaches the catalog (and ``ingest --wait``) without the gathering wait. Measured, 500-file
-    #: import: last file browsable -> ingest sees the batch done 180-240 ms before, 8-18 ms with the sink prompt.
+    #: import: last file browsable -> ``ingest --wait`` returns, 180-240 ms before, 33-62 ms with this.
     sink_prompt_fetch_max_wait_ms: int = Field(default=25, ge=0)
     sink_prompt_eta_s: float = Field(default=1.0, ge=0)
     #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
@@ -181,6 +182,9 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8470, ge=0, le=65535)
     http_wait_timeout_s: float = Field(default=30.0, gt=0)
     http_wait_timeout_max_s: float = Field(default=300.0, gt=0)
+    #: How long a ``?wait=1`` answer waits for its outcomes to be written into the catalog (normally about a
+    #: millisecond, more behind a write of the catalog sink's); past it the answer goes out all the same.
+    http_catalog_write_timeout_s: float = Field(default=0.5, gt=0)
     http_sse_heartbeat_s: float = Field(default=15.0, gt=0)
     http_max_sse_clients: int = Field(default=64, ge=1)
     http_shutdown_timeout_s: float = Field(default=5.0, gt=0)

@@ -3,6 +3,10 @@ it is held back whole, never lost, until the catalog can take it."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import pytest
 
 from consumers.catalog import Catalog
@@ -105,3 +109,29 @@ def test_the_sink_fetches_promptly_only_while_a_batch_is_about_to_finish(tmp_pat
     pace.after_write([_progress(tier=3, done=0, rate=0.0), _progress(tier=1, done=90)], now=10.0)
     assert pace.wait_and_min_bytes(10.1) == prompt and pace.wait_and_min_bytes(11.9) == prompt
     assert pace.wait_and_min_bytes(12.1) == gathering  # nothing written since (a straggler retrying): back
+
+
+async def test_apply_now_writes_what_it_can_and_never_holds_the_answer_past_its_timeout(catalog: Catalog,
+                                                                                        tmp_path) -> None:
+    sink = sink_for(tmp_path)
+    event = browsable("e1", "/r/a.png")
+    assert not await sink.apply_now([event], timeout=1.0)  # the sink is not running: nothing written here
+    assert catalog.location("/r/a.png") is None
+
+    sink._catalog = catalog  # as while run() has it open
+    too_big = decode(b'{"type":"BatchScanned","batch_id":"b2","lane":"batch","root":"/r","found":%d,'
+                     b'"started_at":1.0,"scanned_at":2.0}' % 2**64)
+    assert not await sink.apply_now([too_big, event], timeout=1.0)  # one refused: the other goes in
+    assert catalog.location("/r/a.png") is not None and not catalog.held()  # holding is the sink's own reading's
+
+    # the sink's thread held up (a long write, a stuck disk): the answer goes out at the timeout ...
+    release = threading.Event()
+    sink._thread.submit(release.wait, 30)
+    other = browsable("e2", "/r/b.png", asset_id=A2)
+    started = time.monotonic()
+    assert not await sink.apply_now([other], timeout=0.2)
+    assert time.monotonic() - started < 5
+    # ... and the write still happens once the thread is free
+    release.set()
+    await asyncio.get_running_loop().run_in_executor(sink._thread, lambda: None)
+    assert catalog.location("/r/b.png") is not None
