@@ -166,9 +166,11 @@ class Stack:
         try:
             await asyncio.wait_for(ready, self.ready_timeout)
         except BaseException as exc:  # not ready in time, or the stack stopping meanwhile: it goes
+            self.workers.remove(proc)
             if proc.returncode is None:
                 proc.kill()
-            self.workers.remove(proc)
+                # reaped here: nobody else waits for a process no longer listed (stop() waits for the listed)
+                await asyncio.shield(proc.wait())
             if isinstance(exc, TimeoutError | EOFError):
                 raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
             raise
