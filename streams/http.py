@@ -328,7 +328,6 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                       f"{exc}", code, uploads=rows)
     if not wait:
         return web.json_response({"uploads": rows}, status=202)
-    outcomes: dict[str, tuple[Any, float]] = {}
     try:
         if pending:
             await asyncio.wait(pending.values(), timeout=timeout)
@@ -343,8 +342,8 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                                                               settings.http_catalog_write_timeout_s):
         applied_at = time.perf_counter()
         finished = {e: o._replace(read_at=applied_at) for e, o in finished.items()}
-    for event_id, (event, read_at, via) in finished.items():
-        outcomes[event_id] = (event, round((read_at - started[event_id]) * 1000, 1), via)
+    outcomes = {event_id: (event, round((read_at - started[event_id]) * 1000, 1), via)
+                for event_id, (event, read_at, via) in finished.items()}
     for row in rows:
         outcome = outcomes.get(row["event_id"])
         if outcome is None:

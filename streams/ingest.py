@@ -155,6 +155,12 @@ def final_outcome(event: object) -> bool:
         isinstance(event, AssetFailed) and event.tier == 1 and event.outcome != "retrying")
 
 
+class _Waiter(NamedTuple):
+    future: asyncio.Future
+    #: When it registered (epoch ms): its outcome cannot be stamped much earlier.
+    since_ms: int
+
+
 class OutcomeWatcher:
     """One long-lived reader of ``assets`` that hands each final tier-1 outcome to whoever waits for it.
 
@@ -173,9 +179,7 @@ class OutcomeWatcher:
     def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0,
                  clock_skew_s: float = 5.0, skip_timeout_s: float = 5.0) -> None:
         self._consumer = consumer
-        self._waiting: dict[str, asyncio.Future] = {}
-        #: When each waiter registered (epoch ms): its outcome cannot be stamped much earlier.
-        self._since: dict[str, int] = {}
+        self._waiting: dict[str, _Waiter] = {}
         self._waking = asyncio.Lock()
         self._asking: set[asyncio.Task] = set()
         self.reseek_after_s = reseek_after_s
@@ -190,17 +194,17 @@ class OutcomeWatcher:
         ``wake=False`` registers without resuming the reader: for an upload whose outcome should come by
         express (:meth:`ask_express`), which resumes it only if that fails.
         """
-        fut = self._waiting.get(event_id)
-        if fut is None:
-            fut = self._waiting[event_id] = asyncio.get_running_loop().create_future()
-            self._since[event_id] = int(time.time() * 1000)
+        waiter = self._waiting.get(event_id)
+        if waiter is None:
+            waiter = self._waiting[event_id] = _Waiter(asyncio.get_running_loop().create_future(),
+                                                       int(time.time() * 1000))
             if wake:
                 try:
                     await self._wake()
                 except BaseException:  # (cancelled) the caller never gets the future: nobody would forget it
                     self._take(event_id)
                     raise
-        return fut
+        return waiter.future
 
     def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
         """Ask the worker that owns the published ``request`` for its outcome directly, and settle the future
@@ -213,9 +217,10 @@ class OutcomeWatcher:
                 outcome = await express.outcome(request, timeout)
             except TimeoutError:  # the worker has it and is still at it
                 outcome = None
-            fut = self._waiting.get(event_id)
-            if fut is None or fut.done():
+            waiter = self._waiting.get(event_id)
+            if waiter is None or waiter.future.done():
                 return
+            fut = waiter.future
             if outcome is not None and final_outcome(outcome):
                 self._take(event_id)
                 fut.set_result(Outcome(outcome, time.perf_counter(), "express"))
@@ -230,8 +235,8 @@ class OutcomeWatcher:
         self._take(event_id)
 
     def _take(self, event_id: str) -> asyncio.Future | None:
-        self._since.pop(event_id, None)
-        return self._waiting.pop(event_id, None)
+        waiter = self._waiting.pop(event_id, None)
+        return waiter.future if waiter is not None else None
 
     @property
     def paused(self) -> bool:
@@ -246,8 +251,8 @@ class OutcomeWatcher:
             if not paused:
                 return
             try:
-                if self._since and time.monotonic() - self._paused_at > self.reseek_after_s:
-                    since = min(self._since.values()) - int(self.clock_skew_s * 1000)
+                if self._waiting and time.monotonic() - self._paused_at > self.reseek_after_s:
+                    since = min(w.since_ms for w in self._waiting.values()) - int(self.clock_skew_s * 1000)
                     try:
                         await asyncio.wait_for(self._skip_to(paused, since), self.skip_timeout_s)
                     except (KafkaError, OSError, TimeoutError) as exc:
