@@ -17,6 +17,9 @@ Near the end of a backlog, full chunks would leave one process working through i
 idle: given how many calls are still to come (``backlog``, e.g. the lane's records no agent has started on), a
 chunk is at most what is left split evenly across the pool's processes, so they run out of work together.
 
+While a chunk's process works on one call, the file the next call reads (``reads=``) is read ahead
+(:mod:`agents.readahead`): a chunk of an import from a cold disk waits for the disk once, not once per file.
+
 Isolation is kept per file: a chunk whose process died or ran past its time limit (``timeout_s`` per call) is
 run again one call per task, so only the file that crashed or hung fails; the others are worked on again, which
 is safe because the work is idempotent (content-addressed outputs).
@@ -27,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.pool import WorkPool
+from agents.readahead import read_ahead
 from streams.errors import DecoderCrashed, DecoderTimeout
 from streams.logs import get
 
@@ -44,12 +48,19 @@ class _Call:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     future: asyncio.Future = field(repr=False)
+    #: The file the call reads, if any.
+    reads: str | None = None
 
 
-def run_calls(calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[tuple[bool, Any]]:
-    """In a pool process: run each call in turn; ``(True, result)`` or ``(False, exception)`` per call."""
+def run_calls(
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], reads: Sequence[str | None] = (),
+) -> list[tuple[bool, Any]]:
+    """In a pool process: run each call in turn; ``(True, result)`` or ``(False, exception)`` per call.
+    ``reads[i]``: the file call ``i`` reads (or ``None``), read ahead while the call before it runs."""
     out: list[tuple[bool, Any]] = []
-    for fn, args, kwargs in calls:
+    for i, (fn, args, kwargs) in enumerate(calls):
+        if i + 1 < len(reads) and reads[i + 1] is not None:
+            read_ahead(reads[i + 1])
         try:
             out.append((True, fn(*args, **kwargs)))
         except Exception as exc:  # noqa: BLE001 — handed back to its own caller, as a lone task would
@@ -62,9 +73,11 @@ class ChunkedPool:
 
     def __init__(
         self, pool: WorkPool, *, max_chunk: int, queued: int = 1, backlog: Callable[[], int | None] | None = None,
+        read_ahead: bool = True,
     ) -> None:
         self.pool = pool
         self.max_chunk = max_chunk
+        self.read_ahead = read_ahead
         self.slots = pool.size + queued
         #: How many calls are still to come besides those waiting here (``None``, or its answer ``None``:
         #: unknown, plenty).
@@ -74,11 +87,12 @@ class ChunkedPool:
         #: Calls per chunk sent so far, by chunk size (for tests and metrics).
         self.chunk_sizes: Counter[int] = Counter()
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], *args: Any, reads: str | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in a pool process; ``reads``: the file it reads, to be read ahead."""
         if self.max_chunk <= 1:
             return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(fn, args, kwargs, future))
+        self._pending.append(_Call(fn, args, kwargs, future, reads if self.read_ahead else None))
         self._dispatch()
         return await future
 
@@ -113,7 +127,9 @@ class ChunkedPool:
                 return
             timeout = self.pool.timeout_s * len(chunk) if self.pool.timeout_s else None
             try:
-                outcomes = await self.pool.call(run_calls, ([(c.fn, c.args, c.kwargs) for c in chunk],), {},
+                calls = [(c.fn, c.args, c.kwargs) for c in chunk]
+                reads = [c.reads for c in chunk]
+                outcomes = await self.pool.call(run_calls, (calls, reads) if any(reads) else (calls,), {},
                                                 timeout_s=timeout)
             except (DecoderCrashed, DecoderTimeout) as exc:
                 # one of them crashed or hung its process: find out which, one call per task

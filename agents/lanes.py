@@ -59,7 +59,7 @@ class LanePools:
         self.interactive = WorkPool(settings.interactive_pool_size, **common)
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
                               **common)
-        self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk)
+        self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead)
         self.background = self.batch
 
     def for_lane(self, lane: str) -> WorkPool | ChunkedPool:

@@ -116,7 +116,10 @@ class WorkPool:
             log.warning("pool_warm_incomplete", size=self.size, started=len(seen))
         return seen
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads) is there for callers that
+        do not know which pool they have: a lone call has no call before it to read ahead during (see
+        agents.chunking)."""
         return await self.call(fn, args, kwargs)
 
     async def call(

@@ -33,7 +33,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             browse_file, record.path, data_dir,
             sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
             max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-            faults=settings.fault_injection,
+            faults=settings.fault_injection, reads=record.path,
         )
         browsable = AssetBrowsable(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,

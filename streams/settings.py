@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     #: Batch files per pool task (see agents.chunking): the worker's and the broker's cost per file is paid
     #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone.
     batch_chunk: int = Field(default=8, ge=1)
+    #: While a chunk's process works on one file, ask the kernel to read the next file of the chunk (see
+    #: agents.readahead): an import from a cold disk does not wait for the disk file by file.
+    read_ahead: bool = True
     #: Files one worker keeps in flight per lane of tier 1. Default for batch: enough for a full chunk per pool
     #: process and one waiting (at least twice the pool size), so the pool never idles while finished files
     #: are being published.

@@ -1,0 +1,134 @@
+"""Reading the next file ahead: the kernel really reads it, nothing about a bad path fails or blocks, and a chunk
+asks for each call's file while the call before it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import mmap
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import chunking
+from agents.chunking import ChunkedPool, run_calls
+from agents.readahead import read_ahead
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(os, "posix_fadvise"),
+                                reason="posix_fadvise and mincore are Linux's")
+
+
+def _resident(path: Path) -> float:
+    """The share of ``path``'s pages in the page cache (mincore on a mapping that touches none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(b & 1 for b in vec) / pages
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def _drop(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@linux_only
+def test_a_file_read_ahead_comes_into_the_page_cache(tmp_path: Path) -> None:
+    f = tmp_path / "cold.bin"
+    f.write_bytes(os.urandom(4 * 1024 * 1024))
+    _drop(f)
+    if _resident(f) > 0.5:
+        pytest.skip(f"the page cache keeps {tmp_path} whatever is dropped (tmpfs?): nothing to read ahead")
+    assert read_ahead(str(f))
+    deadline = time.monotonic() + 10
+    while (share := _resident(f)) < 0.99 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the page cache: the read happens in the kernel, with no event to await
+    assert share >= 0.99
+
+
+@linux_only
+def test_read_ahead_stops_at_the_bytes_asked_for(tmp_path: Path) -> None:
+    f = tmp_path / "big.bin"
+    f.write_bytes(os.urandom(8 * 1024 * 1024))
+    _drop(f)
+    if _resident(f) > 0.5:
+        pytest.skip(f"the page cache keeps {tmp_path} whatever is dropped (tmpfs?)")
+    assert read_ahead(str(f), nbytes=1024 * 1024)
+    time.sleep(0.2)  # nothing to await: the test is that the rest of the file stays out however long it waits
+    assert _resident(f) < 0.5
+
+
+def test_a_bad_path_is_left_to_the_work_that_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # opening it to read would wait for a writer: it must not
+    for path in ("missing.png", "dir", "fifo"):
+        assert read_ahead(str(tmp_path / path)) is False
+    assert read_ahead("/dev/zero") is False  # not a regular file: a device is never read ahead
+
+
+def test_a_chunk_reads_each_calls_file_while_the_call_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(chunking, "read_ahead", lambda path: seen.append(f"ahead {path}"))
+
+    def work(path: str) -> str:
+        seen.append(f"work {path}")
+        return path
+
+    calls = [(work, (p,), {}) for p in "abcd"]
+    assert run_calls(calls, ["a", "b", None, "d"]) == [(True, p) for p in "abcd"]
+    # the first file is read by its own work at once: nothing runs before it to read it ahead during; a call
+    # that names no file gets nothing read ahead
+    assert seen == ["ahead b", "work a", "work b", "ahead d", "work c", "work d"]
+
+
+class _InProcessPool:
+    """A pool of one process that runs each task here, keeping what it was given."""
+
+    size = 1
+    timeout_s = None
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[Any, tuple[Any, ...]]] = []
+
+    async def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout_s: float | None = None):
+        self.tasks.append((fn, args))
+        return fn(*args, **kwargs)
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(fn, args, kwargs)
+
+    def translate(self, exc: BaseException) -> BaseException:
+        return exc
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["on", "off"])
+async def test_chunked_calls_hand_their_files_to_the_chunk(enabled: bool) -> None:
+    pool = _InProcessPool()
+    chunked = ChunkedPool(pool, max_chunk=4, read_ahead=enabled)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(chunked.run(str.upper, "x", reads="/x"))
+    rest = [asyncio.ensure_future(chunked.run(str.upper, p, reads=f"/{p}")) for p in "abcd"]
+    assert await asyncio.gather(first, *rest) == ["X", "A", "B", "C", "D"]
+    chunk = next(args for fn, args in pool.tasks if fn is run_calls)
+    assert chunk[1:] == ((["/a", "/b", "/c", "/d"],) if enabled else ())
