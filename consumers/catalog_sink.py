@@ -210,6 +210,7 @@ class CatalogSink:
             log.error("catalog_sink_failed", error=repr(exc))
             raise
         finally:
+            self.ready.clear()
             self._catalog = None
             self._thread.submit(catalog.close)  # after whatever the thread is doing with it
             await consumer.stop()

@@ -9,7 +9,9 @@ Routes::
     GET  /assets/{id}         the catalog's view of one asset (full id or unique prefix)
     GET  /thumbs/{size}/{id}  a thumbnail file (content-addressed, immutable)
     GET  /progress            Server-Sent Events: every ``ProgressEvent`` (``?batch=`` to follow one batch)
-    GET  /healthz             ``{"ok": true}``
+    GET  /healthz             ``{"ok": true}``: this process serves
+    GET  /readyz              200 once the pipeline behind it takes work at full speed (workers in the group,
+                              catalog sink, retrier, broker), else 503; either way ``{"ready": ..., <part>: ...}``
     GET  /                    the live dashboard (one self-contained page reading /progress)
 
 An upload body is streamed to a temp file whose name this module makes up, under the data directory; the size
@@ -27,6 +29,7 @@ import re
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -66,6 +69,7 @@ _STREAMS = web.AppKey("sse_clients", list)
 _OUTCOMES = web.AppKey("outcomes", OutcomeWatcher)
 _EXPRESS = web.AppKey("express", ExpressClient)  # None when Settings.express is off
 _CATALOG = web.AppKey("catalog", CatalogSink)  # the catalog sink of this process; None without one
+_READINESS = web.AppKey("readiness", Callable)  # () -> {part: runs now}, from the stack serving this app; or None
 
 _HEX = re.compile(r"[0-9a-f]+")
 _FULL_ID = re.compile(r"[0-9a-f]{64}")
@@ -404,6 +408,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Whether work sent now is taken at full speed: an orchestrator's readiness probe, or a back-end waiting
+    before it starts an import (until the workers have joined the group, the first file waits for them)."""
+    check = request.app[_READINESS]
+    parts: dict[str, bool] = dict(check()) if check is not None else {}
+    parts["http"] = not request.app[_STOPPING].is_set()
+    ready = all(parts.values())
+    return web.json_response({"ready": ready, **parts}, status=200 if ready else 503)
+
+
 # -- live progress -----------------------------------------------------------------------------------------
 
 
@@ -518,9 +532,11 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIOKafkaProducer, *,
-               catalog: CatalogSink | None = None) -> web.Application:
+               catalog: CatalogSink | None = None,
+               readiness: Callable[[], dict[str, bool]] | None = None) -> web.Application:
     """The aiohttp application; ``producer`` is started and stopped by the caller. ``catalog``: the catalog
-    sink running beside it (``damflow up``), which writes an upload's outcome before it is answered."""
+    sink running beside it (``damflow up``), which writes an upload's outcome before it is answered;
+    ``readiness``: which parts of the pipeline behind it run now (``GET /readyz``)."""
     app = web.Application(middlewares=[_answer_errors])
     app[_SETTINGS] = settings
     app[_TOPICS] = topics
@@ -528,6 +544,7 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
     app[_PRODUCER] = producer
     app[_EXPRESS] = ExpressClient(settings) if settings.express else None  # type: ignore[assignment]
     app[_CATALOG] = catalog  # type: ignore[assignment]
+    app[_READINESS] = readiness  # type: ignore[assignment]
     app[_STOPPING] = asyncio.Event()
     app[_STREAMS] = []
     app.router.add_post("/upload", upload)
@@ -535,6 +552,7 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
     app.router.add_get("/thumbs/{size}/{id}", thumbnail)
     app.router.add_get("/progress", progress)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/", dashboard)
     app.on_startup.append(_prepare_spool)
     app.cleanup_ctx.append(_watch_outcomes)

@@ -76,6 +76,7 @@ class Retrier:
                     if commits:
                         await consumer.commit(commits)
         finally:
+            self.ready.clear()
             for handle in timers.values():
                 handle.cancel()
             await consumer.stop()

@@ -87,6 +87,9 @@ class Stack:
         self._keepers: list[asyncio.Task] = []
         #: Worker processes started again after they exited on their own (for tests and status).
         self.worker_restarts = 0
+        #: Worker processes that have joined the group and got partitions, until they exit.
+        self._ready_workers: set[asyncio.subprocess.Process] = set()
+        self._started = False
 
     async def start(self) -> None:
         s = self.settings
@@ -112,12 +115,28 @@ class Stack:
             await self.add_worker()
         await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
         await asyncio.wait_for(self.retrier.ready.wait(), self.ready_timeout)
+        self._started = True
+
+    def readiness(self) -> dict[str, bool]:
+        """Whether each part the pipeline needs to take work at full speed runs now (``GET /readyz``): false
+        while the stack starts, while a worker slot waits for its replacement to join the group, while the
+        catalog sink or the retrier restarts, and once the embedded broker has died."""
+        workers = sum(1 for p in self._ready_workers if p.returncode is None)
+        broker = self.broker is None or (self.broker.process is not None and self.broker.process.poll() is None)
+        return {
+            "started": self._started,
+            "broker": broker,
+            "workers": workers >= max(self.n_workers, len(self._keepers)),
+            "catalog_sink": self.sink is not None and self.sink.ready.is_set(),
+            "retrier": self.retrier is not None and self.retrier.ready.is_set(),
+        }
 
     async def _start_http(self) -> None:
         from streams import http
 
         prod = await self._exit_stack.enter_async_context(producer(self.bootstrap))
-        app = http.create_app(self.settings, self.topics, self.bootstrap, prod, catalog=self.sink)
+        app = http.create_app(self.settings, self.topics, self.bootstrap, prod, catalog=self.sink,
+                              readiness=self.readiness)
         self._http_runner = await http.serve(app, self.settings.http_host, self.settings.http_port)
         self.http_url = f"http://{self.settings.http_host}:{http.bound_port(self._http_runner)}"
         log.info("http_ready", url=self.http_url)
@@ -148,6 +167,7 @@ class Stack:
                 proc = await self._start_worker()
                 self.worker_restarts += 1
             code = await proc.wait()
+            self._ready_workers.discard(proc)
             with contextlib.suppress(ValueError):
                 self.workers.remove(proc)
             raise WorkerExited(f"worker {proc.pid} exited with {code}")
@@ -174,6 +194,7 @@ class Stack:
             if isinstance(exc, TimeoutError | EOFError):
                 raise BrokerError(f"worker {proc.pid} did not become ready: {exc!r}") from exc
             raise
+        self._ready_workers.add(proc)
         log.info("worker_ready", pid=proc.pid)
         return proc
 
@@ -191,6 +212,7 @@ class Stack:
             ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
 
     async def stop(self) -> None:
+        self._started = False
         for keeper in self._keepers:  # first, so that no worker is started while the others stop
             keeper.cancel()
         for keeper in self._keepers:

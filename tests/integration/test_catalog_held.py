@@ -39,10 +39,12 @@ async def test_a_starting_sink_puts_in_what_the_catalog_held_back_and_reports_it
         running = asyncio.create_task(sink.run())
         try:
             done = await asyncio.wait_for(reported(), 30)
+            assert sink.ready.is_set()
         finally:
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+    assert not sink.ready.is_set()  # a sink that stopped (or failed, until it is back) does not count as ready
     assert done == 1
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         assert catalog.location("/r/a.png") is not None and catalog.held() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.rss import children  # the same /proc walk the benchmarks use
@@ -120,10 +122,39 @@ def test_an_embedded_broker_whose_port_is_taken_does_not_pass_for_started(tmp_pa
         assert broker.process is None  # nothing left running
 
 
+async def readyz(stack: Stack) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.http_url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_readyz_answers_ready_only_once_the_workers_have_joined(make_settings) -> None:
+    stack = Stack(make_settings())
+    starting = asyncio.create_task(stack.start())
+    try:
+        await wait_until(lambda: stack.http_url or starting.done(), timeout=60, what="the HTTP interface")
+        # HTTP serves before the first worker process is even started: a probe sent now must not pass
+        status, early = await readyz(stack)
+        assert status == 503 and early["ready"] is False and early["workers"] is False and early["http"] is True
+        await starting
+        status, body = await readyz(stack)
+        assert status == 200 and body == {"ready": True, "started": True, "broker": True, "workers": True,
+                                          "catalog_sink": True, "retrier": True, "http": True}
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await stack.stop()
+
+
 async def test_a_worker_that_dies_is_replaced_and_its_work_done(stack: Stack, tmp_path: Path) -> None:
+    assert (await readyz(stack))[0] == 200
     [dead] = stack.workers
     dead.kill()  # SIGKILL: no shutdown code runs
+    # until its replacement has joined the group, the stack does not count as ready (a new worker takes seconds)
+    await wait_until(lambda: not stack.readiness()["workers"], timeout=30, what="the dead worker's slot to count")
+    status, body = await readyz(stack)
+    assert status == 503 and body["workers"] is False and body["catalog_sink"] is True
     await wait_until(lambda: stack.worker_restarts == 1, timeout=90, what="a new worker")
+    assert (await readyz(stack))[0] == 200
     [worker] = stack.workers
     assert worker is not dead and worker.returncode is None
     folder = tmp_path / "in"
