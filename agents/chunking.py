@@ -60,7 +60,8 @@ def run_calls(
     out: list[tuple[bool, Any]] = []
     for i, (fn, args, kwargs) in enumerate(calls):
         if i + 1 < len(reads) and reads[i + 1] is not None:
-            read_ahead(reads[i + 1])
+            with contextlib.suppress(Exception):  # a hint: whatever it meets is the next call's own to report
+                read_ahead(reads[i + 1])
         try:
             out.append((True, fn(*args, **kwargs)))
         except Exception as exc:  # noqa: BLE001 — handed back to its own caller, as a lone task would
@@ -88,7 +89,8 @@ class ChunkedPool:
         self.chunk_sizes: Counter[int] = Counter()
 
     async def run(self, fn: Callable[..., Any], *args: Any, reads: str | None = None, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` in a pool process; ``reads``: the file it reads, to be read ahead."""
+        """``fn(*args, **kwargs)`` in a pool process; ``reads`` (the pool's own keyword, not passed on to ``fn``):
+        the file it reads, to be read ahead."""
         if self.max_chunk <= 1:
             return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()

@@ -117,9 +117,9 @@ class WorkPool:
         return seen
 
     async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads) is there for callers that
-        do not know which pool they have: a lone call has no call before it to read ahead during (see
-        agents.chunking)."""
+        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads; the pool's own keyword, not
+        passed on to ``fn``) is there for callers that do not know which pool they have: a lone call has no call
+        before it to read ahead during (see agents.chunking)."""
         return await self.call(fn, args, kwargs)
 
     async def call(

@@ -25,17 +25,21 @@ _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
 
 
 def read_ahead(path: str, nbytes: int = READ_AHEAD_BYTES) -> bool:
-    """Start reading the first ``nbytes`` of the regular file at ``path`` into the page cache and return at once;
-    whether it was asked for. Nothing here fails: a file that is gone, unreadable or not a regular file is left
-    alone (its own work meets that and reports it), and opening never blocks (a FIFO waits for no writer)."""
+    """Ask the kernel to read the first ``nbytes`` of the regular file at ``path`` into the page cache; whether it
+    was asked. The reading itself happens in the background; the request is normally quick (it can wait while the
+    disk's queue is full, or on a hung network mount, as any read there would). Nothing here raises: a path that
+    is gone, unreadable, malformed or not a regular file is left alone, for its own work to meet and report, and
+    a FIFO or device is never opened (a FIFO would wait for a writer)."""
     if _WILLNEED is None:  # not Linux: the reads simply wait for the disk
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):  # ValueError: a NUL in the path, or text that is no file name (lone surrogate)
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a device would be read ahead too: only files are
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
             return False
         os.posix_fadvise(fd, 0, nbytes, _WILLNEED)
         return True

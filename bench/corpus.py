@@ -75,6 +75,7 @@ def in_page_cache(files: list[str], *, keep: bool) -> None:
                 while os.read(fd, 1 << 20):
                     pass
             else:
+                os.fsync(fd)  # pages not yet written back (the file was just made) cannot be dropped
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)

@@ -410,7 +410,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Whether work sent now is taken at full speed: an orchestrator's readiness probe, or a back-end waiting
-    before it starts an import (until the workers have joined the group, the first file waits for them)."""
+    before it starts an import (until the workers have joined the group, the first file waits for them).
+
+    Not ready is not refusing: an upload sent meanwhile is stored and queued durably, and done once the parts
+    are back. An orchestrator that takes a not-ready process out of rotation (one worker restarting is enough)
+    should do so only after a few failed probes. Without a stack behind the app (``readiness`` not given) only
+    the HTTP side is judged."""
     check = request.app[_READINESS]
     parts: dict[str, bool] = dict(check()) if check is not None else {}
     parts["http"] = not request.app[_STOPPING].is_set()

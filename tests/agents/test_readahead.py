@@ -83,9 +83,23 @@ def test_read_ahead_stops_at_the_bytes_asked_for(tmp_path: Path) -> None:
 def test_a_bad_path_is_left_to_the_work_that_reads_it(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     os.mkfifo(tmp_path / "fifo")  # opening it to read would wait for a writer: it must not
-    for path in ("missing.png", "dir", "fifo"):
+    for path in ("missing.png", "dir", "fifo", "nul\x00byte.png", "lone\ud800surrogate.png"):
         assert read_ahead(str(tmp_path / path)) is False
     assert read_ahead("/dev/zero") is False  # not a regular file: a device is never read ahead
+
+
+def test_a_bad_file_ahead_fails_only_its_own_call(tmp_path: Path) -> None:
+    good = tmp_path / "good.bin"
+    good.write_bytes(b"x")
+
+    def size(path: str) -> int:
+        return os.path.getsize(path)
+
+    bad = "nul\x00byte.png"
+    out = run_calls([(size, (str(good),), {}), (size, (bad,), {}), (size, (str(good),), {})],
+                    [str(good), bad, str(good)])
+    assert out[0] == (True, 1) and out[2] == (True, 1)
+    assert out[1][0] is False and isinstance(out[1][1], ValueError)  # its own work met it, not its neighbours
 
 
 def test_a_chunk_reads_each_calls_file_while_the_call_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,3 +146,16 @@ async def test_chunked_calls_hand_their_files_to_the_chunk(enabled: bool) -> Non
     assert await asyncio.gather(first, *rest) == ["X", "A", "B", "C", "D"]
     chunk = next(args for fn, args in pool.tasks if fn is run_calls)
     assert chunk[1:] == ((["/a", "/b", "/c", "/d"],) if enabled else ())
+
+
+def test_the_setting_reaches_the_batch_lanes_chunks(tmp_path: Path) -> None:
+    from agents.lanes import LanePools
+    from streams.settings import Settings
+
+    for enabled in (True, False):
+        pools = LanePools(Settings(data_dir=tmp_path, pool_size=1, read_ahead=enabled),
+                          preload=("tests.agents.pool_jobs",))
+        try:
+            assert pools.for_lane("batch").read_ahead is enabled  # type: ignore[union-attr]
+        finally:
+            pools.shutdown()

@@ -132,6 +132,7 @@ async def test_readyz_answers_ready_only_once_the_workers_have_joined(make_setti
     starting = asyncio.create_task(stack.start())
     try:
         await wait_until(lambda: stack.http_url or starting.done(), timeout=60, what="the HTTP interface")
+        assert stack.http_url, f"the stack ended before serving HTTP: {starting}"
         # HTTP serves before the first worker process is even started: a probe sent now must not pass
         status, early = await readyz(stack)
         assert status == 503 and early["ready"] is False and early["workers"] is False and early["http"] is True
@@ -140,8 +141,8 @@ async def test_readyz_answers_ready_only_once_the_workers_have_joined(make_setti
         assert status == 200 and body == {"ready": True, "started": True, "broker": True, "workers": True,
                                           "catalog_sink": True, "retrier": True, "http": True}
     finally:
-        if not starting.done():
-            starting.cancel()
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
         await stack.stop()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from streams.settings import Settings
@@ -9,8 +10,10 @@ from streams.settings import Settings
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_every_setting_is_in_the_readme() -> None:
+def test_every_setting_is_in_the_readme_and_nothing_else_is() -> None:
     table = README.read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
-    missing = [f"DAMFLOW_{name.upper()}" for name in Settings.model_fields
-               if f"`DAMFLOW_{name.upper()}`" not in table]
+    fields = {f"DAMFLOW_{name.upper()}" for name in Settings.model_fields}
+    missing = sorted(name for name in fields if f"`{name}`" not in table)
     assert not missing, f"settings not in the README's settings table: {missing}"
+    stale = sorted(set(re.findall(r"`(DAMFLOW_[A-Z0-9_]+)`", table)) - fields)
+    assert not stale, f"the README's settings table names settings that do not exist: {stale}"
