@@ -45,22 +45,24 @@ def _resident(path: Path) -> float:
         os.close(fd)
 
 
-def _drop(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _cold_file(tmp_path: Path, mb: int) -> Path:
+    """A new file of ``mb`` MiB, dropped from the page cache (the test skips where the cache keeps it)."""
+    f = tmp_path / f"cold-{mb}.bin"
+    f.write_bytes(os.urandom(mb * 1024 * 1024))
+    fd = os.open(f, os.O_RDONLY)
     try:
         os.fsync(fd)  # dirty pages cannot be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+    if _resident(f) > 0.5:
+        pytest.skip(f"the page cache keeps {tmp_path} whatever is dropped (tmpfs?): nothing to read ahead")
+    return f
 
 
 @linux_only
 def test_a_file_read_ahead_comes_into_the_page_cache(tmp_path: Path) -> None:
-    f = tmp_path / "cold.bin"
-    f.write_bytes(os.urandom(4 * 1024 * 1024))
-    _drop(f)
-    if _resident(f) > 0.5:
-        pytest.skip(f"the page cache keeps {tmp_path} whatever is dropped (tmpfs?): nothing to read ahead")
+    f = _cold_file(tmp_path, 4)
     assert read_ahead(str(f))
     deadline = time.monotonic() + 10
     while (share := _resident(f)) < 0.99 and time.monotonic() < deadline:
@@ -70,11 +72,7 @@ def test_a_file_read_ahead_comes_into_the_page_cache(tmp_path: Path) -> None:
 
 @linux_only
 def test_read_ahead_stops_at_the_bytes_asked_for(tmp_path: Path) -> None:
-    f = tmp_path / "big.bin"
-    f.write_bytes(os.urandom(8 * 1024 * 1024))
-    _drop(f)
-    if _resident(f) > 0.5:
-        pytest.skip(f"the page cache keeps {tmp_path} whatever is dropped (tmpfs?)")
+    f = _cold_file(tmp_path, 8)
     assert read_ahead(str(f), nbytes=1024 * 1024)
     time.sleep(0.2)  # nothing to await: the test is that the rest of the file stays out however long it waits
     assert _resident(f) < 0.5
