@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,21 @@ def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
     containers = read_containers(path)
     generation = detect(containers)
     rel = metadata_relpath(asset_id)
+    try:
+        document_bytes = _document(asset_id, path, containers, generation)
+    except RecursionError:
+        # a generator's records nested deeper than Python recurses (a hostile or broken ComfyUI graph): the
+        # parsed parameters are kept, the verbatim records are not; the file stays readable and searchable
+        containers.warnings.append("generator records nested too deep to keep: left out of the metadata")
+        generation = replace(generation, documents={}, extra={}) if generation else None
+        document_bytes = _document(asset_id, path, containers, generation)
+    write_atomically(Path(data_dir) / rel, document_bytes, what="metadata")
+    return Indexed(rel, summarise(containers, generation), (time.perf_counter() - started) * 1000)
+
+
+def _document(asset_id: str, path: str, containers: Containers, generation: Generation | None) -> bytes:
     document = {
         "asset_id": asset_id, "parser_version": PARSER_VERSION, "path": path,
         "containers": asdict(containers), "generation": asdict(generation) if generation else None,
     }
-    document_bytes = json.dumps(document, default=str, ensure_ascii=False).encode("utf-8", "replace")
-    write_atomically(Path(data_dir) / rel, document_bytes, what="metadata")
-    return Indexed(rel, summarise(containers, generation), (time.perf_counter() - started) * 1000)
+    return json.dumps(document, default=str, ensure_ascii=False).encode("utf-8", "replace")

@@ -7,6 +7,7 @@ on. Keeping the value untouched means a retried event is byte-for-byte the event
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,9 +47,12 @@ class FailureHistory:
 
         def num(key: str, kind: type) -> object:
             try:
-                return kind(h[key].decode())
+                value = kind(h[key].decode())
             except (KeyError, ValueError, UnicodeDecodeError):
                 return None
+            # "nan" or "inf" would go into a dead letter as null, which no reader accepts: the letter would be
+            # unreadable and its event unreplayable; a due time of "inf" would hold a retry partition for good
+            return value if math.isfinite(value) else None
 
         return cls(
             attempts=num(ATTEMPTS, int) or 0,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import warnings
@@ -195,7 +196,7 @@ def _degrees(value: str | None) -> float | None:
             number = float(numerator) / float(denominator or 1)
         except (ValueError, ZeroDivisionError):
             return None
-        if number < 0:
+        if not 0 <= number < math.inf:  # negative, "nan" or "inf" text: no position (JSON has no NaN)
             return None
         total += number / scale
     return total

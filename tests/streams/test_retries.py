@@ -22,6 +22,13 @@ def test_missing_or_garbled_headers_mean_a_first_attempt() -> None:
     assert garbled.attempts == 0 and garbled.due_at is None
 
 
+def test_header_numbers_json_cannot_carry_are_dropped() -> None:
+    # "nan" as a first-failure time went into the dead letter as null: a letter no reader accepts, never replayed
+    h = FailureHistory.from_headers([("damflow-first-failure-at", b"nan"), ("damflow-due-at", b"inf"),
+                                     ("damflow-attempts", b"2")])
+    assert h == FailureHistory(attempts=2)
+
+
 def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
     s = Settings(retry_backoff_s=1.0, retry_backoff_max_s=10.0, retry_jitter=0.25)
     rng = random.Random(1)

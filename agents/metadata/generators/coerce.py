@@ -9,6 +9,7 @@ subclass in Python, and a JSON ``true`` in a seed field is not seed 1).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import msgspec
@@ -43,17 +44,20 @@ def to_int(v: Any) -> int | None:
 
 
 def to_float(v: Any) -> float | None:
-    """A float from a number or a numeric string; None otherwise."""
+    """A finite float from a number or a numeric string; None otherwise ("nan" and "inf" included: events carry
+    numbers as JSON, which has none for them)."""
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v.strip())
-        except ValueError:
+    try:
+        if isinstance(v, (int, float)):
+            f = float(v)
+        elif isinstance(v, str):
+            f = float(v.strip())
+        else:
             return None
-    return None
+    except (ValueError, OverflowError):  # not a number; an int too large for a float
+        return None
+    return f if math.isfinite(f) else None
 
 
 def to_str(v: Any) -> str | None:

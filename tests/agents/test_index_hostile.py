@@ -1,0 +1,65 @@
+"""Metadata that is hostile or broken still gives an event that can be read back, for a file that is readable."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from agents.index import index_file
+from agents.metadata.generators.coerce import to_float
+from schemas import AssetIndexed, decode, encode
+
+ASSET = "ab" * 32
+
+
+def _gps_exif(latitude: bytes) -> bytes:
+    """A little-endian TIFF block whose GPS latitude is ASCII text (as some writers store it) rather than rationals."""
+    entries = [(1, 2, 2, b"N\x00\x00\x00"), (2, 2, 4, latitude.ljust(4, b"\x00")), (3, 2, 2, b"E\x00\x00\x00"),
+               (4, 2, 2, b"1\x00\x00\x00")]
+    gps_offset = 8 + 2 + 12 + 4
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x8825, 4, 1, gps_offset) + struct.pack("<I", 0)
+    gps = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, k, n) + v for t, k, n, v in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd0 + gps + struct.pack("<I", 0)
+
+
+def _event(path: Path, data_dir: Path) -> AssetIndexed:
+    result = index_file(str(path), ASSET, str(data_dir))
+    event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id=ASSET, path=str(path),
+                         parser_version=1, metadata_path=result.metadata_path, indexed_at=1.0, **result.summary)
+    return decode(encode(event), AssetIndexed)  # what the catalog and tier 3 will read
+
+
+def test_numbers_written_as_nan_or_inf_are_no_numbers(tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, CFG scale: nan, Seed: 1, Denoising strength: inf")
+    path = tmp_path / "nan.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info, exif=_gps_exif(b"nan"))
+    event = _event(path, tmp_path)  # before: the event went out with null in a float field, and nobody read it
+    assert event.gps is None and event.cfg is None and event.positive == "a cat" and event.steps == 20
+    assert [to_float(v) for v in ("nan", "-inf", float("inf"), 10**400, "1.5")] == [None, None, None, None, 1.5]
+
+
+def test_a_generator_record_nested_too_deep_is_left_out_and_the_rest_kept(tmp_path: Path) -> None:
+    deep: object = "x"
+    for _ in range(700):  # deeper than Python recurses while it copies and writes the record
+        deep = [deep]
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                                                   "positive": ["6", 0], "negative": ["7", 0], "junk": deep}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dog", "clip": ["4", 1]}},
+    }
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps(graph))
+    path = tmp_path / "deep.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    event = _event(path, tmp_path)  # before: RecursionError, a permanent dead letter for a readable file
+    assert (event.generator, event.positive, event.seed) == ("comfyui", "a cat", 5)
+    assert any("nested too deep" in w for w in event.warnings)
+    document = json.loads((tmp_path / event.metadata_path).read_bytes())
+    assert document["generation"]["positive"] == "a cat" and document["generation"]["documents"] == {}
