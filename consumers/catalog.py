@@ -414,13 +414,29 @@ class Catalog:
         """Keep an event :meth:`apply` refused, whole, with why: it is not lost, ``damflow status`` counts it,
         and :meth:`held` gives it back to be tried again (the sink does at every start, so a fixed bug or a
         widened column lets it in)."""
-        value = encode(event)
+        self._hold(encode(event), type(event).__name__, getattr(event, "batch_id", None),
+                   getattr(event, "event_id", None), error)
+
+    def hold_unreadable(self, value: bytes, error: BaseException) -> None:
+        """Keep a record no event could be read from (:meth:`hold`, for bytes): written by a newer version, or
+        by a bug that published what it cannot read back. Tried again, like the others, at every sink start."""
+        try:
+            fields = json.loads(value)  # for what it says it is, when it says
+        except (ValueError, RecursionError):
+            fields = None
+        fields = fields if isinstance(fields, dict) else {}
+        text = {k: v if isinstance(v, str) else None for k in ("type", "batch_id", "event_id")
+                for v in [fields.get(k)]}
+        self._hold(value, f"unreadable {text['type'] or 'record'}", text["batch_id"], text["event_id"], error)
+
+    def _hold(self, value: bytes, kind: str, batch_id: str | None, event_id: str | None,
+              error: BaseException) -> None:
         at = time.time()
         self._db.execute(  # one statement: committed on its own
             "INSERT INTO held_events VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
             " error = excluded.error, held_at = excluded.held_at",
-            (hashlib.blake2b(value, digest_size=16).hexdigest(), value, type(event).__name__,
-             getattr(event, "batch_id", None), getattr(event, "event_id", None), repr(error)[:4000], at, at))
+            (hashlib.blake2b(value, digest_size=16).hexdigest(), value, kind, batch_id, event_id,
+             repr(error)[:4000], at, at))
 
     def held(self) -> list[tuple[str, bytes]]:
         """The held events, oldest first: ``(key, encoded event)``."""

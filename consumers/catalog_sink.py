@@ -7,8 +7,9 @@ replays events, and :meth:`Catalog.apply` is idempotent, so a replay changes not
 that the catalog cannot hold (a number too large for SQLite, say, or a bug of the catalog's own) is held whole
 in the catalog (:meth:`Catalog.hold`, counted by ``damflow status``) and the rest of its batch goes in: one bad
 event never stops the catalog, and none is lost — every start of the sink tries the held ones again, so once the
-cause is mended they go in. A progress event the broker did not take fails the run (nothing is committed), and
-``damflow up`` starts the sink again.
+cause is mended they go in. A record no event can be read from is held the same way (its producer may be a newer
+version, or may have published what it cannot read back). A progress event the broker did not take fails the run
+(nothing is committed), and ``damflow up`` starts the sink again.
 
 The HTTP endpoint of the same process hands it the outcome of each ``?wait=1`` upload (:meth:`CatalogSink.
 apply_now`) before answering, so an upload answered browsable can be looked up at once: read from ``assets``, it
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer
@@ -29,7 +31,9 @@ from aiokafka.errors import KafkaError
 
 from consumers.catalog import Catalog
 from consumers.progress import ending
-from schemas import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode
+from schemas import (
+    AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode,
+)
 from streams.errors import SchemaError
 from streams.kafka import group_consumer, producer
 from streams.logs import get
@@ -131,8 +135,12 @@ class CatalogSink:
             log.warning("catalog_apply_now_failed", events=len(events), error=repr(exc))
             return False
 
-    def write(self, catalog: Catalog, events: list[Event]) -> list[ProgressEvent]:
-        """Apply a batch of decoded events; return the progress of every batch they touched."""
+    def write(self, catalog: Catalog, events: list[Event],
+              unreadable: Sequence[tuple[bytes, BaseException]] = ()) -> list[ProgressEvent]:
+        """Apply a batch of decoded events and hold the ``unreadable`` records; return the progress of every batch
+        the events touched."""
+        for value, exc in unreadable:
+            catalog.hold_unreadable(value, exc)
         touched, refused = _apply(catalog, events)
         for event, exc in refused:
             catalog.hold(event, exc)
@@ -201,8 +209,8 @@ class CatalogSink:
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                     if not batches:
                         continue
-                    events = [e for records in batches.values() for e in self._decode(records)]
-                    progress = await self._on_thread(self.write, catalog, events)
+                    events, unreadable = self.read_records([r for records in batches.values() for r in records])
+                    progress = await self._on_thread(self.write, catalog, events, unreadable)
                     self.pace.after_write(progress, time.monotonic())
                     await report(progress)
                     await consumer.commit()
@@ -216,15 +224,21 @@ class CatalogSink:
             await consumer.stop()
 
     @staticmethod
-    def _decode(records) -> list[Event]:
-        out: list[Event] = []
+    def read_records(records) -> tuple[list[Event], list[tuple[bytes, BaseException]]]:
+        """The events the catalog applies, and the records no event could be read from (with why).
+
+        An unreadable record is held, not dropped: its producer may have published something it cannot read
+        back (a tier that succeeded leaves no dead letter behind), or be a newer version."""
+        events: list[Event] = []
+        unreadable: list[tuple[bytes, BaseException]] = []
         for rec in records:
             try:
                 event = decode(rec.value)
             except SchemaError as exc:
-                # Nothing to project from it; the tier that produced it owns its dead letter.
-                log.error("catalog_poison_pill", topic=rec.topic, offset=rec.offset, error=str(exc))
+                log.error("catalog_record_unreadable", topic=rec.topic, offset=rec.offset, error=str(exc))
+                if rec.value:  # an empty record holds nothing to keep
+                    unreadable.append((bytes(rec.value), exc))
                 continue
             if isinstance(event, _APPLIED):
-                out.append(event)
-        return out
+                events.append(event)
+        return events, unreadable

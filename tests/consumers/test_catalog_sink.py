@@ -12,10 +12,10 @@ import pytest
 from consumers.catalog import Catalog
 from consumers.catalog_sink import CatalogSink, FetchPace
 from consumers.views import render_status
-from schemas import AssetBrowsable, ProgressEvent, decode
+from schemas import AssetBrowsable, AssetIndexed, ProgressEvent, decode, encode
 from streams.settings import Settings
 from streams.topics import topics_for
-from tests.consumers.test_catalog import browsable, scanned
+from tests.consumers.test_catalog import A1, browsable, scanned
 
 A2 = "b" * 64
 
@@ -135,3 +135,26 @@ async def test_apply_now_writes_what_it_can_and_never_holds_the_answer_past_its_
     release.set()
     await asyncio.get_running_loop().run_in_executor(sink._thread, lambda: None)
     assert catalog.location("/r/b.png") is not None
+
+
+def test_a_record_no_event_can_be_read_from_is_held_not_dropped(catalog: Catalog, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    sink = sink_for(tmp_path)
+    good = browsable("e1", "/r/a.png")
+    indexed = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id=A1,
+                           path="/r/a.png", parser_version=1, metadata_path="m.json", indexed_at=2.0, gps=(0.5, 1.0))
+    # what tier 2 once published for a GPS text of "nan": JSON has no NaN, so it went out as null
+    unreadable = encode(indexed).replace(b"[0.5,1.0]", b"[null,1.0]")
+    assert unreadable != encode(indexed)
+    records = [SimpleNamespace(topic="assets", offset=i, value=v) for i, v in enumerate([encode(good), unreadable,
+                                                                                         b"", b"\xff garbage"])]
+    events, bad = sink.read_records(records)
+    assert events == [good] and [value for value, _ in bad] == [unreadable, b"\xff garbage"]  # nothing in empty
+    sink.write(catalog, events, bad)
+    sink.write(catalog, [], bad)  # delivered again: held once
+    assert catalog.location("/r/a.png") is not None
+    assert sorted(value for _key, value in catalog.held()) == sorted([unreadable, b"\xff garbage"])
+    kinds = {row[0]: row[1:] for row in catalog._db.execute("SELECT event_type, batch_id, event_id FROM held_events")}
+    assert kinds == {"unreadable AssetIndexed": (good.batch_id, "e1"), "unreadable record": (None, None)}
+    assert sink.release_held(catalog) == [] and len(catalog.held()) == 2  # still unreadable: still held
