@@ -51,7 +51,7 @@ from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import Spool, publish_upload, spool_dir, upload_event
+from streams.upload import Spool, display_name, publish_upload, spool_dir, upload_event
 
 log = get(__name__)
 
@@ -164,17 +164,6 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
 
 
 # -- uploads -----------------------------------------------------------------------------------------------
-
-
-def display_name(raw: str | None) -> str | None:
-    """The client's file name for people to read: last path component, printable, at most 255 characters.
-
-    Never used on disk; trimmed so a name like ``../../etc/evil.png`` reads as ``evil.png``.
-    """
-    if not raw:
-        return None
-    name = "".join(ch for ch in raw.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable()).strip()[:255]
-    return None if name in ("", ".", "..") else name
 
 
 async def _raw_chunk(request: web.Request, idle_s: float) -> bytes:

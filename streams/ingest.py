@@ -21,7 +21,7 @@ from streams.logs import get
 from streams.scanner import scan
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import publish_upload, store_original, upload_event
+from streams.upload import display_name, publish_upload, store_original, upload_event
 
 log = get(__name__)
 
@@ -115,7 +115,7 @@ async def upload_files(
             except DamflowError as exc:  # not an image, gone, unreadable: this file is refused, not the rest
                 out.append(UploadResult(str(src), "", "", state="rejected", reason=str(exc)))
                 continue
-            event = upload_event(stored, batch_id=batch_id, display_name=src.name)
+            event = upload_event(stored, batch_id=batch_id, display_name=display_name(src.name))
             # registered before publishing: none missed
             outcome = await watcher.expect(event.event_id, wake=express is None) if watcher else None
             t0 = time.perf_counter()

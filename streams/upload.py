@@ -177,6 +177,22 @@ def store_original(settings: Settings, source: Path) -> StoredUpload:
         spool.discard()
 
 
+def display_name(raw: str | None) -> str | None:
+    """The client's file name for people to read: last path component, printable, at most 255 characters.
+
+    Never used on disk; trimmed so a name like ``../../etc/evil.png`` reads as ``evil.png``. A local name that
+    is not UTF-8 (kept by Python as surrogate escapes, which no event can carry) reads with U+FFFD in their place.
+    """
+    if not raw:
+        return None
+    try:
+        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a lone surrogate that escapes no byte
+        raw = raw.encode("utf-8", "replace").decode("utf-8")
+    name = "".join(ch for ch in raw.replace("\\", "/").rsplit("/", 1)[-1] if ch.isprintable()).strip()[:255]
+    return None if name in ("", ".", "..") else name
+
+
 def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | None) -> FileDiscovered:
     st = stored.path.stat()
     return FileDiscovered(

@@ -80,3 +80,25 @@ def test_a_full_disk_is_a_typed_storage_error_not_the_files_fault(tmp_path: Path
     spool_on_a_full_disk(monkeypatch, tmp_path)
     with pytest.raises(StorageUnavailable, match="No space left"):
         upload.store_original(Settings(data_dir=tmp_path / "data"), source)
+
+
+def test_a_local_file_whose_name_is_not_utf8_is_stored_and_its_event_can_be_sent(tmp_path: Path) -> None:
+    import os
+
+    from schemas import decode, encode
+
+    settings = Settings(data_dir=tmp_path / "data")
+    raw = os.path.join(os.fsencode(tmp_path), b"bad\xffname.png")
+    src = Path(os.fsdecode(raw))  # what `damflow upload` gets from the shell: the byte kept as a surrogate
+    make_png(src, size=(16, 16), seed=1)
+    stored = upload.store_original(settings, src)
+    event = upload.upload_event(stored, batch_id="b", display_name=upload.display_name(src.name))
+    assert decode(encode(event)).display_name == "bad\ufffdname.png"  # before: UnicodeEncodeError, a crashed CLI
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("../../etc/evil.png", "evil.png"), ("C:\\Users\\me\\cat.png", "cat.png"), ("a\x00b\tc.png", "abc.png"),
+    ("x\ud800y.png", "x?y.png"), ("..", None), ("", None), (None, None),
+])
+def test_display_names_are_readable_and_never_a_path(raw: str | None, shown: str | None) -> None:
+    assert upload.display_name(raw) == shown
