@@ -70,17 +70,32 @@ def camera_fields(c: Containers) -> dict[str, str]:
     return out
 
 
+#: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
+#: an event must fit in one produce request (about 1 MB), or tier 2 fails for good on a readable file.
+PROMPT_CHARS = 64 * 1024
+FIELD_CHARS = 2000
+WARNINGS = 20
+LORAS = 100
+
+
+def _cap(text: str | None, limit: int = FIELD_CHARS) -> str | None:
+    return text[:limit] if text is not None else None
+
+
 def summarise(c: Containers, g: Generation | None) -> dict[str, Any]:
-    """The ``AssetIndexed`` fields for one file (pixels' size, not the generator's claimed size)."""
+    """The ``AssetIndexed`` fields for one file (pixels' size, not the generator's claimed size), each bounded
+    (a hostile file's megabytes of prompt or warnings stay in its metadata document)."""
     summary: dict[str, Any] = {
-        "camera": camera_fields(c), "gps": c.gps, "width": c.width, "height": c.height, "format": c.format,
-        "warnings": c.warnings[:20],
+        "camera": camera_fields(c), "gps": c.gps, "width": c.width, "height": c.height, "format": _cap(c.format),
+        "warnings": [_cap(w) for w in c.warnings[:WARNINGS]],
     }
     if g is not None:
         summary |= {
-            "generator": g.generator, "model": g.model, "loras": [lora.name for lora in g.loras], "vae": g.vae,
-            "seed": g.seed, "steps": g.steps, "cfg": g.cfg, "sampler": g.sampler, "scheduler": g.scheduler,
-            "denoise": g.denoise, "positive": g.positive, "negative": g.negative,
+            "generator": _cap(g.generator), "model": _cap(g.model),
+            "loras": [_cap(lora.name) for lora in g.loras[:LORAS]], "vae": _cap(g.vae), "seed": g.seed,
+            "steps": g.steps, "cfg": g.cfg, "sampler": _cap(g.sampler), "scheduler": _cap(g.scheduler),
+            "denoise": g.denoise, "positive": _cap(g.positive, PROMPT_CHARS),
+            "negative": _cap(g.negative, PROMPT_CHARS),
         }
     return summary
 

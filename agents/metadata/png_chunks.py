@@ -138,7 +138,7 @@ def _chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, layout: PngL
 def _text_chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs) -> None:
     keyword_bytes, _, rest = data.partition(b"\x00")
     keyword = keyword_bytes.decode("latin-1")
-    what = f"png: {kind.decode('ascii')} {keyword!r}"
+    what = f"png: {kind.decode('ascii')} {keyword[:80]!r}"  # a keyword is 1-79 bytes; a hostile one, megabytes
     if kind == b"tEXt":
         body: bytes | None = rest
     elif kind == b"zTXt":

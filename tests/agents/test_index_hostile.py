@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -63,3 +64,25 @@ def test_a_generator_record_nested_too_deep_is_left_out_and_the_rest_kept(tmp_pa
     assert any("nested too deep" in w for w in event.warnings)
     document = json.loads((tmp_path / event.metadata_path).read_bytes())
     assert document["generation"]["positive"] == "a cat" and document["generation"]["documents"] == {}
+
+
+def test_megabytes_of_metadata_give_an_event_that_fits_one_request(tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    prompt = "a cat, " * 300_000  # 2.1 MB of prompt
+    info.add_text("parameters", f"{prompt}\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Model: {'m' * 100_000}")
+    path = tmp_path / "big.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    data = path.read_bytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    # zTXt chunks with no keyword separator: the whole megabyte reads as the keyword of each warning
+    body = zlib.compress(b"k" * 1_000_000)
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    path.write_bytes(data[:ihdr_end] + chunk * 5 + data[ihdr_end:])
+    result = index_file(str(path), ASSET, str(tmp_path))
+    event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id=ASSET, path=str(path),
+                         parser_version=1, metadata_path=result.metadata_path, indexed_at=1.0, **result.summary)
+    size = len(encode(event))
+    assert size < 300_000, size  # before: over 2 MB, refused by the producer (its requests take 1 MB)
+    assert event.positive is not None and event.positive.startswith("a cat, a cat")
+    whole = json.loads((tmp_path / event.metadata_path).read_bytes())
+    assert len(whole["generation"]["positive"]) >= 2_000_000  # all of it kept there
