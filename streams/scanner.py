@@ -6,10 +6,11 @@
   between the directory's listing and its stat was never there to find: it is logged only.
 - Links are followed only while they stay inside the root; directory loops are visited once. A file that
   vanishes or cannot be read during the walk, or a link whose target is gone, is still published when it is
-  named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it), and a
-  directory that cannot be read (whose files are unknown) or an entry named like an image that cannot be looked
-  at, is recorded as failed right here
-  (``AssetFailed``: ``unrepresentable_path``, ``source_unreadable``): nothing found goes unaccounted.
+  named like an image, so tier 1 records why; a file whose name is not valid UTF-8 (no event can carry it), a
+  directory that cannot be read (whose files are unknown), and an entry named like an image that cannot be looked
+  at or is a FIFO, socket or device (never opened), is recorded as failed right here (``AssetFailed``:
+  ``unrepresentable_path``, ``source_unreadable``, ``unsupported_format``); other special files are counted as
+  skipped: nothing found goes unaccounted.
 - Every send is checked: a file the broker did not take fails the scan (``BrokerError``), it is never reported
   as published.
 - A file the catalog already shows as browsable with the same size and mtime is skipped (unchanged).
@@ -22,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -34,7 +36,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from agents.sniff import sniff_file
 from consumers.catalog import Catalog
 from schemas import AssetFailed, BatchScanned, FileDiscovered, encode, new_id, now
-from streams.errors import BrokerError, DamflowError, SourceMissing, SourceUnreadable, UnrepresentablePath
+from streams.errors import (
+    BrokerError, DamflowError, SourceMissing, SourceUnreadable, UnrepresentablePath, UnsupportedFormat,
+)
 from streams.kafka import LagProbe
 from streams.logs import get
 from streams.settings import Settings
@@ -64,10 +68,11 @@ def _inside(path: str, root: str) -> bool:
 @dataclass(frozen=True)
 class Unreadable:
     """Something the walk found but could not read: a directory (whose files are therefore unknown), a plain
-    file, or an entry of unknown type (which may be a directory)."""
+    file, an entry of unknown type (which may be a directory), or a special file (a FIFO, socket or device:
+    never opened, as a FIFO would wait for a writer)."""
 
     error: OSError
-    kind: Literal["directory", "file", "entry"]
+    kind: Literal["directory", "file", "entry", "special"]
 
 
 def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
@@ -106,7 +111,10 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
                     subdirs.append(path)
                 elif entry.is_file(follow_symlinks=True):
                     yield path, os.stat(path)
-                elif not os.path.exists(path):  # a link whose target is gone: tier 1 says so
+                elif os.path.exists(path):  # neither a directory nor a file: a FIFO, socket or device
+                    yield path, Unreadable(OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)"),
+                                           "special")
+                else:  # a link whose target is gone: tier 1 says so
                     yield entry.path, entry.stat(follow_symlinks=False)
             except FileNotFoundError as exc:  # vanished between listing and stat
                 log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
@@ -202,12 +210,14 @@ async def scan(
         for path, st in walk(root):
             failure: DamflowError | None = None  # found, but recorded as failed right here
             if isinstance(st, Unreadable):
-                if st.kind == "file" and not _named_like_image(path):
+                if st.kind in ("file", "special") and not _named_like_image(path):
                     other += 1  # as for any file that is not an image
                     continue
-                # what it holds is unknown
-                failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix its "
-                                           "permissions and ingest the folder again", path=_printable(path))
+                if st.kind == "special":  # named like an image, but no file to ingest
+                    failure = UnsupportedFormat(f"{st.error.strerror}: nothing to ingest", path=_printable(path))
+                else:  # what it holds is unknown
+                    failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix its "
+                                               "permissions and ingest the folder again", path=_printable(path))
             elif not looks_like_image(path):
                 other += 1
                 continue

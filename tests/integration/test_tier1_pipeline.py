@@ -168,18 +168,21 @@ async def test_files_the_walk_cannot_read_or_name_end_as_recorded_failures(stack
     with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8
         f.write(make_png(tmp_path / "src.png", size=(64, 64), seed=2).read_bytes())
     (folder / "gone.png").symlink_to(folder / "deleted.png")  # a link whose target is gone
+    os.mkfifo(folder / "pipe.png")  # named like an image but a FIFO (opening it would wait): a recorded failure
+    os.mkfifo(folder / "pipe")  # not named like one: skipped, as any other non-image
     s = stack.settings
 
     result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
 
-    assert result.found == 5 and result.skipped_other == 1
+    assert result.found == 6 and result.skipped_other == 2
     p = result.progress
-    assert p.done == 1 and p.failed + p.dead_lettered == 4 and p.in_flight == 0
+    assert p.done == 1 and p.failed + p.dead_lettered == 5 and p.in_flight == 0
     with sqlite3.connect(s.catalog_path) as db:
         codes = dict(db.execute("SELECT path, error_code FROM failures WHERE tier = 1"))
     real = os.path.realpath(folder)
     assert codes == {f"{real}/caf\\xe9.png": "unrepresentable_path", f"{real}/gone.png": "source_missing",
-                     f"{real}/locked": "source_unreadable", f"{real}/blocked.png": "source_unreadable"}
+                     f"{real}/locked": "source_unreadable", f"{real}/blocked.png": "source_unreadable",
+                     f"{real}/pipe.png": "unsupported_format"}
 
 
 async def test_upload_lands_in_catalog_and_is_stored_content_addressed(stack: Stack, tmp_path: Path) -> None:

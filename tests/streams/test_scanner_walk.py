@@ -95,3 +95,10 @@ def test_a_directory_that_cannot_be_read_is_yielded_with_its_error_and_one_that_
     assert set(found) == {"open/a.png", "locked"}
     assert found["locked"] == Unreadable(found["locked"].error, "directory")
     assert isinstance(found["locked"].error, PermissionError) and isinstance(found["open/a.png"], os.stat_result)
+
+
+def test_a_fifo_is_yielded_as_a_special_file_and_never_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would wait for a writer, for good
+    [(path, st)] = list(walk(tmp_path))
+    assert os.path.basename(path) == "pipe.png"
+    assert isinstance(st, Unreadable) and st.kind == "special"
