@@ -76,7 +76,7 @@ def _read_value(line: str, i: int) -> tuple[str, int]:
 
 def split_settings(line: str) -> list[tuple[str, str]]:
     """``Key: value, Key: "quoted, value"`` -> pairs in order; comma-separated junk joins the previous value."""
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, list[str]]] = []  # each value's parts, joined once at the end (not once per part)
     i, n = 0, len(line)
     while i < n:
         while i < n and line[i] in " ,\t":
@@ -88,13 +88,12 @@ def split_settings(line: str) -> list[tuple[str, str]]:
             k = line.find(",", i)
             k = n if k < 0 else k
             if pairs:
-                key, value = pairs[-1]
-                pairs[-1] = (key, f"{value}, {line[i:k].strip()}")
+                pairs[-1][1].append(line[i:k].strip())
             i = k
             continue
         value, i = _read_value(line, m.end())
-        pairs.append((m.group(1).strip(), value))
-    return pairs
+        pairs.append((m.group(1).strip(), [value]))
+    return [(key, ", ".join(parts)) for key, parts in pairs]
 
 
 def parse_parameters(text: str) -> tuple[str | None, str | None, dict[str, str], list[str]] | None:

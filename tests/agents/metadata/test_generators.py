@@ -621,3 +621,10 @@ def test_detect_is_fast_on_the_corpus(corpus: Path) -> None:
         timings.append(time.perf_counter() - start)
     timings.sort()
     assert timings[len(timings) // 2] < 0.001, f"median {timings[len(timings) // 2] * 1e3:.2f} ms"
+
+
+@pytest.mark.timeout(20)  # joined once per part, as before, two million parts took minutes: past the decode limit
+def test_a_settings_line_of_endless_junk_is_read_in_one_pass() -> None:
+    pairs = a1111.split_settings("Steps: 20, " + "a, " * 2_000_000 + 'Sampler: "Euler, a"')
+    assert [k for k, _ in pairs] == ["Steps", "Sampler"] and pairs[1][1] == "Euler, a"
+    assert pairs[0][1] == "20" + ", a" * 2_000_000
