@@ -17,7 +17,7 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas import now
 from streams.kafka import group_consumer, producer
 from streams.logs import get
-from streams.retries import DUE_AT, FailureHistory, header_dict
+from streams.retries import DUE_AT, FailureHistory, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -58,7 +58,7 @@ class Retrier:
                     for tp, records in batches.items():
                         for rec in records:
                             history = FailureHistory.from_headers(rec.headers)
-                            wait = (history.due_at or 0) - now()
+                            wait = wait_before_forwarding_s(history.due_at, now(), self.settings)
                             if wait > 0:
                                 consumer.seek(tp, rec.offset)
                                 consumer.pause(tp)

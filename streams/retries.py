@@ -81,3 +81,10 @@ def backoff_s(attempt: int, settings: Settings, rng: random.Random | None = None
     base = min(settings.retry_backoff_s * 2 ** (attempt - 1), settings.retry_backoff_max_s)
     jitter = base * settings.retry_jitter
     return max(0.0, base + (rng or random).uniform(-jitter, jitter))
+
+
+def wait_before_forwarding_s(due_at: float | None, now: float, settings: Settings) -> float:
+    """How long the retrier holds a retry until its due time: never longer than the longest backoff, so a due time
+    far ahead (the clock set back since, or a header not written by damflow) cannot hold its partition for good."""
+    longest = settings.retry_backoff_max_s * (1 + settings.retry_jitter)
+    return max(0.0, min((due_at or 0.0) - now, longest))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streams.retries import FailureHistory, backoff_s, header_dict
+from streams.retries import FailureHistory, backoff_s, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
 
 
@@ -53,3 +53,10 @@ def test_a_retry_goes_back_to_its_source_topic_or_its_tiers_batch_lane_when_the_
     assert retrier.target("no-such-topic", t.retry(2, 1)) == t.t2_batch
     assert retrier.target(t.t1_batch, t.retry(3, 1)) == t.t3_background  # another tier's topic: not this event's
     assert retrier.target(None, t.retry(3, 1)) == t.t3_background
+
+
+def test_a_retry_is_held_until_it_is_due_but_never_past_the_longest_backoff() -> None:
+    s = Settings(retry_backoff_max_s=300.0, retry_jitter=0.25)
+    assert wait_before_forwarding_s(1000.0 + 12.5, 1000.0, s) == 12.5
+    assert wait_before_forwarding_s(999.0, 1000.0, s) == 0.0 and wait_before_forwarding_s(None, 1000.0, s) == 0.0
+    assert wait_before_forwarding_s(1e300, 1000.0, s) == 375.0  # not for good
