@@ -2,7 +2,9 @@
 
 Letters are read straight from ``t<tier>.dlq`` (start to current end, no consumer group). What has been done to
 a letter — replayed or purged — is recorded in a small ledger (``dlq.sqlite`` in the data directory), keyed by
-the letter's topic/partition/offset, which makes ``replay`` idempotent: replaying twice sends once. A replayed
+the letter's topic/partition/offset and a fingerprint of its bytes, which makes ``replay`` idempotent: replaying
+twice sends once. (The fingerprint tells a new letter from an old one at the same offset: the embedded broker
+keeps topics in memory, so after a restart its offsets start again from 0 while the ledger stays.) A replayed
 event (what the failed tier consumes: the ``FileDiscovered`` for tier 1, the asset's ``AssetBrowsable`` for
 tier 2, its ``AssetIndexed`` for tier 3) goes back to its topic under its key, keeps its event id and batch (so
 progress counts it once) and gets its ``replay_count`` raised by one (a file also ``source="replay"``); past
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import hashlib
+import math
 import re
 import sqlite3
 import time
@@ -51,6 +56,8 @@ class Letter:
     fetched: bytes | None = None
     fetched_key: bytes | None = None
     read_back_tried: bool = False
+    #: A hash of the letter's bytes: tells it from another letter that had the same offset before a restart.
+    fingerprint: str = ""
     status: str = "pending"
     history: list[dict] = field(default_factory=list)
 
@@ -70,8 +77,12 @@ class Letter:
             return None, (f"the letter keeps only the first bytes of the message's {e.original_size}-byte value; "
                           + (f"it could not be read back from {where} (gone past retention?)"
                              if self.read_back_tried else f"the whole of it is at {where}"))
-        return (base64.b64decode(e.original_payload) if e.payload_encoding == "base64"
-                else e.original_payload.encode()), ""
+        if e.payload_encoding != "base64":
+            return e.original_payload.encode(), ""
+        try:
+            return base64.b64decode(e.original_payload, validate=True), ""
+        except (binascii.Error, ValueError) as exc:
+            return None, f"the letter's copy of the message is not valid base64: {exc}"
 
     def summary(self) -> dict:
         e = self.envelope
@@ -99,16 +110,29 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS actions (topic TEXT, partition INTEGER, offset INTEGER, action TEXT,"
-            " at REAL, detail TEXT, PRIMARY KEY (topic, partition, offset, action))"
-        )
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS letter_actions (topic TEXT, partition INTEGER, offset INTEGER,"
+                " fingerprint TEXT, action TEXT, at REAL, detail TEXT,"
+                " PRIMARY KEY (topic, partition, offset, fingerprint, action))"
+            )
+            # a ledger from before fingerprints: its rows match any letter at their offset, as they did then
+            if self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='actions'").fetchone():
+                self.db.execute("INSERT OR IGNORE INTO letter_actions SELECT topic, partition, offset, '', action,"
+                                " at, detail FROM actions")
+                self.db.execute("DROP TABLE actions")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def annotate(self, letters: Iterable[Letter]) -> None:
         for letter in letters:
             rows = self.db.execute(
-                "SELECT action, at, detail FROM actions WHERE topic=? AND partition=? AND offset=? ORDER BY at",
-                (letter.topic, letter.partition, letter.offset),
+                "SELECT action, at, detail FROM letter_actions WHERE topic=? AND partition=? AND offset=?"
+                " AND fingerprint IN (?, '') ORDER BY at",
+                (letter.topic, letter.partition, letter.offset, letter.fingerprint),
             ).fetchall()
             letter.history = [{"action": a, "at": at, "detail": d} for a, at, d in rows]
             actions = {a for a, _, _ in rows}
@@ -116,9 +140,11 @@ class Ledger:
 
     def record(self, letter: Letter, action: str, detail: str = "") -> bool:
         """True when newly recorded; False when this action was already taken on this letter."""
+        if action in {a["action"] for a in letter.history}:  # taken before (a ledger from before fingerprints)
+            return False
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO actions VALUES (?, ?, ?, ?, ?, ?)",
-            (letter.topic, letter.partition, letter.offset, action, now(), detail),
+            "INSERT OR IGNORE INTO letter_actions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (letter.topic, letter.partition, letter.offset, letter.fingerprint, action, now(), detail),
         )
         return cur.rowcount == 1
 
@@ -148,12 +174,16 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
                     except DamflowError as exc:
                         envelope, why = None, str(exc)
                     letters.append(Letter(tier_of[tp.topic], tp.topic, tp.partition, rec.offset,
-                                          rec.timestamp, envelope, why))
+                                          rec.timestamp, envelope, why, fingerprint=_fingerprint(rec.value)))
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
     return sorted(letters, key=lambda x: (x.tier, x.partition, x.offset))
+
+
+def _fingerprint(value: bytes | None) -> str:
+    return hashlib.blake2b(value or b"", digest_size=12).hexdigest()
 
 
 async def read_back(bootstrap: str, letters: Iterable[Letter]) -> None:
@@ -163,6 +193,9 @@ async def read_back(bootstrap: str, letters: Iterable[Letter]) -> None:
     for letter in letters:
         e = letter.envelope
         if e is not None and (e.payload_truncated or e.key_truncated):
+            if e.original_offset < 0 or e.original_partition < 0:  # nowhere to read it from
+                letter.read_back_tried = True
+                continue
             cut.setdefault(TopicPartition(e.received_topic or e.original_topic, e.original_partition), []).append(letter)
     if not cut:
         return
@@ -195,9 +228,13 @@ def parse_when(text: str) -> float:
     if m:
         return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     try:
-        return float(text)
+        when = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(when):
+            raise BadFilter(f"not a time: {text!r}")
+        return when
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError as exc:
@@ -246,6 +283,8 @@ def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | Ass
         record = decode(raw, _INPUT_OF_TIER.get(e.tier, FileDiscovered))
     except DamflowError as exc:
         return None, f"poison pill, nothing to replay: {exc}"
+    if record.replay_count < 0:
+        return None, f"refused: its replay count ({record.replay_count}) is no count"
     if record.replay_count >= settings.replay_cap:
         return None, f"refused: already replayed {record.replay_count} times (cap {settings.replay_cap})"
     if isinstance(record, FileDiscovered):  # found again, now
@@ -260,8 +299,10 @@ async def replay(
 ) -> list[dict]:
     """Send each letter's original event back to its source topic (at most ``rate`` per second)."""
     results = []
-    tier_topics = {topics.tier1(lane) for lane in ("interactive", "batch")} | {
-        topics.tier2(lane) for lane in ("interactive", "batch")} | {topics.t3_background}
+    # where each tier's letters may go back to: its lanes' topics; its batch lane when the letter names none of
+    # them (a garbled source header, a changed topic prefix) rather than another tier's, which cannot read it
+    lanes_of_tier = {1: (topics.tier1("interactive"), topics.tier1("batch")),
+                     2: (topics.tier2("interactive"), topics.tier2("batch")), 3: (topics.t3_background,)}
     for letter in letters:
         row = {"id": letter.id, "path": letter.summary()["path"]}
         if letter.status == "replayed":
@@ -271,8 +312,8 @@ async def replay(
         if event is None:
             results.append(row | {"result": why})
             continue
-        target = letter.envelope.original_topic if letter.envelope.original_topic in tier_topics \
-            else topics.tier1("batch")
+        lanes = lanes_of_tier.get(letter.tier, lanes_of_tier[1])
+        target = letter.envelope.original_topic if letter.envelope.original_topic in lanes else lanes[-1]
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
             continue

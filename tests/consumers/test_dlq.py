@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import sqlite3
 import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from consumers.dlq import BadFilter, Ledger, Letter, parse_when, replayable, select
+from consumers.dlq import BadFilter, Ledger, Letter, parse_when, read_back, replay, replayable, select
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, encode
 from streams.settings import Settings
+from streams.topics import topics_for
 
 
 def letter(offset: int, *, replay_count: int = 0, error_class: str = "CorruptImage", batch: str = "b1",
@@ -114,3 +117,82 @@ def test_a_letter_whose_key_alone_was_cut_replays_from_its_envelope() -> None:
     cut_key = msgspec.structs.replace(whole.envelope, original_key="k" * 4096, key_truncated=True)
     event, why = replayable(Letter(1, "damflow.t1.dlq", 0, 1, 0, cut_key), Settings())
     assert why == "" and event.event_id == "e1"
+
+
+def test_a_new_letter_at_an_old_letters_offset_is_its_own(tmp_path: Path) -> None:
+    # the embedded broker keeps topics in memory: after a restart, offsets start from 0 again, the ledger stays
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+    old = letter(0)
+    old.fingerprint = "old"
+    ledger.record(old, "replayed")
+    new = letter(0, error_class="DecoderTimeout")
+    new.fingerprint = "new"
+    ledger.annotate([old, new])
+    assert (old.status, new.status) == ("replayed", "pending")
+    assert [x.offset for x in select([old, new])] == [0]
+    assert ledger.record(new, "replayed") is True
+
+
+def test_a_ledger_from_before_fingerprints_still_knows_its_letters(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "dlq.sqlite") as db:
+        db.execute("CREATE TABLE actions (topic TEXT, partition INTEGER, offset INTEGER, action TEXT, at REAL,"
+                   " detail TEXT, PRIMARY KEY (topic, partition, offset, action))")
+        db.execute("INSERT INTO actions VALUES ('damflow.t1.dlq', 0, 7, 'replayed', 1.0, 'to t1')")
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+    x = letter(7)
+    x.fingerprint = "anything"
+    ledger.annotate([x])
+    assert x.status == "replayed" and ledger.record(x, "replayed") is False
+
+
+def test_a_letter_that_cannot_be_replayed_says_why_and_the_rest_go(tmp_path: Path) -> None:
+    bad_base64 = letter(1)
+    bad_base64.envelope = msgspec.structs.replace(bad_base64.envelope, original_payload="!!!not base64***",
+                                                  payload_encoding="base64")
+    negative = letter(2, replay_count=-1_000_000_000)  # would pass any cap, for a billion replays
+    good = letter(3)
+    sent: list[tuple[str, bytes]] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+            sent.append((topic, value))
+
+    settings = Settings(data_dir=tmp_path)
+    rows = asyncio.run(replay([bad_base64, negative, good], Producer(),  # type: ignore[arg-type]
+                              Ledger(tmp_path / "l.sqlite"), settings, topics_for(settings)))
+    assert "not valid base64" in rows[0]["result"] and "no count" in rows[1]["result"]
+    assert rows[2]["result"] == "replayed to damflow.t1.batch" and len(sent) == 1
+
+
+def test_a_later_tiers_letter_naming_no_topic_of_its_tier_goes_to_its_own_batch_lane(tmp_path: Path) -> None:
+    asset = "ab" * 32
+    record = AssetBrowsable(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id=asset, path="/p",
+                            size=1, mtime_ns=1, format="PNG", width=8, height=8, thumbnails={}, discovered_at=1.0,
+                            browsable_at=2.0)
+    env = DeadLetter(original_topic="garbled", original_partition=0, original_offset=7, original_key=asset,
+                     original_payload=encode(record).decode(), consumer_group="g", error_class="X", error_code="x",
+                     error_message="m", first_failure_at=1.0, last_failure_at=1.0, worker_host="h",
+                     worker_version="0", tier=2)
+    sent: list[str] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+            sent.append(topic)
+
+    settings = Settings(data_dir=tmp_path)
+    asyncio.run(replay([Letter(2, "damflow.t2.dlq", 0, 7, 0, env)], Producer(),  # type: ignore[arg-type]
+                       Ledger(tmp_path / "l.sqlite"), settings, topics_for(settings)))
+    assert sent == ["damflow.t2.batch"]  # before: tier 1's, which cannot read an AssetBrowsable
+
+
+def test_a_time_that_is_no_time_is_refused() -> None:
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(BadFilter):
+            parse_when(text)  # nan compared false with every letter's time: all of them were selected
+
+
+def test_a_cut_letter_with_no_place_to_read_it_back_from_is_not_read_back() -> None:
+    x = letter(1)
+    x.envelope = msgspec.structs.replace(x.envelope, payload_truncated=True, original_offset=-1)
+    asyncio.run(read_back("unused:9092", [x]))  # before: the consumer's seek raised, ending the whole replay
+    assert x.read_back_tried and x.fetched is None
