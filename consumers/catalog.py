@@ -663,6 +663,10 @@ class Catalog:
         return out
 
     def _resolve(self, ref: str) -> str | None:
+        try:
+            ref.encode()
+        except UnicodeEncodeError:  # a path that is not UTF-8, as Python keeps it: no asset is stored under it
+            return None
         row = self._db.execute("SELECT asset_id FROM locations WHERE path = ?", (ref,)).fetchone()
         if row is not None:
             return row[0]

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -232,6 +233,18 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
 # -- dead letters -----------------------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> float:
+    """A command-line number of seconds or a rate: finite and above zero ("nan" compares false with everything:
+    a timeout of nan gave up at once, a rate of nan meant no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text!r}")
+    return value
+
+
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     from consumers import dlq
 
@@ -306,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--tier", type=int, choices=[1, 2, 3], default=2,
                    help="stop once this tier is done: 1 browsable, 2 searchable (default), 3 enriched")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=_positive, default=None, help="give up waiting after this many seconds")
     add("worker", cmd_worker, "run one worker process that joins the group (scale out)")
     add("catalog", cmd_catalog, "run only the catalog sink (when workers run elsewhere)")
     p = add("ingest", cmd_ingest, "scan FOLDER and publish its images as one batch", json_flag=True)
@@ -315,11 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", type=int, choices=[1, 2, 3], default=1,
                    help="with --wait: wait for this tier (1 browsable, 2 searchable, 3 enriched)")
     p.add_argument("--lane", choices=["batch", "interactive"], default="batch")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=_positive, default=None, help="give up waiting after this many seconds")
     p = add("upload", cmd_upload, "store FILEs and publish them on the interactive lane", json_flag=True)
     p.add_argument("files", nargs="+")
     p.add_argument("--wait", action="store_true", help="return when browsable and print the time it took")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--timeout", type=_positive, default=60.0)
     add("status", cmd_status, "asset counts per tier, and per batch", json_flag=True)
     p = add("search", cmd_search, "full-text search: words, \"phrases\", prefix*, model: seed: sampler: "
             "scheduler: generator: lora: camera: file: prompt: negative: format:, -exclusions", json_flag=True)
@@ -351,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action in ("replay", "purge"):
             d.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
         if action == "replay":
-            d.add_argument("--rate", type=float, default=50.0, help="events per second at most (default 50)")
+            d.add_argument("--rate", type=_positive, default=50.0, help="events per second at most (default 50)")
     add("retrier", cmd_retrier, "run only the retrier (when not using `damflow up`)")
     return parser
 

@@ -159,6 +159,9 @@ async def scan(
         raise SourceMissing(f"not a directory: {root}", path=str(root))
     batch_id = batch_id or new_id()
     real_root = os.path.realpath(root)
+    if not _is_text(real_root):  # every event of the batch names it
+        raise UnrepresentablePath("the folder's path is not valid UTF-8: rename it to ingest it",
+                                  path=_printable(real_root))
     known: dict[str, tuple[int, int]] = {}
     if settings.catalog_path.exists():
         with Catalog(settings.catalog_path, readonly=True) as catalog:

@@ -25,7 +25,8 @@ def _cores() -> int:
 class Settings(BaseSettings):
     """damflow's configuration; ``Settings()`` reads the environment, keyword arguments override it."""
 
-    model_config = SettingsConfigDict(env_prefix="DAMFLOW_", frozen=True, extra="forbid")
+    # allow_inf_nan: "inf" passes gt=0; a timeout of inf overflowed the Kafka client, a backoff of inf retried at once
+    model_config = SettingsConfigDict(env_prefix="DAMFLOW_", frozen=True, extra="forbid", allow_inf_nan=False)
 
     # -- broker ----------------------------------------------------------------------------------
     #: ``host:port[,host:port]`` of an external Kafka/Redpanda; empty = start the embedded broker.
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
 
     # -- failures ---------------------------------------------------------------------------------------
     #: Attempts per event before a transient failure is dead-lettered (1 = no retries).
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, le=100)
     #: Backoff before retry n is ``retry_backoff_s * 2**(n-1)``, capped, with +-``retry_jitter`` of it random.
     retry_backoff_s: float = Field(default=2.0, ge=0)
     retry_backoff_max_s: float = Field(default=300.0, ge=0)

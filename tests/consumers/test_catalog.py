@@ -367,6 +367,7 @@ def test_asset_by_full_id_prefix_and_path(catalog: Catalog) -> None:
     assert catalog.asset(f"  {ROOT}/b.png ")["asset_id"] == A2
     assert catalog.asset("ffffff") is None
     assert catalog.asset("/not/there.png") is None
+    assert catalog.asset(f"{ROOT}/caf\udce9.png") is None  # a path that is not UTF-8 (a shell's argument)
 
 
 def test_ambiguous_or_short_prefix_is_a_clear_permanent_error(catalog: Catalog) -> None:

@@ -60,3 +60,8 @@ def test_commands_fail_with_a_one_line_reason(tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("damflow"), result.stderr
     bad = damflow("status", env=dict(env, DAMFLOW_PARTITIONS="zero"), timeout=30)
     assert bad.returncode == 2 and "DAMFLOW_PARTITIONS" in bad.stderr
+    bad = damflow("status", env=dict(env, DAMFLOW_SESSION_TIMEOUT_S="inf"), timeout=30)
+    assert bad.returncode == 2 and "DAMFLOW_SESSION_TIMEOUT_S" in bad.stderr and "finite" in bad.stderr
+    for args in (["ingest", str(tmp_path), "--wait", "--timeout", "nan"], ["dlq", "replay", "--rate", "0"]):
+        bad = damflow(*args, env=env, timeout=30)  # nan gave up at once; a rate of 0 or nan meant no limit
+        assert bad.returncode == 2 and "finite number above 0" in bad.stderr, bad.stderr

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
-from streams.scanner import Unreadable, looks_like_image, walk
+import pytest
+
+from streams.errors import UnrepresentablePath
+from streams.scanner import Unreadable, looks_like_image, scan, walk
+from streams.settings import Settings
+from streams.topics import topics_for
 from tests.images import make_jpeg, make_png
 
 
@@ -102,3 +108,11 @@ def test_a_fifo_is_yielded_as_a_special_file_and_never_opened(tmp_path: Path) ->
     [(path, st)] = list(walk(tmp_path))
     assert os.path.basename(path) == "pipe.png"
     assert isinstance(st, Unreadable) and st.kind == "special"
+
+
+def test_a_folder_whose_path_is_not_utf8_is_refused_with_a_reason(tmp_path: Path) -> None:
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9")))
+    folder.mkdir()
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(UnrepresentablePath, match="not valid UTF-8"):  # before: UnicodeEncodeError, a traceback
+        asyncio.run(scan(settings, topics_for(settings), "unused:9092", None, folder))  # type: ignore[arg-type]
