@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from consumers.catalog import Catalog
 from consumers.progress import ProgressBar
 from consumers.views import render_asset, render_search, render_status
-from schemas import Event, to_dict
+from schemas import Event, new_id, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
 from streams.errors import DamflowError
@@ -149,8 +149,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.lane != "interactive":  # an import is batch work: below urgent work (see streams.niceness)
         lower_priority(settings.scan_nice)
     bar = ProgressBar() if args.wait and not args.json else None
-    result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
-                                       lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier))
+    batch_id = new_id()
+    try:
+        result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
+                                           lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier,
+                                           batch_id=batch_id))
+    except TimeoutError:  # published all the same: say which batch to follow
+        print(f"damflow ingest: timed out waiting for batch {batch_id}, which goes on (follow it with "
+              f"`damflow status` or GET /progress?batch={batch_id})", file=sys.stderr)
+        return 3
     if args.json:
         _print_json(_jsonable(result.to_dict()))
     else:
@@ -233,6 +240,16 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
 # -- dead letters -----------------------------------------------------------------------------------------------
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _positive(text: str) -> float:
     """A command-line number of seconds or a rate: finite and above zero ("nan" compares false with everything:
     a timeout of nan gave up at once, a rate of nan meant no limit)."""
@@ -312,11 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "run broker (embedded unless DAMFLOW_BROKER_URL), workers and catalog in the foreground")
-    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p.add_argument("--workers", type=_at_least_one, default=1, help="worker processes to start (default 1)")
     p = add("run", cmd_run, "start everything, ingest FOLDER (or a generated demo set), show progress, stop",
             json_flag=True)
     p.add_argument("folder", nargs="?", help="folder to ingest (default: a generated demo set)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=_at_least_one, default=1)
     p.add_argument("--tier", type=int, choices=[1, 2, 3], default=2,
                    help="stop once this tier is done: 1 browsable, 2 searchable (default), 3 enriched")
     p.add_argument("--timeout", type=_positive, default=None, help="give up waiting after this many seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,6 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from streams.kafka import ensure_topics
+from streams.settings import settings_env
+from streams.topics import topics_for
+from tests.images import make_png
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +71,17 @@ def test_commands_fail_with_a_one_line_reason(tmp_path: Path) -> None:
     for args in (["ingest", str(tmp_path), "--wait", "--timeout", "nan"], ["dlq", "replay", "--rate", "0"]):
         bad = damflow(*args, env=env, timeout=30)  # nan gave up at once; a rate of 0 or nan meant no limit
         assert bad.returncode == 2 and "finite number above 0" in bad.stderr, bad.stderr
+
+
+def test_an_ingest_that_times_out_names_its_batch(make_settings, tmp_path: Path) -> None:
+    settings = make_settings()
+    asyncio.run(ensure_topics(settings.broker_url, topics_for(settings).all(), settings.partitions))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_png(folder / "a.png", size=(16, 16), seed=1)
+    env = dict(os.environ) | settings_env(settings) | {"DAMFLOW_LOG_LEVEL": "warn"}
+    # no worker runs: the batch cannot finish within the wait
+    result = damflow("ingest", str(folder), "--wait", "--timeout", "1", env=env, timeout=60)
+    assert result.returncode == 3, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("damflow ingest: timed out waiting for batch ") and "goes on" in line
