@@ -328,6 +328,13 @@ async def replay(
     return results
 
 
+def refused(rows: Iterable[dict]) -> list[dict]:
+    """The rows of a :func:`replay` whose letter was not sent and will not be on its own: refused, unreadable,
+    not read back (a letter replayed before, or a dry run's, is not one)."""
+    fine = ("replayed to ", "skipped: already replayed", "would replay to ")
+    return [r for r in rows if not str(r.get("result", "")).startswith(fine)]
+
+
 def purge(letters: list[Letter], ledger: Ledger, *, dry_run: bool = False) -> list[dict]:
     """Mark letters as dealt with; they leave ``list`` (their bytes stay on the topic until retention)."""
     out = []

@@ -298,7 +298,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(rows)
     else:
         print(render_dlq(rows, args.action))
-    return 0
+    return 1 if args.action == "replay" and dlq.refused(rows) else 0  # a script can tell that some stay
 
 
 def render_dlq(rows: list[dict], action: str) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from consumers.dlq import BadFilter, Ledger, Letter, parse_when, read_back, replay, replayable, select
+from consumers.dlq import (
+    BadFilter, Ledger, Letter, parse_when, read_back, refused, replay, replayable, select,
+)
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, encode
 from streams.settings import Settings
 from streams.topics import topics_for
@@ -162,6 +164,10 @@ def test_a_letter_that_cannot_be_replayed_says_why_and_the_rest_go(tmp_path: Pat
                               Ledger(tmp_path / "l.sqlite"), settings, topics_for(settings)))
     assert "not valid base64" in rows[0]["result"] and "no count" in rows[1]["result"]
     assert rows[2]["result"] == "replayed to damflow.t1.batch" and len(sent) == 1
+    assert refused(rows) == rows[:2]  # `damflow dlq replay` exits 1 for them
+    again = asyncio.run(replay([good], Producer(), Ledger(tmp_path / "l.sqlite"),  # type: ignore[arg-type]
+                               settings, topics_for(settings)))
+    assert refused(again) == [] and again[0]["result"] == "skipped: already replayed"
 
 
 def test_a_later_tiers_letter_naming_no_topic_of_its_tier_goes_to_its_own_batch_lane(tmp_path: Path) -> None:
