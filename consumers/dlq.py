@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
 from streams.errors import DamflowError, PermanentError
@@ -319,7 +319,11 @@ async def replay(
             continue
         kept_key = None if letter.envelope.key_truncated else letter.envelope.original_key
         key = letter.fetched_key or (kept_key or getattr(event, "asset_id", None) or event.path).encode()
-        await prod.send_and_wait(target, encode(event), key=key)
+        try:
+            await prod.send_and_wait(target, encode(event), key=key)
+        except KafkaError as exc:  # too large for the broker, a topic gone: this letter stays, the others go on
+            results.append(row | {"result": f"not sent to {target}: {exc!r}"})
+            continue
         ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"
         results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})

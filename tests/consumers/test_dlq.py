@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from consumers.dlq import (
     BadFilter, Ledger, Letter, parse_when, read_back, refused, replay, replayable, select,
@@ -153,18 +154,23 @@ def test_a_letter_that_cannot_be_replayed_says_why_and_the_rest_go(tmp_path: Pat
                                                   payload_encoding="base64")
     negative = letter(2, replay_count=-1_000_000_000)  # would pass any cap, for a billion replays
     good = letter(3)
+    too_big = letter(4)
     sent: list[tuple[str, bytes]] = []
 
     class Producer:
         async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+            if b'"e4"' in value:
+                raise MessageSizeTooLargeError()
             sent.append((topic, value))
 
     settings = Settings(data_dir=tmp_path)
-    rows = asyncio.run(replay([bad_base64, negative, good], Producer(),  # type: ignore[arg-type]
+    rows = asyncio.run(replay([bad_base64, negative, too_big, good], Producer(),  # type: ignore[arg-type]
                               Ledger(tmp_path / "l.sqlite"), settings, topics_for(settings)))
     assert "not valid base64" in rows[0]["result"] and "no count" in rows[1]["result"]
-    assert rows[2]["result"] == "replayed to damflow.t1.batch" and len(sent) == 1
-    assert refused(rows) == rows[:2]  # `damflow dlq replay` exits 1 for them
+    assert rows[2]["result"].startswith("not sent to damflow.t1.batch: MessageSizeTooLargeError")
+    assert rows[3]["result"] == "replayed to damflow.t1.batch" and len(sent) == 1
+    assert refused(rows) == rows[:3]  # `damflow dlq replay` exits 1 for them
+    assert too_big.status == "pending"  # not recorded as replayed: the next replay tries it again
     again = asyncio.run(replay([good], Producer(), Ledger(tmp_path / "l.sqlite"),  # type: ignore[arg-type]
                                settings, topics_for(settings)))
     assert refused(again) == [] and again[0]["result"] == "skipped: already replayed"
