@@ -36,6 +36,17 @@ CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 #: ComfyUI WebP savers put JSON into Make/Model: that is not a camera.
 _NOT_A_CAMERA = ("prompt:", "workflow:", "{")
 
+#: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
+#: an event must fit in one produce request (1 MB), or tier 2 fails for good on a readable file. In characters,
+#: sized for the worst case of 6 bytes each (a control character, escaped in JSON): prompts 2 x 24 Ki, warnings
+#: 20 x 500, LoRA names 100 x 200, the camera's 10 fields x 2000 and 6 other names x 500 make at most ~0.6 MB.
+PROMPT_CHARS = 24 * 1024
+FIELD_CHARS = 500
+WARNINGS = 20
+LORAS = 100
+LORA_CHARS = 200
+CAMERA_CHARS = 2000
+
 
 @dataclass(frozen=True)
 class Indexed:
@@ -65,17 +76,9 @@ def camera_fields(c: Containers) -> dict[str, str]:
         for source, key in places:
             value = _text(sources[source].get(key))
             if value and not value.startswith(_NOT_A_CAMERA):
-                out[name] = value[:2000]
+                out[name] = value[:CAMERA_CHARS]
                 break
     return out
-
-
-#: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
-#: an event must fit in one produce request (about 1 MB), or tier 2 fails for good on a readable file.
-PROMPT_CHARS = 64 * 1024
-FIELD_CHARS = 2000
-WARNINGS = 20
-LORAS = 100
 
 
 def _cap(text: str | None, limit: int = FIELD_CHARS) -> str | None:
@@ -92,7 +95,7 @@ def summarise(c: Containers, g: Generation | None) -> dict[str, Any]:
     if g is not None:
         summary |= {
             "generator": _cap(g.generator), "model": _cap(g.model),
-            "loras": [_cap(lora.name) for lora in g.loras[:LORAS]], "vae": _cap(g.vae), "seed": g.seed,
+            "loras": [_cap(lora.name, LORA_CHARS) for lora in g.loras[:LORAS]], "vae": _cap(g.vae), "seed": g.seed,
             "steps": g.steps, "cfg": g.cfg, "sampler": _cap(g.sampler), "scheduler": _cap(g.scheduler),
             "denoise": g.denoise, "positive": _cap(g.positive, PROMPT_CHARS),
             "negative": _cap(g.negative, PROMPT_CHARS),
@@ -115,7 +118,7 @@ def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
     except RecursionError:
         # a generator's records nested deeper than Python recurses (a hostile or broken ComfyUI graph): the
         # parsed parameters are kept, the verbatim records are not; the file stays readable and searchable
-        containers.warnings.append("generator records nested too deep to keep: left out of the metadata")
+        containers.warnings.insert(0, "generator records nested too deep to keep: left out of the metadata")
         generation = replace(generation, documents={}, extra={}) if generation else None
         document_bytes = _document(asset_id, path, containers, generation)
     write_atomically(Path(data_dir) / rel, document_bytes, what="metadata")

@@ -129,10 +129,12 @@ class Ledger:
 
     def annotate(self, letters: Iterable[Letter]) -> None:
         for letter in letters:
+            # a row from before fingerprints (fingerprint '') is this letter's only if it was taken after the
+            # letter was written: a newer letter at the same offset is another (the broker restarted meanwhile)
             rows = self.db.execute(
                 "SELECT action, at, detail FROM letter_actions WHERE topic=? AND partition=? AND offset=?"
-                " AND fingerprint IN (?, '') ORDER BY at",
-                (letter.topic, letter.partition, letter.offset, letter.fingerprint),
+                " AND (fingerprint=? OR (fingerprint='' AND at >= ?)) ORDER BY at",
+                (letter.topic, letter.partition, letter.offset, letter.fingerprint, letter.timestamp_ms / 1000),
             ).fetchall()
             letter.history = [{"action": a, "at": at, "detail": d} for a, at, d in rows]
             actions = {a for a, _, _ in rows}

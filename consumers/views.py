@@ -25,7 +25,8 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  tier {tier.removeprefix('tier')}: " + " · ".join(parts))
     if status["held_events"]:
         lines.append(f"  {status['held_events']:,} events held back: the catalog could not take them (see the "
-                     "sink's catalog_event_held log); tried again at every start of the sink")
+                     "sink's catalog_event_held and catalog_record_unreadable logs); tried again at every start "
+                     "of the sink")
     batches = status["batches"]
     if not batches:
         lines.append("no batches yet")

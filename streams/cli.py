@@ -240,14 +240,18 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
 # -- dead letters -----------------------------------------------------------------------------------------------
 
 
-def _at_least_one(text: str) -> int:
+def _whole(text: str, least: int = 0) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
     return value
+
+
+def _at_least_one(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _positive(text: str) -> float:
@@ -329,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("up", cmd_up, "run broker (embedded unless DAMFLOW_BROKER_URL), workers and catalog in the foreground")
-    p.add_argument("--workers", type=_at_least_one, default=1, help="worker processes to start (default 1)")
+    p.add_argument("--workers", type=_whole, default=1,
+                   help="worker processes to start (default 1; 0: none here, `damflow worker` runs them elsewhere)")
     p = add("run", cmd_run, "start everything, ingest FOLDER (or a generated demo set), show progress, stop",
             json_flag=True)
     p.add_argument("folder", nargs="?", help="folder to ingest (default: a generated demo set)")

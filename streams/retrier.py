@@ -10,6 +10,7 @@ assigned partition is read, found not due, and paused again.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -40,6 +41,8 @@ class Retrier:
         consumer = group_consumer(self.settings, self.bootstrap, f"{self.settings.group_id}-retrier", *names,
                                   rare=True)
         timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+        #: (partition, offset) -> when the retry there was first held back (monotonic s), until it is forwarded
+        held_since: dict[tuple[TopicPartition, int], float] = {}
         loop = asyncio.get_running_loop()
 
         def resume(tp: TopicPartition) -> None:
@@ -58,7 +61,9 @@ class Retrier:
                     for tp, records in batches.items():
                         for rec in records:
                             history = FailureHistory.from_headers(rec.headers)
-                            wait = wait_before_forwarding_s(history.due_at, now(), self.settings)
+                            first = held_since.setdefault((tp, rec.offset), time.monotonic())
+                            wait = wait_before_forwarding_s(history.due_at, now(), self.settings,
+                                                            held_for_s=time.monotonic() - first)
                             if wait > 0:
                                 consumer.seek(tp, rec.offset)
                                 consumer.pause(tp)
@@ -66,6 +71,7 @@ class Retrier:
                                     timers[tp].cancel()
                                 timers[tp] = loop.call_later(wait, resume, tp)
                                 break
+                            held_since.pop((tp, rec.offset), None)
                             target = self.target(history.source_topic, rec.topic)
                             headers = [(k, v) for k, v in header_dict(rec.headers).items() if k != DUE_AT]
                             sends.append(await prod.send(target, rec.value, key=rec.key, headers=headers))

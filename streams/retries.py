@@ -32,6 +32,10 @@ def header_dict(headers: Headers) -> dict[str, bytes]:
     return {str(k): (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
 
 
+#: The largest whole number every JSON reader holds exactly.
+_LARGEST_INT = 2**53
+
+
 @dataclass(frozen=True)
 class FailureHistory:
     """How often an event has failed so far, since when, and where it came from."""
@@ -51,8 +55,11 @@ class FailureHistory:
             except (KeyError, ValueError, UnicodeDecodeError):
                 return None
             # "nan" or "inf" would go into a dead letter as null, which no reader accepts: the letter would be
-            # unreadable and its event unreplayable; a due time of "inf" would hold a retry partition for good
-            return value if math.isfinite(value) else None
+            # unreadable and its event unreplayable; a due time of "inf" would hold a retry partition for good;
+            # an int of hundreds of digits has no float and no JSON reader's int either
+            if isinstance(value, float):
+                return value if math.isfinite(value) else None
+            return value if abs(value) <= _LARGEST_INT else None
 
         return cls(
             attempts=num(ATTEMPTS, int) or 0,  # type: ignore[arg-type]
@@ -83,8 +90,9 @@ def backoff_s(attempt: int, settings: Settings, rng: random.Random | None = None
     return max(0.0, base + (rng or random).uniform(-jitter, jitter))
 
 
-def wait_before_forwarding_s(due_at: float | None, now: float, settings: Settings) -> float:
-    """How long the retrier holds a retry until its due time: never longer than the longest backoff, so a due time
-    far ahead (the clock set back since, or a header not written by damflow) cannot hold its partition for good."""
+def wait_before_forwarding_s(due_at: float | None, now: float, settings: Settings, held_for_s: float = 0.0) -> float:
+    """How long the retrier still holds a retry (held ``held_for_s`` so far) until its due time: never longer in all
+    than the longest backoff, so a due time far ahead (the clock set back since, or a header not written by
+    damflow) cannot hold its partition for good."""
     longest = settings.retry_backoff_max_s * (1 + settings.retry_jitter)
-    return max(0.0, min((due_at or 0.0) - now, longest))
+    return max(0.0, min((due_at or 0.0) - now, longest - held_for_s))

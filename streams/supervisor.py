@@ -120,7 +120,8 @@ class Stack:
     def readiness(self) -> dict[str, bool]:
         """Whether each part the pipeline needs to take work at full speed runs now (``GET /readyz``): false
         while the stack starts, while a worker slot waits for its replacement to join the group, while the
-        catalog sink or the retrier restarts, and once the embedded broker has died."""
+        catalog sink or the retrier restarts, and once the embedded broker has died. (With no worker slots here,
+        ``up --workers 0``, the workers run elsewhere and are not judged.)"""
         workers = sum(1 for p in self._ready_workers if p.returncode is None)
         broker = self.broker is None or (self.broker.process is not None and self.broker.process.poll() is None)
         return {

@@ -181,7 +181,8 @@ def display_name(raw: str | None) -> str | None:
     """The client's file name for people to read: last path component, printable, at most 255 characters.
 
     Never used on disk; trimmed so a name like ``../../etc/evil.png`` reads as ``evil.png``. A local name that
-    is not UTF-8 (kept by Python as surrogate escapes, which no event can carry) reads with U+FFFD in their place.
+    is not UTF-8 (kept by Python as surrogate escapes, which no event can carry) reads with U+FFFD for each bad
+    byte; any other lone surrogate reads as ``?``.
     """
     if not raw:
         return None

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from agents.index import index_file
+from agents.index import CAMERA_FIELDS, index_file, summarise
+from agents.metadata.model import Containers, Generation, LoRA
 from agents.metadata.generators.coerce import to_float
 from schemas import AssetIndexed, decode, encode
 
@@ -86,3 +87,16 @@ def test_megabytes_of_metadata_give_an_event_that_fits_one_request(tmp_path: Pat
     assert event.positive is not None and event.positive.startswith("a cat, a cat")
     whole = json.loads((tmp_path / event.metadata_path).read_bytes())
     assert len(whole["generation"]["positive"]) >= 2_000_000  # all of it kept there
+
+
+def test_the_event_fits_one_request_even_at_every_bound_in_its_costliest_characters() -> None:
+    worst = "\x01" * 100_000  # 6 bytes each in JSON (\u0001)
+    c = Containers(format=worst, warnings=[worst] * 50, gps=(1.0, 2.0))
+    c.exif = {key: worst for places in CAMERA_FIELDS.values() for source, key in places if source == "exif"}
+    c.xmp = {key: worst for places in CAMERA_FIELDS.values() for source, key in places if source == "xmp"}
+    g = Generation(generator=worst, source="png:parameters", parser="a1111/1", model=worst, vae=worst,
+                   sampler=worst, scheduler=worst, positive=worst, negative="\U0001f600" * 100_000,
+                   loras=[LoRA(name=worst)] * 500)
+    event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id=ASSET, path="/p",
+                         parser_version=1, metadata_path="m.json", indexed_at=1.0, **summarise(c, g))
+    assert len(encode(event)) < 700_000  # the producer's requests take 1 MB, envelope and headers included

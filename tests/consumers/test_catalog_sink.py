@@ -147,8 +147,10 @@ def test_a_record_no_event_can_be_read_from_is_held_not_dropped(catalog: Catalog
     # what tier 2 once published for a GPS text of "nan": JSON has no NaN, so it went out as null
     unreadable = encode(indexed).replace(b"[0.5,1.0]", b"[null,1.0]")
     assert unreadable != encode(indexed)
+    newer_tick = b'{"type":"ProgressEvent","schema":99,"batch_id":"b1"}'  # a newer version's: never applied
     records = [SimpleNamespace(topic="assets", offset=i, value=v) for i, v in enumerate([encode(good), unreadable,
-                                                                                         b"", b"\xff garbage"])]
+                                                                                         b"", b"\xff garbage",
+                                                                                         newer_tick])]
     events, bad = sink.read_records(records)
     assert events == [good] and [value for value, _ in bad] == [unreadable, b"\xff garbage"]  # nothing in empty
     sink.write(catalog, events, bad)

@@ -142,10 +142,12 @@ def test_a_ledger_from_before_fingerprints_still_knows_its_letters(tmp_path: Pat
                    " detail TEXT, PRIMARY KEY (topic, partition, offset, action))")
         db.execute("INSERT INTO actions VALUES ('damflow.t1.dlq', 0, 7, 'replayed', 1.0, 'to t1')")
     ledger = Ledger(tmp_path / "dlq.sqlite")
-    x = letter(7)
+    x = letter(7)  # written at 0 ms: before the action at 1.0 s
     x.fingerprint = "anything"
-    ledger.annotate([x])
+    newer = Letter(1, "damflow.t1.dlq", 0, 7, 5000, x.envelope, fingerprint="newer")  # written after it
+    ledger.annotate([x, newer])
     assert x.status == "replayed" and ledger.record(x, "replayed") is False
+    assert newer.status == "pending"  # a letter at the same offset since a broker restart is another
 
 
 def test_a_letter_that_cannot_be_replayed_says_why_and_the_rest_go(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ def test_header_numbers_json_cannot_carry_are_dropped() -> None:
     h = FailureHistory.from_headers([("damflow-first-failure-at", b"nan"), ("damflow-due-at", b"inf"),
                                      ("damflow-attempts", b"2")])
     assert h == FailureHistory(attempts=2)
+    huge = FailureHistory.from_headers([("damflow-attempts", b"1" + b"0" * 400)])  # before: OverflowError
+    assert huge.attempts == 0  # garbled: a first attempt
 
 
 def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:
@@ -59,4 +61,6 @@ def test_a_retry_is_held_until_it_is_due_but_never_past_the_longest_backoff() ->
     s = Settings(retry_backoff_max_s=300.0, retry_jitter=0.25)
     assert wait_before_forwarding_s(1000.0 + 12.5, 1000.0, s) == 12.5
     assert wait_before_forwarding_s(999.0, 1000.0, s) == 0.0 and wait_before_forwarding_s(None, 1000.0, s) == 0.0
-    assert wait_before_forwarding_s(1e300, 1000.0, s) == 375.0  # not for good
+    assert wait_before_forwarding_s(1e300, 1000.0, s) == 375.0  # not for good:
+    assert wait_before_forwarding_s(1e300, 1375.0, s, held_for_s=375.0) == 0.0  # once held that long, it goes
+    assert wait_before_forwarding_s(1e300, 1100.0, s, held_for_s=100.0) == 275.0
