@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import pickle
 import resource
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -27,12 +29,14 @@ from typing import Any, TypeVar
 
 import pebble
 
-from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
+from streams.errors import DecoderCrashed, DecoderOutOfMemory, DecoderTimeout, UnportableOutcome
 from streams.logs import get
 
 T = TypeVar("T")
 #: How often a job's wait checks that its pool still runs (pebble leaves a job it took as it broke unsettled).
 POOL_CHECK_S = 1.0
+#: How much of an unportable error's message and traceback is kept.
+_TOLD_CHARS = 4000
 log = get(__name__)
 
 
@@ -64,6 +68,41 @@ def _retire(pool: pebble.ProcessPool) -> None:
 def _pid(linger_s: float = 0.0) -> int:
     time.sleep(linger_s)  # long enough for the other processes to take the other tasks
     return os.getpid()
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc``, or when it would not come back whole from a pool process (it does not pickle, or does not unpickle:
+    pebble then gives the whole pool up, failing every job in it), an :class:`UnportableOutcome` that says what
+    it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception as why:  # noqa: BLE001 — whatever stops it, it is told as text
+        told = "".join(traceback.format_exception(exc))[-_TOLD_CHARS:]
+        return UnportableOutcome(f"{type(exc).__name__}: {str(exc)[:_TOLD_CHARS]} (which could not be sent back "
+                                 f"from the pool: {why!r})\n{told}")
+    return exc
+
+
+def unportable_result(fn: Callable[..., Any], result: Any) -> UnportableOutcome | None:
+    """Why ``result`` of ``fn`` would not come back whole from a pool process, if it would not."""
+    try:
+        pickle.loads(pickle.dumps(result))
+    except Exception as why:  # noqa: BLE001
+        return UnportableOutcome(f"the result of {getattr(fn, '__name__', fn)!s} could not be sent back from the "
+                                 f"pool: {why!r}")
+    return None
+
+
+def run_portably(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """In a pool process: ``fn(*args, **kwargs)``, with what it raises or returns made portable (see
+    :func:`portable`), so a bad outcome fails its own job, never the pool."""
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:
+        raise portable(exc) from None
+    if (why := unportable_result(fn, result)) is not None:
+        raise why
+    return result
 
 
 class WorkPool:
@@ -130,7 +169,7 @@ class WorkPool:
         for attempt in (1, 2):
             pool = self._pool
             try:
-                future = pool.schedule(fn, args, kwargs, timeout=timeout_s)
+                future = pool.schedule(run_portably, (fn, *args), kwargs, timeout=timeout_s)
                 return await self._outcome(pool, future, timeout_s)
             except RuntimeError as exc:  # BrokenProcessPool is one too
                 if not isinstance(exc, BrokenProcessPool) and pool.active:

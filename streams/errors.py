@@ -140,6 +140,13 @@ class DecoderCrashed(TransientError):
     code = "decoder_crashed"
 
 
+class UnportableOutcome(PermanentError):
+    """What a pool call raised or returned could not be sent back to the worker whole (it does not pickle, or
+    not back): kept as text — its class, message and traceback. A bug, like any error damflow does not know."""
+
+    code = "unexpected"
+
+
 class DecoderOutOfMemory(PermanentError):
     """Decoding one file needed more memory than the per-file limit allows."""
 

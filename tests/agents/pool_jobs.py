@@ -33,3 +33,28 @@ def corrupt(path: str) -> None:
 def double_later(x: int, delay: float) -> int:
     time.sleep(delay)
     return 2 * x
+
+
+class NeedsTwo(Exception):
+    """Pickles, but does not unpickle (pickle calls it again with its message only)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} and {b}")
+
+
+def raise_needs_two() -> None:
+    raise NeedsTwo("one", "two")
+
+
+def raise_holding_a_lock() -> None:
+    import threading
+
+    exc = RuntimeError("holds a lock")
+    exc.lock = threading.Lock()  # type: ignore[attr-defined]
+    raise exc
+
+
+def return_a_lock() -> object:
+    import threading
+
+    return threading.Lock()

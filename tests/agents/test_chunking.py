@@ -8,7 +8,7 @@ import pytest
 
 from agents.chunking import ChunkedPool, run_calls
 from agents.pool import WorkPool
-from streams.errors import CorruptImage, DecoderCrashed, DecoderOutOfMemory, DecoderTimeout
+from streams.errors import CorruptImage, DecoderCrashed, DecoderOutOfMemory, DecoderTimeout, UnportableOutcome
 from tests.agents import pool_jobs
 
 
@@ -113,3 +113,20 @@ async def test_chunk_of_one_means_the_plain_pool(one_process: WorkPool) -> None:
     chunked = ChunkedPool(one_process, max_chunk=1)
     assert await asyncio.gather(*(chunked.run(pool_jobs.double, i) for i in range(3))) == [0, 2, 4]
     assert chunked.chunk_sizes == {}
+
+
+async def test_an_outcome_that_cannot_come_back_fails_its_own_call_only(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=5)
+    calls = [chunked.run(pool_jobs.double, 0),  # alone: the process was free; the others make one chunk
+             chunked.run(pool_jobs.double, 1), chunked.run(pool_jobs.raise_needs_two),
+             chunked.run(pool_jobs.raise_holding_a_lock), chunked.run(pool_jobs.return_a_lock),
+             chunked.run(pool_jobs.double, 2)]
+    out = await asyncio.gather(*calls, return_exceptions=True)
+    assert out[0] == 0 and out[1] == 2 and out[5] == 4  # before: the whole chunk failed, or the pool broke
+    assert [type(e) for e in out[2:5]] == [UnportableOutcome] * 3
+    assert "NeedsTwo: one and two" in str(out[2]) and "RuntimeError: holds a lock" in str(out[3])
+    assert "return_a_lock" in str(out[4])
+    assert chunked.chunk_sizes == {1: 1, 5: 1} and one_process.replacements == 0
+    with pytest.raises(UnportableOutcome, match="NeedsTwo"):  # a lone call too, without breaking the pool
+        await one_process.run(pool_jobs.raise_needs_two)
+    assert one_process.replacements == 0 and await one_process.run(pool_jobs.double, 5) == 10
