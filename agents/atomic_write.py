@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from streams.errors import TransientError
+from streams.errors import StorageUnavailable
 
 
 def write_atomically(target: Path, data: bytes, *, what: str) -> None:
@@ -15,8 +15,8 @@ def write_atomically(target: Path, data: bytes, *, what: str) -> None:
 
     ``os.replace`` is atomic within a directory: readers see the old file, or none, or the whole new one;
     concurrent writers of the same asset each rename a complete file of the same content. An OS error (disk
-    full, permissions of the data dir: not the source file's fault) is a :class:`TransientError` naming ``what``
-    could not be written.
+    full, permissions of the data dir: not the source file's fault) is a :class:`StorageUnavailable` (retried)
+    naming ``what`` could not be written.
     """
     temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -28,5 +28,5 @@ def write_atomically(target: Path, data: bytes, *, what: str) -> None:
         with contextlib.suppress(OSError):  # e.g. the directory is not one: the error below says so
             temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise TransientError(f"cannot write {what}: {exc.strerror or exc}", path=str(target)) from exc
+            raise StorageUnavailable(f"cannot write {what}: {exc.strerror or exc}", path=str(target)) from exc
         raise

@@ -7,26 +7,54 @@ combination that flags the obviously bad (black frames, blurred or washed-out re
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageFilter, ImageStat
 
-from agents.thumbnails import thumbnail_path
-from streams.errors import SourceMissing
+from agents.hashing import hash_file
+from agents.thumbnails import make_thumbnails, thumbnail_path
+from streams.errors import SourceChanged, StorageUnavailable
 
 
-def quality_scores(thumbs_dir: str, asset_id: str) -> dict[str, float]:
+def quality_scores(thumbs_dir: str, asset_id: str, source: str | None = None, **thumbnail_args: Any,
+                   ) -> dict[str, float]:
+    """The scores of the asset's 256-px thumbnail. One that is missing, empty or damaged (damflow's own file: a
+    crash mid-write, a disk fault) is made again from ``source`` (with ``thumbnail_args``, as tier 1 made it)
+    and scored; without ``source``, or when the disk will not give it up, that is damflow's storage failing
+    (:class:`StorageUnavailable`, retried), never the asset's fault."""
     path = thumbnail_path(Path(thumbs_dir), asset_id, 256)
     try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                rgba = im.convert("RGBA")
-                rgb, opaque = rgba.convert("RGB"), rgba.getchannel("A").point(lambda a: 255 if a >= 128 else 0)
-            else:
-                rgb, opaque = im.convert("RGB"), None
-    except FileNotFoundError as exc:
-        raise SourceMissing(f"no thumbnail for {asset_id}", path=str(path)) from exc
-    return scores(rgb, opaque)
+        return scores(*_pixels(path))
+    except _DAMAGED as exc:
+        if source is None or (isinstance(exc, OSError) and exc.errno not in (None, errno.ENOENT)):
+            raise StorageUnavailable(f"the thumbnail of {asset_id} cannot be read: {exc}", path=str(path)) from exc
+        damage = exc
+    if hash_file(source)[0] != asset_id:  # the source's own errors (gone, unreadable) are raised as such
+        raise SourceChanged(f"the thumbnail of {asset_id} is lost and {source} no longer holds that content: "
+                            "nothing to make it again from", path=source)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # gone or damaged: made again below (a directory there fails the write, typed)
+    make_thumbnails(source, asset_id, Path(thumbs_dir), **thumbnail_args)
+    try:
+        return scores(*_pixels(path))
+    except _DAMAGED as exc:
+        raise StorageUnavailable(f"the thumbnail of {asset_id} was made again and still cannot be read: {exc} "
+                                 f"(first: {damage})", path=str(path)) from exc
+
+
+#: What reading a thumbnail can raise besides damflow's own errors: the OS, and a decoder meeting bad bytes.
+_DAMAGED = (OSError, ValueError, SyntaxError)
+
+
+def _pixels(path: Path) -> tuple[Image.Image, Image.Image | None]:
+    with Image.open(path) as im:
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            return rgba.convert("RGB"), rgba.getchannel("A").point(lambda a: 255 if a >= 128 else 0)
+        return im.convert("RGB"), None
 
 
 def scores(rgb: Image.Image, opaque: Image.Image | None = None) -> dict[str, float]:

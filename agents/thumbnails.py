@@ -32,7 +32,7 @@ from PIL import ExifTags, Image, ImageFile, ImageMath, UnidentifiedImageError, f
 from agents.atomic_write import write_atomically
 from agents.hashing import source_error
 from agents.sniff import sniff_file
-from streams.errors import CorruptImage, DamflowError, DecompressionBomb, UnsupportedFormat
+from streams.errors import CorruptImage, DamflowError, DecompressionBomb, StorageUnavailable, UnsupportedFormat
 
 DEFAULT_SIZES: tuple[int, ...] = (256, 1440)
 DEFAULT_QUALITY = 80
@@ -93,6 +93,17 @@ def thumbnail_path(thumbs_dir: Path | str, asset_id: str, size: int) -> Path:
     return Path(thumbs_dir) / asset_id[:2] / f"{asset_id}.{size}.webp"
 
 
+def _made(thumb: Path) -> bool:
+    """Whether a thumbnail is there already (an empty file, left by a crash on a disk that lost the write, is
+    not). Failing to look is damflow's own disk's fault, never the source file's."""
+    try:
+        return thumb.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot look at a thumbnail: {exc.strerror or exc}", path=str(thumb)) from exc
+
+
 def make_thumbnails(
     path: Path | str,
     asset_id: str,
@@ -118,7 +129,7 @@ def make_thumbnails(
         stored = image.size
         _check_dimensions(stored, max_pixels, path)
         wanted = [sizes[0], *(s for s in sizes[1:] if s < max(stored))]
-        missing = [s for s in wanted if not thumbnail_path(thumbs_dir, asset_id, s).exists()]
+        missing = [s for s in wanted if not _made(thumbnail_path(thumbs_dir, asset_id, s))]
         if missing:
             # JPEG only: decode at a reduced scale (1/2..1/8 in the DCT) no smaller than the largest thumbnail.
             image.draft(None, _fit(stored, max(missing)))

@@ -140,6 +140,12 @@ class DecoderCrashed(TransientError):
     code = "decoder_crashed"
 
 
+class SourceChanged(PermanentError):
+    """The file at an asset's path no longer holds the asset's bytes (it was edited or replaced since)."""
+
+    code = "source_changed"
+
+
 class UnportableOutcome(PermanentError):
     """What a pool call raised or returned could not be sent back to the worker whole (it does not pickle, or
     not back): kept as text — its class, message and traceback. A bug, like any error damflow does not know."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from agents.browse import browse_file
 from agents.quality import quality_scores
 from agents.thumbnails import thumbnail_path
+from streams.errors import SourceChanged, StorageUnavailable
 
 ASSET = "ab" * 32
 
@@ -50,3 +53,38 @@ def test_a_transparent_region_is_not_part_of_the_picture_whatever_lies_under_it(
 def test_a_fully_transparent_thumbnail_scores_nothing(tmp_path: Path) -> None:
     scores = quality_scores(_thumb(tmp_path, Image.new("RGBA", (256, 256), (200, 200, 200, 0))), ASSET)
     assert scores["score"] == 0.0
+
+
+def _browsed(tmp_path: Path) -> tuple[str, str, Path]:
+    """A source image browsed by tier 1: its path, asset id and 256-px thumbnail."""
+    src = tmp_path / "src.png"
+    _subject(600).save(src)
+    result = browse_file(str(src), str(tmp_path))
+    return str(src), result.asset_id, thumbnail_path(tmp_path / "thumbs", result.asset_id, 256)
+
+
+def test_a_lost_or_damaged_thumbnail_is_made_again_from_the_source_and_scored(tmp_path: Path) -> None:
+    src, asset, thumb = _browsed(tmp_path)
+    expected = quality_scores(str(tmp_path / "thumbs"), asset)
+    for damage in (lambda: thumb.write_bytes(b""), lambda: thumb.write_bytes(thumb.read_bytes()[:100]),
+                   thumb.unlink):
+        damage()  # left empty or cut by a crash, or lost: before, a permanent dead letter, never replayable
+        assert quality_scores(str(tmp_path / "thumbs"), asset, source=src) == expected
+        assert thumb.stat().st_size > 100
+
+
+def test_a_thumbnail_that_cannot_be_made_again_says_why(tmp_path: Path) -> None:
+    src, asset, thumb = _browsed(tmp_path)
+    thumb.write_bytes(b"")
+    with pytest.raises(StorageUnavailable):  # no source to make it from: damflow's storage, retried
+        quality_scores(str(tmp_path / "thumbs"), asset)
+    _subject(300).save(src)  # the file at the path is another picture now
+    with pytest.raises(SourceChanged):
+        quality_scores(str(tmp_path / "thumbs"), asset, source=src)
+
+
+def test_tier1_makes_an_empty_thumbnail_again(tmp_path: Path) -> None:
+    src, asset, thumb = _browsed(tmp_path)
+    thumb.write_bytes(b"")
+    again = browse_file(src, str(tmp_path))  # before: the empty file counted as made, for good
+    assert again.asset_id == asset and not again.deduplicated and thumb.stat().st_size > 100

@@ -325,8 +325,23 @@ def test_write_failure_is_transient_and_leaves_no_temp_file(tmp_path: Path, monk
     monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(TransientError, match="No space left") as caught:
         run(make_png(tmp_path / "a.png"), tmp_path)
-    assert caught.value.retriable
+    assert caught.value.retriable and caught.value.code == "storage_unavailable"  # damflow's disk, not the file
     assert files_under(thumbs(tmp_path)) == []
+
+
+def test_a_thumbs_folder_that_cannot_be_looked_at_is_damflows_storage_not_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_stat = Path.stat
+
+    def stat(self, *a, **k):
+        if self.suffix == ".webp":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *a, **k)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(TransientError, match="cannot look at a thumbnail") as caught:
+        run(make_png(tmp_path / "a.png"), tmp_path)  # before: SourceUnreadable, naming the user's file
+    assert caught.value.code == "storage_unavailable"
 
 
 # -- refusals ------------------------------------------------------------------------------------------------
