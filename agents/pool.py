@@ -70,27 +70,32 @@ def _pid(linger_s: float = 0.0) -> int:
     return os.getpid()
 
 
-def portable(exc: BaseException) -> BaseException:
-    """``exc``, or when it would not come back whole from a pool process (it does not pickle, or does not unpickle:
-    pebble then gives the whole pool up, failing every job in it), an :class:`UnportableOutcome` that says what
-    it was."""
+def _round_trip_error(obj: Any) -> Exception | None:
+    """Why ``obj`` would not come back whole from a pool process (it does not pickle, or does not unpickle:
+    pebble then gives the whole pool up, failing every job in it), if it would not."""
     try:
-        pickle.loads(pickle.dumps(exc))
+        pickle.loads(pickle.dumps(obj))
     except Exception as why:  # noqa: BLE001 — whatever stops it, it is told as text
-        told = "".join(traceback.format_exception(exc))[-_TOLD_CHARS:]
-        return UnportableOutcome(f"{type(exc).__name__}: {str(exc)[:_TOLD_CHARS]} (which could not be sent back "
-                                 f"from the pool: {why!r})\n{told}")
-    return exc
+        return why
+    return None
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc``, or when it would not come back whole from a pool process, an :class:`UnportableOutcome` that says
+    what it was."""
+    if (why := _round_trip_error(exc)) is None:
+        return exc
+    told = "".join(traceback.format_exception(exc))[-_TOLD_CHARS:]
+    return UnportableOutcome(f"{type(exc).__name__}: {str(exc)[:_TOLD_CHARS]} (which could not be sent back "
+                             f"from the pool: {why!r})\n{told}")
 
 
 def unportable_result(fn: Callable[..., Any], result: Any) -> UnportableOutcome | None:
     """Why ``result`` of ``fn`` would not come back whole from a pool process, if it would not."""
-    try:
-        pickle.loads(pickle.dumps(result))
-    except Exception as why:  # noqa: BLE001
-        return UnportableOutcome(f"the result of {getattr(fn, '__name__', fn)!s} could not be sent back from the "
-                                 f"pool: {why!r}")
-    return None
+    if (why := _round_trip_error(result)) is None:
+        return None
+    return UnportableOutcome(f"the result of {getattr(fn, '__name__', fn)!s} could not be sent back from the "
+                             f"pool: {why!r}")
 
 
 def run_portably(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -25,7 +25,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
         # the source and how tier 1 made the thumbnail: it is made again if it was lost or damaged since
         quality = await pools.background.run(
             quality_scores, thumbs_dir, record.asset_id, source=record.path, sizes=settings.thumbnail_sizes,
-            quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels, reads=record.path)
+            quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
         await handler.emit(AssetEnriched(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, quality=quality, enriched_at=now(), attempts=attempt,

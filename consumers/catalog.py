@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
-from schemas.codec import encode
+from schemas.codec import claimed, encode
 from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
 from streams.errors import PermanentError
 
@@ -420,14 +420,9 @@ class Catalog:
     def hold_unreadable(self, value: bytes, error: BaseException) -> None:
         """Keep a record no event could be read from (:meth:`hold`, for bytes): written by a newer version, or
         by a bug that published what it cannot read back. Tried again, like the others, at every sink start."""
-        try:
-            fields = json.loads(value)  # for what it says it is, when it says
-        except (ValueError, RecursionError):
-            fields = None
-        fields = fields if isinstance(fields, dict) else {}
-        text = {k: v if isinstance(v, str) else None for k in ("type", "batch_id", "event_id")
-                for v in [fields.get(k)]}
-        self._hold(value, f"unreadable {text['type'] or 'record'}", text["batch_id"], text["event_id"], error)
+        says = claimed(value)
+        self._hold(value, f"unreadable {says.get('type', 'record')}", says.get("batch_id"), says.get("event_id"),
+                   error)
 
     def _hold(self, value: bytes, kind: str, batch_id: str | None, event_id: str | None,
               error: BaseException) -> None:

@@ -21,7 +21,6 @@ it again, which changes nothing. The sink's catalog writes run on one thread of 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from consumers.progress import ending
 from schemas import (
     AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent, decode, encode,
 )
+from schemas.codec import claimed
 from streams.errors import SchemaError
 from streams.kafka import group_consumer, producer
 from streams.logs import get
@@ -45,16 +45,6 @@ log = get(__name__)
 
 _APPLIED = (AssetBrowsable, AssetIndexed, AssetEnriched, AssetFailed, BatchScanned)
 _APPLIED_NAMES = {t.__name__ for t in _APPLIED}
-
-
-def _claimed_type(value: bytes | None) -> str | None:
-    """The ``type`` an unreadable record says it is (a newer version's progress tick, say), if it says."""
-    try:
-        fields = json.loads(value or b"")
-    except (ValueError, RecursionError):
-        return None
-    kind = fields.get("type") if isinstance(fields, dict) else None
-    return kind if isinstance(kind, str) else None
 #: Tiers whose progress the sink reports.
 REPORTED_TIERS = (1, 2, 3)
 #: What applying an event the catalog cannot hold raises (as opposed to a fault of the database itself, such as
@@ -247,7 +237,7 @@ class CatalogSink:
             try:
                 event = decode(rec.value)
             except SchemaError as exc:
-                kind = _claimed_type(rec.value)
+                kind = claimed(rec.value).get("type")  # a newer version's progress tick, say
                 if kind is not None and kind not in _APPLIED_NAMES:  # what the catalog would not apply anyway
                     log.warning("catalog_record_skipped", topic=rec.topic, offset=rec.offset, type=kind,
                                 error=str(exc))

@@ -301,10 +301,6 @@ async def replay(
 ) -> list[dict]:
     """Send each letter's original event back to its source topic (at most ``rate`` per second)."""
     results = []
-    # where each tier's letters may go back to: its lanes' topics; its batch lane when the letter names none of
-    # them (a garbled source header, a changed topic prefix) rather than another tier's, which cannot read it
-    lanes_of_tier = {1: (topics.tier1("interactive"), topics.tier1("batch")),
-                     2: (topics.tier2("interactive"), topics.tier2("batch")), 3: (topics.t3_background,)}
     for letter in letters:
         row = {"id": letter.id, "path": letter.summary()["path"]}
         if letter.status == "replayed":
@@ -314,7 +310,9 @@ async def replay(
         if event is None:
             results.append(row | {"result": why})
             continue
-        lanes = lanes_of_tier.get(letter.tier, lanes_of_tier[1])
+        # back to its tier's topic; to its batch lane when the letter names none of them (a garbled source
+        # header, a changed topic prefix) rather than another tier's, which cannot read it
+        lanes = topics.work(letter.tier if letter.tier in TIERS else 1)
         target = letter.envelope.original_topic if letter.envelope.original_topic in lanes else lanes[-1]
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})

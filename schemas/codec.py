@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TypeVar
 
 import msgspec
@@ -45,6 +46,16 @@ def decode(data: bytes | bytearray | memoryview | None, expected: type[E] | None
             f"{type(event).__name__} schema {event.schema} is newer than supported {SCHEMA_VERSION}"
         )
     return event  # type: ignore[return-value]
+
+
+def claimed(data: bytes | bytearray | memoryview | None) -> dict[str, str]:
+    """What a record that :func:`decode` refuses still says of itself: its top-level text fields (``type``,
+    ``batch_id``, ``event_id``...), when it is a JSON object at all; else nothing."""
+    try:
+        fields = json.loads(bytes(data or b""))
+    except (ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in fields.items() if isinstance(v, str)} if isinstance(fields, dict) else {}
 
 
 def to_dict(event: Event) -> dict:

@@ -20,7 +20,7 @@ from streams.kafka import group_consumer, producer
 from streams.logs import get
 from streams.retries import DUE_AT, FailureHistory, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import TIERS, Topics
 
 log = get(__name__)
 
@@ -93,8 +93,7 @@ class Retrier:
         not exist (a send there would fail again at every restart)."""
         t = self.topics
         tier = retry_topic.removeprefix(t.prefix).split(".")[0]
-        lanes = {"t1": (t.t1_interactive, t.t1_batch), "t2": (t.t2_interactive, t.t2_batch),
-                 "t3": (t.t3_background,)}.get(tier, (t.t1_batch,))
+        lanes = {f"t{n}": t.work(n) for n in TIERS}.get(tier, (t.t1_batch,))
         if source_topic in lanes:
             return source_topic
         log.warning("retry_without_source", topic=retry_topic, header=source_topic)

@@ -72,6 +72,12 @@ class Topics:
     def tier2(self, lane: str) -> str:
         return self._n(f"t2.{lane}")
 
+    def work(self, tier: int) -> tuple[str, ...]:
+        """The topics tier ``tier``'s agents consume, its batch (or only) lane last: where its retried and replayed
+        events go back to."""
+        return {1: (self.t1_interactive, self.t1_batch), 2: (self.t2_interactive, self.t2_batch),
+                3: (self.t3_background,)}[tier]
+
     def dlq(self, tier: int) -> str:
         return self._n(f"t{tier}.dlq")
 
