@@ -196,10 +196,10 @@ class LaneGovernor:
     async def _on_assigned(self, sender: object, assigned: set[TP], **_: object) -> None:
         # a partition may now be read again from its last commit, or be new here: started offsets start over
         self._started.clear()
-        # faust resets its paused set on assignment: apply ours again
-        for level, paused in self.paused.items():
-            if paused:
-                self.app.consumer.hold_partitions(self._tps(level))
+        # faust resets its paused set on assignment: apply ours again, to exactly the partitions of the levels
+        # paused (holds taken since the revoke named the old assignment)
+        self.app.consumer.hold_exactly(
+            {tp for level, paused in self.paused.items() if paused for tp in self._tps(level)})
         self._update()
 
 

@@ -173,6 +173,17 @@ class _Consumer(faust_aiokafka.Consumer):
         self._held_partitions.difference_update(tpset)
         self.resume_partitions(tpset)
 
+    def hold_exactly(self, tps: Iterable[TP]) -> None:
+        """Hold ``tps`` and nothing else: on assignment, the holds become what the governor wants of the new
+        assignment. Between a revoke and the next assignment aiokafka still reports the old assignment, so
+        holds taken then (the governor's timer, an urgent upload by express) may name partitions this worker
+        does not get back; one it got back later stayed held, never fetched, while nothing paused its level.
+        faust resumes every assigned partition not held right after the assignment's handlers."""
+        tpset = ensure_TPset(tps)
+        self._held_partitions.clear()
+        self._held_partitions.update(tpset)
+        self.pause_partitions(tpset)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # faust forgets a revoked partition's pause but kept its "backed up" mark, which a resume now honours:
         # a mark left from before the rebalance must not keep the partition out of fetches after it; nor a hold

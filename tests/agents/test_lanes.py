@@ -29,6 +29,9 @@ class FakeConsumer:
 
     hold_partitions, release_partitions = pause_partitions, resume_partitions  # streams.app's governor holds
 
+    def hold_exactly(self, tps) -> None:
+        self.paused = set(tps)
+
     def highwater(self, tp: TP):
         return self.high.get(tp)
 
