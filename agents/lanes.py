@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from agents.chunking import ChunkedPool
 from agents.handling import EventHandler, Work
 from agents.pool import WorkPool
 from streams.express import OnceLedger
+from streams.kafka import passes
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -203,15 +203,6 @@ class LaneGovernor:
         self._update()
 
 
-def _passing(exc: BaseException) -> bool:
-    """Whether an error met while handling an event may pass by itself: the broker unreachable or busy (a retriable
-    Kafka error, a lost connection, a timeout). Anything else (a message too large for the broker, a bug) would
-    fail the same way for ever and hold the partition's commits with it."""
-    if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False))
-    return isinstance(exc, ConnectionError | TimeoutError)
-
-
 def lane_agent(
     handler: EventHandler, governor: LaneGovernor, lane: str, work: Work, *, once: OnceLedger | None = None,
 ) -> Callable[[faust.StreamT], object]:
@@ -241,7 +232,7 @@ def lane_agent(
                     break
                 except Exception as exc:
                     msg = event.message
-                    if not _passing(exc):  # a fault no retry cures: recorded in the log, and the lane goes on
+                    if not passes(exc):  # a fault no retry cures: recorded in the log, and the lane goes on
                         log.error("event_abandoned", topic=msg.topic, partition=msg.partition, offset=msg.offset,
                                   error=repr(exc), exc_info=True)
                         break

@@ -69,6 +69,15 @@ async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKa
         await prod.stop()
 
 
+def passes(exc: BaseException) -> bool:
+    """Whether a broker error may pass by itself: the broker unreachable or busy (a retriable Kafka error, a lost
+    connection, a timeout). Anything else (a message too large for the broker, a bug) would fail the same way for
+    ever."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``, asking the broker when the consumer does not know the topic yet: a started
     consumer without a subscription has no topic metadata on Apache Kafka (aiokafka bootstraps with a metadata
@@ -143,8 +152,10 @@ class LagProbe:
     async def lag(self, published: Mapping[TopicPartition, int] | None = None) -> int:
         """Records not yet committed by the group; ``published``: end offsets known to the caller (the offset
         after the last record it saw delivered, per partition)."""
-        if not self._tps:
-            return 0
+        if not self._tps:  # no such topic when the probe started: the workers may have made it since
+            self._tps = await partitions_of(self._consumer, self.topic)
+            if not self._tps:
+                return 0
         ends = await self._consumer.end_offsets(self._tps)
         committed = await self._admin.list_consumer_group_offsets(self.group, partitions=self._tps)
         total = 0

@@ -39,7 +39,7 @@ from schemas import AssetFailed, BatchScanned, FileDiscovered, encode, new_id, n
 from streams.errors import (
     BrokerError, DamflowError, SourceMissing, SourceUnreadable, UnrepresentablePath, UnsupportedFormat,
 )
-from streams.kafka import LagProbe
+from streams.kafka import LagProbe, passes
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -50,6 +50,8 @@ IMAGE_SUFFIXES = frozenset(
     ".jpg .jpeg .jpe .jfif .png .apng .gif .webp .tif .tiff .bmp .avif .heic .heif .jxl .mpo .psd .ico".split()
 )
 _REPORT_INTERVAL_S = 0.25
+#: How long a scan waits out broker errors that pass by themselves while it reads the workers' lag.
+LAG_PATIENCE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -195,17 +197,33 @@ async def scan(
         )
         await send(topics.progress, encode(event), batch_id.encode())
 
+    async def lag(probe: LagProbe) -> int:
+        """The workers' lag. A broker error that passes by itself (a coordinator moving, a connection lost and
+        made again) is waited out where the scan stands, for up to ``LAG_PATIENCE_S``: one such answer ended the
+        whole scan half-way, its total never final."""
+        pause, deadline = 0.1, time.monotonic() + LAG_PATIENCE_S
+        while True:
+            try:
+                return await probe.lag(published)
+            except Exception as exc:
+                if not passes(exc) or time.monotonic() >= deadline:
+                    raise BrokerError(f"cannot tell how far the workers are behind on {topic} (batch {batch_id}): "
+                                      f"{exc!r}") from exc
+                log.warning("scan_lag_unknown", batch_id=batch_id, error=repr(exc), again_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
     async def backpressure(probe: LagProbe) -> None:
         """Stop here while the workers are too far behind; nothing more is read or published meanwhile."""
-        lag = await probe.lag(published)
-        if lag < settings.scan_high_water:
+        behind = await lag(probe)
+        if behind < settings.scan_high_water:
             return
-        log.info("scan_paused", batch_id=batch_id, lag=lag, high_water=settings.scan_high_water)
+        log.info("scan_paused", batch_id=batch_id, lag=behind, high_water=settings.scan_high_water)
         await report(paused=True)
-        while lag > settings.scan_low_water:
+        while behind > settings.scan_low_water:
             await asyncio.sleep(settings.scan_lag_poll_s)  # polling the group's lag: there is no event to await
-            lag = await probe.lag(published)
-        log.info("scan_resumed", batch_id=batch_id, lag=lag)
+            behind = await lag(probe)
+        log.info("scan_resumed", batch_id=batch_id, lag=behind)
         await report()
 
     await report()

@@ -48,3 +48,76 @@ async def test_a_file_the_broker_did_not_take_fails_the_scan(broker: str, make_s
 
         with pytest.raises(BrokerError, match="did not take"):
             await scan(settings, topics, broker, Refusing(), folder)  # type: ignore[arg-type]
+
+
+def _probe_failing(monkeypatch, fails) -> list[int]:
+    """Make the scanner's lag probe raise ``fails(n)`` (when not None) at its n-th check; returns the check count."""
+    from streams import kafka
+
+    real, calls = kafka.LagProbe.lag, [0]
+
+    async def lag(self, published=None):
+        calls[0] += 1
+        error = fails(calls[0])
+        if error is not None:
+            raise error
+        return await real(self, published)
+
+    monkeypatch.setattr(kafka.LagProbe, "lag", lag)
+    return calls
+
+
+async def _scan_of(broker: str, make_settings, tmp_path: Path, files: int):
+    settings = make_settings(scan_lag_every=5)
+    topics = topics_for(settings)
+    await ensure_topics(broker, topics.all(), settings.partitions)
+    folder = tmp_path / "in"
+    folder.mkdir(parents=True)
+    for i in range(files):
+        make_png(folder / f"{i}.png", size=(16, 16), seed=i)
+    async with producer(broker) as prod:
+        return await scan(settings, topics, broker, prod, folder)
+
+
+async def test_a_broker_error_that_passes_while_reading_the_lag_is_waited_out(
+    broker: str, make_settings, tmp_path: Path, monkeypatch,
+) -> None:
+    # one "coordinator not available" (a coordinator moving, a broker restarting) ended the whole scan half-way
+    from aiokafka.errors import CoordinatorNotAvailableError
+
+    calls = _probe_failing(monkeypatch, lambda n: CoordinatorNotAvailableError("moving") if n in (2, 3) else None)
+    result = await _scan_of(broker, make_settings, tmp_path, 12)
+    assert result.found == 12
+    assert calls[0] >= 4  # the failed checks were made again
+
+
+async def test_a_lag_the_broker_cannot_tell_fails_the_scan_with_a_reason(
+    broker: str, make_settings, tmp_path: Path, monkeypatch,
+) -> None:
+    from aiokafka.errors import CoordinatorNotAvailableError
+
+    from streams import scanner
+
+    _probe_failing(monkeypatch, lambda n: ValueError("a bug") if n == 2 else None)  # no retry cures it
+    with pytest.raises(BrokerError, match="how far the workers are behind"):
+        await _scan_of(broker, make_settings, tmp_path / "a", 12)
+    monkeypatch.setattr(scanner, "LAG_PATIENCE_S", 0.3)  # a broker that stays away
+    _probe_failing(monkeypatch, lambda n: CoordinatorNotAvailableError("gone") if n >= 2 else None)
+    with pytest.raises(BrokerError, match="CoordinatorNotAvailable"):
+        await _scan_of(broker, make_settings, tmp_path / "b", 12)
+
+
+async def test_the_lag_probe_finds_a_topic_made_after_it_started(broker: str, make_settings) -> None:
+    # `damflow ingest` may start before any worker made the lane's topic: the probe read no partitions then, and
+    # the whole folder went out with no backpressure
+    from streams.kafka import LagProbe
+
+    settings = make_settings()
+    topic = topics_for(settings).t1_batch
+    async with LagProbe(broker, settings.group_id, topic) as probe:
+        assert await probe.lag() == 0
+        await ensure_topics(broker, [topic], settings.partitions)
+        async with producer(broker) as prod:
+            for i in range(3):
+                await prod.send_and_wait(topic, b"{}", key=str(i).encode())
+        assert await probe.lag() >= 2  # the embedded broker's end offsets may read one batch short
