@@ -45,8 +45,8 @@ from streams.errors import PermanentError
 
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
-#: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``.
-CATALOG_VERSION = 5
+#: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``.
+CATALOG_VERSION = 6
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -185,8 +185,13 @@ CREATE TABLE IF NOT EXISTS held_events (
 );
 """
 
+# v6: the tier a batch's files enter at (``damflow reprocess`` starts at tier 2: nothing of it passes tier 1).
+_SCHEMA_V6 = """
+ALTER TABLE batches ADD COLUMN first_tier INTEGER NOT NULL DEFAULT 1;
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
-_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5}
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -259,10 +264,10 @@ ON CONFLICT (batch_id) DO UPDATE SET
 """
 _UPSERT_SCAN = """
 INSERT INTO batches (batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, scan_complete,
-                     started_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     started_at, updated_at, first_tier)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (batch_id) DO UPDATE SET
-    lane = excluded.lane, root = excluded.root,
+    lane = excluded.lane, root = excluded.root, first_tier = excluded.first_tier,
     scanned_total = MAX(batches.scanned_total, excluded.scanned_total),
     skipped_unchanged = MAX(batches.skipped_unchanged, excluded.skipped_unchanged),
     skipped_other = MAX(batches.skipped_other, excluded.skipped_other),
@@ -400,6 +405,7 @@ class Catalog:
                     db.execute(_UPSERT_SCAN, (
                         event.batch_id, event.lane, event.root, event.found, event.skipped_unchanged,
                         event.skipped_other, int(event.complete), event.started_at, event.scanned_at,
+                        event.first_tier,
                     ))
                 else:
                     continue
@@ -581,13 +587,15 @@ class Catalog:
 
     @staticmethod
     def _tier_figures(batch: sqlite3.Row, tier: int, tally: _Tally, now: float) -> dict[str, Any]:
-        """The ProgressEvent fields (less batch id and tier) of one tier; earlier tiers bound later ones."""
-        known = max(batch["scanned_total"], tally.seen)
-        final = bool(batch["scan_complete"])
+        """The ProgressEvent fields (less batch id and tier) of one tier; earlier tiers bound later ones. A tier
+        before the one the batch's files enter at has nothing to do: finished at 0."""
+        first = batch["first_tier"]
+        known = max(batch["scanned_total"], tally.seen) if tier >= first else 0
+        final = bool(batch["scan_complete"]) or tier < first
         done = failed = dead = retrying = in_flight = 0
-        for t in range(1, tier + 1):
+        for t in range(first, tier + 1):
             counts = tally.states.get(t, Counter())
-            if t > 1:  # a later tier gets exactly what the tier before finished as done
+            if t > first:  # a later tier gets exactly what the tier before finished as done
                 known = max(done, sum(counts.values()))
                 final = final and in_flight == 0
             done, failed, dead, retrying = counts[DONE], counts[FAILED], counts[DEAD_LETTERED], counts[RETRYING]

@@ -174,7 +174,8 @@ class BatchScanned(Event, frozen=True, kw_only=True):
     """The scanner's running account of a batch: how many files it has published so far.
 
     Sent on ``progress`` as the scan goes, so progress can show a total before the scan ends;
-    ``complete`` is true on the last one. Keyed by ``batch_id``.
+    ``complete`` is true on the last one. Keyed by ``batch_id``. Uploads and ``damflow reprocess`` send one,
+    complete, once their files are published, so their batches finish too.
     """
 
     batch_id: str
@@ -188,6 +189,8 @@ class BatchScanned(Event, frozen=True, kw_only=True):
     paused: bool = False
     started_at: float
     scanned_at: float
+    #: The tier the batch's files enter at: 1 for a scan or an upload, 2 for ``damflow reprocess``.
+    first_tier: int = 1
 
 
 class ProgressEvent(Event, frozen=True, kw_only=True):

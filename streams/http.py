@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
 from consumers.catalog_sink import CatalogSink
-from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id
+from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id, now
 from streams.errors import (
     DamflowError, PermanentError, SchemaError, StorageUnavailable, UploadNotAnImage, UploadRejected, UploadTooLarge,
 )
@@ -51,7 +51,7 @@ from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import Spool, display_name, publish_upload, spool_dir, upload_event
+from streams.upload import Spool, close_batch, display_name, publish_upload, spool_dir, upload_event
 
 log = get(__name__)
 
@@ -296,6 +296,7 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     started: dict[str, float] = {}  # event id -> when it was published
     pending: dict[str, asyncio.Future] = {}
     watcher, express = app[_OUTCOMES], app[_EXPRESS]
+    opened = now()
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
@@ -315,11 +316,15 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
             watcher.forget(event_id)
         # What was published stays published (and is listed); the rest was not: the client may retry it.
         ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
+        if rows:
+            await _closed(await _close(app, batch_id, len(rows), opened, ulog), ulog)
         retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
         code = exc.code if isinstance(exc, StorageUnavailable) else "upload_failed"  # as while receiving
         return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
                       f"{exc}", code, uploads=rows)
+    closing = await _close(app, batch_id, len(rows), opened, ulog)  # after the files: it delays none of them
     if not wait:
+        await _closed(closing, ulog)
         return web.json_response({"uploads": rows}, status=202)
     try:
         if pending:
@@ -353,7 +358,29 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
             row["reason"] = event.reason
         ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms, via=via)
     done = all(row["state"] != "pending" for row in rows)
+    await _closed(closing, ulog)
     return web.json_response({"uploads": rows}, status=200 if done else 202)
+
+
+async def _close(app: web.Application, batch_id: str, published: int, opened: float,
+                 ulog: Any) -> asyncio.Future | None:
+    """Send the upload batch's closing count (see :func:`streams.upload.close_batch`); None if it could not go."""
+    try:
+        return await close_batch(app[_PRODUCER], app[_TOPICS], batch_id, published, opened)
+    except KafkaError as exc:
+        ulog.warning("upload_batch_not_closed", error=repr(exc))
+        return None
+
+
+async def _closed(closing: asyncio.Future | None, ulog: Any) -> None:
+    """Wait for the closing count's delivery. One the broker did not take leaves the batch's progress open (its
+    files are published all the same): logged, not the request's failure."""
+    if closing is None:
+        return
+    try:
+        await closing
+    except KafkaError as exc:
+        ulog.warning("upload_batch_not_closed", error=repr(exc))
 
 
 # -- lookups -----------------------------------------------------------------------------------------------

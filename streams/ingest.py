@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.progress import ProgressBar, follow
-from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id
+from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id, now
 from streams.errors import DamflowError, SchemaError
 from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
@@ -21,7 +21,7 @@ from streams.logs import get
 from streams.scanner import scan
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import display_name, publish_upload, store_original, upload_event
+from streams.upload import close_batch, display_name, publish_upload, store_original, upload_event
 
 log = get(__name__)
 
@@ -82,6 +82,8 @@ class UploadResult:
     reason: str | None = None
     #: How the outcome came back: ``express`` (from the worker, see streams.express) or ``assets`` (read there).
     via: str | None = None
+    #: The batch of one ``upload`` call (its progress on ``progress``, its row in ``damflow status``).
+    batch_id: str = ""
 
 
 class Outcome(NamedTuple):
@@ -98,7 +100,7 @@ async def upload_files(
 ) -> list[UploadResult]:
     """Store each file content-addressed and publish it on the interactive lane, one after the other;
     with ``wait``, each returns once its asset is browsable (or failed), timed from the publish."""
-    batch_id = f"upload-{new_id()}"
+    batch_id, opened = f"upload-{new_id()}", now()
     out = []
     async with contextlib.AsyncExitStack() as stack:
         watcher = None
@@ -113,7 +115,7 @@ async def upload_files(
             try:
                 stored = store_original(settings, src)
             except DamflowError as exc:  # not an image, gone, unreadable: this file is refused, not the rest
-                out.append(UploadResult(str(src), "", "", state="rejected", reason=str(exc)))
+                out.append(UploadResult(str(src), "", "", state="rejected", reason=str(exc), batch_id=batch_id))
                 continue
             event = upload_event(stored, batch_id=batch_id, display_name=display_name(src.name))
             # registered before publishing: none missed
@@ -121,7 +123,7 @@ async def upload_files(
             t0 = time.perf_counter()
             record = await publish_upload(prod, topics, event)
             await follow_published(express, watcher, record, event.event_id, timeout)
-            row = UploadResult(str(src), stored.asset_id, event.event_id)
+            row = UploadResult(str(src), stored.asset_id, event.event_id, batch_id=batch_id)
             if outcome is not None:
                 try:
                     result, read_at, row.via = await asyncio.wait_for(outcome, timeout)
@@ -133,6 +135,9 @@ async def upload_files(
                     row.state = "browsable" if isinstance(result, AssetBrowsable) else "failed"
                     row.reason = result.reason if isinstance(result, AssetFailed) else None
             out.append(row)
+        published = sum(1 for row in out if row.event_id)
+        if published:  # the batch is complete: its progress can finish
+            await (await close_batch(prod, topics, batch_id, published, opened))
     return out
 
 

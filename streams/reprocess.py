@@ -10,10 +10,11 @@ from schemas import AssetBrowsable, encode, new_id, now
 from streams.kafka import producer
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.upload import close_batch
 
 
 async def reprocess_tier2(settings: Settings, topics: Topics, bootstrap: str, rows: list[dict]) -> dict:
-    batch_id = f"reprocess-{new_id()}"
+    batch_id, started = f"reprocess-{new_id()}", now()
     async with producer(bootstrap, linger_ms=5) as prod:
         for row in rows:
             at = now()
@@ -25,4 +26,6 @@ async def reprocess_tier2(settings: Settings, topics: Topics, bootstrap: str, ro
             )
             await prod.send(topics.t2_batch, encode(event), key=row["asset_id"].encode())
         await prod.flush()
+        # a batch that enters at tier 2, complete: its progress finishes (tier 1 has nothing of it)
+        await (await close_batch(prod, topics, batch_id, len(rows), started, lane="batch", first_tier=2))
     return {"batch_id": batch_id, "published": len(rows)}

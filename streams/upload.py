@@ -6,6 +6,7 @@ the client is ever used on disk — the client's file name is kept as ``display_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -19,7 +20,7 @@ from blake3 import blake3
 
 from agents.hashing import source_error
 from agents.sniff import HEAD_BYTES, sniff
-from schemas import FileDiscovered, encode, new_id, now
+from schemas import BatchScanned, FileDiscovered, encode, new_id, now
 from streams.errors import StorageUnavailable, UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge
 from streams.express import ExpressRequest
 from streams.settings import Settings
@@ -209,3 +210,13 @@ async def publish_upload(prod: AIOKafkaProducer, topics: Topics, event: FileDisc
     meta = await prod.send_and_wait(topics.t1_interactive, value, key=key)
     return ExpressRequest(meta.topic, meta.partition, meta.offset, value, key,
                           meta.timestamp if meta.timestamp is not None and meta.timestamp >= 0 else None)
+
+
+async def close_batch(prod: AIOKafkaProducer, topics: Topics, batch_id: str, published: int, started_at: float, *,
+                      lane: str = "interactive", first_tier: int = 1) -> asyncio.Future:
+    """Say on ``progress`` that ``batch_id`` is complete with ``published`` files, as the scanner does at the end
+    of a scan: without it a batch of uploads (or a reprocess) never counted as finished, its total never final.
+    Returns the send's delivery future (awaiting it raises what the broker answered)."""
+    event = BatchScanned(batch_id=batch_id, lane=lane, root="", found=published, complete=True,
+                         started_at=started_at, scanned_at=now(), first_tier=first_tier)
+    return await prod.send(topics.progress, encode(event), key=batch_id.encode())

@@ -353,6 +353,39 @@ def test_later_tier_expects_what_the_tier_before_finished(catalog: Catalog) -> N
     assert catalog.asset(A1)["tier2_state"] == "dead_lettered"
 
 
+def test_a_batch_of_uploads_finishes_once_it_says_it_is_complete(catalog: Catalog) -> None:
+    # uploads sent no closing count, as the scanner does: their batches were never final, "scanning" for ever
+    up = dict(batch="upload-1")
+    catalog.apply([browsable("e1", "/data/originals/a1/x.png", **up)])
+    assert not catalog.progress("upload-1", 1, now=T0 + 20).total_final
+    catalog.apply([BatchScanned(batch_id="upload-1", lane="interactive", root="", found=2, complete=True,
+                                started_at=T0, scanned_at=T0 + 11)])
+    p = catalog.progress("upload-1", 1, now=T0 + 20)
+    assert (p.known_total, p.total_final, p.in_flight) == (2, True, 1)
+    catalog.apply([browsable("e2", "/data/originals/b2/y.png", A2, **up)])
+    p = catalog.progress("upload-1", 1, now=T0 + 20)
+    assert (p.done, p.total_final, p.in_flight) == (2, True, 0)
+
+
+def test_a_batch_that_enters_at_tier_2_has_nothing_in_tier_1_and_finishes_in_tier_2(catalog: Catalog) -> None:
+    # `damflow reprocess`: its files never pass tier 1, which showed them in flight there for ever
+    from tests.consumers.test_catalog_search import indexed
+
+    catalog.apply([
+        BatchScanned(batch_id="re-1", lane="batch", root="", found=2, complete=True, started_at=T0,
+                     scanned_at=T0 + 1, first_tier=2),
+        indexed(A1, event_id="r1", batch="re-1"),
+    ])
+    p1 = catalog.progress("re-1", 1, now=T0 + 40)
+    assert (p1.known_total, p1.total_final, p1.done, p1.in_flight) == (0, True, 0, 0)
+    p2 = catalog.progress("re-1", 2, now=T0 + 40)
+    assert (p2.known_total, p2.total_final, p2.done, p2.in_flight) == (2, True, 1, 1)
+    catalog.apply([failed("r2", f"{ROOT}/2.png", tier=2, asset_id=A2, batch="re-1")])
+    p2 = catalog.progress("re-1", 2, now=T0 + 40)
+    assert (p2.done, p2.dead_lettered, p2.in_flight) == (1, 1, 0)
+    assert catalog.progress("re-1", 3, now=T0 + 40).known_total == 1  # what tier 2 finished as done
+
+
 def test_unknown_batch_has_no_progress(catalog: Catalog) -> None:
     assert catalog.progress("nope", 1) is None
 

@@ -457,7 +457,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 6
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op

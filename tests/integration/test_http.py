@@ -199,6 +199,28 @@ async def test_an_upload_answered_browsable_can_be_looked_up_at_once(stack: Stac
                 assert found["locations"][0]["display_name"] == row["name"]
 
 
+async def test_a_batch_of_uploads_finishes_in_progress(stack: Stack, tmp_path: Path) -> None:
+    # uploads sent no closing count, as the scanner does: their batches never finished (progress, `status`, the
+    # dashboard and an SSE client following one showed them open for ever)
+    from consumers.progress import follow
+    from streams.ingest import upload_files
+
+    s = stack.settings
+    bodies = [make_png(tmp_path / f"f{i}.png", size=(96, 64), seed=90 + i).read_bytes() for i in range(3)]
+    async with aiohttp.ClientSession(stack.http_url) as http:
+        async with http.post("/upload?wait=1&timeout=45", data=form(("a.png", bodies[0]), ("b.png", bodies[1]))) as r:
+            waited = (await r.json())["uploads"][0]["batch_id"]
+        async with http.post("/upload", data=form(("c.png", bodies[2]))) as r:
+            assert r.status == 202
+            unwaited = (await r.json())["uploads"][0]["batch_id"]
+    [cli] = await upload_files(s, stack.topics, stack.bootstrap, [make_png(tmp_path / "d.png", seed=94)])
+    assert cli.batch_id.startswith("upload-")
+    for batch, files in ((waited, 2), (unwaited, 1), (cli.batch_id, 1)):
+        async with tail(stack.bootstrap, stack.topics.progress, s, from_beginning=True) as progress:
+            last = await follow(progress, batch, tier=1, timeout=30)
+        assert (last.known_total, last.done, last.total_final) == (files, files, True)
+
+
 async def test_progress_stream_delivers_the_batch_as_it_is_ingested(stack: Stack, tmp_path: Path) -> None:
     s = stack.settings
     folder = tmp_path / "shoot"

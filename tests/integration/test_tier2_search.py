@@ -71,9 +71,12 @@ async def test_generation_metadata_becomes_searchable(stack: Stack, tmp_path: Pa
     def reprocessed():
         with catalog_of(s) as catalog:
             p = catalog.progress(batch, 2)
-        return p if p and p.done == 5 else None
+        return p if p and p.done == 5 and p.total_final and p.in_flight == 0 else None  # finished, not open
 
     await wait_until(reprocessed, what="tier-2 reprocess")
+    with catalog_of(s) as catalog:
+        p1 = catalog.progress(batch, 1)
+    assert (p1.known_total, p1.in_flight, p1.total_final) == (0, 0, True)  # nothing of it passes tier 1
     with catalog_of(s) as catalog:
         for asset_id, before in indexed_before.items():
             after = catalog.asset(asset_id)
