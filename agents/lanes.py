@@ -33,7 +33,7 @@ from faust.types import TP
 from agents.chunking import ChunkedPool
 from agents.handling import EventHandler, Work
 from agents.pool import WorkPool
-from streams.express import OnceLedger
+from streams.express import OnceLedger, record_key
 from streams.kafka import passes
 from streams.logs import get
 from streams.settings import Settings
@@ -218,7 +218,8 @@ def lane_agent(
             if once is None:
                 await handler.process(event, work)
             else:
-                await once.run((msg.topic, msg.partition, msg.offset), lambda: handler.process(event, work))
+                await once.run(record_key(msg.topic, msg.partition, msg.offset, msg.value),
+                               lambda: handler.process(event, work))
 
     async def agent(stream: faust.StreamT) -> None:
         # Acks by hand, once the work (or its recorded failure) is done. faust acks an event whenever the agent

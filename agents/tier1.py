@@ -68,7 +68,7 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
 
     async def serve(request: ExpressRequest) -> bytes | None:
         with governor.working(1, "interactive"):
-            outcome = await once.run(request.coordinates,
+            outcome = await once.run(request.identity,
                                      lambda: handler.process(ExpressEvent.of(request), browse))
         return encode(outcome) if outcome is not None else None
 
@@ -90,6 +90,10 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **_kw) -> None:  # noqa: ARG001
         announce()
+
+    @app.on_before_shutdown.connect
+    async def _stop_express(sender, **_kw) -> None:  # noqa: ARG001
+        await server.stop()  # records in work by express are dropped: their fetched copies stay uncommitted
 
     app.express = server  # type: ignore[attr-defined]  # the worker removes its registration on the way out
     return server

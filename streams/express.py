@@ -8,12 +8,14 @@ That is worth having on the embedded broker, which answers a fetch only after pa
 is waiting (so every hop through it costs milliseconds, and a short wait costs CPU in polls); on Kafka it saves
 less, and nothing depends on it anywhere:
 
-- The worker's :class:`OnceLedger` keys the work by the record's coordinates: whichever copy comes first (the
-  express one or the fetched one) does the work, the other waits for that outcome. The fetched copy's offset
+- The worker's :class:`OnceLedger` keys the work by the record's coordinates and bytes: whichever copy comes
+  first (the express one or the fetched one) does the work, the other waits for that outcome. The fetched copy's offset
   commits only after the effects, as always; a worker that dies mid-way leaves the fetched copy to whoever
   takes its partitions over (at-least-once, idempotent effects).
 - A publisher that finds no worker to ring (another host, no registration, a stale one, a refused or broken
-  connection) falls back to reading the outcome from ``assets``.
+  connection) falls back to reading the outcome from ``assets``; so does one whose worker has not answered
+  within ``express_patience_s`` (frozen, or its partition gone to another worker), or answered with another
+  record's outcome.
 
 Workers register under ``<data dir>/run/express/``: one small JSON file each, naming an abstract Unix socket
 and the ``t1.interactive`` partitions it owns (rewritten after every rebalance, removed on a clean stop). A
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import os
 import socket
@@ -62,8 +65,19 @@ class ExpressRequest(msgspec.Struct, frozen=True):
     headers: list[tuple[str, bytes]] = []
 
     @property
-    def coordinates(self) -> tuple[str, int, int]:
-        return self.topic, self.partition, self.offset
+    def identity(self) -> RecordKey:
+        return record_key(self.topic, self.partition, self.offset, self.value)
+
+
+#: What the :class:`OnceLedger` keys a record by (see :func:`record_key`).
+RecordKey = tuple[str, int, int, int]
+
+
+def record_key(topic: str, partition: int, offset: int, value: bytes | None) -> RecordKey:
+    """A record's place and (a hash of) its bytes: the two copies of one record (express and fetched) match; a
+    record at a place where another one was (a broker restarted with memory storage, a topic made again)
+    does not, so it is never answered with the other's outcome nor skipped."""
+    return topic, partition, offset, hash(value or b"")
 
 
 _request_encoder = msgspec.msgpack.Encoder()
@@ -138,34 +152,34 @@ class OnceLedger:
 
     ttl_s: float = 300.0
     max_entries: int = 10_000
-    _entries: OrderedDict[tuple[str, int, int], _Entry] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[RecordKey, _Entry] = field(default_factory=OrderedDict)
 
-    async def run(self, coordinates: tuple[str, int, int], work: Callable[[], Awaitable[Any]]) -> Any:
-        """The outcome of ``work`` for the record at ``coordinates``: run now, or awaited from the copy that
-        is running it (or ran it)."""
+    async def run(self, key: RecordKey, work: Callable[[], Awaitable[Any]]) -> Any:
+        """The outcome of ``work`` for the record ``key`` names (:func:`record_key`): run now, or awaited
+        from the copy that is running it (or ran it)."""
         while True:
-            entry = self._entries.get(coordinates)
+            entry = self._entries.get(key)
             if entry is None:
                 break
             entry.copies += 1
             if entry.copies >= 2 and entry.outcome.done():
-                self._entries.pop(coordinates, None)
+                self._entries.pop(key, None)
             try:
                 return await asyncio.shield(entry.outcome)
             except _Abandoned:
                 continue
         self._expire()
-        entry = self._entries[coordinates] = _Entry(time.monotonic(), asyncio.get_running_loop().create_future())
+        entry = self._entries[key] = _Entry(time.monotonic(), asyncio.get_running_loop().create_future())
         try:
             result = await work()
         except BaseException:
-            self._entries.pop(coordinates, None)
+            self._entries.pop(key, None)
             entry.outcome.set_exception(_Abandoned())
             entry.outcome.exception()  # retrieved: nobody may be waiting
             raise
         entry.outcome.set_result(result)
         if entry.copies >= 2:  # the other copy came meanwhile: nothing more to wait for
-            self._entries.pop(coordinates, None)
+            self._entries.pop(key, None)
         return result
 
     def __len__(self) -> int:
@@ -301,7 +315,7 @@ class ExpressClient:
         registration first. A registration left by a worker that died without withdrawing it (killed) is
         removed, so it cannot hide the live owner; during a rebalance two may claim the partition for a moment."""
         try:
-            entries = list(self.directory.glob("*.json"))
+            entries = list(self.directory.glob(f"{glob.escape(self.host)}-*.json"))  # not other hosts' files
         except OSError:
             return []
         found: list[tuple[float, str]] = []

@@ -586,7 +586,7 @@ async def _watch_outcomes(app: web.Application):
     settings = app[_SETTINGS]
     async with tail(app[_BOOTSTRAP], app[_TOPICS].assets, settings,
                     fetch_max_wait_ms=settings.waiter_fetch_max_wait_ms) as consumer:
-        watcher = app[_OUTCOMES] = OutcomeWatcher(consumer)
+        watcher = app[_OUTCOMES] = OutcomeWatcher(consumer, express_patience_s=settings.express_patience_s)
         task = asyncio.create_task(watcher.run(), name="upload-outcomes")
         yield
         task.cancel()

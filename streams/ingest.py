@@ -106,7 +106,8 @@ async def upload_files(
         watcher = None
         if wait:
             watcher = OutcomeWatcher(await stack.enter_async_context(
-                tail(bootstrap, topics.assets, settings, fetch_max_wait_ms=settings.waiter_fetch_max_wait_ms)))
+                tail(bootstrap, topics.assets, settings, fetch_max_wait_ms=settings.waiter_fetch_max_wait_ms)),
+                express_patience_s=settings.express_patience_s)
             reader = asyncio.create_task(watcher.run())
             stack.callback(reader.cancel)
         prod = await stack.enter_async_context(producer(bootstrap))
@@ -182,7 +183,7 @@ class OutcomeWatcher:
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, *, reseek_after_s: float = 30.0,
-                 clock_skew_s: float = 5.0, skip_timeout_s: float = 5.0) -> None:
+                 clock_skew_s: float = 5.0, skip_timeout_s: float = 5.0, express_patience_s: float = 1.0) -> None:
         self._consumer = consumer
         self._waiting: dict[str, _Waiter] = {}
         self._waking = asyncio.Lock()
@@ -190,6 +191,7 @@ class OutcomeWatcher:
         self.reseek_after_s = reseek_after_s
         self.clock_skew_s = clock_skew_s
         self.skip_timeout_s = skip_timeout_s
+        self.express_patience_s = express_patience_s
         self._paused_at = time.monotonic()
         self._consumer.pause(*self._consumer.assignment())
 
@@ -213,20 +215,34 @@ class OutcomeWatcher:
 
     def ask_express(self, express: ExpressClient, request: ExpressRequest, event_id: str, timeout: float) -> None:
         """Ask the worker that owns the published ``request`` for its outcome directly, and settle the future
-        :meth:`expect` gave for ``event_id`` with it. Without an answer within ``timeout`` (or with a not yet
-        final one: a retry is coming) it is read from ``assets`` after all, so nothing is missed: a caller may
-        wait longer than ``timeout`` (for the several files of one request)."""
+        :meth:`expect` gave for ``event_id`` with it. Without an answer within ``express_patience_s`` the outcome
+        is read from ``assets`` as well, whichever comes first: a worker that froze, or lost the partition to
+        another worker, never answers, and the other's outcome was read only once ``timeout`` had passed. Without
+        an answer within ``timeout``, or with one not final yet (a retry is coming) or for another record, it is
+        read from ``assets`` after all, so nothing is missed: a caller may wait longer than ``timeout`` (for the
+        several files of one request)."""
 
         async def ask() -> None:
+            asking = asyncio.ensure_future(express.outcome(request, timeout))
             try:
-                outcome = await express.outcome(request, timeout)
+                if not (await asyncio.wait({asking}, timeout=min(self.express_patience_s, timeout)))[0]:
+                    await self._wake()  # a slow answer: both ways now, whichever settles the waiter first
+                    waiter = self._waiting.get(event_id)
+                    if waiter is None:
+                        return
+                    await asyncio.wait({asking, waiter.future}, return_when=asyncio.FIRST_COMPLETED)
+                    if not asking.done():  # read from assets meanwhile
+                        return
+                outcome = asking.result()
             except TimeoutError:  # the worker has it and is still at it
                 outcome = None
+            finally:
+                asking.cancel()
             waiter = self._waiting.get(event_id)
             if waiter is None or waiter.future.done():
                 return
             fut = waiter.future
-            if outcome is not None and final_outcome(outcome):
+            if outcome is not None and final_outcome(outcome) and outcome.event_id == event_id:
                 self._take(event_id)
                 fut.set_result(Outcome(outcome, time.perf_counter(), "express"))
             else:

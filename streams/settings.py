@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     #: starts at once and (to a caller that waits) answers with the outcome, instead of a broker poll each way.
     #: The broker's copy stays the durable one; a worker runs the record once whichever copy comes first.
     express: bool = True
+    #: How long an upload that waits for its outcome gives its worker to answer by express before it also reads
+    #: the outcome from ``assets``: a worker that froze (stopped, its loop blocked) or lost the partition to
+    #: another worker never answers, and the other worker's outcome would otherwise be read only at the wait's end.
+    express_patience_s: float = Field(default=1.0, gt=0)
     #: Batch events a worker holds fetched but not started, per topic: small, so they never pile up ahead of
     #: urgent work and memory stays flat however long the backlog.
     batch_buffer: int = Field(default=8, ge=1)

@@ -97,6 +97,39 @@ async def test_an_upload_whose_express_answer_is_late_is_answered_from_assets(ma
         assert (event.event_id, via) == ("slow", "assets")
 
 
+async def test_a_worker_that_took_the_record_and_went_silent_does_not_hold_the_answer_to_the_timeout(
+    make_settings,
+) -> None:
+    # a worker frozen (stopped, its loop blocked) or whose partition went to another worker keeps the express
+    # connection open and never answers: the other worker's outcome on assets was read only once the upload's
+    # whole timeout had passed, and the upload was answered "pending" although it was browsable
+    settings = make_settings()
+    async with stuck_worker(settings), \
+            watching(settings, express_patience_s=0.2) as (watcher, _consumer, prod, topics):
+        started = time.monotonic()
+        event, via = await _missed_by_express(settings, watcher, prod, "frozen", "/f", ask_timeout=60)
+        assert (event.event_id, via) == ("frozen", "assets")
+        assert time.monotonic() - started < 30
+
+
+async def test_an_express_answer_for_another_record_is_not_taken_for_this_one(make_settings) -> None:
+    # a worker whose ledger still held an outcome for the same place (a broker restarted with memory storage)
+    settings = make_settings()
+
+    async def wrong(_request: ExpressRequest) -> bytes:
+        return encode(browsable("someone-else", "/old"))
+
+    server = ExpressServer(settings, topics_for(settings).t1_interactive, wrong)
+    await server.start()
+    server.publish({0})
+    try:
+        async with watching(settings) as (watcher, _consumer, prod, topics):
+            event, via = await _missed_by_express(settings, watcher, prod, "mine", "/mine", ask_timeout=60)
+            assert (event.event_id, event.path, via) == ("mine", "/mine", "assets")
+    finally:
+        await server.stop()
+
+
 async def test_after_a_long_spell_an_unanswered_upload_is_looked_for_from_its_registration_on(make_settings) -> None:
     settings = make_settings()
     async with watching(settings, reseek_after_s=0.0, clock_skew_s=0.0) as (watcher, _consumer, prod, topics):

@@ -17,7 +17,7 @@ import pytest
 
 from schemas import encode
 from streams.express import (
-    ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, registry_dir, same_user,
+    ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, record_key, registry_dir, same_user,
 )
 from streams.settings import Settings
 from tests.consumers.test_catalog import browsable
@@ -148,10 +148,10 @@ async def test_no_outcome_a_stale_registration_or_a_dropped_connection_mean_fall
     client = ExpressClient(settings)
     # a worker that died without removing its registration: the connection is refused
     registry_dir(settings).mkdir(parents=True)
-    (registry_dir(settings) / "ghost.json").write_text(json.dumps(
+    (registry_dir(settings) / f"{client.host}-ghost.json").write_text(json.dumps(
         {"address": "\0damflow-express-nobody", "host": client.host, "pid": 1, "topic": TOPIC, "partitions": [1]}))
     assert await client.outcome(request(), 5) is None
-    (registry_dir(settings) / "ghost.json").unlink()
+    (registry_dir(settings) / f"{client.host}-ghost.json").unlink()
 
     async def nothing(req: ExpressRequest) -> None:
         return None  # e.g. a poison pill: dead-lettered, no tier-1 outcome to give
@@ -190,14 +190,14 @@ async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_own
         client = ExpressClient(settings)
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
-        killed = registry_dir(settings) / "killed.json"  # newer than the live one, and claiming the same partition
+        killed = registry_dir(settings) / f"{client.host}-killed.json"  # newer than the live one, and claiming the same partition
         killed.write_text(json.dumps({"address": "\0damflow-express-killed", "host": client.host,
                                       "pid": int(dead.stdout), "topic": TOPIC, "partitions": [1]}))
         outcome = await client.outcome(request(), 5)
         assert outcome is not None and outcome.event_id == "e1"
         assert not killed.exists()  # swept
         # a live but unreachable claimant (a rebalance half-way) is skipped for the next one
-        (registry_dir(settings) / "moving.json").write_text(json.dumps(
+        (registry_dir(settings) / f"{client.host}-moving.json").write_text(json.dumps(
             {"address": "\0damflow-express-moving", "host": client.host, "pid": os.getpid(), "topic": TOPIC,
              "partitions": [1]}))
         outcome = await client.outcome(request(), 5)
@@ -292,3 +292,19 @@ def test_only_the_workers_own_user_is_served() -> None:
     assert not same_user(None)  # no socket to ask: refused
     with socket.socket(socket.AF_INET) as tcp:
         assert not same_user(tcp)  # not a Unix socket: no credentials to check
+
+
+async def test_a_record_at_the_place_of_another_is_worked_on_not_answered_with_the_others_outcome() -> None:
+    # the ledger keyed records by place only: after a broker restart (memory storage) a new upload at an offset
+    # an old one had held was answered with the old one's outcome and never worked on
+    ledger, ran = OnceLedger(), []
+
+    async def work(name: str) -> str:
+        ran.append(name)
+        return name
+
+    assert await ledger.run(record_key(TOPIC, 1, 5, b"old"), lambda: work("old")) == "old"
+    assert await ledger.run(record_key(TOPIC, 1, 5, b"new"), lambda: work("new")) == "new"
+    # the old record's other copy (express or fetched) is still answered from the first, not run again
+    assert await ledger.run(record_key(TOPIC, 1, 5, b"old"), lambda: work("again")) == "old"
+    assert ran == ["old", "new"]
