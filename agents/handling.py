@@ -3,7 +3,8 @@
 An agent stays a thin loop (``agents.lanes.lane_agent``: ``await handler.process(event, work)`` per event, acked
 once that returns); this module is the one place that knows what happens when work fails:
 
-- undecodable message (poison pill) -> dead letter at once, raw bytes kept;
+- undecodable message (poison pill) -> dead letter at once, raw bytes kept (+ ``AssetFailed(dead_lettered)``
+  when it still names its file, so its batch can finish);
 - permanent error, or transient error on the last attempt -> dead letter + ``AssetFailed(dead_lettered)``;
 - transient error with attempts left -> ``t<tier>.retry.<n>`` with a due time + ``AssetFailed(retrying)``.
 
@@ -21,13 +22,15 @@ import socket
 import traceback
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Any
+from typing import Any, get_args
 
 import faust
 import msgspec
 import structlog
 
 from schemas import AssetBrowsable, AssetFailed, AssetIndexed, DeadLetter, Event, FileDiscovered, decode, encode, now
+from schemas.codec import claimed
+from schemas.events import Lane, Source
 from streams.errors import DamflowError
 from streams.logs import get
 from streams.retries import FailureHistory, backoff_s
@@ -115,7 +118,7 @@ class EventHandler:
         except DamflowError as exc:
             log.error("poison_pill", tier=self.tier, topic=event.message.topic, error=str(exc))
             await self._dead_letter(event, exc, None, history)
-            return None
+            return await self._account_unreadable(event, exc, history)
         with structlog.contextvars.bound_contextvars(
             batch_id=record.batch_id, tier=self.tier, lane=record.lane, path=record.path
         ):
@@ -163,6 +166,27 @@ class EventHandler:
             outcome="retrying" if retry else "dead_lettered", attempts=attempts, failed_at=at,
         )
         await self.emit(failed, asset_id or record.path)
+        return failed
+
+    async def _account_unreadable(self, event: faust.EventT, exc: DamflowError,
+                                  history: FailureHistory) -> AssetFailed | None:
+        """The ``AssetFailed`` of a dead-lettered record that cannot be read but still names its file (a newer
+        producer's schema during an upgrade, say): without it the file had no outcome and its batch stayed in
+        flight for ever. A record that names no file has no batch to be counted in: ``None``."""
+        said = claimed(event.value if isinstance(event.value, bytes | bytearray) else None)
+        event_id, batch_id, path = said.get("event_id"), said.get("batch_id"), said.get("path")
+        if not (event_id and batch_id and path) or max(len(event_id), len(batch_id)) > 256 or len(path) > 4096:
+            return None
+        asset_id = said.get("asset_id")
+        failed = AssetFailed(
+            event_id=event_id, batch_id=batch_id, tier=self.tier, path=path,
+            lane=said["lane"] if said.get("lane") in get_args(Lane) else "batch",  # type: ignore[arg-type]
+            source=said["source"] if said.get("source") in get_args(Source) else "scan",  # type: ignore[arg-type]
+            asset_id=asset_id if asset_id and len(asset_id) <= 256 else None, error_class=type(exc).__name__,
+            error_code=exc.code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=False, outcome="dead_lettered",
+            attempts=max(history.attempts, 1), failed_at=now(),
+        )
+        await self.emit(failed, failed.asset_id or path)
         return failed
 
     async def _dead_letter(

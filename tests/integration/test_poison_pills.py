@@ -78,3 +78,29 @@ async def test_a_pill_too_large_to_dead_letter_whole_keeps_its_head_and_is_read_
     assert found.original_value()[0] is None  # only part of it is in the letter
     await read_back(stack.bootstrap, [found])
     assert found.original_value() == (pill, "") and found.fetched_key == key
+
+
+async def test_an_unreadable_record_that_names_its_file_is_counted_so_its_batch_finishes(stack: Stack) -> None:
+    # e.g. a newer scanner's schema during an upgrade: dead-lettered, but its file had no outcome, and its
+    # batch stayed in flight for ever
+    import json
+    import time
+
+    from schemas import BatchScanned, encode
+    from tests.integration.conftest import catalog_of, wait_until
+
+    newer = {"type": "FileDiscovered", "schema": 99, "event_id": "e-newer", "batch_id": "b-newer",
+             "lane": "batch", "source": "scan", "path": "/imports/newer.png", "size": 1, "mtime_ns": 1}
+    async with producer(stack.bootstrap) as prod:
+        await prod.send_and_wait(stack.topics.t1_batch, json.dumps(newer).encode(), key=b"/imports/newer.png")
+        await prod.send_and_wait(stack.topics.progress, encode(BatchScanned(
+            batch_id="b-newer", lane="batch", root="/imports", found=1, complete=True, started_at=time.time(),
+            scanned_at=time.time())), key=b"b-newer")
+
+    def finished():
+        with catalog_of(stack.settings) as catalog:
+            p = catalog.progress("b-newer", 1)
+        return p if p and p.total_final and p.in_flight == 0 else None
+
+    p = await wait_until(finished, 30, "the batch to finish")
+    assert (p.known_total, p.dead_lettered, p.done) == (1, 1, 0)
