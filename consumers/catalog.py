@@ -252,7 +252,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path, tier) DO UPDATE SET
     {_newer_wins("failures", "excluded.failed_at >= failures.failed_at",
                  ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome"))},
-    asset_id = COALESCE(excluded.asset_id, failures.asset_id),
+    asset_id = CASE WHEN excluded.failed_at >= failures.failed_at
+                    THEN COALESCE(excluded.asset_id, failures.asset_id)
+                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
     attempts = MAX(failures.attempts, excluded.attempts),
     failed_at = MAX(failures.failed_at, excluded.failed_at)
 """

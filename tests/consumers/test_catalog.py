@@ -266,6 +266,19 @@ def test_retry_that_succeeds_is_done_and_a_late_failure_does_not_undo_it(catalog
     assert asset["failures"][0]["outcome"] == "dead_lettered"  # the history stays readable
 
 
+def test_a_failure_names_the_content_of_the_latest_failure_whatever_the_order(make_catalog) -> None:
+    # a path whose content changed between two failures: the row took the asset of whichever came last
+    path = f"{ROOT}/changed.png"
+    events = [failed("e1", path, asset_id=A1, at=T0 + 20, reason="old bytes"),
+              failed("e2", path, asset_id=A2, at=T0 + 30, reason="new bytes", batch="b2")]
+    for name, order in (("in-order.sqlite", events), ("reversed.sqlite", events[::-1])):
+        cat = make_catalog(name)
+        for event in order:
+            cat.apply([event])
+        assert [f["reason"] for f in cat.asset(A2)["failures"]] == ["new bytes"], name
+        assert cat.asset(A1)["failures"] == [], name
+
+
 def test_tier1_failure_before_hashing_shows_on_the_asset_it_became(catalog: Catalog) -> None:
     path = f"{ROOT}/a.png"
     catalog.apply([failed("e1", path, outcome="retrying", at=T0 + 5), browsable("e1", path, at=T0 + 8)])
