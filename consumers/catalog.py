@@ -255,7 +255,10 @@ ON CONFLICT (path, tier) DO UPDATE SET
     asset_id = CASE WHEN excluded.failed_at >= failures.failed_at
                     THEN COALESCE(excluded.asset_id, failures.asset_id)
                     ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
-    attempts = MAX(failures.attempts, excluded.attempts),
+    -- the attempts of one file's event (a retry chain); another event's failure of the path starts again
+    attempts = CASE WHEN excluded.event_id = failures.event_id THEN MAX(failures.attempts, excluded.attempts)
+                    WHEN excluded.failed_at >= failures.failed_at THEN excluded.attempts
+                    ELSE failures.attempts END,
     failed_at = MAX(failures.failed_at, excluded.failed_at)
 """
 _TOUCH_BATCH = """
@@ -636,8 +639,8 @@ class Catalog:
         Shape: ``asset_id, size, format, width, height, thumbnails {name: relative path}, first_seen_at,
         browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
-        failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome, attempts,
-        failed_at}], metadata``: ``None`` until tier 2 has indexed the asset, else ``{parser_version, generator,
+        failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome (failed | retrying |
+        dead_lettered | recovered: retried, then done), attempts, failed_at}], metadata``: ``None`` until tier 2 has indexed the asset, else ``{parser_version, generator,
         model, loras [str], vae, seed, steps, cfg, sampler, scheduler, denoise, positive, negative, camera {field:
         text}, camera_make, camera_model, lens, datetime_original, gps_lat, gps_lon, metadata_path, indexed_at}``.
         """
@@ -655,10 +658,14 @@ class Catalog:
             "SELECT path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at "
             "FROM locations WHERE asset_id = ? ORDER BY first_seen_at, path", (asset_id,))]
         # A failure names the asset, or (tier 1, before hashing) only a path that later became this asset.
+        # A failure that was retried and then succeeded (its event done in that tier) is shown as recovered.
         out["failures"] = [dict(r) for r in db.execute(
-            "SELECT path, tier, event_id, batch_id, error_class, error_code, reason, outcome, attempts, failed_at "
-            "FROM failures WHERE asset_id = ? OR (asset_id IS NULL AND path IN "
-            "(SELECT path FROM locations WHERE asset_id = ?)) ORDER BY failed_at, path, tier",
+            "SELECT f.path, f.tier, f.event_id, f.batch_id, error_class, error_code, reason, "
+            "CASE WHEN f.outcome = 'retrying' AND b.state = 'done' THEN 'recovered' ELSE f.outcome END AS outcome, "
+            "attempts, failed_at FROM failures f LEFT JOIN batch_files b "
+            "ON b.batch_id = f.batch_id AND b.event_id = f.event_id AND b.tier = f.tier "
+            "WHERE f.asset_id = ? OR (f.asset_id IS NULL AND f.path IN "
+            "(SELECT path FROM locations WHERE asset_id = ?)) ORDER BY failed_at, f.path, f.tier",
             (asset_id, asset_id))]
         meta = db.execute(f"SELECT {', '.join(_METADATA_SHOWN)} FROM metadata WHERE asset_id = ?",
                           (asset_id,)).fetchone()

@@ -266,6 +266,19 @@ def test_retry_that_succeeds_is_done_and_a_late_failure_does_not_undo_it(catalog
     assert asset["failures"][0]["outcome"] == "dead_lettered"  # the history stays readable
 
 
+def test_a_failure_retried_and_then_done_shows_as_recovered_and_attempts_count_per_event(catalog: Catalog) -> None:
+    # `show` printed "tier 1 retrying" next to "browsable" for a file that succeeded on its retry; and a path
+    # failing once in a new batch showed the attempts of an older batch's chain
+    path = f"{ROOT}/a.png"
+    catalog.apply([failed("e1", path, outcome="retrying", at=T0 + 5, asset_id=A1), browsable("e1", path)])
+    assert [f["outcome"] for f in catalog.asset(A1)["failures"]] == ["recovered"]
+    other = f"{ROOT}/b.png"
+    catalog.apply([failed("e2", other, asset_id=A2, attempts=3, at=T0 + 20)])
+    catalog.apply([failed("e3", other, asset_id=A2, attempts=1, outcome="retrying", at=T0 + 40, batch="b2")])
+    [row] = catalog.asset(A2)["failures"]
+    assert (row["batch_id"], row["outcome"], row["attempts"]) == ("b2", "retrying", 1)
+
+
 def test_a_failure_names_the_content_of_the_latest_failure_whatever_the_order(make_catalog) -> None:
     # a path whose content changed between two failures: the row took the asset of whichever came last
     path = f"{ROOT}/changed.png"

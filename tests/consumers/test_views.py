@@ -83,7 +83,7 @@ def test_asset_view_shows_what_a_person_needs(catalog: Catalog) -> None:
     assert f"  {ROOT}/a.png  (scan, batch b1" in text
     assert "/up/original as 'sunset.png'" in text
     assert "failures (2)" in text
-    assert "tier 1 retrying after 1 attempt(s)" in text and "file busy" in text
+    assert "tier 1 recovered after 1 attempt(s)" in text and "file busy" in text  # retried, then browsable
     assert "tier 2 failed" in text and "CorruptImage [corrupt_image] exif unreadable" in text
 
 
