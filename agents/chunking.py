@@ -20,9 +20,11 @@ chunk is at most what is left split evenly across the pool's processes, so they 
 While a chunk's process works on one call, the file the next call reads (``reads=``) is read ahead
 (:mod:`agents.readahead`): a chunk of an import from a cold disk waits for the disk once, not once per file.
 
-Isolation is kept per file: a chunk whose process died or ran past its time limit (``timeout_s`` per call) is
-run again one call per task, so only the file that crashed or hung fails; the others are worked on again, which
-is safe because the work is idempotent (content-addressed outputs).
+Isolation is kept per file: a chunk whose process died or ran past its time limit is run again one call per
+task, so only the file that crashed or hung fails; the others are worked on again, which is safe because the
+work is idempotent (content-addressed outputs), and cheap for those already done (their thumbnails exist). A
+chunk's limit is ``CHUNK_LIMITS`` calls' worth of ``timeout_s``, not one per call: a file that hangs held the
+files beside it for the whole chunk's worth (eight minutes at the defaults) before they were run alone.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from agents.pool import WorkPool, portable, unportable_result
 from agents.readahead import read_ahead
 from streams.errors import DecoderCrashed, DecoderTimeout
 from streams.logs import get
+
+#: A chunk's time limit, in per-call limits (``timeout_s``): files beside one that hangs wait this long at most.
+CHUNK_LIMITS = 2
 
 log = get(__name__)
 
@@ -131,7 +136,7 @@ class ChunkedPool:
             if len(chunk) == 1:
                 await self._run_alone(chunk[0])
                 return
-            timeout = self.pool.timeout_s * len(chunk) if self.pool.timeout_s else None
+            timeout = self.pool.timeout_s * min(len(chunk), CHUNK_LIMITS) if self.pool.timeout_s else None
             try:
                 calls = [(c.fn, c.args, c.kwargs) for c in chunk]
                 reads = [c.reads for c in chunk]

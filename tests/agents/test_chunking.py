@@ -130,3 +130,23 @@ async def test_an_outcome_that_cannot_come_back_fails_its_own_call_only(one_proc
     with pytest.raises(UnportableOutcome, match="NeedsTwo"):  # a lone call too, without breaking the pool
         await one_process.run(pool_jobs.raise_needs_two)
     assert one_process.replacements == 0 and await one_process.run(pool_jobs.double, 5) == 10
+
+
+async def test_a_chunk_is_given_two_calls_worth_of_time_not_one_per_call(one_process: WorkPool, monkeypatch) -> None:
+    # a file that hangs held the files beside it for the whole chunk's worth of limits (8 x 60 s at the
+    # defaults) before they were run alone; now for two limits at most
+    limits: list[float | None] = []
+    real = one_process.call
+
+    async def call(fn, args, kwargs, *, timeout_s=None):
+        limits.append(timeout_s)
+        return await real(fn, args, kwargs, timeout_s=timeout_s)
+
+    monkeypatch.setattr(one_process, "call", call)
+    chunked = ChunkedPool(one_process, max_chunk=5)
+    calls = [chunked.run(pool_jobs.double, 0)] + [chunked.run(pool_jobs.double, i) for i in range(1, 5)] + \
+        [chunked.run(pool_jobs.hang)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert chunked.chunk_sizes == {1: 1, 5: 1}
+    assert limits[1] == 2 * one_process.timeout_s  # the chunk of five
+    assert results[:5] == [0, 2, 4, 6, 8] and isinstance(results[5], DecoderTimeout)
