@@ -139,9 +139,13 @@ class LaneGovernor:
 
     def _lagging(self, level: int) -> bool:
         consumer = self.app.consumer
+        fetched = consumer._first_fetched  # noqa: SLF001  # partitions delivered from since the assignment
         for tp in self._tps(level):
             high, read = self._highwater(tp), consumer._read_offset.get(tp)  # noqa: SLF001
-            if high is not None and high > (read + 1 if read is not None else 0):
+            # faust's read offset is the last offset read, but the next one to read after the assignment's seek
+            # (until the first records come): read as the former, one waiting record went unseen meanwhile
+            unread_from = 0 if read is None else read + 1 if tp in fetched else read
+            if high is not None and high > unread_from:
                 return True
         return False
 

@@ -17,6 +17,7 @@ class FakeConsumer:
         self.paused: set[TP] = set()
         self.high: dict[TP, int] = {}
         self._read_offset: dict[TP, int] = {}
+        self._first_fetched: dict[TP, int] = {}
 
     def assignment(self) -> set[TP]:
         return self.assigned
@@ -84,9 +85,23 @@ def test_lag_on_an_upper_level_holds_lower_levels_without_anything_in_flight() -
     gov, consumer, _ = governor()
     tp = TP(T.t1_batch, 0)
     consumer.high[tp], consumer._read_offset[tp] = 10, 3
+    consumer._first_fetched[tp] = 0  # records came since the assignment
     gov.tick()
     assert paused(consumer) == {T.t2_batch, T.t3_background}
     consumer._read_offset[tp] = 9  # caught up: the read offset is the last offset read
+    gov.tick()
+    assert paused(consumer) == set()
+
+
+def test_one_record_waiting_right_after_an_assignment_is_lag() -> None:
+    # after the assignment's seek, faust's read offset is the next offset to read (the commit), not the last
+    # one read: one record waiting there was not seen as lag until the first fetch
+    gov, consumer, _ = governor()
+    tp = TP(T.t1_batch, 0)
+    consumer.high[tp], consumer._read_offset[tp] = 11, 10  # offsets 0-9 done and committed, 10 waiting
+    gov.tick()
+    assert paused(consumer) == {T.t2_batch, T.t3_background}
+    consumer._first_fetched[tp] = 10  # 10 came, and is now the last offset read: nothing waits
     gov.tick()
     assert paused(consumer) == set()
 
