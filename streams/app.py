@@ -13,7 +13,7 @@ fetched but unconsumed batch records must not hold back the next fetch of the in
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
@@ -24,7 +24,26 @@ from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
 from streams.fetch_wait import QuietFetchWait
+from streams.logs import get
 from streams.settings import Settings
+
+log = get(__name__)
+
+
+def hand_back(consumer: aiokafka.AIOKafkaConsumer, records: Mapping[Any, list[Any]]) -> list[Any]:
+    """Put fetched records that will not be delivered back where they were: each partition still assigned is
+    moved back to its first record, unless something moved it since the records were handed out (then its
+    position is no longer the one after its last record: the rebalance's seek to the group's commit came after
+    them, and stands). Run it on the consumer's own thread. Returns the partitions moved back."""
+    assigned, moved = consumer.assignment(), []
+    for tp, batch in records.items():
+        if not batch or tp not in assigned:
+            continue
+        state = consumer._subscription.subscription.assignment.state_value(tp)  # type: ignore[attr-defined]
+        if state is not None and state.has_valid_position and state.position == batch[-1].offset + 1:
+            consumer.seek(tp, batch[0].offset)
+            moved.append(tp)
+    return moved
 
 
 #: Per partition and per request fetch sizes of the worker consumer: about a hundred events per partition.
@@ -129,12 +148,17 @@ class _Consumer(faust_aiokafka.Consumer):
         # meanwhile: faust then seeks every partition back to its committed offset before it resumes, so
         # nothing handed out under the old generation may be delivered under the new one. The generation is
         # read once the flow runs: faust's own wait for a rebalance to end comes first, and a fetch made after
-        # it belongs to the new generation (dropping it lost those records for good).
+        # it belongs to the new generation (dropping it lost those records for good). A fetch may also span the
+        # whole rebalance, its records handed out after the seek to the commit: dropped, they are handed back
+        # (aiokafka's position had moved past them, and a commit later passed them: never worked on).
         if not self.flow_active:
             await self.wait(self.can_resume_flow)
         generation = self.app.consumer_generation_id
         records, _active = await super()._wait_next_records(timeout)
-        if not records or self.app.consumer_generation_id != generation:
+        if not records:
+            return records, set()
+        if self.app.consumer_generation_id != generation:
+            await self._hand_back(records)
             return records, set()
         assigned = self.assignment()
         delivered = {tp for tp in records if tp in assigned}
@@ -142,6 +166,16 @@ class _Consumer(faust_aiokafka.Consumer):
             if tp not in self._first_fetched and records[tp]:
                 self._first_fetched[tp] = records[tp][0].offset
         return records, delivered
+
+    async def _hand_back(self, records: Mapping[Any, list[Any]]) -> None:
+        consumer = self._thread._ensure_consumer()  # type: ignore[attr-defined]
+
+        async def back() -> list[Any]:
+            return hand_back(consumer, records)
+
+        moved = await self._thread.call_thread(back)  # type: ignore[attr-defined]
+        if moved:
+            log.info("records_handed_back", partitions=len(moved))
 
     # faust keeps two reasons to leave a partition out of fetches (paused; stream buffer full) but lifts either
     # without looking at the other: a batch partition whose buffer drained was fetched again while the governor
