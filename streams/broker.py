@@ -149,6 +149,12 @@ def record_runtime(settings: Settings, bootstrap: str) -> None:
 
 
 def clear_runtime(settings: Settings) -> None:
+    """Forget the broker record, when it is this process's own (never another ``damflow up``'s)."""
+    try:
+        if json.loads(settings.runtime_file.read_text()).get("pid") != os.getpid():
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
     with contextlib.suppress(FileNotFoundError):
         settings.runtime_file.unlink()
 

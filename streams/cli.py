@@ -126,8 +126,14 @@ def _run_service(settings: Settings, service: Callable) -> int:
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.catalog_sink import CatalogSink
+    from streams.ownership import DataDirLock
 
-    return _run_service(settings, CatalogSink)
+    owner = DataDirLock(settings)  # the catalog's one writer: refused beside `damflow up` on the same directory
+    owner.acquire()
+    try:
+        return _run_service(settings, CatalogSink)
+    finally:
+        owner.release()
 
 
 def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:

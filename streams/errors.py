@@ -47,6 +47,12 @@ class ConfigError(PermanentError):
     code = "config"
 
 
+class DataDirInUse(ConfigError):
+    """Another pipeline process owns the data directory (see :mod:`streams.ownership`)."""
+
+    code = "data_dir_in_use"
+
+
 class BrokerError(TransientError):
     """The broker could not be started, reached or used."""
 

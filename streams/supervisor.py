@@ -25,6 +25,7 @@ from streams.errors import BrokerError, DamflowError
 from streams.kafka import ensure_topics, producer
 from streams.logs import get
 from streams.niceness import lower_priority
+from streams.ownership import DataDirLock
 from streams.parentage import die_with_parent
 from streams.retrier import Retrier
 from streams.settings import Settings, settings_env
@@ -90,10 +91,12 @@ class Stack:
         #: Worker processes that have joined the group and got partitions, until they exit.
         self._ready_workers: set[asyncio.subprocess.Process] = set()
         self._started = False
+        self._owner = DataDirLock(settings)
 
     async def start(self) -> None:
         s = self.settings
         s.data_path.mkdir(parents=True, exist_ok=True)
+        self._owner.acquire()  # before anything: a second stack on this data directory is refused here
         if s.embedded:
             run_dir = s.runtime_file.parent
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +244,7 @@ class Stack:
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
             clear_runtime(self.settings)
+        self._owner.release()
 
     async def __aenter__(self) -> Stack:
         try:

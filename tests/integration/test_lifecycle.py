@@ -179,3 +179,27 @@ async def test_stopping_while_a_replacement_worker_starts_leaves_no_worker_runni
         await stack.stop()
     assert starting.returncode is not None and stack.worker_restarts == 0
     assert _gone(starting.pid)
+
+
+async def test_a_second_pipeline_on_the_same_data_directory_is_refused_and_leaves_the_first_alone(
+    make_settings, tmp_path: Path,
+) -> None:
+    # it started a second catalog sink on the same SQLite file, and on its way out removed the first one's
+    # broker record: every other command then answered "no broker"
+    from streams.errors import DataDirInUse
+
+    first, second = make_settings(broker_url=None), make_settings(broker_url=None)  # embedded brokers
+    assert first.data_path == second.data_path
+    async with Stack(first, workers=0, serve_http=False):
+        record = first.runtime_file.read_text()
+        with pytest.raises(DataDirInUse, match=f"pid {os.getpid()}"):
+            async with Stack(second, workers=0, serve_http=False):
+                pass
+        assert first.runtime_file.read_text() == record
+        # `damflow catalog` (the catalog's writer, alone) is refused too, with one line
+        env = {**os.environ, "DAMFLOW_DATA_DIR": str(first.data_path), "DAMFLOW_BROKER_URL": "127.0.0.1:9"}
+        refused = subprocess.run([sys.executable, "-m", "streams.cli", "catalog"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode == 2 and "runs on" in refused.stderr and "Traceback" not in refused.stderr
+    async with Stack(second, workers=0, serve_http=False):  # once the first has stopped
+        assert second.runtime_file.exists()
