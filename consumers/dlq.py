@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
-from streams.errors import DamflowError, PermanentError
+from streams.errors import BrokerError, DamflowError, PermanentError
 from streams.kafka import partitions_of
 from streams.settings import Settings
 from streams.topics import TIERS, Topics
@@ -157,7 +157,11 @@ class Ledger:
 async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TIERS) -> list[Letter]:
     """Every letter currently on the chosen tiers' dead-letter topics."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
     letters: list[Letter] = []
     try:
         tier_of = {topics.dlq(t): t for t in tiers}

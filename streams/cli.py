@@ -9,11 +9,13 @@ import contextlib
 import json
 import math
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumers.catalog import Catalog
@@ -414,6 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     except (TimeoutError, asyncio.TimeoutError):
         print(f"damflow {args.command}: timed out", file=sys.stderr)
         return 3
+    except KafkaError as exc:  # a broker that cannot be reached or refuses: where, and what it said
+        print(f"damflow {args.command}: the broker ({settings.broker_url or 'embedded'}) failed: {exc}",
+              file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # a catalog or ledger file that is damaged, locked or not a database
+        print(f"damflow {args.command}: cannot use the catalog under {settings.data_path}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a data directory that is a file or read-only, a port already taken...
+        print(f"damflow {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

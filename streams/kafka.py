@@ -62,6 +62,7 @@ async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKa
     try:
         await prod.start()
     except KafkaError as exc:
+        await prod.stop()  # what start() opened (else "Unclosed AIOKafkaProducer" at exit)
         raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
     try:
         yield prod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,29 @@ def test_commands_fail_with_a_one_line_reason(tmp_path: Path) -> None:
     for args in (["ingest", str(tmp_path), "--wait", "--timeout", "nan"], ["dlq", "replay", "--rate", "0"]):
         bad = damflow(*args, env=env, timeout=30)  # nan gave up at once; a rate of 0 or nan meant no limit
         assert bad.returncode == 2 and "finite number above 0" in bad.stderr, bad.stderr
+
+    # what the operator's machine gets wrong, each a traceback before (from an audit)
+    a_file, damaged = tmp_path / "a-file", tmp_path / "damaged"
+    a_file.write_text("")
+    damaged.mkdir()
+    (damaged / "catalog.sqlite").write_text("not a database")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = [
+        (["up"], dict(DAMFLOW_DATA_DIR=str(a_file)), "File exists"),
+        (["ingest", str(tmp_path)], dict(DAMFLOW_DATA_DIR=str(a_file)), "Not a directory"),
+        (["status"], dict(DAMFLOW_DATA_DIR=str(damaged)), "not a database"),
+        (["dlq", "list"], dict(DAMFLOW_BROKER_URL="127.0.0.1:9"), "cannot reach broker"),
+        (["up"], dict(DAMFLOW_DATA_DIR=str(tmp_path / "up"), DAMFLOW_HTTP_PORT=str(taken.getsockname()[1])),
+         "address already in use"),
+    ]
+    with taken:
+        for args, changed, reason in cases:
+            bad = damflow(*args, env=dict(env, **changed), timeout=90)
+            last = bad.stderr.strip().splitlines()[-1]
+            assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+            assert last.startswith(f"damflow {args[0]}") and reason in last, last
 
 
 def test_an_ingest_that_times_out_names_its_batch(make_settings, tmp_path: Path) -> None:
