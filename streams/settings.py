@@ -9,9 +9,9 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -133,9 +133,18 @@ class Settings(BaseSettings):
     #: are being published.
     tier1_batch_concurrency: int | None = Field(default=None, ge=1)
     tier1_interactive_concurrency: int = Field(default=2, ge=1)
-    #: Thumbnail sizes (longest side, px): the first is always made, the others when the source is larger.
-    thumbnail_sizes: tuple[int, ...] = (256, 1440)
+    #: Thumbnail sizes (longest side, px): the first is always made, the others when the source is larger. The
+    #: first is 256: "browsable" means a 256-px thumbnail (DESIGN.md), and tier 3 scores it. (A size of 0 or an
+    #: empty list was taken, and then every file of an import was dead-lettered.)
+    thumbnail_sizes: tuple[Annotated[int, Field(ge=1, le=16384)], ...] = Field(default=(256, 1440), min_length=1)
     thumbnail_quality: int = Field(default=80, ge=1, le=100)
+
+    @field_validator("thumbnail_sizes")
+    @classmethod
+    def _browsable_size_first(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if sizes[0] != 256 or len(set(sizes)) != len(sizes):
+            raise ValueError("the first size must be 256 (what browsable means, what tier 3 scores), each once")
+        return sizes
     #: Images declaring more pixels than this are refused as decompression bombs.
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     #: Files larger than this are refused before being read.

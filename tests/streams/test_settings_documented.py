@@ -28,3 +28,17 @@ def test_numbers_that_are_no_numbers_are_refused() -> None:
                          ("max_attempts", "1500")):
         with pytest.raises(ValidationError):
             Settings(**{field: value})  # inf passed gt=0: a session timeout of inf overflowed the Kafka client
+
+
+@pytest.mark.parametrize("sizes", ["[0]", "[]", "[512]", "[256, 256]", "[256, -1]"])
+def test_thumbnail_sizes_that_would_dead_letter_every_file_are_refused(monkeypatch, sizes: str) -> None:
+    # taken before, and then every file of an import was dead-lettered (a size of 0), or tier 3 found no 256-px
+    # thumbnail to score
+    monkeypatch.setenv("DAMFLOW_THUMBNAIL_SIZES", sizes)
+    with pytest.raises(ValidationError, match="thumbnail_sizes"):
+        Settings()
+
+
+def test_thumbnail_sizes_may_add_previews_after_the_256_px_one(monkeypatch) -> None:
+    monkeypatch.setenv("DAMFLOW_THUMBNAIL_SIZES", "[256, 800, 2048]")
+    assert Settings().thumbnail_sizes == (256, 800, 2048)
