@@ -12,9 +12,16 @@ import time
 from typing import TextIO
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from schemas import ProgressEvent, decode
-from streams.errors import SchemaError
+from streams.errors import BrokerError, SchemaError
+
+#: How long a follower goes on without any answer from the broker before it gives up (the broker stopped, or
+#: is unreachable): aiokafka itself tries again for ever, and ``ingest --wait`` with no timeout hung for good.
+BROKER_GONE_S = 20.0
+#: While nothing comes, how often the follower asks the broker whether it is there at all.
+PROBE_S = 2.0
 
 
 def finished(p: ProgressEvent) -> bool:
@@ -83,11 +90,27 @@ async def follow(
     """Read ``progress`` until ``batch_id`` is finished in ``tier``; return its last ``ProgressEvent``.
 
     ``consumer`` must already be positioned (see :func:`streams.kafka.tail`) before the batch was published.
+    Raises :class:`BrokerError` once the broker has not answered for ``BROKER_GONE_S`` (the batch goes on where
+    it is, if the broker comes back).
     """
+    clock = asyncio.get_running_loop().time
 
     async def loop() -> ProgressEvent:
+        answered = probed = clock()
         while True:
             batches = await consumer.getmany(timeout_ms=500)
+            if batches:
+                answered = clock()
+            elif clock() - probed >= PROBE_S:  # nothing came: is anybody there?
+                probed = clock()
+                try:
+                    await asyncio.wait_for(consumer.topics(), PROBE_S)
+                    answered = clock()
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    if clock() - answered >= BROKER_GONE_S:
+                        raise BrokerError(f"the broker has not answered for {BROKER_GONE_S:g} s ({exc!r}); batch "
+                                          f"{batch_id} goes on where it is if it comes back: see `damflow status`"
+                                          ) from exc
             for records in batches.values():
                 for rec in records:
                     if rec.key != batch_id.encode():

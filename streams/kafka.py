@@ -70,6 +70,20 @@ async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKa
         await prod.stop()
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer``, also when its broker is gone: aiokafka 0.14 then raises ``CancelledError`` out of
+    ``stop()`` (a fetch task cancelled in its back-off after a failed request), which would hide why the caller
+    stops, or pass for the caller's own cancellation. A cancellation of the caller itself still goes through."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except KafkaError:
+        pass
+
+
 def passes(exc: BaseException) -> bool:
     """Whether a broker error may pass by itself: the broker unreachable or busy (a retriable Kafka error, a lost
     connection, a timeout). Anything else (a message too large for the broker, a bug) would fail the same way for
@@ -120,7 +134,7 @@ async def tail(
             await consumer.position(tp)
         yield consumer
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 class LagProbe:
@@ -147,7 +161,7 @@ class LagProbe:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
         await self._admin.close()
 
     async def lag(self, published: Mapping[TopicPartition, int] | None = None) -> int:

@@ -203,3 +203,26 @@ async def test_a_second_pipeline_on_the_same_data_directory_is_refused_and_leave
         assert refused.returncode == 2 and "runs on" in refused.stderr and "Traceback" not in refused.stderr
     async with Stack(second, workers=0, serve_http=False):  # once the first has stopped
         assert second.runtime_file.exists()
+
+
+async def test_following_a_batch_gives_up_once_the_broker_is_gone(tmp_path: Path, monkeypatch) -> None:
+    # aiokafka tries again for ever: `ingest --wait` with no timeout hung for good once `damflow up` stopped
+    from consumers import progress
+    from streams.kafka import ensure_topics, tail
+    from streams.settings import Settings
+
+    monkeypatch.setattr(progress, "BROKER_GONE_S", 1.0)
+    monkeypatch.setattr(progress, "PROBE_S", 0.2)
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log")
+    bootstrap = broker.start()
+    try:
+        await ensure_topics(bootstrap, ["gone.progress"], 1)
+        async with tail(bootstrap, "gone.progress", Settings(data_dir=tmp_path)) as consumer:
+            following = asyncio.ensure_future(progress.follow(consumer, "some-batch"))
+            await asyncio.sleep(0.5)
+            assert not following.done()  # the broker is there: it waits
+            broker.stop()
+            with pytest.raises(BrokerError, match="has not answered"):
+                await asyncio.wait_for(following, 30)
+    finally:
+        broker.stop()
