@@ -297,11 +297,14 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 if not chosen:
                     raise DamflowError(f"no dead letter {', '.join(ids)}")
                 return [letter.to_dict() for letter in chosen]
+            known = {letter.id for letter in letters}
+            unknown = [{"id": i, "result": "no such letter"} for i in dict.fromkeys(ids) if i not in known]
             if args.action == "purge":
-                return dlq.purge(chosen, ledger, dry_run=args.dry_run)
+                return dlq.purge(chosen, ledger, dry_run=args.dry_run) + unknown
             await dlq.read_back(resolve_bootstrap(settings), chosen)  # the whole of any message a letter cut
             async with producer(resolve_bootstrap(settings)) as prod:
-                return await dlq.replay(chosen, prod, ledger, settings, topics, dry_run=args.dry_run, rate=args.rate)
+                return await dlq.replay(chosen, prod, ledger, settings, topics, dry_run=args.dry_run,
+                                        rate=args.rate) + unknown
         finally:
             ledger.close()
 
@@ -310,7 +313,9 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(rows)
     else:
         print(render_dlq(rows, args.action))
-    return 1 if args.action == "replay" and dlq.refused(rows) else 0  # a script can tell that some stay
+    # a script can tell that some stay: a letter not replayed, or one asked for by an id no letter has
+    missing = any(r.get("result") == "no such letter" for r in rows) if args.action in ("replay", "purge") else False
+    return 1 if missing or (args.action == "replay" and dlq.refused(rows)) else 0
 
 
 def render_dlq(rows: list[dict], action: str) -> str:

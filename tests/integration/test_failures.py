@@ -163,6 +163,10 @@ async def test_dlq_replay_completes_a_fixed_asset_and_replaying_twice_changes_no
     assert again == []  # nothing pending any more
     again_by_id = json.loads(damflow("dlq", "replay", letter_id, "--json", env=env).stdout)
     assert again_by_id[0]["result"] == "skipped: already replayed"
+    for action in ("replay", "purge"):  # an id no letter has was "nothing to do", exit 0: a script could not tell
+        wrong = damflow("dlq", action, letter_id, "1:0:999999", "--json", env=env)
+        assert wrong.returncode == 1 and json.loads(wrong.stdout)[-1] == {"id": "1:0:999999",
+                                                                          "result": "no such letter"}
     assert json.loads(damflow("dlq", "list", "--json", env=env).stdout) == []
     asset = await wait_until(lambda: _browsable(s, os.path.realpath(target)), what="replayed asset in catalog")
     assert asset["locations"][0]["path"] == os.path.realpath(target)
