@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -43,12 +44,30 @@ def _jsonable(data: dict) -> dict:
 # -- commands that run the pipeline ---------------------------------------------------------------
 
 
-async def _until_signal() -> None:
+def _on_signal() -> Callable[[], Awaitable[None]]:
+    """Take SIGINT and SIGTERM from now on (before saying "Ctrl-C to stop": one sent at once is not lost to
+    Python's default handler); returns what waits for the first (a clean stop follows). A second one while
+    stopping ends the process at once (its children die with it: see streams.parentage)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+
+    async def wait() -> None:
+        await stop.wait()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _stop_now)
+
+    return wait
+
+
+async def _until_signal() -> None:
+    await _on_signal()()
+
+
+def _stop_now() -> None:
+    print("damflow: stopping now, without waiting", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,9 +76,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> None:
         async with Stack(settings, workers=args.workers) as stack:
             lower_priority(settings.service_nice)  # HTTP and sink: below urgent work (see streams.niceness)
+            stopped = _on_signal()
             print(f"damflow up: broker {stack.bootstrap}, {len(stack.workers)} worker(s), "
                   f"http {stack.http_url}, data {settings.data_path} — Ctrl-C to stop", file=sys.stderr)
-            await _until_signal()
+            await stopped()
 
     asyncio.run(main())
     return 0
@@ -212,6 +232,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     with _catalog(settings) as catalog:
         asset = catalog.asset(args.id)
+        if asset is None and os.path.lexists(args.id):  # a path as typed: the catalog holds it resolved
+            asset = catalog.asset(os.path.realpath(args.id))
     if asset is None:
         raise DamflowError(f"no asset {args.id}")
     _print_json(asset) if args.json else print(render_asset(asset))

@@ -64,6 +64,18 @@ async def keep_running(name: str, run: Callable[[], Awaitable[None]]) -> None:
         pause = min(pause * 2, _RESTART_PAUSES_S[1])
 
 
+#: How long a stopping worker may take to leave the group and finish what it holds before it is killed.
+_WORKER_STOP_S = 15.0
+
+
+async def _stopped(proc: asyncio.subprocess.Process, within_s: float) -> None:
+    try:
+        await asyncio.wait_for(proc.wait(), within_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 class Stack:
     """The running pipeline; ``async with Stack(settings) as stack:`` starts it and stops it cleanly."""
 
@@ -216,6 +228,7 @@ class Stack:
             ready.set_exception(EOFError(f"worker exited with {await proc.wait()}"))
 
     async def stop(self) -> None:
+        log.info("stack_stopping", workers=len(self.workers))
         self._started = False
         for keeper in self._keepers:  # first, so that no worker is started while the others stop
             keeper.cancel()
@@ -230,12 +243,9 @@ class Stack:
         for proc in workers:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        # all at once, under one deadline: one after the other, each stuck worker (frozen, its loop blocked)
+        # added its own 15 s to the stop
+        await asyncio.gather(*(_stopped(proc, _WORKER_STOP_S) for proc in workers))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -52,6 +52,8 @@ def test_run_ingests_the_demo_set_and_status_and_show_report_it(tmp_path: Path) 
     assert asset["tier1_state"] == "browsable"
     assert (asset["width"], asset["height"]) == (480, 640)  # EXIF orientation 6 applied
     assert (tmp_path / "data" / asset["thumbnails"]["256"]).is_file()
+    relative = damflow("show", os.path.relpath(photo), "--json", env=env)  # a path as typed, not resolved
+    assert relative.returncode == 0 and json.loads(relative.stdout)["asset_id"] == asset["asset_id"]
     by_prefix = damflow("show", asset["asset_id"][:10], env=env)
     assert by_prefix.returncode == 0 and asset["asset_id"] in by_prefix.stdout
     found = damflow("search", "koi", "--json", env=env)  # demo seeds 1001, 1009, ... render the koi pond

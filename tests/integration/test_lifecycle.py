@@ -226,3 +226,33 @@ async def test_following_a_batch_gives_up_once_the_broker_is_gone(tmp_path: Path
                 await asyncio.wait_for(following, 30)
     finally:
         broker.stop()
+
+
+def test_a_second_ctrl_c_stops_damflow_up_at_once_and_its_children_with_it(tmp_path: Path) -> None:
+    # the first asks for a clean stop; while it runs (up to 15 s for a stuck worker), a second did nothing
+    env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
+               DAMFLOW_POOL_SIZE="1", DAMFLOW_HTTP_PORT="0")
+    up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in up.stderr:
+            if line.startswith("damflow up:"):
+                break
+        else:
+            raise AssertionError(f"damflow up exited early with {up.wait()}")
+        kids = children(up.pid)
+        worker = next(pid for pid in kids if "worker" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(worker, signal.SIGSTOP)  # a worker that will not stop by itself: the clean stop waits for it
+        up.send_signal(signal.SIGINT)  # (sent as soon as the banner says Ctrl-C: it was lost to Python's own
+        for line in up.stderr:         # handler then, a KeyboardInterrupt instead of a clean stop)
+            if "stack_stopping" in line:
+                break
+        up.send_signal(signal.SIGINT)
+        assert up.wait(10) == 130
+        os.kill(worker, signal.SIGCONT)  # (a stopped process cannot act on the signal its parent's death sends,
+        assert "stopping now" in up.stderr.read()  # and holds the stderr it shares open)
+        for pid in kids:
+            _await(lambda pid=pid: _gone(pid), 15, f"child {pid} to exit")
+    finally:
+        if up.poll() is None:
+            up.kill()
