@@ -39,13 +39,20 @@ def render_status(status: dict[str, Any]) -> str:
         for tier, t in batch["tiers"].items():
             total = f"{t['known_total']:,}" + ("" if t["total_final"] else "+")
             rows.append((
-                batch["batch_id"][:8], batch["lane"], tier.removeprefix("tier"), f"{t['done']:,}", total,
+                short_batch(batch["batch_id"]), batch["lane"], tier.removeprefix("tier"), f"{t['done']:,}", total,
                 f"{t['failed']:,}", f"{t['dead_lettered']:,}", f"{t['retrying']:,}", f"{t['in_flight']:,}",
                 f"{t['rate']:.1f}", _duration(t["eta_s"]), "complete" if batch["scan_complete"] else "scanning",
                 _when(batch["started_at"]),
             ))
     lines.extend("  " + line for line in _table(header, rows))
     return "\n".join(lines)
+
+
+def short_batch(batch_id: str) -> str:
+    """A batch id short enough for a table: its first 8 characters, after the kind it names (``upload-``,
+    ``reprocess-``), which every batch of that kind shares."""
+    kind, _, rest = batch_id.rpartition("-")
+    return f"{kind}-{rest[:8]}" if kind and rest else batch_id[:8]
 
 
 def render_asset(asset: dict[str, Any]) -> str:
@@ -66,7 +73,7 @@ def render_asset(asset: dict[str, Any]) -> str:
     lines.append(f"locations ({len(asset['locations'])})")
     for loc in asset["locations"]:
         name = f" as {loc['display_name']!r}" if loc["display_name"] else ""
-        lines.append(f"  {loc['path']}{name}  ({loc['source']}, batch {loc['batch_id'][:8]}, "
+        lines.append(f"  {loc['path']}{name}  ({loc['source']}, batch {short_batch(loc['batch_id'])}, "
                      f"seen {_when(loc['last_seen_at'])})")
     if asset.get("metadata"):
         lines.extend(_metadata_lines(asset["metadata"]))

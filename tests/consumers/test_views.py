@@ -94,3 +94,12 @@ def test_asset_known_only_from_a_failure_renders_without_image_facts(catalog: Ca
     assert "tiers       1 dead-lettered · 2 pending · 3 pending" in text
     assert "locations (0)" in text
     assert "bad crc" in text
+
+
+def test_batch_ids_are_told_apart_in_tables() -> None:
+    # every upload batch showed as "upload-d..."-like prefixes: 8 characters of "upload-<hex>"
+    from consumers.views import short_batch
+
+    assert short_batch("upload-0123456789abcdef") == "upload-01234567"
+    assert short_batch("reprocess-fedcba9876543210") == "reprocess-fedcba98"
+    assert short_batch("449a3e16c0af4b6b8a163020be07f991") == "449a3e16"
