@@ -52,7 +52,8 @@ def short_batch(batch_id: str) -> str:
     """A batch id short enough for a table: its first 8 characters, after the kind it names (``upload-``,
     ``reprocess-``), which every batch of that kind shares."""
     kind, _, rest = batch_id.rpartition("-")
-    return f"{kind}-{rest[:8]}" if kind and rest else batch_id[:8]
+    generated = len(rest) >= 16 and all(c in "0123456789abcdef" for c in rest)  # schemas.new_id() after a kind
+    return f"{kind}-{rest[:8]}" if kind and generated else batch_id[:8]
 
 
 def render_asset(asset: dict[str, Any]) -> str:
