@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from consumers.catalog_sink import CatalogSink
+from consumers.catalog import Catalog
 from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
 from streams.errors import BrokerError, DamflowError
 from streams.kafka import ensure_topics, producer
@@ -109,6 +110,9 @@ class Stack:
         s = self.settings
         s.data_path.mkdir(parents=True, exist_ok=True)
         self._owner.acquire()  # before anything: a second stack on this data directory is refused here
+        # a catalog that cannot be opened (damaged, not a database, newer than this code) fails the start with
+        # its reason, rather than as a sink that restarts until the start times out
+        await asyncio.to_thread(lambda: Catalog(s.catalog_path).close())
         if s.embedded:
             run_dir = s.runtime_file.parent
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ def test_commands_fail_with_a_one_line_reason(tmp_path: Path) -> None:
         (["up"], dict(DAMFLOW_DATA_DIR=str(a_file)), "File exists"),
         (["ingest", str(tmp_path)], dict(DAMFLOW_DATA_DIR=str(a_file)), "Not a directory"),
         (["status"], dict(DAMFLOW_DATA_DIR=str(damaged)), "not a database"),
+        (["up"], dict(DAMFLOW_DATA_DIR=str(damaged)), "not a database"),  # at once, not "timed out" after 60 s
         (["dlq", "list"], dict(DAMFLOW_BROKER_URL="127.0.0.1:9"), "cannot reach broker"),
         (["up"], dict(DAMFLOW_DATA_DIR=str(tmp_path / "up"), DAMFLOW_HTTP_PORT=str(taken.getsockname()[1])),
          "address already in use"),
