@@ -69,18 +69,22 @@ def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
     _await(lambda: _gone(broker_pid), 10, "the orphaned broker to exit")
 
 
-def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+def _damflow_up(tmp_path: Path) -> subprocess.Popen:
+    """`damflow up` in a process of its own, returned once it says it is ready (its banner: broker, worker and
+    catalog ready), its stderr still to read."""
     env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
                DAMFLOW_POOL_SIZE="1", DAMFLOW_HTTP_PORT="0")
     up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in up.stderr:  # type: ignore[union-attr]
+        if line.startswith("damflow up:"):
+            return up
+    raise AssertionError(f"damflow up exited early with {up.wait()}")
+
+
+def test_damflow_up_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    up = _damflow_up(tmp_path)
     try:
-        # `up` prints its banner once the broker, the worker and the catalog are ready
-        for line in up.stderr:
-            if line.startswith("damflow up:"):
-                break
-        else:
-            raise AssertionError(f"damflow up exited early with {up.wait()}")
         runtime = json.loads((tmp_path / "data" / "run" / "broker.json").read_text())
         assert runtime["pid"] == up.pid
         kids = children(up.pid)
@@ -230,16 +234,8 @@ async def test_following_a_batch_gives_up_once_the_broker_is_gone(tmp_path: Path
 
 def test_a_second_ctrl_c_stops_damflow_up_at_once_and_its_children_with_it(tmp_path: Path) -> None:
     # the first asks for a clean stop; while it runs (up to 15 s for a stuck worker), a second did nothing
-    env = dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data"), DAMFLOW_REBALANCE_TIMEOUT_S="1",
-               DAMFLOW_POOL_SIZE="1", DAMFLOW_HTTP_PORT="0")
-    up = subprocess.Popen([sys.executable, "-m", "streams.cli", "up"], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    up = _damflow_up(tmp_path)
     try:
-        for line in up.stderr:
-            if line.startswith("damflow up:"):
-                break
-        else:
-            raise AssertionError(f"damflow up exited early with {up.wait()}")
         kids = children(up.pid)
         worker = next(pid for pid in kids if "worker" in Path(f"/proc/{pid}/cmdline").read_text())
         os.kill(worker, signal.SIGSTOP)  # a worker that will not stop by itself: the clean stop waits for it
