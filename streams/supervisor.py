@@ -122,8 +122,8 @@ class Stack:
             record_runtime(s, self.bootstrap)
         else:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
+        await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)  # (it waits for the broker to answer)
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
-        await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)
         self.sink = CatalogSink(s, self.topics, self.bootstrap)
         if self.serve_http:
             await self._start_http()
