@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.pool import WorkPool, portable, unportable_result
+from agents.pool import WorkPool, outcome_of
 from agents.readahead import read_ahead
 from streams.errors import DecoderCrashed, DecoderTimeout
 from streams.logs import get
@@ -67,14 +67,9 @@ def run_calls(
         if i + 1 < len(reads) and reads[i + 1] is not None:
             with contextlib.suppress(Exception):  # a hint: whatever it meets is the next call's own to report
                 read_ahead(reads[i + 1])
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 — handed back to its own caller, as a lone task would
-            out.append((False, portable(exc)))
-            continue
-        # one outcome that cannot be sent back must not fail the chunk's other calls
-        why = unportable_result(fn, result)
-        out.append((True, result) if why is None else (False, why))
+        # handed back to its own caller, as a lone task would; one outcome that cannot be sent back must not
+        # fail the chunk's other calls
+        out.append(outcome_of(fn, *args, **kwargs))
     return out
 
 

@@ -98,16 +98,24 @@ def unportable_result(fn: Callable[..., Any], result: Any) -> UnportableOutcome 
                              f"pool: {why!r}")
 
 
-def run_portably(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """In a pool process: ``fn(*args, **kwargs)``, with what it raises or returns made portable (see
-    :func:`portable`), so a bad outcome fails its own job, never the pool."""
+def outcome_of(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+    """In a pool process: ``(True, result)`` or ``(False, exception)`` of ``fn(*args, **kwargs)``, made portable
+    (see :func:`portable`): a result or exception that would not come back whole is an ``UnportableOutcome``."""
     try:
         result = fn(*args, **kwargs)
-    except Exception as exc:
-        raise portable(exc) from None
-    if (why := unportable_result(fn, result)) is not None:
-        raise why
-    return result
+    except Exception as exc:  # noqa: BLE001 — handed back to its own caller
+        return False, portable(exc)
+    why = unportable_result(fn, result)
+    return (True, result) if why is None else (False, why)
+
+
+def run_portably(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """In a pool process: ``fn(*args, **kwargs)``, with what it raises or returns made portable (see
+    :func:`outcome_of`), so a bad outcome fails its own job, never the pool."""
+    ok, value = outcome_of(fn, *args, **kwargs)
+    if not ok:
+        raise value from None
+    return value
 
 
 class WorkPool:
