@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, decode, encode, now
-from streams.errors import BrokerError, DamflowError, PermanentError
-from streams.kafka import partitions_of
+from streams.errors import DamflowError, PermanentError
+from streams.kafka import partitions_of, start_client, stop_consumer
 from streams.settings import Settings
 from streams.topics import TIERS, Topics
 
@@ -157,11 +157,7 @@ class Ledger:
 async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TIERS) -> list[Letter]:
     """Every letter currently on the chosen tiers' dead-letter topics."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
+    await start_client(consumer, bootstrap)
     letters: list[Letter] = []
     try:
         tier_of = {topics.dlq(t): t for t in tiers}
@@ -184,7 +180,7 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return sorted(letters, key=lambda x: (x.tier, x.partition, x.offset))
 
 
@@ -207,7 +203,7 @@ async def read_back(bootstrap: str, letters: Iterable[Letter]) -> None:
         return
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
                                 auto_offset_reset="none")
-    await consumer.start()
+    await start_client(consumer, bootstrap)
     try:
         consumer.assign(list(cut))
         for tp, wanted in cut.items():
@@ -222,7 +218,7 @@ async def read_back(bootstrap: str, letters: Iterable[Letter]) -> None:
                 if records and records[0].offset == offset:
                     letter.fetched, letter.fetched_key = records[0].value, records[0].key
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")

@@ -56,14 +56,20 @@ def group_consumer(
     )
 
 
+async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap: str) -> None:
+    """Start an aiokafka producer or consumer; one that cannot reach the broker is closed again (else "Unclosed
+    AIOKafka..." at exit) and raises :class:`BrokerError`."""
+    try:
+        await client.start()
+    except KafkaError as exc:
+        await client.stop()
+        raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
+
+
 @contextlib.asynccontextmanager
 async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKafkaProducer]:
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
-    try:
-        await prod.start()
-    except KafkaError as exc:
-        await prod.stop()  # what start() opened (else "Unclosed AIOKafkaProducer" at exit)
-        raise BrokerError(f"cannot reach broker {bootstrap}: {exc!r}") from exc
+    await start_client(prod, bootstrap)
     try:
         yield prod
     finally:
