@@ -640,9 +640,10 @@ class Catalog:
         browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
         failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome (failed | retrying |
-        dead_lettered | recovered: retried, then done), attempts, failed_at}], metadata``: ``None`` until tier 2 has indexed the asset, else ``{parser_version, generator,
-        model, loras [str], vae, seed, steps, cfg, sampler, scheduler, denoise, positive, negative, camera {field:
-        text}, camera_make, camera_model, lens, datetime_original, gps_lat, gps_lon, metadata_path, indexed_at}``.
+        dead_lettered | recovered: retried, then done), attempts, failed_at}], metadata``: ``None`` until tier 2
+        has indexed the asset, else ``{parser_version, generator, model, loras [str], vae, seed, steps, cfg,
+        sampler, scheduler, denoise, positive, negative, camera {field: text}, camera_make, camera_model, lens,
+        datetime_original, gps_lat, gps_lon, metadata_path, indexed_at}``.
         """
         asset_id = self._resolve(ref.strip())
         if asset_id is None:

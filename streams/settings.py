@@ -145,6 +145,7 @@ class Settings(BaseSettings):
         if sizes[0] != 256 or len(set(sizes)) != len(sizes):
             raise ValueError("the first size must be 256 (what browsable means, what tier 3 scores), each once")
         return sizes
+
     #: Images declaring more pixels than this are refused as decompression bombs.
     max_image_pixels: int = Field(default=178_956_970, ge=1)
     #: Files larger than this are refused before being read.

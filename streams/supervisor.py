@@ -19,8 +19,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from consumers.catalog_sink import CatalogSink
 from consumers.catalog import Catalog
+from consumers.catalog_sink import CatalogSink
 from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
 from streams.errors import BrokerError, DamflowError
 from streams.kafka import ensure_topics, producer

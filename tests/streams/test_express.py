@@ -190,7 +190,8 @@ async def test_a_registration_left_by_a_killed_worker_does_not_hide_the_live_own
         client = ExpressClient(settings)
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
-        killed = registry_dir(settings) / f"{client.host}-killed.json"  # newer than the live one, and claiming the same partition
+        # newer than the live one, and claiming the same partition
+        killed = registry_dir(settings) / f"{client.host}-killed.json"
         killed.write_text(json.dumps({"address": "\0damflow-express-killed", "host": client.host,
                                       "pid": int(dead.stdout), "topic": TOPIC, "partitions": [1]}))
         outcome = await client.outcome(request(), 5)
