@@ -65,6 +65,11 @@ LIBRARY_VERSIONS = {
 } | {"python": platform.python_version()}
 
 
+def _count(value: Any) -> int:
+    """A count an unreadable record claims (its ``replay_count``), if it is one; else 0."""
+    return value if type(value) is int and 0 <= value < 2**31 else 0
+
+
 def classify(exc: BaseException) -> tuple[str, bool]:
     """(error code, retriable) of any exception; unknown exceptions are bugs: permanent until fixed."""
     if isinstance(exc, DamflowError):
@@ -163,7 +168,8 @@ class EventHandler:
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             tier=self.tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
             error_code=code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=retriable,
-            outcome="retrying" if retry else "dead_lettered", attempts=attempts, failed_at=at,
+            outcome="retrying" if retry else "dead_lettered", attempts=attempts,
+            replay_count=getattr(record, "replay_count", 0), failed_at=at,
         )
         await self.emit(failed, asset_id or record.path)
         return failed
@@ -184,7 +190,7 @@ class EventHandler:
             source=said["source"] if said.get("source") in get_args(Source) else "scan",  # type: ignore[arg-type]
             asset_id=asset_id if asset_id and len(asset_id) <= 256 else None, error_class=type(exc).__name__,
             error_code=exc.code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=False, outcome="dead_lettered",
-            attempts=max(history.attempts, 1), failed_at=now(),
+            attempts=max(history.attempts, 1), replay_count=_count(said.get("replay_count")), failed_at=now(),
         )
         await self.emit(failed, failed.asset_id or path)
         return failed

@@ -9,7 +9,10 @@ successes by asset id), so every write here is idempotent *and* order-independen
 
 * first-sight times are the ``MIN`` of what was seen, running totals the ``MAX``, completion is sticky;
 * a (file, tier) state never leaves ``done`` once reached: a late failure of an attempt whose retry already
-  succeeded changes nothing. Among failure outcomes the one with the latest time wins.
+  succeeded changes nothing. Among failure outcomes of one event, the later step of its retry chain wins (replay
+  count, then attempt; then time): never the clocks of the workers, which may disagree by more than a retry's
+  backoff, so attempt 1's ``retrying`` cannot outrank attempt 3's ``dead_lettered`` and keep a batch in flight.
+  Between different events of a file or asset, the one with the latest time wins.
 
 States, in ``batch_files`` and ``asset_tiers`` alike: ``done``, ``retrying``, ``failed``, ``dead_lettered``.
 ``failed`` and ``dead_lettered`` are both final and are counted *apart*, so every file of a batch is in exactly
@@ -45,8 +48,9 @@ from streams.errors import PermanentError
 
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
-#: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``.
-CATALOG_VERSION = 6
+#: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
+#: ordered by their step in a retry chain (``replays``, ``attempts``).
+CATALOG_VERSION = 7
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -190,8 +194,22 @@ _SCHEMA_V6 = """
 ALTER TABLE batches ADD COLUMN first_tier INTEGER NOT NULL DEFAULT 1;
 """
 
+# v7: where a failure state stands in its event's retry chain (replay count, attempt), so that the later step
+# wins whatever the workers' clocks say (see the module's docstring). Done rows keep 0 (and no event id in
+# ``asset_tiers``, where two events may each be done): done never gives way.
+# Rows from before have 0 and no event id, so the first failure after the upgrade wins over them.
+_SCHEMA_V7 = """
+ALTER TABLE batch_files ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batch_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE asset_tiers ADD COLUMN event_id TEXT;
+ALTER TABLE asset_tiers ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE asset_tiers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE failures ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
-_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6}
+_MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
+               6: _SCHEMA_V7}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -199,15 +217,28 @@ def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
     return ",\n    ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE {table}.{c} END" for c in cols)
 
 
+def _later_failure(table: str, at: str) -> str:
+    """Whether the incoming failure of ``table``'s row comes after the stored one: within one event (its retry
+    chain) the later step, by replay count then attempt, the time only between equal steps; between two events
+    the later time (``at``). Workers' clocks may disagree by more than a retry's backoff; their steps cannot. A
+    stored failure with no event id was written before version 7: whatever comes now is later."""
+    step, old = "(excluded.replays, excluded.attempts)", f"({table}.replays, {table}.attempts)"
+    return (f"(CASE WHEN {table}.event_id IS NULL THEN 1 WHEN excluded.event_id = {table}.event_id THEN "
+            f"{step} > {old} OR ({step} = {old} AND excluded.{at} >= {table}.{at}) "
+            f"ELSE excluded.{at} >= {table}.{at} END)")
+
+
 def _state_upsert(table: str, key: tuple[str, ...], extra: tuple[str, ...] = (), fill: tuple[str, ...] = ()) -> str:
-    """An upsert of a (file or asset, tier) state: ``done`` is sticky, otherwise the later ``updated_at`` wins.
+    """An upsert of a (file or asset, tier) state: ``done`` is sticky, otherwise the later failure wins (see
+    :func:`_later_failure`); the row keeps the winner's event id (when not in ``key``) and step.
 
     ``extra`` columns follow the winner; ``fill`` columns are only ever filled in, never cleared (a failure
     before hashing does not know the asset id that a success later brings).
     """
-    wins = f"({table}.state <> 'done' AND (excluded.state = 'done' OR excluded.updated_at >= {table}.updated_at))"
-    cols = (*key, *extra, *fill, "state", "updated_at")
-    sets = [_newer_wins(table, wins, (*extra, "state"))]
+    wins = f"({table}.state <> 'done' AND (excluded.state = 'done' OR {_later_failure(table, 'updated_at')}))"
+    chain = ("replays", "attempts") if "event_id" in key else ("event_id", "replays", "attempts")
+    cols = (*key, *extra, *fill, *chain, "state", "updated_at")
+    sets = [_newer_wins(table, wins, (*extra, *chain, "state"))]
     # Done twice (a duplicate, or the same bytes again): it has been done since the earlier time.
     sets.append(f"updated_at = CASE WHEN {table}.state = 'done' AND excluded.state = 'done' "
                 f"THEN MIN({table}.updated_at, excluded.updated_at) "
@@ -247,18 +278,15 @@ ON CONFLICT (path) DO UPDATE SET
 # A path keeps its latest failure per tier (e.g. "retrying" at attempt 1 gives way to "dead_lettered" at 3).
 _UPSERT_FAILURE = f"""
 INSERT INTO failures (path, tier, asset_id, batch_id, event_id, error_class, error_code, reason, outcome,
-                      attempts, failed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      replays, attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path, tier) DO UPDATE SET
-    {_newer_wins("failures", "excluded.failed_at >= failures.failed_at",
-                 ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome"))},
-    asset_id = CASE WHEN excluded.failed_at >= failures.failed_at
+    -- the step of the winner: another event's failure of the path starts its count again
+    {_newer_wins("failures", _later_failure("failures", "failed_at"),
+                 ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome", "replays", "attempts"))},
+    asset_id = CASE WHEN {_later_failure("failures", "failed_at")}
                     THEN COALESCE(excluded.asset_id, failures.asset_id)
                     ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
-    -- the attempts of one file's event (a retry chain); another event's failure of the path starts again
-    attempts = CASE WHEN excluded.event_id = failures.event_id THEN MAX(failures.attempts, excluded.attempts)
-                    WHEN excluded.failed_at >= failures.failed_at THEN excluded.attempts
-                    ELSE failures.attempts END,
     failed_at = MAX(failures.failed_at, excluded.failed_at)
 """
 _TOUCH_BATCH = """
@@ -468,11 +496,11 @@ class Catalog:
         thumbnails = {**(json.loads(row[0]) if row else {}), **e.thumbnails}
         db.execute(_UPSERT_ASSET, (e.asset_id, e.size, e.format, e.width, e.height,
                                    json.dumps(thumbnails, sort_keys=True), e.discovered_at, e.browsable_at))
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, DONE, e.browsable_at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, None, 0, 0, DONE, e.browsable_at))
         before = db.execute("SELECT asset_id FROM locations WHERE path = ?", (e.path,)).fetchone()
         db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, e.mtime_ns, e.batch_id, e.source,
                                       e.display_name, e.discovered_at, e.discovered_at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, DONE, e.browsable_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, 0, 0, DONE, e.browsable_at))
         # File names are searchable: the asset that gained the path, and the one whose content it no longer is.
         for asset_id in {e.asset_id, before[0] if before else e.asset_id}:
             self._refresh_file_names(asset_id)
@@ -484,8 +512,8 @@ class Catalog:
         db = self._db
         db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, at, at))
         db.execute(_STUB_ASSET, (e.asset_id, at))
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, tier, DONE, at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, tier, e.path, e.asset_id, DONE, at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, tier, None, 0, 0, DONE, at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, tier, e.path, e.asset_id, 0, 0, DONE, at))
 
     def _indexed(self, e: AssetIndexed) -> None:
         self._later_tier_done(e, 2, e.indexed_at)
@@ -545,13 +573,15 @@ class Catalog:
         db = self._db
         state = e.outcome  # the outcomes are spelled as the catalog's states: retrying, failed, dead_lettered
         db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.failed_at, e.failed_at))
+        step = (e.replay_count, e.attempts)  # where it stands in its event's retry chain
         db.execute(_UPSERT_FAILURE, (e.path, e.tier, e.asset_id, e.batch_id, e.event_id, e.error_class,
-                                     e.error_code, e.reason, e.outcome, e.attempts, e.failed_at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, state, e.failed_at))
+                                     e.error_code, e.reason, e.outcome, *step, e.failed_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,
+                                        e.failed_at))
         if e.asset_id:
             # A stub row, so `damflow show ID` explains an asset that never became browsable.
             db.execute(_STUB_ASSET, (e.asset_id, e.failed_at))
-            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, state, e.failed_at))
+            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, e.event_id, *step, state, e.failed_at))
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -663,7 +693,7 @@ class Catalog:
         out["failures"] = [dict(r) for r in db.execute(
             "SELECT f.path, f.tier, f.event_id, f.batch_id, error_class, error_code, reason, "
             "CASE WHEN f.outcome = 'retrying' AND b.state = 'done' THEN 'recovered' ELSE f.outcome END AS outcome, "
-            "attempts, failed_at FROM failures f LEFT JOIN batch_files b "
+            "f.attempts, failed_at FROM failures f LEFT JOIN batch_files b "
             "ON b.batch_id = f.batch_id AND b.event_id = f.event_id AND b.tier = f.tier "
             "WHERE f.asset_id = ? OR (f.asset_id IS NULL AND f.path IN "
             "(SELECT path FROM locations WHERE asset_id = ?)) ORDER BY failed_at, f.path, f.tier",

@@ -167,6 +167,9 @@ class AssetFailed(Event, frozen=True, kw_only=True):
     #: Where the failure ends: "retrying" (will be tried again) or "dead_lettered" (needs a person).
     outcome: Literal["failed", "retrying", "dead_lettered"] = "failed"
     attempts: int = 1
+    #: The failed record's ``replay_count``: with ``attempts``, where this failure stands in its event's retry
+    #: chain (a replay starts the attempts again), which orders its outcomes whatever the workers' clocks say.
+    replay_count: int = 0
     failed_at: float
 
 

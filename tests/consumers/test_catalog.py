@@ -36,11 +36,12 @@ def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1"
 
 
 def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: float = T0 + 20, batch: str = "b1",
-           tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated") -> AssetFailed:
+           tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated",
+           replays: int = 0) -> AssetFailed:
     return AssetFailed(
         event_id=event_id, batch_id=batch, lane="batch", source="scan", tier=tier, path=path, asset_id=asset_id,
         error_class="CorruptImage", error_code="corrupt_image", reason=reason, retriable=outcome == "retrying",
-        outcome=outcome, attempts=attempts, failed_at=at,
+        outcome=outcome, attempts=attempts, replay_count=replays, failed_at=at,
     )
 
 
@@ -305,6 +306,43 @@ def test_latest_failure_outcome_wins_whatever_the_order(catalog: Catalog) -> Non
     catalog.apply([last, first])
     p = catalog.progress("b1", 1, now=T0 + 10)
     assert (p.retrying, p.dead_lettered) == (0, 1)
+
+
+def test_the_later_step_of_a_retry_chain_wins_whatever_the_workers_clocks_say(make_catalog) -> None:
+    # attempt 3 ran on a worker whose clock is 4 s behind the one that ran attempt 1 (more than the backoff):
+    # ordered by time, attempt 1's "retrying" outranked the dead letter and the batch stayed in flight for ever
+    path = f"{ROOT}/a.png"
+    first = failed("e1", path, outcome="retrying", at=T0 + 9, attempts=1, asset_id=A1, reason="timed out")
+    last = failed("e1", path, outcome="dead_lettered", at=T0 + 5, attempts=3, asset_id=A1, reason="corrupt")
+    for name, order in (("in-order.sqlite", [first, last]), ("reversed.sqlite", [last, first])):
+        cat = make_catalog(name)
+        for event in (scanned(1, complete=True), *order):
+            cat.apply([event])
+        p = cat.progress("b1", 1, now=T0 + 10)
+        assert (p.retrying, p.dead_lettered, p.in_flight, p.total_final) == (0, 1, 0, True), name
+        asset = cat.asset(A1)
+        assert asset["tier1_state"] == "dead_lettered", name
+        assert [(f["outcome"], f["attempts"], f["reason"]) for f in asset["failures"]] == [
+            ("dead_lettered", 3, "corrupt")], name
+
+
+def test_a_replay_starts_a_new_chain_that_outranks_the_dead_letter_whatever_the_clocks(make_catalog) -> None:
+    # a replayed event keeps its id and batch: its first attempt (replay 1) comes after the dead letter of the
+    # chain before it (replay 0, attempt 3), even stamped earlier by a worker whose clock is behind
+    path = f"{ROOT}/a.png"
+    dead = failed("e1", path, at=T0 + 20, attempts=3, asset_id=A1)
+    again = failed("e1", path, outcome="retrying", at=T0 + 15, attempts=1, replays=1, asset_id=A1)
+    for name, order in (("in-order.sqlite", [dead, again]), ("reversed.sqlite", [again, dead])):
+        cat = make_catalog(name)
+        for event in (scanned(1, complete=True), *order):
+            cat.apply([event])
+        p = cat.progress("b1", 1, now=T0 + 30)
+        assert (p.retrying, p.dead_lettered, p.in_flight) == (1, 0, 1), name  # being tried again
+        assert cat.asset(A1)["tier1_state"] == "retrying", name
+        [row] = cat.asset(A1)["failures"]
+        assert (row["outcome"], row["attempts"]) == ("retrying", 1), name
+        cat.apply([browsable("e1", path, at=T0 + 16)])
+        assert cat.progress("b1", 1, now=T0 + 30).done == 1, name
 
 
 # -- progress --------------------------------------------------------------------------------------

@@ -457,7 +457,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 7
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op
@@ -467,6 +467,23 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
 def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Path) -> None:
     with pytest.raises(CatalogUnavailable, match="predates.*upgrade"):
         Catalog(v1_catalog, readonly=True)
+
+
+def test_a_failure_after_the_upgrade_wins_over_one_from_before_it(v1_catalog: Path) -> None:
+    # rows from before version 7 have no retry step: the chain's next failure replaces them, whatever its time
+    db = sqlite3.connect(v1_catalog)
+    db.executescript(f"""
+        INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'Timeout', 'timeout', 'slow',
+                                     'retrying', 1, {T0 + 30});
+        INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', 'retrying', {T0 + 30});
+        INSERT INTO asset_tiers VALUES ('{A2}', 1, 'retrying', {T0 + 30});
+    """)
+    db.close()
+    with Catalog(v1_catalog) as cat:
+        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25)])
+        assert cat.asset(A2)["tier1_state"] == "dead_lettered"
+        assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
+        assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
 
 
 def test_a_fresh_catalog_has_the_same_schema_as_a_migrated_one(v1_catalog: Path, tmp_path: Path) -> None:

@@ -176,6 +176,35 @@ async def test_dlq_replay_completes_a_fixed_asset_and_replaying_twice_changes_no
     assert (batch.done, batch.dead_lettered, batch.known_total) == (1, 0, 1)  # the same file, counted once
 
 
+async def test_a_replay_that_fails_again_says_which_replay_it_was(fault_stack: Stack, tmp_path: Path) -> None:
+    # the failure of a replayed event carries its replay count, which (with its attempt) orders the event's
+    # outcomes in the catalog whatever the workers' clocks say
+    folder = tmp_path / "still-broken"
+    folder.mkdir()
+    target = folder / "cut.png"
+    target.write_bytes(make_png(tmp_path / "source.png", size=(150, 100), seed=5).read_bytes()[:200])
+    s = fault_stack.settings
+    env = dict(os.environ, DAMFLOW_BROKER_URL=fault_stack.bootstrap, DAMFLOW_DATA_DIR=str(s.data_path),
+               DAMFLOW_TOPIC_PREFIX=s.topic_prefix, DAMFLOW_GROUP_ID=s.group_id)
+    first = await ingest_folder(s, fault_stack.topics, fault_stack.bootstrap, folder, wait=True, timeout=60)
+    assert first.progress.dead_lettered == 1
+    async with tail(fault_stack.bootstrap, fault_stack.topics.assets, s) as assets:
+        replayed = json.loads(damflow("dlq", "replay", "--json", env=env).stdout)
+        assert [r["result"].split(" to ")[0] for r in replayed] == ["replayed"]
+        failures: list[AssetFailed] = []
+        while not failures:
+            records = [decode(r.value) for rs in (await assets.getmany(timeout_ms=10000)).values() for r in rs]
+            assert records, "replayed event never processed"
+            failures = [e for e in records if isinstance(e, AssetFailed)]
+    [again] = failures
+    assert (again.outcome, again.replay_count, again.attempts) == ("dead_lettered", 1, 1)
+    letters = json.loads(damflow("dlq", "list", "--json", env=env).stdout)
+    assert [r["replay_count"] for r in letters] == [1]
+    with catalog_of(s) as catalog:
+        batch = catalog.progress(first.batch_id, 1)
+    assert (batch.dead_lettered, batch.in_flight) == (1, 0)
+
+
 def _browsable(settings, path: str) -> dict | None:
     with catalog_of(settings) as catalog:
         asset = catalog.asset(path)
