@@ -51,7 +51,9 @@ from streams.kafka import tail
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.upload import Spool, close_batch, display_name, publish_upload, spool_dir, upload_event
+from streams.upload import (
+    Spool, close_batch, display_name, make_durable, publish_upload, spool_dir, upload_event,
+)
 
 log = get(__name__)
 
@@ -296,11 +298,14 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     started: dict[str, float] = {}  # event id -> when it was published
     pending: dict[str, asyncio.Future] = {}
     watcher, express = app[_OUTCOMES], app[_EXPRESS]
+    syncs: list[asyncio.Future] = []  # each stored file's sync to disk, while it is published and worked on
     opened = now()
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
             stored = spool.store(settings)
+            if settings.upload_fsync:
+                syncs.append(asyncio.ensure_future(asyncio.to_thread(make_durable, stored)))
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
@@ -311,7 +316,9 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                          "name": spool.name, "size": stored.size, "format": stored.format})
             ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
                       size=stored.size, format=stored.format)
+        await asyncio.gather(*syncs)  # on disk before any answer: an answered upload survives a power loss
     except (KafkaError, DamflowError, OSError) as exc:
+        await asyncio.gather(*syncs, return_exceptions=True)
         for event_id in pending:
             watcher.forget(event_id)
         # What was published stays published (and is listed); the rest was not: the client may retry it.

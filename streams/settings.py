@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     scan_lag_poll_s: float = Field(default=0.2, gt=0)
     upload_max_bytes: int = Field(default=200 * 1024**2, ge=1)
     upload_max_files: int = Field(default=32, ge=1)
+    #: Sync each stored upload (its bytes and its name) to disk before it is answered: an upload that was
+    #: answered survives a power loss. The endpoint syncs while the upload is published and worked on, so this
+    #: costs ``?wait=1`` nothing and an immediate answer the sync (about 2 ms for 2 MB here).
+    upload_fsync: bool = True
     #: When set, ``POST /upload`` requires ``Authorization: Bearer <token>``.
     upload_token: SecretStr | None = None
 

@@ -125,12 +125,13 @@ class Spool:
 
     def store(self, settings: Settings) -> StoredUpload:
         """Move the finished spool into the store: hashed and sniffed on the way in, so this is a rename, not a
-        second read. The name comes from the hash alone; a file already there is complete (renamed into place
-        whole), so the same content uploaded twice is stored once."""
+        second read. The name comes from the hash alone, so the same content uploaded twice is stored once: a
+        file already there of the right size is complete (renamed into place whole); one of another size is
+        what a power loss left of a store that was never synced (:func:`make_durable`), and is replaced."""
         fmt = self.format or ""
         dest = settings.originals_dir / self.asset_id[:2] / f"{self.asset_id}{_EXT.get(fmt, '.bin')}"
         with _storing():
-            if dest.exists():
+            if _stored_size(dest) == self.size:
                 self.path.unlink(missing_ok=True)
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,36 @@ class Spool:
         if self.format is None:
             raise UploadNotAnImage(f"{self.name + ': ' if self.name else ''}not a recognised image (judged by its "
                                    "content, not its name or declared type)")
+
+
+def _stored_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _sync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_durable(stored: StoredUpload) -> None:
+    """Sync a stored original to disk: its bytes, its name and its directory's name in the store, so that an
+    upload answered as taken survives a power loss (``Settings.upload_fsync``). Blocks on the disk.
+
+    Called once the original is in place, and before the upload is answered (the HTTP endpoint publishes it
+    meanwhile, so the sync costs an urgent file no time). Should the power fail before the sync ends, the
+    upload was not answered and its client sends it again; a short file left under its name is replaced then
+    (see :meth:`Spool.store`), and the event published meanwhile, which met that short file, was dead-lettered
+    and can be replayed."""
+    with _storing():
+        _sync(stored.path)
+        _sync(stored.path.parent, os.O_DIRECTORY)
+        _sync(stored.path.parent.parent, os.O_DIRECTORY)  # the prefix directory may be new
 
 
 def _read_source(src: BinaryIO, source: Path) -> bytes:
@@ -171,7 +202,10 @@ def store_original(settings: Settings, source: Path) -> StoredUpload:
             while chunk := _read_source(src, source):
                 spool.write(chunk)
         spool.finish()
-        return spool.store(settings)
+        stored = spool.store(settings)
+        if settings.upload_fsync:
+            make_durable(stored)
+        return stored
     except UploadRejected as exc:
         raise type(exc)(exc.message, path=str(source)) from None
     finally:

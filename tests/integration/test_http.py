@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from agents.hashing import hash_bytes
 from schemas import FileDiscovered, ProgressEvent, decode, encode, new_id
+from streams.errors import StorageUnavailable
 from streams.http import bound_port, create_app, live_streams, serve
 from streams.ingest import ingest_folder
 from streams.kafka import ensure_topics, producer, tail
@@ -473,6 +474,38 @@ async def test_a_full_disk_while_receiving_is_503_and_leaves_nothing(bare: Calla
         async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
             assert resp.status == 503 and (await resp.json())["code"] == "storage_unavailable"
         assert leftovers(http.settings) == []
+
+
+async def test_an_upload_is_answered_only_once_it_is_on_disk_and_a_failed_sync_is_503(
+    bare: Callable, tmp_path: Path, monkeypatch
+) -> None:
+    import streams.http
+
+    synced: list[str] = []
+    broken = {"disk": False}
+
+    def make_durable(stored) -> None:  # the sync runs while the upload is published: the answer waits for it
+        if broken["disk"]:
+            raise StorageUnavailable("cannot store uploads now: Input/output error")
+        synced.append(stored.asset_id)
+
+    monkeypatch.setattr(streams.http, "make_durable", make_durable)
+    png = make_png(tmp_path / "a.png", size=(32, 32), seed=5).read_bytes()
+    async with bare() as http:
+        async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 202
+            [up] = (await resp.json())["uploads"]
+        assert synced == [up["asset_id"]]
+        broken["disk"] = True
+        async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
+            body = await resp.json()
+        # the client is told to send it again (what was published is listed: its event may meet a bad file)
+        assert (resp.status, body["code"]) == (503, "storage_unavailable")
+        assert [u["asset_id"] for u in body["uploads"]] == [up["asset_id"]]
+    async with bare(upload_fsync=False) as http:
+        async with http.post("/upload", data=png, headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 202
+    assert synced == [up["asset_id"]]  # not synced again
 
 
 async def test_a_slow_but_steady_body_is_not_cut_off(bare: Callable, tmp_path: Path) -> None:

@@ -102,3 +102,41 @@ def test_a_local_file_whose_name_is_not_utf8_is_stored_and_its_event_can_be_sent
 ])
 def test_display_names_are_readable_and_never_a_path(raw: str | None, shown: str | None) -> None:
     assert upload.display_name(raw) == shown
+
+
+def test_an_original_a_crash_left_short_is_replaced_by_the_next_upload_of_its_content(tmp_path: Path) -> None:
+    # after a power loss an unsynced store can leave its name on an empty file; "a file already there is
+    # complete" then kept it empty for good, and every later upload of those bytes failed to decode
+    settings = Settings(data_dir=tmp_path / "data")
+    source = make_png(tmp_path / "a.png", size=(64, 64), seed=1)
+    first = upload.store_original(settings, source)
+    first.path.write_bytes(b"")
+    again = upload.store_original(settings, source)
+    assert again.path == first.path and again.path.read_bytes() == source.read_bytes()
+    assert not list(upload.spool_dir(settings).iterdir())
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_stored_upload_is_synced_to_disk_bytes_name_and_directory_before_it_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    import os
+
+    steps: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        steps.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(upload.os, "fsync", fsync)
+    monkeypatch.setattr(upload.os, "replace", replace)
+    settings = Settings(data_dir=tmp_path / "data", upload_fsync=durable)
+    stored = upload.store_original(settings, make_png(tmp_path / "a.png", size=(64, 64), seed=1))
+    where = stored.path.resolve()
+    synced = [("sync", str(p)) for p in (where, where.parent, where.parent.parent)]
+    assert steps == [("rename", str(stored.path)), *(synced if durable else [])]
