@@ -169,7 +169,7 @@ class EventHandler:
             tier=self.tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
             error_code=code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=retriable,
             outcome="retrying" if retry else "dead_lettered", attempts=attempts,
-            replay_count=getattr(record, "replay_count", 0), failed_at=at,
+            first_failure_at=history.first_failure_at, replay_count=getattr(record, "replay_count", 0), failed_at=at,
         )
         await self.emit(failed, asset_id or record.path)
         return failed
@@ -190,7 +190,8 @@ class EventHandler:
             source=said["source"] if said.get("source") in get_args(Source) else "scan",  # type: ignore[arg-type]
             asset_id=asset_id if asset_id and len(asset_id) <= 256 else None, error_class=type(exc).__name__,
             error_code=exc.code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=False, outcome="dead_lettered",
-            attempts=max(history.attempts, 1), replay_count=_count(said.get("replay_count")), failed_at=now(),
+            attempts=max(history.attempts, 1), first_failure_at=history.first_failure_at,
+            replay_count=_count(said.get("replay_count")), failed_at=now(),
         )
         await self.emit(failed, failed.asset_id or path)
         return failed

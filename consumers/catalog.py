@@ -9,10 +9,11 @@ successes by asset id), so every write here is idempotent *and* order-independen
 
 * first-sight times are the ``MIN`` of what was seen, running totals the ``MAX``, completion is sticky;
 * a (file, tier) state never leaves ``done`` once reached: a late failure of an attempt whose retry already
-  succeeded changes nothing. Among failure outcomes of one event, the later step of its retry chain wins (replay
-  count, then attempt; then time): never the clocks of the workers, which may disagree by more than a retry's
-  backoff, so attempt 1's ``retrying`` cannot outrank attempt 3's ``dead_lettered`` and keep a batch in flight.
-  Between different events of a file or asset, the one with the latest time wins.
+  succeeded changes nothing. Among failure outcomes the later one wins, by ``(chain_at, replays, attempts,
+  time)``: the retry chain that began later (its first failure's time, carried from attempt to attempt), then
+  the later step in it. Within one chain the order never depends on the workers' clocks, which may disagree by
+  more than a retry's backoff: attempt 1's ``retrying`` cannot outrank attempt 3's ``dead_lettered`` and keep a
+  batch in flight. One key for every comparison keeps the order transitive, so any delivery order agrees.
 
 States, in ``batch_files`` and ``asset_tiers`` alike: ``done``, ``retrying``, ``failed``, ``dead_lettered``.
 ``failed`` and ``dead_lettered`` are both final and are counted *apart*, so every file of a batch is in exactly
@@ -49,7 +50,7 @@ from streams.errors import PermanentError
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
 #: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
-#: ordered by their step in a retry chain (``replays``, ``attempts``).
+#: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``).
 CATALOG_VERSION = 7
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
@@ -194,17 +195,27 @@ _SCHEMA_V6 = """
 ALTER TABLE batches ADD COLUMN first_tier INTEGER NOT NULL DEFAULT 1;
 """
 
-# v7: where a failure state stands in its event's retry chain (replay count, attempt), so that the later step
-# wins whatever the workers' clocks say (see the module's docstring). Done rows keep 0 (and no event id in
-# ``asset_tiers``, where two events may each be done): done never gives way.
-# Rows from before have 0 and no event id, so the first failure after the upgrade wins over them.
+# v7: a failure state's retry chain and step in it, so that the later step wins whatever the workers' clocks say
+# (see the module's docstring). Done rows keep 0: done never gives way. A failure row from before gets its own
+# time as its chain's start (the ordering it had) and the attempts its path's failure row kept.
 _SCHEMA_V7 = """
+ALTER TABLE batch_files ADD COLUMN chain_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE batch_files ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE batch_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE asset_tiers ADD COLUMN event_id TEXT;
+ALTER TABLE asset_tiers ADD COLUMN chain_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE asset_tiers ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE asset_tiers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE failures ADD COLUMN chain_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE failures ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
+UPDATE failures SET chain_at = failed_at;
+UPDATE batch_files SET chain_at = updated_at, attempts = COALESCE((
+    SELECT f.attempts FROM failures f
+    WHERE f.event_id = batch_files.event_id AND f.batch_id = batch_files.batch_id AND f.tier = batch_files.tier), 1)
+WHERE state <> 'done';
+UPDATE asset_tiers SET chain_at = updated_at, attempts = COALESCE((
+    SELECT f.attempts FROM failures f WHERE f.asset_id = asset_tiers.asset_id AND f.tier = asset_tiers.tier
+    ORDER BY f.failed_at DESC LIMIT 1), 1)
+WHERE state <> 'done';
 """
 
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
@@ -217,28 +228,28 @@ def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
     return ",\n    ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE {table}.{c} END" for c in cols)
 
 
+#: What orders two failure outcomes of a row (with its time column last): see the module's docstring.
+_CHAIN = ("chain_at", "replays", "attempts")
+
+
 def _later_failure(table: str, at: str) -> str:
-    """Whether the incoming failure of ``table``'s row comes after the stored one: within one event (its retry
-    chain) the later step, by replay count then attempt, the time only between equal steps; between two events
-    the later time (``at``). Workers' clocks may disagree by more than a retry's backoff; their steps cannot. A
-    stored failure with no event id was written before version 7: whatever comes now is later."""
-    step, old = "(excluded.replays, excluded.attempts)", f"({table}.replays, {table}.attempts)"
-    return (f"(CASE WHEN {table}.event_id IS NULL THEN 1 WHEN excluded.event_id = {table}.event_id THEN "
-            f"{step} > {old} OR ({step} = {old} AND excluded.{at} >= {table}.{at}) "
-            f"ELSE excluded.{at} >= {table}.{at} END)")
+    """Whether the incoming failure of ``table``'s row comes after the stored one: the later retry chain, then
+    the later step in it, then the later time ``at``. Within one chain, that is its step whatever the workers'
+    clocks say; one key for every comparison keeps the order transitive."""
+    key = (*_CHAIN, at)
+    return f"(({', '.join(f'excluded.{c}' for c in key)}) >= ({', '.join(f'{table}.{c}' for c in key)}))"
 
 
 def _state_upsert(table: str, key: tuple[str, ...], extra: tuple[str, ...] = (), fill: tuple[str, ...] = ()) -> str:
     """An upsert of a (file or asset, tier) state: ``done`` is sticky, otherwise the later failure wins (see
-    :func:`_later_failure`); the row keeps the winner's event id (when not in ``key``) and step.
+    :func:`_later_failure`); the row keeps the winner's chain and step.
 
     ``extra`` columns follow the winner; ``fill`` columns are only ever filled in, never cleared (a failure
     before hashing does not know the asset id that a success later brings).
     """
     wins = f"({table}.state <> 'done' AND (excluded.state = 'done' OR {_later_failure(table, 'updated_at')}))"
-    chain = ("replays", "attempts") if "event_id" in key else ("event_id", "replays", "attempts")
-    cols = (*key, *extra, *fill, *chain, "state", "updated_at")
-    sets = [_newer_wins(table, wins, (*extra, *chain, "state"))]
+    cols = (*key, *extra, *fill, *_CHAIN, "state", "updated_at")
+    sets = [_newer_wins(table, wins, (*extra, *_CHAIN, "state"))]
     # Done twice (a duplicate, or the same bytes again): it has been done since the earlier time.
     sets.append(f"updated_at = CASE WHEN {table}.state = 'done' AND excluded.state = 'done' "
                 f"THEN MIN({table}.updated_at, excluded.updated_at) "
@@ -248,6 +259,8 @@ def _state_upsert(table: str, key: tuple[str, ...], extra: tuple[str, ...] = (),
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET\n    " + ",\n    ".join(sets))
 
 
+#: The chain of a done row: done never gives way, so it is never compared.
+_NO_CHAIN = (0.0, 0, 0)
 _UPSERT_BATCH_FILE = _state_upsert("batch_files", ("batch_id", "event_id", "tier"), ("path",), ("asset_id",))
 _UPSERT_ASSET_TIER = _state_upsert("asset_tiers", ("asset_id", "tier"))
 
@@ -278,16 +291,15 @@ ON CONFLICT (path) DO UPDATE SET
 # A path keeps its latest failure per tier (e.g. "retrying" at attempt 1 gives way to "dead_lettered" at 3).
 _UPSERT_FAILURE = f"""
 INSERT INTO failures (path, tier, asset_id, batch_id, event_id, error_class, error_code, reason, outcome,
-                      replays, attempts, failed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      chain_at, replays, attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path, tier) DO UPDATE SET
-    -- the step of the winner: another event's failure of the path starts its count again
+    -- all of the winner's: another event's failure of the path starts its count again
     {_newer_wins("failures", _later_failure("failures", "failed_at"),
-                 ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome", "replays", "attempts"))},
+                 ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome", *_CHAIN, "failed_at"))},
     asset_id = CASE WHEN {_later_failure("failures", "failed_at")}
                     THEN COALESCE(excluded.asset_id, failures.asset_id)
-                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
-    failed_at = MAX(failures.failed_at, excluded.failed_at)
+                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END
 """
 _TOUCH_BATCH = """
 INSERT INTO batches (batch_id, lane, started_at, updated_at) VALUES (?, ?, ?, ?)
@@ -397,9 +409,15 @@ class Catalog:
                 raise CatalogUnavailable("catalog not initialised yet", path=str(self.path))
             raise CatalogUnavailable(f"catalog schema {version} predates {CATALOG_VERSION}: start `damflow up` "
                                      "(or `damflow catalog`) once to upgrade it", path=str(self.path))
-        # Every step is IF NOT EXISTS, so a race between two first openers is harmless.
         steps = " ".join(_MIGRATIONS[v] for v in range(version, CATALOG_VERSION))
-        self._db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {CATALOG_VERSION}; COMMIT;")
+        try:
+            self._db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {CATALOG_VERSION}; COMMIT;")
+        except sqlite3.OperationalError:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            # two first openers: the other one upgraded it meanwhile (a column added twice fails the second)
+            if self._db.execute("PRAGMA user_version").fetchone()[0] != CATALOG_VERSION:
+                raise
 
     def close(self) -> None:
         self._db.close()
@@ -496,11 +514,12 @@ class Catalog:
         thumbnails = {**(json.loads(row[0]) if row else {}), **e.thumbnails}
         db.execute(_UPSERT_ASSET, (e.asset_id, e.size, e.format, e.width, e.height,
                                    json.dumps(thumbnails, sort_keys=True), e.discovered_at, e.browsable_at))
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, None, 0, 0, DONE, e.browsable_at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, *_NO_CHAIN, DONE, e.browsable_at))
         before = db.execute("SELECT asset_id FROM locations WHERE path = ?", (e.path,)).fetchone()
         db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, e.mtime_ns, e.batch_id, e.source,
                                       e.display_name, e.discovered_at, e.discovered_at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, 0, 0, DONE, e.browsable_at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, *_NO_CHAIN, DONE,
+                                        e.browsable_at))
         # File names are searchable: the asset that gained the path, and the one whose content it no longer is.
         for asset_id in {e.asset_id, before[0] if before else e.asset_id}:
             self._refresh_file_names(asset_id)
@@ -512,8 +531,8 @@ class Catalog:
         db = self._db
         db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, at, at))
         db.execute(_STUB_ASSET, (e.asset_id, at))
-        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, tier, None, 0, 0, DONE, at))
-        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, tier, e.path, e.asset_id, 0, 0, DONE, at))
+        db.execute(_UPSERT_ASSET_TIER, (e.asset_id, tier, *_NO_CHAIN, DONE, at))
+        db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, tier, e.path, e.asset_id, *_NO_CHAIN, DONE, at))
 
     def _indexed(self, e: AssetIndexed) -> None:
         self._later_tier_done(e, 2, e.indexed_at)
@@ -573,7 +592,8 @@ class Catalog:
         db = self._db
         state = e.outcome  # the outcomes are spelled as the catalog's states: retrying, failed, dead_lettered
         db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.failed_at, e.failed_at))
-        step = (e.replay_count, e.attempts)  # where it stands in its event's retry chain
+        # its retry chain and the step in it: what orders it among the row's failures
+        step = (e.failed_at if e.first_failure_at is None else e.first_failure_at, e.replay_count, e.attempts)
         db.execute(_UPSERT_FAILURE, (e.path, e.tier, e.asset_id, e.batch_id, e.event_id, e.error_class,
                                      e.error_code, e.reason, e.outcome, *step, e.failed_at))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,
@@ -581,7 +601,7 @@ class Catalog:
         if e.asset_id:
             # A stub row, so `damflow show ID` explains an asset that never became browsable.
             db.execute(_STUB_ASSET, (e.asset_id, e.failed_at))
-            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, e.event_id, *step, state, e.failed_at))
+            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, *step, state, e.failed_at))
 
     # -- progress ----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sqlite3
@@ -37,11 +38,11 @@ def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1"
 
 def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: float = T0 + 20, batch: str = "b1",
            tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated",
-           replays: int = 0) -> AssetFailed:
+           replays: int = 0, first: float | None = None) -> AssetFailed:
     return AssetFailed(
         event_id=event_id, batch_id=batch, lane="batch", source="scan", tier=tier, path=path, asset_id=asset_id,
         error_class="CorruptImage", error_code="corrupt_image", reason=reason, retriable=outcome == "retrying",
-        outcome=outcome, attempts=attempts, replay_count=replays, failed_at=at,
+        outcome=outcome, attempts=attempts, replay_count=replays, first_failure_at=first, failed_at=at,
     )
 
 
@@ -313,7 +314,8 @@ def test_the_later_step_of_a_retry_chain_wins_whatever_the_workers_clocks_say(ma
     # ordered by time, attempt 1's "retrying" outranked the dead letter and the batch stayed in flight for ever
     path = f"{ROOT}/a.png"
     first = failed("e1", path, outcome="retrying", at=T0 + 9, attempts=1, asset_id=A1, reason="timed out")
-    last = failed("e1", path, outcome="dead_lettered", at=T0 + 5, attempts=3, asset_id=A1, reason="corrupt")
+    last = failed("e1", path, outcome="dead_lettered", at=T0 + 5, attempts=3, asset_id=A1, reason="corrupt",
+                  first=T0 + 9)  # the chain's start travels with its retries
     for name, order in (("in-order.sqlite", [first, last]), ("reversed.sqlite", [last, first])):
         cat = make_catalog(name)
         for event in (scanned(1, complete=True), *order):
@@ -330,7 +332,7 @@ def test_a_replay_starts_a_new_chain_that_outranks_the_dead_letter_whatever_the_
     # a replayed event keeps its id and batch: its first attempt (replay 1) comes after the dead letter of the
     # chain before it (replay 0, attempt 3), even stamped earlier by a worker whose clock is behind
     path = f"{ROOT}/a.png"
-    dead = failed("e1", path, at=T0 + 20, attempts=3, asset_id=A1)
+    dead = failed("e1", path, at=T0 + 20, attempts=3, asset_id=A1, first=T0 + 10)
     again = failed("e1", path, outcome="retrying", at=T0 + 15, attempts=1, replays=1, asset_id=A1)
     for name, order in (("in-order.sqlite", [dead, again]), ("reversed.sqlite", [again, dead])):
         cat = make_catalog(name)
@@ -343,6 +345,24 @@ def test_a_replay_starts_a_new_chain_that_outranks_the_dead_letter_whatever_the_
         assert (row["outcome"], row["attempts"]) == ("retrying", 1), name
         cat.apply([browsable("e1", path, at=T0 + 16)])
         assert cat.progress("b1", 1, now=T0 + 30).done == 1, name
+
+
+def test_failures_of_two_events_and_a_skewed_chain_agree_in_every_delivery_order(make_catalog) -> None:
+    # one chain's steps ordered by step and two events' failures by time made no order at all (A3 beats A1,
+    # B beats A3, A1 beats B), so the rows of a path and an asset depended on the order events came in
+    path = f"{ROOT}/a.png"
+    events = [failed("eA", path, outcome="retrying", at=T0 + 110, attempts=1, asset_id=A1),
+              failed("eA", path, outcome="retrying", at=T0 + 101, attempts=2, asset_id=A1, first=T0 + 110),
+              failed("eA", path, at=T0 + 102, attempts=3, asset_id=A1, first=T0 + 110, reason="chain A"),
+              failed("eB", path, at=T0 + 105, asset_id=A1, batch="b2", reason="event B")]
+    dumps = []
+    for n, order in enumerate(itertools.permutations(events)):
+        cat = make_catalog(f"order-{n}.sqlite")
+        for event in (*order, order[0]):  # and a redelivery
+            cat.apply([event])
+        dumps.append(dump(cat.path))
+        assert [(f["reason"], f["attempts"]) for f in cat.asset(A1)["failures"]] == [("chain A", 3)]
+    assert all(d == dumps[0] for d in dumps)
 
 
 # -- progress --------------------------------------------------------------------------------------

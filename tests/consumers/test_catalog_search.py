@@ -469,8 +469,8 @@ def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Pa
         Catalog(v1_catalog, readonly=True)
 
 
-def test_a_failure_after_the_upgrade_wins_over_one_from_before_it(v1_catalog: Path) -> None:
-    # rows from before version 7 have no retry step: the chain's next failure replaces them, whatever its time
+def test_a_chain_begun_before_the_upgrade_goes_on_by_its_steps_after_it(v1_catalog: Path) -> None:
+    # rows from before version 7 get their own time as their chain's start, and their path's attempts
     db = sqlite3.connect(v1_catalog)
     db.executescript(f"""
         INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'Timeout', 'timeout', 'slow',
@@ -480,10 +480,55 @@ def test_a_failure_after_the_upgrade_wins_over_one_from_before_it(v1_catalog: Pa
     """)
     db.close()
     with Catalog(v1_catalog) as cat:
-        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25)])
+        # attempt 3 of the chain whose attempt 1 is in the catalog, stamped by a worker whose clock is behind
+        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25, first=T0 + 30)])
         assert cat.asset(A2)["tier1_state"] == "dead_lettered"
         assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
         assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
+
+
+def test_a_dead_letter_from_before_the_upgrade_outranks_its_chains_late_first_attempt(v1_catalog: Path) -> None:
+    # the pre-upgrade row takes the attempts its path's failure row kept: a late attempt 1 (redelivered, or on
+    # another partition, being keyed by path before hashing) does not put the file back in flight
+    db = sqlite3.connect(v1_catalog)
+    db.executescript(f"""
+        INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'CorruptImage', 'corrupt_image', 'bad',
+                                     'dead_lettered', 3, {T0 + 30});
+        INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', 'dead_lettered', {T0 + 30});
+        INSERT INTO asset_tiers VALUES ('{A2}', 1, 'dead_lettered', {T0 + 30});
+    """)
+    db.close()
+    with Catalog(v1_catalog) as cat:
+        cat.apply([failed("e2", f"{ROOT}/b.png", outcome="retrying", attempts=1, asset_id=A2, at=T0 + 20)])
+        assert cat.asset(A2)["tier1_state"] == "dead_lettered"
+        assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
+        assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
+
+
+def test_two_first_openers_of_an_old_catalog_both_open_it(tmp_path: Path) -> None:
+    # both read the old version, then each ran the steps: the second failed on a table or column made twice
+    import threading
+
+    for trial in range(10):
+        path = tmp_path / f"old-{trial}.sqlite"
+        db = sqlite3.connect(path)
+        db.executescript(V1_SCHEMA + "PRAGMA user_version = 1;")
+        db.close()
+        barrier, errors = threading.Barrier(2), []
+
+        def open_it() -> None:
+            barrier.wait()
+            try:
+                Catalog(path).close()
+            except Exception as exc:  # noqa: BLE001 — what the test looks for
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
 
 
 def test_a_fresh_catalog_has_the_same_schema_as_a_migrated_one(v1_catalog: Path, tmp_path: Path) -> None:

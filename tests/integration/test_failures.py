@@ -48,19 +48,21 @@ async def test_transient_failure_succeeds_on_retry_with_its_attempt_count(fault_
     folder = tmp_path / "flaky"
     folder.mkdir()
     flaky = make_png(folder / "flaky.png", size=(120, 90), seed=1)
-    (folder / "flaky.png.transient").write_text("1")  # the first attempt fails transiently
+    (folder / "flaky.png.transient").write_text("2")  # the first two attempts fail transiently
     make_png(folder / "steady.png", size=(120, 90), seed=2)
     s = fault_stack.settings
 
     result = await ingest_folder(s, fault_stack.topics, fault_stack.bootstrap, folder, wait=True, timeout=60)
 
     assert result.progress.done == 2 and result.progress.dead_lettered == 0
-    events = await read_topic(fault_stack, fault_stack.topics.assets, until=3)
+    events = await read_topic(fault_stack, fault_stack.topics.assets, until=4)
     flaky_events = [e for e in events if e.path == os.path.realpath(flaky)]
-    retrying = [e for e in flaky_events if isinstance(e, AssetFailed)]
+    retrying = sorted((e for e in flaky_events if isinstance(e, AssetFailed)), key=lambda e: e.attempts)
     browsable = [e for e in flaky_events if isinstance(e, AssetBrowsable)]
-    assert [(e.outcome, e.attempts, e.retriable) for e in retrying] == [("retrying", 1, True)]
-    assert [e.attempts for e in browsable] == [2]
+    assert [(e.outcome, e.attempts, e.retriable) for e in retrying] == [("retrying", 1, True), ("retrying", 2, True)]
+    # the chain's start travels with its retries: what orders its steps in the catalog, whatever the clocks
+    assert [e.first_failure_at for e in retrying] == [retrying[0].failed_at] * 2
+    assert [e.attempts for e in browsable] == [3]
     assert fault_stack.retrier.forwarded >= 1
     with catalog_of(s) as catalog:
         assert catalog.asset(os.path.realpath(flaky))["tier1_state"] == "browsable"
@@ -198,6 +200,7 @@ async def test_a_replay_that_fails_again_says_which_replay_it_was(fault_stack: S
             failures = [e for e in records if isinstance(e, AssetFailed)]
     [again] = failures
     assert (again.outcome, again.replay_count, again.attempts) == ("dead_lettered", 1, 1)
+    assert again.first_failure_at == again.failed_at  # a replay's chain begins with it
     letters = json.loads(damflow("dlq", "list", "--json", env=env).stdout)
     assert [r["replay_count"] for r in letters] == [1]
     with catalog_of(s) as catalog:
