@@ -290,6 +290,12 @@ async def upload(request: web.Request) -> web.Response:
             spool.discard()
 
 
+def _settled(task: asyncio.Future) -> None:
+    """Take a background task's outcome: one that ends after its request did is not reported as never read."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait: bool, timeout: float,
                   ulog: Any) -> web.Response:
     """Store and publish every received file; with ``wait``, follow ``assets`` until each has its outcome."""
@@ -305,7 +311,8 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
             stored = spool.store(settings)
             if settings.upload_fsync:
-                syncs.append(asyncio.ensure_future(asyncio.to_thread(make_durable, stored)))
+                syncs.append(sync := asyncio.ensure_future(asyncio.to_thread(make_durable, stored)))
+                sync.add_done_callback(_settled)  # whichever way this ends, its outcome is taken
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
@@ -318,7 +325,6 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                       size=stored.size, format=stored.format)
         await asyncio.gather(*syncs)  # on disk before any answer: an answered upload survives a power loss
     except (KafkaError, DamflowError, OSError) as exc:
-        await asyncio.gather(*syncs, return_exceptions=True)
         for event_id in pending:
             watcher.forget(event_id)
         # What was published stays published (and is listed); the rest was not: the client may retry it.

@@ -114,7 +114,7 @@ async def upload_files(
         express = ExpressClient(settings) if settings.express else None
         for src in files:
             try:
-                stored = store_original(settings, src)
+                stored = await asyncio.to_thread(store_original, settings, src)  # a copy and a sync to disk
             except DamflowError as exc:  # not an image, gone, unreadable: this file is refused, not the rest
                 out.append(UploadResult(str(src), "", "", state="rejected", reason=str(exc), batch_id=batch_id))
                 continue

@@ -125,17 +125,17 @@ class Spool:
 
     def store(self, settings: Settings) -> StoredUpload:
         """Move the finished spool into the store: hashed and sniffed on the way in, so this is a rename, not a
-        second read. The name comes from the hash alone, so the same content uploaded twice is stored once: a
-        file already there of the right size is complete (renamed into place whole); one of another size is
-        what a power loss left of a store that was never synced (:func:`make_durable`), and is replaced."""
+        second read. The name comes from the hash alone, so the same content uploaded twice is stored once.
+
+        The new copy replaces one already there (atomically: a reader keeps what it opened), rather than trusting
+        it: what a power loss left of a store that was never synced (:func:`make_durable`) may be short, and a
+        store whose sync failed may never reach the disk although it reads whole, while the bytes in hand are
+        the ones hashed. Each upload then syncs bytes of its own."""
         fmt = self.format or ""
         dest = settings.originals_dir / self.asset_id[:2] / f"{self.asset_id}{_EXT.get(fmt, '.bin')}"
         with _storing():
-            if _stored_size(dest) == self.size:
-                self.path.unlink(missing_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self.path, dest)  # atomic: a file that exists is complete
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path, dest)
         return StoredUpload(self.asset_id, dest, self.size, fmt)
 
     def discard(self) -> None:
@@ -150,13 +150,6 @@ class Spool:
         if self.format is None:
             raise UploadNotAnImage(f"{self.name + ': ' if self.name else ''}not a recognised image (judged by its "
                                    "content, not its name or declared type)")
-
-
-def _stored_size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
 
 
 def _sync(path: Path, flags: int = 0) -> None:
@@ -178,8 +171,8 @@ def make_durable(stored: StoredUpload) -> None:
     and can be replayed."""
     with _storing():
         _sync(stored.path)
-        _sync(stored.path.parent, os.O_DIRECTORY)
-        _sync(stored.path.parent.parent, os.O_DIRECTORY)  # the prefix directory may be new
+        for directory in stored.path.parents[:3]:  # its name; the prefix directory's; the store's, on a first one
+            _sync(directory, os.O_DIRECTORY)
 
 
 def _read_source(src: BinaryIO, source: Path) -> bytes:
