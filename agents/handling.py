@@ -122,6 +122,7 @@ class EventHandler:
             record = decode(event.value, self.expected)
         except DamflowError as exc:
             log.error("poison_pill", tier=self.tier, topic=event.message.topic, error=str(exc))
+            history = history.failed_again(event.message.topic, now())  # this attempt's count and the chain's start
             await self._dead_letter(event, exc, None, history)
             return await self._account_unreadable(event, exc, history)
         with structlog.contextvars.bound_contextvars(
@@ -144,13 +145,9 @@ class EventHandler:
     ) -> AssetFailed:
         code, retriable = classify(exc)
         at = now()
-        attempts = history.attempts + 1
-        history = FailureHistory(
-            attempts=attempts, first_failure_at=history.first_failure_at or at,
-            source_topic=history.source_topic or event.message.topic,
-        )
+        history = history.failed_again(event.message.topic, at)
         asset_id = getattr(exc, "asset_id", None) or getattr(record, "asset_id", None)
-        attempts = max(attempts, 1)  # a garbled attempts header (negative) counts as a first attempt
+        attempts = history.attempts
         retry = retriable and attempts < self.settings.max_attempts
         log.warning("work_failed", error_class=type(exc).__name__, code=code, reason=str(exc), asset_id=asset_id,
                     attempts=attempts, outcome="retrying" if retry else "dead_lettered")
@@ -190,7 +187,7 @@ class EventHandler:
             source=said["source"] if said.get("source") in get_args(Source) else "scan",  # type: ignore[arg-type]
             asset_id=asset_id if asset_id and len(asset_id) <= 256 else None, error_class=type(exc).__name__,
             error_code=exc.code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=False, outcome="dead_lettered",
-            attempts=max(history.attempts, 1), first_failure_at=history.first_failure_at,
+            attempts=history.attempts, first_failure_at=history.first_failure_at,
             replay_count=_count(said.get("replay_count")), failed_at=now(),
         )
         await self.emit(failed, failed.asset_id or path)

@@ -13,7 +13,9 @@ successes by asset id), so every write here is idempotent *and* order-independen
   time)``: the retry chain that began later (its first failure's time, carried from attempt to attempt), then
   the later step in it. Within one chain the order never depends on the workers' clocks, which may disagree by
   more than a retry's backoff: attempt 1's ``retrying`` cannot outrank attempt 3's ``dead_lettered`` and keep a
-  batch in flight. One key for every comparison keeps the order transitive, so any delivery order agrees.
+  batch in flight. One key for every comparison keeps the order transitive, so any delivery order agrees. A
+  failure whose chain start is unknown (written before version 7, or sent by an older worker) has 0: it ranks
+  below every known chain and, among its kind, by step.
 
 States, in ``batch_files`` and ``asset_tiers`` alike: ``done``, ``retrying``, ``failed``, ``dead_lettered``.
 ``failed`` and ``dead_lettered`` are both final and are counted *apart*, so every file of a batch is in exactly
@@ -196,8 +198,9 @@ ALTER TABLE batches ADD COLUMN first_tier INTEGER NOT NULL DEFAULT 1;
 """
 
 # v7: a failure state's retry chain and step in it, so that the later step wins whatever the workers' clocks say
-# (see the module's docstring). Done rows keep 0: done never gives way. A failure row from before gets its own
-# time as its chain's start (the ordering it had) and the attempts its path's failure row kept.
+# (see the module's docstring). Done rows keep 0: done never gives way. A failure row from before has an unknown
+# chain (0: the next step of its chain, which carries its start, comes after it) and the attempts its path's
+# failure row kept (a late attempt 1 sent before the upgrade stays below a dead letter from before it).
 _SCHEMA_V7 = """
 ALTER TABLE batch_files ADD COLUMN chain_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE batch_files ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
@@ -207,12 +210,11 @@ ALTER TABLE asset_tiers ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE asset_tiers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE failures ADD COLUMN chain_at REAL NOT NULL DEFAULT 0;
 ALTER TABLE failures ADD COLUMN replays INTEGER NOT NULL DEFAULT 0;
-UPDATE failures SET chain_at = failed_at;
-UPDATE batch_files SET chain_at = updated_at, attempts = COALESCE((
+UPDATE batch_files SET attempts = COALESCE((
     SELECT f.attempts FROM failures f
     WHERE f.event_id = batch_files.event_id AND f.batch_id = batch_files.batch_id AND f.tier = batch_files.tier), 1)
 WHERE state <> 'done';
-UPDATE asset_tiers SET chain_at = updated_at, attempts = COALESCE((
+UPDATE asset_tiers SET attempts = COALESCE((
     SELECT f.attempts FROM failures f WHERE f.asset_id = asset_tiers.asset_id AND f.tier = asset_tiers.tier
     ORDER BY f.failed_at DESC LIMIT 1), 1)
 WHERE state <> 'done';
@@ -416,7 +418,11 @@ class Catalog:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             # two first openers: the other one upgraded it meanwhile (a column added twice fails the second)
-            if self._db.execute("PRAGMA user_version").fetchone()[0] != CATALOG_VERSION:
+            now_at = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if now_at > CATALOG_VERSION:
+                raise CatalogError(f"catalog schema {now_at} is newer than supported {CATALOG_VERSION}",
+                                   path=str(self.path)) from None
+            if now_at != CATALOG_VERSION:
                 raise
 
     def close(self) -> None:
@@ -593,7 +599,7 @@ class Catalog:
         state = e.outcome  # the outcomes are spelled as the catalog's states: retrying, failed, dead_lettered
         db.execute(_TOUCH_BATCH, (e.batch_id, e.lane, e.failed_at, e.failed_at))
         # its retry chain and the step in it: what orders it among the row's failures
-        step = (e.failed_at if e.first_failure_at is None else e.first_failure_at, e.replay_count, e.attempts)
+        step = (e.first_failure_at or 0.0, e.replay_count, e.attempts)  # 0: a chain whose start is unknown
         db.execute(_UPSERT_FAILURE, (e.path, e.tier, e.asset_id, e.batch_id, e.event_id, e.error_class,
                                      e.error_code, e.reason, e.outcome, *step, e.failed_at))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,

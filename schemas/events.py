@@ -167,7 +167,7 @@ class AssetFailed(Event, frozen=True, kw_only=True):
     #: Where the failure ends: "retrying" (will be tried again) or "dead_lettered" (needs a person).
     outcome: Literal["failed", "retrying", "dead_lettered"] = "failed"
     attempts: int = 1
-    #: When this retry chain first failed (attempt 1's time, carried to each retry; None: ``failed_at``), and the
+    #: When this retry chain first failed (attempt 1's time, carried to each retry; None: not known), and the
     #: failed record's ``replay_count`` (a replay starts a new chain): with ``attempts``, they order a file's
     #: outcomes in the catalog, the steps of one chain whatever the workers' clocks say.
     first_failure_at: float | None = None

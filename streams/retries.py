@@ -68,6 +68,12 @@ class FailureHistory:
             due_at=num(DUE_AT, float),  # type: ignore[arg-type]
         )
 
+    def failed_again(self, topic: str, at: float) -> FailureHistory:
+        """The history once the attempt at hand (from ``topic``, at ``at``) has failed too: its number (a garbled,
+        negative count reads as none before it), the chain's start (``at`` for a first failure), the source."""
+        return FailureHistory(attempts=max(self.attempts, 0) + 1, first_failure_at=self.first_failure_at or at,
+                              source_topic=self.source_topic or topic)
+
     def headers(self, *, error_class: str = "", error_message: str = "") -> dict[str, bytes]:
         out = {ATTEMPTS: str(self.attempts).encode()}
         if self.first_failure_at is not None:

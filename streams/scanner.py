@@ -285,6 +285,6 @@ def _scan_failure(path: str, batch_id: str, lane: str, error: DamflowError) -> t
     event = AssetFailed(
         event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", tier=1, path=shown,
         error_class=type(error).__name__, error_code=error.code, reason=str(error), retriable=False,
-        failed_at=now(),
+        failed_at=(at := now()), first_failure_at=at,  # a chain of one
     )
     return encode(event), shown.encode()

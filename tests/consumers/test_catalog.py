@@ -38,7 +38,10 @@ def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1"
 
 def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: float = T0 + 20, batch: str = "b1",
            tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated",
-           replays: int = 0, first: float | None = None) -> AssetFailed:
+           replays: int = 0, first: float | None = None, chain_known: bool = True) -> AssetFailed:
+    """A failure; its retry chain began at ``first`` (default: ``at``, a first attempt), unless not known (sent
+    by a worker from before the chain's start was carried)."""
+    first = (at if first is None else first) if chain_known else None
     return AssetFailed(
         event_id=event_id, batch_id=batch, lane="batch", source="scan", tier=tier, path=path, asset_id=asset_id,
         error_class="CorruptImage", error_code="corrupt_image", reason=reason, retriable=outcome == "retrying",
@@ -351,7 +354,7 @@ def test_failures_of_two_events_and_a_skewed_chain_agree_in_every_delivery_order
     # one chain's steps ordered by step and two events' failures by time made no order at all (A3 beats A1,
     # B beats A3, A1 beats B), so the rows of a path and an asset depended on the order events came in
     path = f"{ROOT}/a.png"
-    events = [failed("eA", path, outcome="retrying", at=T0 + 110, attempts=1, asset_id=A1),
+    events = [failed("eA", path, outcome="retrying", at=T0 + 110, attempts=1, asset_id=A1),  # chain A: 110
               failed("eA", path, outcome="retrying", at=T0 + 101, attempts=2, asset_id=A1, first=T0 + 110),
               failed("eA", path, at=T0 + 102, attempts=3, asset_id=A1, first=T0 + 110, reason="chain A"),
               failed("eB", path, at=T0 + 105, asset_id=A1, batch="b2", reason="event B")]

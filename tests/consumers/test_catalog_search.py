@@ -470,18 +470,19 @@ def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Pa
 
 
 def test_a_chain_begun_before_the_upgrade_goes_on_by_its_steps_after_it(v1_catalog: Path) -> None:
-    # rows from before version 7 get their own time as their chain's start, and their path's attempts
+    # a row from before version 7 has no chain start: the next step of its chain, which carries the start (here
+    # earlier than the row's own time), comes after it
     db = sqlite3.connect(v1_catalog)
     db.executescript(f"""
         INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'Timeout', 'timeout', 'slow',
-                                     'retrying', 1, {T0 + 30});
+                                     'retrying', 2, {T0 + 30});
         INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', 'retrying', {T0 + 30});
         INSERT INTO asset_tiers VALUES ('{A2}', 1, 'retrying', {T0 + 30});
     """)
     db.close()
     with Catalog(v1_catalog) as cat:
         # attempt 3 of the chain whose attempt 1 is in the catalog, stamped by a worker whose clock is behind
-        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25, first=T0 + 30)])
+        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25, first=T0 + 20)])
         assert cat.asset(A2)["tier1_state"] == "dead_lettered"
         assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
         assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
@@ -499,7 +500,8 @@ def test_a_dead_letter_from_before_the_upgrade_outranks_its_chains_late_first_at
     """)
     db.close()
     with Catalog(v1_catalog) as cat:
-        cat.apply([failed("e2", f"{ROOT}/b.png", outcome="retrying", attempts=1, asset_id=A2, at=T0 + 20)])
+        cat.apply([failed("e2", f"{ROOT}/b.png", outcome="retrying", attempts=1, asset_id=A2, at=T0 + 20,
+                          chain_known=False)])  # sent before the upgrade too
         assert cat.asset(A2)["tier1_state"] == "dead_lettered"
         assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
         assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)

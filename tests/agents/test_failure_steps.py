@@ -1,0 +1,69 @@
+"""Each failure of an event says which step of its retry chain it is: the attempt's number and the chain's start,
+carried from retry to retry, so the catalog orders the chain's outcomes whatever the workers' clocks say."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+
+import agents.handling as handling
+from schemas import DeadLetter, FileDiscovered, decode, encode
+from streams.errors import SchemaError, TransientError
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+class _Topic:
+    """A topic that keeps what is sent to it (no broker: this is the handler's bookkeeping alone)."""
+
+    def __init__(self, sent: list, name: str) -> None:
+        self.sent, self.name = sent, name
+
+    async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+        self.sent.append((self.name, value, headers))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _Event:
+    def __init__(self, value: bytes, headers: dict) -> None:
+        self.value = value
+        self.message = types.SimpleNamespace(headers=headers, topic="damflow.t1.batch", partition=0, offset=5,
+                                             timestamp=1.0, key=b"k")
+
+
+async def test_an_attempt_that_cannot_be_read_counts_as_the_next_step_of_its_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a retried record that the next worker cannot decode (a newer producer's schema) was dead-lettered as the
+    # attempt before it: tied with that attempt's "retrying", the workers' clocks decided, and a clock behind
+    # kept the batch in flight for ever
+    sent: list = []
+    app = types.SimpleNamespace(topic=lambda name: _Topic(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/pics/a.png", size=9,
+                            mtime_ns=1, discovered_at=1.0)
+
+    async def work(_record, _attempt):
+        raise TransientError("disk busy")
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(handling, "now", lambda: clock["now"])
+    first = await handler.process(_Event(encode(record), {}), work)
+    [retry_headers] = [headers for name, _, headers in sent if ".retry." in name]
+
+    def unreadable(*_args, **_kw):
+        raise SchemaError("schema version 9 is newer than this worker's")
+
+    monkeypatch.setattr(handling, "decode", unreadable)
+    clock["now"] = 995.0  # the next worker's clock is 5 s behind
+    second = await handler.process(_Event(encode(record), retry_headers), work)
+
+    assert (first.outcome, first.attempts, first.first_failure_at) == ("retrying", 1, 1000.0)
+    assert (second.outcome, second.attempts, second.first_failure_at) == ("dead_lettered", 2, 1000.0)
+    [letter] = [decode(value, DeadLetter) for name, value, _ in sent if name.endswith(".dlq")]
+    assert (letter.attempts, letter.first_failure_at) == (2, 1000.0)
