@@ -304,16 +304,16 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     started: dict[str, float] = {}  # event id -> when it was published
     pending: dict[str, asyncio.Future] = {}
     watcher, express = app[_OUTCOMES], app[_EXPRESS]
-    syncs: list[asyncio.Future] = []  # each stored file's sync to disk, while it is published and worked on
+    syncs: dict[str, asyncio.Future] = {}  # event id -> its file's sync to disk, while published and worked on
     opened = now()
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes
             stored = spool.store(settings)
-            if settings.upload_fsync:
-                syncs.append(sync := asyncio.ensure_future(asyncio.to_thread(make_durable, stored)))
-                sync.add_done_callback(_settled)  # whichever way this ends, its outcome is taken
             event = upload_event(stored, batch_id=batch_id, display_name=spool.name)
+            if settings.upload_fsync:
+                syncs[event.event_id] = sync = asyncio.ensure_future(asyncio.to_thread(make_durable, stored))
+                sync.add_done_callback(_settled)  # whichever way this ends, its outcome is taken
             if wait:  # registered before publishing, so the outcome cannot be missed
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
             started[event.event_id] = time.perf_counter()
@@ -323,18 +323,22 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                          "name": spool.name, "size": stored.size, "format": stored.format})
             ulog.info("upload_published", asset_id=stored.asset_id, event_id=event.event_id,
                       size=stored.size, format=stored.format)
-        await asyncio.gather(*syncs)  # on disk before any answer: an answered upload survives a power loss
+        await asyncio.gather(*syncs.values())  # on disk before any answer: an answered upload survives power loss
     except (KafkaError, DamflowError, OSError) as exc:
+        # a file is listed as taken only once it is on disk: one whose sync failed is for its client to send again
+        unsynced = {e for e, ok in zip(syncs, await asyncio.gather(*syncs.values(), return_exceptions=True),
+                                       strict=True) if isinstance(ok, BaseException)}
+        taken = [row for row in rows if row["event_id"] not in unsynced]
         for event_id in pending:
             watcher.forget(event_id)
-        # What was published stays published (and is listed); the rest was not: the client may retry it.
-        ulog.error("upload_failed", error=repr(exc), published=len(rows), received=len(spools))
-        if rows:
+        # What was published and stored stays so (and is listed); the rest was not: the client may retry it.
+        ulog.error("upload_failed", error=repr(exc), published=len(rows), taken=len(taken), received=len(spools))
+        if rows:  # the batch counts every file published: each has its outcome, even one whose sync failed
             await _closed(await _close(app, batch_id, len(rows), opened, ulog), ulog)
         retriable = isinstance(exc, KafkaError | OSError) or getattr(exc, "retriable", False)
         code = exc.code if isinstance(exc, StorageUnavailable) else "upload_failed"  # as while receiving
-        return _error(503 if retriable else 500, f"upload failed after {len(rows)} of {len(spools)} files: "
-                      f"{exc}", code, uploads=rows)
+        return _error(503 if retriable else 500, f"upload failed after {len(taken)} of {len(spools)} files: "
+                      f"{exc}", code, uploads=taken)
     closing = await _close(app, batch_id, len(rows), opened, ulog)  # after the files: it delays none of them
     if not wait:
         await _closed(closing, ulog)

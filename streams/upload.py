@@ -127,15 +127,18 @@ class Spool:
         """Move the finished spool into the store: hashed and sniffed on the way in, so this is a rename, not a
         second read. The name comes from the hash alone, so the same content uploaded twice is stored once.
 
-        The new copy replaces one already there (atomically: a reader keeps what it opened), rather than trusting
-        it: what a power loss left of a store that was never synced (:func:`make_durable`) may be short, and a
-        store whose sync failed may never reach the disk although it reads whole, while the bytes in hand are
-        the ones hashed. Each upload then syncs bytes of its own."""
+        A file already under the name is kept when it has the size of these bytes: replacing it would put an
+        unsynced copy under a name another upload may already have been answered for. One of another size is
+        what a power loss left of a store that was never synced (:func:`make_durable`), and is replaced
+        (atomically: a reader keeps what it opened); a store whose sync failed was removed then."""
         fmt = self.format or ""
         dest = settings.originals_dir / self.asset_id[:2] / f"{self.asset_id}{_EXT.get(fmt, '.bin')}"
         with _storing():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.path, dest)
+            if _stored_size(dest) == self.size:
+                self.path.unlink(missing_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path, dest)
         return StoredUpload(self.asset_id, dest, self.size, fmt)
 
     def discard(self) -> None:
@@ -150,6 +153,13 @@ class Spool:
         if self.format is None:
             raise UploadNotAnImage(f"{self.name + ': ' if self.name else ''}not a recognised image (judged by its "
                                    "content, not its name or declared type)")
+
+
+def _stored_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _sync(path: Path, flags: int = 0) -> None:
@@ -168,11 +178,17 @@ def make_durable(stored: StoredUpload) -> None:
     meanwhile, so the sync costs an urgent file no time). Should the power fail before the sync ends, the
     upload was not answered and its client sends it again; a short file left under its name is replaced then
     (see :meth:`Spool.store`), and the event published meanwhile, which met that short file, was dead-lettered
-    and can be replayed."""
-    with _storing():
-        _sync(stored.path)
-        for directory in stored.path.parents[:3]:  # its name; the prefix directory's; the store's, on a first one
-            _sync(directory, os.O_DIRECTORY)
+    and can be replayed. A sync that fails removes the file: after a write error Linux marks its pages clean,
+    so it would read whole, and a later sync of it succeed, although its bytes never reached the disk."""
+    try:
+        with _storing():
+            _sync(stored.path)
+            for directory in stored.path.parents[:3]:  # its name; the prefix directory's; the store's, if new
+                _sync(directory, os.O_DIRECTORY)
+    except StorageUnavailable:
+        with contextlib.suppress(OSError):
+            stored.path.unlink()
+        raise
 
 
 def _read_source(src: BinaryIO, source: Path) -> bytes:

@@ -142,7 +142,7 @@ def test_a_stored_upload_is_synced_to_disk_bytes_name_and_directory_before_it_is
     assert steps == [("rename", str(stored.path)), *(synced if durable else [])]
 
 
-def test_an_original_whose_sync_failed_is_written_anew_by_the_next_upload_of_its_content(
+def test_an_original_whose_sync_failed_is_removed_and_written_anew_by_the_next_upload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # after a failed sync the file reads whole from the page cache but may never reach the disk (Linux marks
@@ -162,9 +162,18 @@ def test_an_original_whose_sync_failed_is_written_anew_by_the_next_upload_of_its
     monkeypatch.setattr(upload.os, "fsync", failing_fsync)
     with pytest.raises(StorageUnavailable, match="Input/output error"):
         upload.store_original(settings, source)
-    [kept] = settings.originals_dir.rglob("*.png")
-    before = kept.stat().st_ino
+    assert list(settings.originals_dir.rglob("*.png")) == []
     monkeypatch.setattr(upload.os, "fsync", real_fsync)
     again = upload.store_original(settings, source)
-    assert again.path == kept and again.path.stat().st_ino != before  # bytes of its own, synced
     assert again.path.read_bytes() == source.read_bytes()
+
+
+def test_a_whole_stored_original_is_kept_not_replaced_by_an_unsynced_copy(tmp_path: Path) -> None:
+    # replacing it would put a copy not yet on disk under a name another upload may have been answered for
+    settings = Settings(data_dir=tmp_path / "data")
+    source = make_png(tmp_path / "a.png", size=(64, 64), seed=1)
+    first = upload.store_original(settings, source)
+    inode = first.path.stat().st_ino
+    again = upload.store_original(settings, source)
+    assert again.path == first.path and again.path.stat().st_ino == inode
+    assert not list(upload.spool_dir(settings).iterdir())
