@@ -469,39 +469,27 @@ def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Pa
         Catalog(v1_catalog, readonly=True)
 
 
-def test_a_chain_begun_before_the_upgrade_goes_on_by_its_steps_after_it(v1_catalog: Path) -> None:
+@pytest.mark.parametrize(("old_state", "old_attempts", "late"), [
     # a row from before version 7 has no chain start: the next step of its chain, which carries the start (here
-    # earlier than the row's own time), comes after it
+    # earlier than the row's own time, from a worker whose clock is behind), comes after it
+    ("retrying", 2, dict(outcome="dead_lettered", attempts=3, at=T0 + 25, first=T0 + 20)),
+    # it takes the attempts its path's failure row kept: a late attempt 1 sent before the upgrade too
+    # (redelivered, or on another partition, being keyed by path before hashing) does not put it back in flight
+    ("dead_lettered", 3, dict(outcome="retrying", attempts=1, at=T0 + 20, chain_known=False)),
+])
+def test_a_chain_begun_before_the_upgrade_ends_in_its_last_step_after_it(
+    v1_catalog: Path, old_state: str, old_attempts: int, late: dict
+) -> None:
     db = sqlite3.connect(v1_catalog)
     db.executescript(f"""
         INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'Timeout', 'timeout', 'slow',
-                                     'retrying', 2, {T0 + 30});
-        INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', 'retrying', {T0 + 30});
-        INSERT INTO asset_tiers VALUES ('{A2}', 1, 'retrying', {T0 + 30});
+                                     '{old_state}', {old_attempts}, {T0 + 30});
+        INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', '{old_state}', {T0 + 30});
+        INSERT INTO asset_tiers VALUES ('{A2}', 1, '{old_state}', {T0 + 30});
     """)
     db.close()
     with Catalog(v1_catalog) as cat:
-        # attempt 3 of the chain whose attempt 1 is in the catalog, stamped by a worker whose clock is behind
-        cat.apply([failed("e2", f"{ROOT}/b.png", attempts=3, asset_id=A2, at=T0 + 25, first=T0 + 20)])
-        assert cat.asset(A2)["tier1_state"] == "dead_lettered"
-        assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
-        assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
-
-
-def test_a_dead_letter_from_before_the_upgrade_outranks_its_chains_late_first_attempt(v1_catalog: Path) -> None:
-    # the pre-upgrade row takes the attempts its path's failure row kept: a late attempt 1 (redelivered, or on
-    # another partition, being keyed by path before hashing) does not put the file back in flight
-    db = sqlite3.connect(v1_catalog)
-    db.executescript(f"""
-        INSERT INTO failures VALUES ('{ROOT}/b.png', 1, '{A2}', 'b1', 'e2', 'CorruptImage', 'corrupt_image', 'bad',
-                                     'dead_lettered', 3, {T0 + 30});
-        INSERT INTO batch_files VALUES ('b1', 'e2', 1, '{ROOT}/b.png', '{A2}', 'dead_lettered', {T0 + 30});
-        INSERT INTO asset_tiers VALUES ('{A2}', 1, 'dead_lettered', {T0 + 30});
-    """)
-    db.close()
-    with Catalog(v1_catalog) as cat:
-        cat.apply([failed("e2", f"{ROOT}/b.png", outcome="retrying", attempts=1, asset_id=A2, at=T0 + 20,
-                          chain_known=False)])  # sent before the upgrade too
+        cat.apply([failed("e2", f"{ROOT}/b.png", asset_id=A2, **late)])
         assert cat.asset(A2)["tier1_state"] == "dead_lettered"
         assert [(f["outcome"], f["attempts"]) for f in cat.asset(A2)["failures"]] == [("dead_lettered", 3)]
         assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
