@@ -65,11 +65,6 @@ LIBRARY_VERSIONS = {
 } | {"python": platform.python_version()}
 
 
-def _count(value: Any) -> int:
-    """A count an unreadable record claims (its ``replay_count``), if it is one; else 0."""
-    return value if type(value) is int and 0 <= value < 2**31 else 0
-
-
 def classify(exc: BaseException) -> tuple[str, bool]:
     """(error code, retriable) of any exception; unknown exceptions are bugs: permanent until fixed."""
     if isinstance(exc, DamflowError):
@@ -188,7 +183,7 @@ class EventHandler:
             asset_id=asset_id if asset_id and len(asset_id) <= 256 else None, error_class=type(exc).__name__,
             error_code=exc.code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=False, outcome="dead_lettered",
             attempts=history.attempts, first_failure_at=history.first_failure_at,
-            replay_count=_count(said.get("replay_count")), failed_at=now(),
+            failed_at=now(),  # replay count 0: what such a record claims (`claimed`) is its text fields only
         )
         await self.emit(failed, failed.asset_id or path)
         return failed

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from agents.handling import _count, _with_payload
+from agents.handling import _with_payload
 from schemas import DeadLetter, decode
 
 BUDGET = 100_000
@@ -41,10 +41,3 @@ def test_a_value_too_large_keeps_its_first_bytes_within_the_budget(raw: bytes) -
     assert letter.payload_truncated and letter.payload_encoding == "base64"
     head = base64.b64decode(letter.original_payload)
     assert raw.startswith(head) and len(head) > BUDGET // 2
-
-
-@pytest.mark.parametrize(("claimed", "count"), [(2, 2), (0, 0), (None, 0), ("3", 0), (True, 0), (-1, 0),
-                                                (2.0, 0), (2**63, 0)])
-def test_an_unreadable_records_replay_count_is_taken_only_if_it_is_a_count(claimed, count: int) -> None:
-    # it orders the failure in the catalog: whatever else a damaged record claims reads as a first run
-    assert _count(claimed) == count
