@@ -150,12 +150,8 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     from consumers.catalog_sink import CatalogSink
     from streams.ownership import DataDirLock
 
-    owner = DataDirLock(settings)  # the catalog's one writer: refused beside `damflow up` on the same directory
-    owner.acquire()
-    try:
+    with DataDirLock(settings):  # the catalog's one writer: refused beside `damflow up` on the same directory
         return _run_service(settings, CatalogSink)
-    finally:
-        owner.release()
 
 
 def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,7 +20,7 @@ from streams.settings import Settings
 
 
 class DataDirLock:
-    """``acquire()`` or :class:`DataDirInUse`; ``release()`` (also when never acquired)."""
+    """``acquire()`` or :class:`DataDirInUse`; ``release()`` (also when never acquired); or ``with`` it."""
 
     def __init__(self, settings: Settings) -> None:
         self.data_path = settings.data_path
@@ -53,3 +53,10 @@ class DataDirLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # the lock goes with the descriptor
             self._fd = None
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
