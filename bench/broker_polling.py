@@ -7,7 +7,12 @@ nothing and waits. A damflow stack keeps a few consumers polling all the time (w
 progress bars), so this cost is paid during an import whatever the import does: it is most of the broker's CPU in
 ``bench/priority.py``. This measures it in isolation, against the broker's own idle CPU (no consumer) in the same
 run: one idle consumer per fetch wait, then one produce + consume round trip per record on an empty topic.
-Prints a table and a ``BENCH_JSON`` line.
+
+Then the same round trip on a partition that already holds many batches (``--history``): the embedded broker's
+memory storage finds what a fetch returns by going over the batches its partition holds, so a fetch that returns
+records costs more the more batches were ever produced there (it keeps them all), while an idle fetch and a
+produce do not. A long-running ``damflow up`` on the embedded broker slows down as its topics fill; the same
+records in fewer, larger batches cost far less. Prints a table and a ``BENCH_JSON`` line.
 """
 
 from __future__ import annotations
@@ -51,19 +56,21 @@ async def idle_cost(bootstrap: str, pid: int, wait_ms: int | None, seconds: floa
     return 100 * used / seconds
 
 
-async def round_trip_cost(bootstrap: str, pid: int, n: int) -> tuple[float, float]:
-    """Broker CPU ms per produce (acked) + consume of one record, and the round trip's p50 ms (10 ms wait)."""
+async def round_trip_cost(bootstrap: str, pid: int, n: int, topic: str = "trip") -> tuple[float, float]:
+    """Broker CPU ms per produce (acked) + consume of one record, and the round trip's p50 ms (10 ms wait),
+    read from the end of ``topic`` (what it already holds is not read, only gone over by the broker)."""
     async with AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0) as prod:
-        consumer = AIOKafkaConsumer("trip", bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="latest", fetch_max_wait_ms=10)
         await consumer.start()
         try:
-            await prod.send_and_wait("trip", b"warm")
+            await consumer.seek_to_end()
+            await prod.send_and_wait(topic, b"warm")
             await consumer.getone()
             start, trips = broker_cpu(pid), []
             for _ in range(n):
                 t = time.perf_counter()
-                await prod.send_and_wait("trip", b"x" * 500)
+                await prod.send_and_wait(topic, b"x" * 500)
                 await consumer.getone()
                 trips.append((time.perf_counter() - t) * 1000)
             used = broker_cpu(pid) - start
@@ -72,13 +79,41 @@ async def round_trip_cost(bootstrap: str, pid: int, n: int) -> tuple[float, floa
     return 1000 * used / n, sorted(trips)[len(trips) // 2]
 
 
+async def fill(bootstrap: str, topic: str, batches: int, per_batch: int) -> None:
+    """Produce ``batches`` batches of ``per_batch`` records each to ``topic`` (one partition)."""
+    async with AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0) as prod:
+        for _ in range(batches):
+            batch = prod.create_batch()
+            for _ in range(per_batch):
+                batch.append(key=None, value=b"h" * 500, timestamp=None)
+            await (await prod.send_batch(batch, topic, partition=0))
+
+
+async def history_cost(bootstrap: str, pid: int, steps: list[int], per_batch: int, n: int) -> list[dict]:
+    """The round trip's cost on one partition as the records it holds grow through ``steps``, produced
+    ``per_batch`` records to a batch."""
+    topic, held, rows = f"history-{per_batch}", 0, []
+    await ensure_topics(bootstrap, [topic], 1)
+    for records in steps:
+        await fill(bootstrap, topic, (records - held) // per_batch, per_batch)
+        held = records
+        cpu_ms, p50 = await round_trip_cost(bootstrap, pid, n, topic)
+        rows.append({"records_held": records, "records_per_batch": per_batch, "round_trip_broker_cpu_ms":
+                     round(cpu_ms, 3), "round_trip_p50_ms": round(p50, 1)})
+        held += n + 1  # the round trips' own records, one batch each (not counted in the steps)
+    return rows
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--waits", default="10,50,100,250,1000", help="fetch waits to measure, ms")
     ap.add_argument("--trips", type=int, default=300)
+    ap.add_argument("--history", default="0,5000,20000",
+                    help="records a partition holds before the round trips are measured again")
     args = ap.parse_args()
     waits = [int(w) for w in args.waits.split(",")]
+    steps = [int(h) for h in args.history.split(",")] if args.history else []
     with EmbeddedBroker() as broker:
         pid = broker.pid
         assert pid is not None
@@ -88,6 +123,8 @@ async def main() -> None:
                                                                                     args.seconds), 2)}
                 for w in waits]
         trip_ms_cpu, trip_p50 = await round_trip_cost(broker.bootstrap, pid, args.trips)
+        history = [row for per_batch in (1, 50) for row in
+                   await history_cost(broker.bootstrap, pid, steps, per_batch, args.trips // 3)]
     print(f"embedded broker CPU, {len(os.sched_getaffinity(0))} cores; no consumer: {baseline:.2f} % of a core")
     print(f"{'fetch wait ms':>14s} {'% of a core':>12s} {'fetches/s':>10s} {'ms CPU/fetch':>13s}   (one idle consumer)")
     for r in rows:
@@ -96,9 +133,15 @@ async def main() -> None:
         print(f"{r['fetch_max_wait_ms']:14d} {r['broker_core_pct']:12.2f} {per_s:10.1f} {r['cpu_ms_per_fetch']:13.2f}")
     print(f"produce + consume of one record: {trip_ms_cpu:.2f} ms of broker CPU, round trip p50 {trip_p50:.1f} ms "
           f"({args.trips} records, 10 ms fetch wait)")
+    if history:
+        print("the same round trip on a partition already holding records (the broker keeps every batch):")
+        print(f"{'records held':>13s} {'per batch':>10s} {'ms CPU/trip':>12s} {'p50 ms':>7s}")
+        for r in history:
+            print(f"{r['records_held']:13d} {r['records_per_batch']:10d} {r['round_trip_broker_cpu_ms']:12.3f} "
+                  f"{r['round_trip_p50_ms']:7.1f}")
     print("BENCH_JSON " + json.dumps({"bench": "broker_polling", "idle_no_consumer_core_pct": round(baseline, 2),
                                       "idle_consumer": rows, "round_trip_broker_cpu_ms": round(trip_ms_cpu, 2),
-                                      "round_trip_p50_ms": round(trip_p50, 1)}))
+                                      "round_trip_p50_ms": round(trip_p50, 1), "history": history}))
 
 
 if __name__ == "__main__":
