@@ -266,8 +266,8 @@ def create_app(settings: Settings, bootstrap: str) -> DamflowApp:
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_commit_every=100,
-        # few records per fetch: with the batch topics' small buffers (Settings.batch_buffer) nothing fetched for
-        # the batch lane can block the delivery of an interactive event behind it
+        # bounded records per fetch: with the batch topics' bounded buffers (Settings.batch_buffer), what is
+        # fetched for the batch lane never piles up in the worker
         broker_max_poll_records=settings.batch_buffer,
         broker_commit_interval=0.5,
         producer_linger_ms=0,
