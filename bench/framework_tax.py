@@ -45,6 +45,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from schemas import FileDiscovered, encode, now  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
+from streams.parentage import die_with_parent  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import topics_for  # noqa: E402
 
@@ -82,9 +83,13 @@ def run_bare(bootstrap: str, settings: Settings, n: int, group: str) -> None:
     import faust
 
     topics = topics_for(settings)
+    # faust's defaults, but for the group timeouts (damflow's, which only shorten the join: not per event)
     app = faust.App(group, broker=f"kafka://{bootstrap}", value_serializer="raw", key_serializer="raw",
                     web_enabled=False, store="memory://", datadir=str(settings.data_path / "bare"),
-                    topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest")
+                    topic_partitions=settings.partitions, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=settings.session_timeout_s,
+                    broker_heartbeat_interval=settings.heartbeat_interval_s,
+                    broker_rebalance_timeout=settings.rebalance_timeout_s)
     source = app.topic(topics.t1_batch)
     outs = [app.topic(f"{topics.assets}.bare"), app.topic(f"{topics.tier2('batch')}.bare")]
     counter = Counter(n)
@@ -138,19 +143,28 @@ def _work(worker) -> None:
     worker.execute_from_commandline()
 
 
-def measure(side: str, bootstrap: str, data_dir: str, n: int, group: str, buffer: str = "default") -> float:
-    """Run one side in its own process, in a fresh consumer group; its events per second."""
+def measure(side: str, bootstrap: str, data_dir: str, n: int, group: str, buffer: str = "default",
+            timeout: float = 600) -> float:
+    """Run one side in its own process, in a fresh consumer group; its events per second. A worker that has not
+    seen every event within ``timeout`` seconds (its path no longer gets there) is killed, and this raises."""
     env = dict(os.environ, DAMFLOW_DATA_DIR=data_dir, DAMFLOW_LOG_LEVEL="warn")
     env.pop("DAMFLOW_BATCH_BUFFER", None)
     if buffer != "default":
         env["DAMFLOW_BATCH_BUFFER"] = buffer
     cmd = [sys.executable, __file__, "--side", side, "--bootstrap", bootstrap, "--events", str(n),
            "--group", group]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    for line in proc.stdout.splitlines():
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=die_with_parent) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            raise RuntimeError(f"{side} worker did not see {n} events in {timeout:.0f} s: {stderr[-2000:]}") from None
+    for line in stdout.splitlines():
         if RESULT in line:
             return json.loads(line.split(RESULT, 1)[1])["rate"]
-    raise RuntimeError(f"{side} worker gave no result (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    raise RuntimeError(f"{side} worker gave no result (exit {proc.returncode}): {stderr[-2000:]}")
 
 
 def main() -> None:
@@ -158,6 +172,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--buffers", default="default,8", help="DAMFLOW_BATCH_BUFFER values for the damflow side")
+    ap.add_argument("--worker-timeout", type=float, default=600, help="seconds a side's worker may take")
     ap.add_argument("--side", choices=("bare", "damflow"), help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--group", help=argparse.SUPPRESS)
@@ -175,7 +190,8 @@ def main() -> None:
         for run in range(args.repeat):
             for i, side in enumerate(sides):
                 kind, buffer = ("bare", "default") if side == "bare" else ("damflow", side.rsplit(" ", 1)[1])
-                rates[side].append(measure(kind, broker.bootstrap, data_dir, args.events, f"tax-{i}-{run}", buffer))
+                rates[side].append(measure(kind, broker.bootstrap, data_dir, args.events, f"tax-{i}-{run}", buffer,
+                                           args.worker_timeout))
     default = Settings.model_fields["batch_buffer"].default
     bare = statistics.median(rates["bare"])
     print(f"framework tax, {len(os.sched_getaffinity(0))} cores, {args.events} events, embedded broker; "
