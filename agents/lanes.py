@@ -7,7 +7,7 @@ Each place where an urgent event could otherwise queue behind less urgent work h
    (browsable within seconds first, searchable within minutes after); tiers 1-2 pause tier 3. A lower level
    resumes only after the levels above it have been idle for ``idle_s``, so the gap between two files of an
    import does not let lower-level work in ahead of the rest. faust's own per-partition flow control keeps what
-   was already fetched for the batch lane small (see ``streams.app``).
+   was already fetched for the batch lane bounded (``Settings.batch_buffer``, see ``streams.app``).
 2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
    runs at the caller's priority, the batch pool's processes in the idle scheduling class (see
    :mod:`streams.niceness`), so an urgent file never waits behind queued batch files; optionally

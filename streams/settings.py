@@ -120,10 +120,12 @@ class Settings(BaseSettings):
     #: another worker never answers, and the other worker's outcome would otherwise be read only at the wait's end.
     express_patience_s: float = Field(default=1.0, gt=0)
     #: Batch events a worker holds fetched but not started, per topic (and the records one fetch hands over):
-    #: bounded, so memory stays flat however long the backlog. Urgent work does not wait behind them (it has its
-    #: own topic, pool and express path). bench/priority.py, six alternating runs each: at 8 and at 32 urgent p50
-    #: 52.7 / 52.8 ms and p99 69.4 / 71.0 (medians), throughput 0.82 / 0.84 of the compute limit, services
-    #: 4.4 / 4.2 ms CPU per file; bench/framework_tax.py: 0.65x / 0.80x a bare faust agent's event rate.
+    #: bounded, so memory stays flat however long the backlog. Measured at 8 and at 32, 2 cores:
+    #: bench/priority.py, six alternating runs each: urgent p50 52.7 / 52.8 ms, p99 69.4 / 71.0 (medians),
+    #: throughput 0.82 / 0.84 of the compute limit, services 4.4 / 4.2 ms CPU per file. Uploads during an
+    #: import, 12 per run: searchable (their tier 2 comes by fetch, not express) p50 54-58 / 57-59 ms over three
+    #: runs each; with express off, browsable p50 54-57 / 52-57 ms over two. bench/framework_tax.py: 0.66x /
+    #: 0.79x a bare faust agent's event rate.
     batch_buffer: int = Field(default=32, ge=1)
     #: Batch files per pool task (see agents.chunking): the worker's and the broker's cost per file is paid
     #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone.
