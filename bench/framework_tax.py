@@ -11,11 +11,12 @@ reads all of them in its own consumer group, in a worker process of its own (as 
 - **bare**: a plain ``faust.App`` (faust's defaults, raw values) whose agent forwards each event's bytes to two
   topics, as a tier forwards its result to ``assets`` and to the next tier: ``await topic.send(...)``, which only
   queues the record (faust's way);
-- **damflow**: the worker's app (``streams.app.create_app``: its consumer, its fetch waits, its small batch-lane
-  buffers) and the tier agents' loop (``agents.lanes.lane_agent``: the lane governor's accounting, acks by hand)
-  around ``agents.handling.EventHandler`` (decode and validate, bind the log context, classify failures) with a
-  no-op work that builds the ``AssetBrowsable`` and emits it to ``assets`` and ``t2.batch``, awaiting the broker's
-  acks before the event's offset may commit (at-least-once: effects first).
+- **damflow**: the worker's app (``streams.app.create_app``: its consumer, its fetch waits, its batch-lane
+  buffers) and its own tier-1 agents (``agents.tier1.register``: ``agents.lanes.lane_agent`` with the lane
+  governor's accounting and acks by hand, around ``agents.handling.EventHandler``: decode and validate, bind the
+  log context, classify failures), with a pool that does no work: tier 1 builds the ``AssetBrowsable`` and emits
+  it to ``assets`` and ``t2.batch``, awaiting the broker's acks before the event's offset may commit
+  (at-least-once: effects first).
 
 The damflow side runs once per ``--buffers`` value of ``DAMFLOW_BATCH_BUFFER`` (``default``: the setting's
 default; 8 was the default before): the batch lane's buffer also caps the records one fetch hands over, and with
@@ -44,6 +45,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from schemas import FileDiscovered, encode, now  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
+from streams import logs  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
 from streams.parentage import die_with_parent  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -105,36 +107,44 @@ def run_bare(bootstrap: str, settings: Settings, n: int, group: str) -> None:
 
 
 def run_damflow(bootstrap: str, settings: Settings, n: int, group: str) -> None:
+    import contextlib
+
     import faust
 
-    from agents.handling import EventHandler
-    from agents.lanes import LaneGovernor, lane_agent
-    from schemas import AssetBrowsable
+    from agents import tier1
+    from agents.browse import Browsed
+    from agents.lanes import LaneGovernor
     from streams.app import create_app
 
-    settings = settings.model_copy(update={"group_id": group})
+    settings = settings.model_copy(update={"group_id": group, "express": False})  # no uploads here
     topics = topics_for(settings)
     app = create_app(settings, bootstrap)
-    handler = EventHandler(app, topics, settings, tier=1)
-    governor = LaneGovernor(app, topics, idle_s=settings.lane_idle_s)
-    tier2 = app.topic(topics.tier2("batch"))
     counter = Counter(n)
 
-    async def no_op(record: FileDiscovered, attempt: int) -> AssetBrowsable:
-        asset_id = f"{hash(record.path) & (2**64 - 1):016x}" * 4
-        browsable = AssetBrowsable(
-            event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
-            asset_id=asset_id, path=record.path, size=record.size, mtime_ns=record.mtime_ns, format="PNG",
-            width=1024, height=1024, thumbnails={"256": f"thumbs/{asset_id[:2]}/{asset_id}.256.webp"},
-            discovered_at=record.discovered_at, browsable_at=now(), attempts=attempt,
-        )
-        await handler.emit(browsable, asset_id, tier2)
-        counter.tick()
-        return browsable
+    class NoOpPools:
+        """The worker's lane pools, with tier 1's work done by nobody: a made-up result at once."""
 
-    topic = app.topic(topics.t1_batch, partitions=settings.partitions, maxsize=settings.batch_buffer)
-    app.agent(topic, name="tier1-batch", concurrency=settings.batch_concurrency)(
-        lane_agent(handler, governor, "batch", no_op))
+        def for_lane(self, lane: str) -> NoOpPools:
+            return self
+
+        async def run(self, fn, path: str, *args, **kwargs) -> Browsed:
+            asset_id = f"{hash(path) & (2**64 - 1):016x}" * 4
+            return Browsed(asset_id=asset_id, size=1_500_000, format="PNG", width=1024, height=1024,
+                           thumbnails={"256": f"thumbs/{asset_id[:2]}/{asset_id}.256.webp"}, deduplicated=False,
+                           work_ms=0.0)
+
+    class CountingGovernor(LaneGovernor):
+        """The worker's governor, counting each tier-1 event once its handling (the result acked) is over."""
+
+        @contextlib.contextmanager
+        def working(self, tier, lane, position=None):
+            with super().working(tier, lane, position):
+                yield
+            counter.tick()
+
+    # the worker's own tier-1 agents (agents.tier1.register), as `damflow worker` wires them
+    governor = CountingGovernor(app, topics, idle_s=settings.lane_idle_s)
+    tier1.register(app, settings, topics, NoOpPools(), governor)  # type: ignore[arg-type]
     _work(faust.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False, override_logging=False))
 
 
@@ -177,8 +187,10 @@ def main() -> None:
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--group", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.side:  # a worker process of one side
-        (run_bare if args.side == "bare" else run_damflow)(args.bootstrap, Settings(), args.events, args.group)
+    if args.side:  # a worker process of one side, its logging set up as `damflow worker` has it
+        settings = Settings()
+        logs.configure(settings.log_level, settings.log_format)
+        (run_bare if args.side == "bare" else run_damflow)(args.bootstrap, settings, args.events, args.group)
         return
     with tempfile.TemporaryDirectory(prefix="damflow-tax-") as data_dir, EmbeddedBroker() as broker:
         settings = Settings(data_dir=data_dir)
