@@ -36,7 +36,9 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # a line below the level is dropped before anything is added to it: a worker's per-event debug lines
+        # cost their stamping and context on every event otherwise (bench/framework_tax.py)
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
