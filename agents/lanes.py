@@ -128,8 +128,9 @@ class LaneGovernor:
             self._browsing -= browsing
             self._update()
 
-    def _tps(self, level: int) -> set[TP]:
-        return {tp for tp in self.app.consumer.assignment() if tp.topic in self._topics[level]}
+    def _tps(self, level: int, assigned: set[TP] | None = None) -> set[TP]:
+        topics = self._topics[level]
+        return {tp for tp in (self.app.consumer.assignment() if assigned is None else assigned) if tp.topic in topics}
 
     def _highwater(self, tp: TP) -> int | None:
         try:
@@ -137,10 +138,10 @@ class LaneGovernor:
         except AssertionError:  # aiokafka's "not assigned": the consumer thread took it away just now
             return None
 
-    def _lagging(self, level: int) -> bool:
+    def _lagging(self, level: int, assigned: set[TP] | None = None) -> bool:
         consumer = self.app.consumer
         fetched = consumer._first_fetched  # noqa: SLF001  # partitions delivered from since the assignment
-        for tp in self._tps(level):
+        for tp in self._tps(level, assigned):
             high, read = self._highwater(tp), consumer._read_offset.get(tp)  # noqa: SLF001
             # faust's read offset is the last offset read, but the next one to read after the assignment's seek
             # (until the first records come): read as the former, one waiting record went unseen meanwhile
@@ -175,7 +176,9 @@ class LaneGovernor:
             self._urgent = urgent
             if self.on_urgent is not None:
                 self.on_urgent(urgent)
-        busy = {level: self.in_flight[level] > 0 or (level > 0 and self._lagging(level)) for level in range(3)}
+        assigned = self.app.consumer.assignment()  # once: each call copies it
+        busy = {level: self.in_flight[level] > 0 or (level > 0 and self._lagging(level, assigned))
+                for level in range(3)}
         for level, is_busy in busy.items():
             if is_busy:
                 self._last_busy[level] = now
@@ -186,7 +189,7 @@ class LaneGovernor:
                                   for above in range(1, level))
             if want != self.paused[level]:
                 self.paused[level] = want
-                tps = self._tps(level)
+                tps = self._tps(level, assigned)
                 if want:
                     self.pauses[level] += 1
                     self.app.consumer.hold_partitions(tps)

@@ -281,3 +281,26 @@ async def test_a_hold_taken_between_revoke_and_assignment_does_not_strand_a_part
     with governor.working(1, "interactive"):  # and the governor's holds still work after it
         assert consumer._get_active_partitions() == {tp for tp in both if tp.topic in names[1::2]}
     assert consumer._get_active_partitions() == both
+
+
+async def test_the_assignment_follows_every_reassignment_and_is_the_callers_to_change(tmp_path) -> None:
+    # The consumer thread converts aiokafka's assignment to faust's partitions once per assignment (the lane
+    # governor asks several times per event), not once per question: a new assignment must still show at once.
+    thread = create_app(Settings(data_dir=tmp_path), "127.0.0.1:9").consumer._thread  # never connects
+
+    class AiokafkaConsumer:  # aiokafka hands back its Assignment's frozenset for as long as that holds
+        tps = frozenset({TopicPartition("t1.batch", 0), TopicPartition("t1.batch", 1)})
+
+        def assignment(self):
+            return self.tps
+
+    aiokafka_consumer = AiokafkaConsumer()
+    thread._ensure_consumer = lambda: aiokafka_consumer
+    first = thread.assignment()
+    assert first == {TP("t1.batch", 0), TP("t1.batch", 1)} and all(type(tp) is TP for tp in first)
+    first.clear()  # a caller's own set: changing it changes nothing for the next
+    assert thread.assignment() == {TP("t1.batch", 0), TP("t1.batch", 1)}
+    aiokafka_consumer.tps = frozenset({TopicPartition("t1.batch", 1)})  # a rebalance: a new Assignment
+    assert thread.assignment() == {TP("t1.batch", 1)}
+    aiokafka_consumer.tps = frozenset()
+    assert thread.assignment() == set()
