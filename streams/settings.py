@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     #: bench/priority.py, six alternating runs each: urgent p50 52.7 / 52.8 ms, p99 69.4 / 71.0 (medians),
     #: throughput 0.82 / 0.84 of the compute limit, services 4.4 / 4.2 ms CPU per file. Uploads during an
     #: import, 12 per run: searchable (their tier 2 comes by fetch, not express) p50 54-58 / 57-59 ms over three
-    #: runs each; with express off, browsable p50 54-57 / 52-57 ms over two. bench/framework_tax.py: 0.56x /
-    #: 0.64x a bare faust agent's event rate.
+    #: runs each; with express off, browsable p50 54-57 / 52-57 ms over two. bench/framework_tax.py: 0.66x /
+    #: 0.74x a bare faust agent's event rate.
     batch_buffer: int = Field(default=32, ge=1)
     #: Batch files per pool task (see agents.chunking): the worker's and the broker's cost per file is paid
     #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone.
