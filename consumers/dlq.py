@@ -166,6 +166,8 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
             return []
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        # the embedded broker's end offset is the last record batch's first offset + 1 (not its last + 1); a
+        # fetch hands over whole batches and getmany all it fetched, so the letters after it come with it
         ends = await consumer.end_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
         while remaining:
