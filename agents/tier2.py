@@ -17,7 +17,7 @@ from agents.lanes import LaneGovernor, LanePools, lane_agent
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, now
 from streams.logs import get
 from streams.settings import Settings
-from streams.topics import LANES, Topics
+from streams.topics import Topics
 
 log = get(__name__)
 
@@ -56,8 +56,10 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             ), record.asset_id)
         log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
 
-    for lane in LANES:
-        buffer = settings.batch_buffer if lane == "batch" else None
+    lanes = {
+        "interactive": (settings.tier2_interactive_concurrency, None),
+        "batch": (settings.tier2_batch_concurrency, settings.batch_buffer),
+    }
+    for lane, (concurrency, buffer) in lanes.items():
         topic = app.topic(topics.tier2(lane), partitions=settings.partitions, maxsize=buffer)
-        agent = lane_agent(handler, governor, lane, index)
-        app.agent(topic, name=f"tier2-{lane}", concurrency=settings.tier2_concurrency)(agent)
+        app.agent(topic, name=f"tier2-{lane}", concurrency=concurrency)(lane_agent(handler, governor, lane, index))

@@ -42,3 +42,12 @@ def test_thumbnail_sizes_that_would_dead_letter_every_file_are_refused(monkeypat
 def test_thumbnail_sizes_may_add_previews_after_the_256_px_one(monkeypatch) -> None:
     monkeypatch.setenv("DAMFLOW_THUMBNAIL_SIZES", "[256, 800, 2048]")
     assert Settings().thumbnail_sizes == (256, 800, 2048)
+
+
+def test_tier_two_batch_files_in_flight_fill_the_batch_pools_chunks_and_its_interactive_lane_stays_small() -> None:
+    # enough tier-2 batch files in flight for a full chunk per pool process and one waiting, as tier 1's: with
+    # 4, chunks of one or two formed and nearly every result was a record batch of its own on the broker
+    settings = Settings(pool_size=2, batch_chunk=8)
+    assert settings.tier2_batch_concurrency == settings.batch_concurrency == 24
+    assert settings.tier2_interactive_concurrency == 4  # shares the interactive pool with urgent files' tier 1
+    assert Settings(tier2_concurrency=6).tier2_batch_concurrency == 6
