@@ -167,10 +167,10 @@ class Settings(BaseSettings):
     lane_idle_s: float = Field(default=0.25, ge=0)
     #: Files in flight in tier 2's batch lane per worker (metadata: light work). Default: as tier 1's batch lane,
     #: so the batch pool gathers tier-2 files into full chunks too and a chunk's results go to the broker
-    #: together. At 4 (the default before, for both lanes) every result was a produce request and a record batch
-    #: of its own, and the embedded broker's fetches grow with the batches it holds (README). Measured, 500 files
-    #: on 2 cores: tier 2 took 2.0-2.2 s at 4 and 1.2 s at 24; the worker's record batches through tier 3 fell
-    #: from 1,728 to 1,151.
+    #: together. At 4 (the default before, for both lanes) nearly every result was a produce request and a record
+    #: batch of its own. Measured, 500 files on 2 cores: tier 2 took 2.0-2.2 s at 4 and 1.2 s at 24; the worker's
+    #: record batches through tier 3 fell from 1,728 to 1,151. (The embedded broker's CPU per import still grew
+    #: as much over ten imports on one stack, 46-47 to 119 / 115 ticks by the eighth, old / new.)
     tier2_concurrency: int | None = Field(default=None, ge=1)
     #: Files in flight in tier 2's interactive lane per worker: they share the reserved interactive pool (one
     #: file per task, in order) with urgent files' tier 1, so few, or a burst of uploads' metadata would queue
