@@ -77,6 +77,21 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer.start = start_without_prefetch_backoff  # type: ignore[method-assign]
         return consumer
 
+    #: aiokafka's assignment and it as faust's partitions, in one attribute: both threads ask (the event loop's
+    #: lane governor, the consumer thread's commits), and neither may pair one assignment with another's partitions
+    _assigned: tuple[frozenset | None, frozenset[TP]] = (None, frozenset())
+
+    def assignment(self) -> set[TP]:
+        # The lane governor asks on every update, twice per event, and faust converted every assigned partition
+        # anew each time. aiokafka hands back the same frozenset for as long as one assignment holds (a new
+        # Assignment, a new frozenset: held here, so compared by identity without an address being reused).
+        current = self._ensure_consumer().assignment()
+        seen, tps = self._assigned
+        if current is not seen:
+            tps = frozenset(ensure_TPset(current))
+            self._assigned = (current, tps)
+        return set(tps)  # the caller's own
+
 
 class _Consumer(faust_aiokafka.Consumer):
     """faust's consumer with two rules made to hold: a record handed out by a fetch is delivered, and a partition
