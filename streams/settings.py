@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     #: bench/priority.py, six alternating runs each: urgent p50 52.7 / 52.8 ms, p99 69.4 / 71.0 (medians),
     #: throughput 0.82 / 0.84 of the compute limit, services 4.4 / 4.2 ms CPU per file. Uploads during an
     #: import, 12 per run: searchable (their tier 2 comes by fetch, not express) p50 54-58 / 57-59 ms over three
-    #: runs each; with express off, browsable p50 54-57 / 52-57 ms over two. bench/framework_tax.py: 0.66x /
-    #: 0.74x a bare faust agent's event rate.
+    #: runs each; with express off, browsable p50 54-57 / 52-57 ms over two. bench/framework_tax.py: 0.65x /
+    #: 0.76x a bare faust agent's event rate.
     batch_buffer: int = Field(default=32, ge=1)
     #: Batch files per pool task (see agents.chunking): the worker's and the broker's cost per file is paid
     #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone.
@@ -169,8 +169,8 @@ class Settings(BaseSettings):
     #: so the batch pool gathers tier-2 files into full chunks too and a chunk's results go to the broker
     #: together. At 4 (the default before, for both lanes) nearly every result was a produce request and a record
     #: batch of its own. Measured, 500 files on 2 cores: tier 2 took 2.0-2.2 s at 4 and 1.2 s at 24; the worker's
-    #: record batches through tier 3 fell from 1,728 to 1,151. (The embedded broker's CPU per import still grew
-    #: as much over ten imports on one stack, 46-47 to 119 / 115 ticks by the eighth, old / new.)
+    #: record batches through tier 3 fell from 1,728 to 1,151. (The embedded broker's CPU per import grew as much
+    #: over eight imports one after the other on one stack: 46 to 119 ticks at 4, 47 to 115 at 24.)
     tier2_concurrency: int | None = Field(default=None, ge=1)
     #: Files in flight in tier 2's interactive lane per worker: they share the reserved interactive pool (one
     #: file per task, in order) with urgent files' tier 1, so few, or a burst of uploads' metadata would queue

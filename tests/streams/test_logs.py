@@ -18,11 +18,14 @@ def configured():
     """``configure`` to a buffer, and every global it touches put back after the test."""
     saved, root = structlog.get_config(), logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    quieted = {name: logging.getLogger(name).level for name in logs._NOISY}
     out = io.StringIO()
     logs.configure("info", "json", stream=out)
     yield out
     structlog.configure(**saved)
     root.handlers[:], root.level = handlers, level
+    for name, was in quieted.items():
+        logging.getLogger(name).setLevel(was)
 
 
 def test_a_line_names_what_it_was_about(configured) -> None:
