@@ -17,6 +17,10 @@ Near the end of a backlog, full chunks would leave one process working through i
 idle: given how many calls are still to come (``backlog``, e.g. the lane's records no agent has started on), a
 chunk is at most what is left split evenly across the pool's processes, so they run out of work together.
 
+Calls come at a priority ``level`` (the lane governor's: tier 1's batch lane 1, tier 2's 2). A chunk holds calls
+of one level, is sized by that level's backlog, and the lowest level waiting goes first: tier-2 files in flight
+when an import starts do not queue ahead of its tier-1 files, nor take the queued slot while tier-1 calls wait.
+
 While a chunk's process works on one call, the file the next call reads (``reads=``) is read ahead
 (:mod:`agents.readahead`): a chunk of an import from a cold disk waits for the disk once, not once per file.
 
@@ -77,49 +81,52 @@ class ChunkedPool:
     """``await chunked.run(fn, *args, **kwargs)``, like :meth:`WorkPool.run`, with calls batched into chunks."""
 
     def __init__(
-        self, pool: WorkPool, *, max_chunk: int, queued: int = 1, backlog: Callable[[], int | None] | None = None,
-        read_ahead: bool = True,
+        self, pool: WorkPool, *, max_chunk: int, queued: int = 1,
+        backlog: Callable[[int], int | None] | None = None, read_ahead: bool = True,
     ) -> None:
         self.pool = pool
         self.max_chunk = max_chunk
         self.read_ahead = read_ahead
         self.slots = pool.size + queued
-        #: How many calls are still to come besides those waiting here (``None``, or its answer ``None``:
-        #: unknown, plenty).
+        #: How many calls of a level are still to come besides those waiting here (``None``, or its answer
+        #: ``None``: unknown, plenty).
         self.backlog = backlog
-        self._pending: list[_Call] = []
+        self._pending: dict[int, list[_Call]] = {}  # by level
         self._in_flight = 0
         #: Calls per chunk sent so far, by chunk size (for tests and metrics).
         self.chunk_sizes: Counter[int] = Counter()
 
-    async def run(self, fn: Callable[..., Any], *args: Any, reads: str | None = None, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` in a pool process; ``reads`` (the pool's own keyword, not passed on to ``fn``):
-        the file it reads, to be read ahead."""
+    async def run(self, fn: Callable[..., Any], *args: Any, reads: str | None = None, level: int = 1,
+                  **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in a pool process; the pool's own keywords, not passed on to ``fn``: ``reads``,
+        the file it reads, to be read ahead; ``level``, its priority (lower first)."""
         if self.max_chunk <= 1:
             return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Call(fn, args, kwargs, future, reads if self.read_ahead else None))
+        self._pending.setdefault(level, []).append(_Call(fn, args, kwargs, future, reads if self.read_ahead else None))
         self._dispatch()
         return await future
 
-    def chunk_size(self) -> int:
-        """Calls per chunk now: ``max_chunk``, or near the end of the backlog its remainder split across the
-        pool's processes."""
-        to_come = self.backlog() if self.backlog is not None else None
+    def chunk_size(self, level: int = 1) -> int:
+        """Calls per chunk of ``level`` now: ``max_chunk``, or near the end of its backlog the remainder split
+        across the pool's processes."""
+        to_come = self.backlog(level) if self.backlog is not None else None
         if to_come is None:
             return self.max_chunk
-        left = len(self._pending) + to_come
+        left = len(self._pending.get(level, ())) + to_come
         return max(1, min(self.max_chunk, -(-left // self.pool.size)))
 
     def _dispatch(self) -> None:
-        while self._pending:
-            size = self.chunk_size()
+        while waiting := [level for level, calls in self._pending.items() if calls]:
+            level = min(waiting)  # the lowest level first; the others wait for it, also for the queued slot
+            pending = self._pending[level]
+            size = self.chunk_size(level)
             idle_process = self._in_flight < self.pool.size
-            full = len(self._pending) >= size
+            full = len(pending) >= size
             if not (idle_process or (full and self._in_flight < self.slots)):
                 return
-            chunk = [c for c in self._pending[:size] if not c.future.done()]  # skip cancelled callers
-            del self._pending[:size]
+            chunk = [c for c in pending[:size] if not c.future.done()]  # skip cancelled callers
+            del pending[:size]
             if not chunk:
                 continue
             self._in_flight += 1

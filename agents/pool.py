@@ -168,10 +168,12 @@ class WorkPool:
             log.warning("pool_warm_incomplete", size=self.size, started=len(seen))
         return seen
 
-    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads; the pool's own keyword, not
-        passed on to ``fn``) is there for callers that do not know which pool they have: a lone call has no call
-        before it to read ahead during (see agents.chunking)."""
+    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, level: int = 1,
+                  **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads) and ``level`` (the lane
+        governor's priority level of the work) are the pool's own keywords, not passed on to ``fn``, there for
+        callers that do not know which pool they have: a lone call has no call before it to read ahead during,
+        and one queue no order to keep (see agents.chunking)."""
         return await self.call(fn, args, kwargs)
 
     async def call(

@@ -11,7 +11,7 @@ import sys
 import faust
 
 from agents import tier1, tier2, tier3
-from agents.lanes import LEVELS, LaneGovernor, LanePools
+from agents.lanes import LaneGovernor, LanePools
 from streams.app import create_app
 from streams.logs import get
 from streams.niceness import lower_priority
@@ -34,8 +34,8 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     topics = topics_for(settings)
     governor = LaneGovernor(app, topics, idle_s=settings.lane_idle_s,
                             on_urgent=pools.preempt_batch if settings.preempt_batch else None)
-    # the last chunks of an import split evenly across the batch pool (agents.chunking)
-    pools.batch_chunks.backlog = lambda: governor.waiting(LEVELS[(1, "batch")])
+    # the last chunks of each level's backlog split evenly across the batch pool (agents.chunking)
+    pools.batch_chunks.backlog = governor.waiting
     tier1.register(app, settings, topics, pools, governor)
     tier2.register(app, settings, topics, pools, governor)
     tier3.register(app, settings, topics, pools, governor)

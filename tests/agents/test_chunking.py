@@ -50,11 +50,13 @@ async def test_a_partial_chunk_waits_only_while_every_process_is_busy(one_proces
 async def test_the_last_calls_of_a_backlog_are_split_across_the_processes(backlog: bool) -> None:
     two = WorkPool(2, timeout_s=5, memory_mb=1024, preload=("tests.agents.pool_jobs",))
     to_come = [12]
-    chunked = ChunkedPool(two, max_chunk=8, backlog=(lambda: to_come[0]) if backlog else None)
+    # the calls are tier 2's (level 2), sized by their own level's backlog: tier 1's says nothing (plenty)
+    chunked = ChunkedPool(two, max_chunk=8, backlog=(lambda level: to_come[0] if level == 2 else None)
+                          if backlog else None)
 
     async def call(i: int) -> int:
         to_come[0] -= 1  # one more call made: one less to come
-        return await chunked.run(pool_jobs.double, i)
+        return await chunked.run(pool_jobs.double, i, level=2)
 
     try:
         assert await asyncio.gather(*(call(i) for i in range(12))) == [2 * i for i in range(12)]
@@ -150,3 +152,39 @@ async def test_a_chunk_is_given_two_calls_worth_of_time_not_one_per_call(one_pro
     assert chunked.chunk_sizes == {1: 1, 5: 1}
     assert limits[1] == 2 * one_process.timeout_s  # the chunk of five
     assert results[:5] == [0, 2, 4, 6, 8] and isinstance(results[5], DecoderTimeout)
+
+
+async def test_the_lowest_level_waiting_goes_first_whatever_came_first(one_process: WorkPool) -> None:
+    # tier-2 files in flight when an import starts must not run ahead of its tier-1 files (one FIFO queue did)
+    chunked = ChunkedPool(one_process, max_chunk=4)
+    finished: list[str] = []
+
+    def run(label: str, level: int, *args) -> asyncio.Future:
+        future = asyncio.ensure_future(chunked.run(*args, level=level))
+        future.add_done_callback(lambda _: finished.append(label))
+        return future
+
+    busy = run("busy", 1, pool_jobs.double_later, 0, 0.3)  # the process works; the others wait for it
+    await asyncio.sleep(0)
+    later = [run(f"tier2-{i}", 2, pool_jobs.double, i) for i in range(3)]
+    sooner = [run(f"tier1-{i}", 1, pool_jobs.double, i) for i in range(2)]
+    await asyncio.sleep(0)
+    assert chunked.chunk_sizes == {1: 1}  # partial chunks wait while the process is busy
+    assert await asyncio.gather(busy, *later, *sooner) == [0, 0, 2, 4, 0, 2]
+    assert finished == ["busy", "tier1-0", "tier1-1", "tier2-0", "tier2-1", "tier2-2"]
+    assert chunked.chunk_sizes == {1: 1, 2: 1, 3: 1}  # a chunk holds one level's calls
+
+
+async def test_a_full_chunk_of_a_higher_level_does_not_take_the_queued_slot_while_lower_calls_wait(
+    one_process: WorkPool,
+) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=4)
+    busy = asyncio.ensure_future(chunked.run(pool_jobs.double_later, 0, 0.3, level=1))
+    await asyncio.sleep(0)
+    sooner = asyncio.ensure_future(chunked.run(pool_jobs.double, 1, level=1))  # a partial chunk: it waits
+    later = [asyncio.ensure_future(chunked.run(pool_jobs.double, i, level=2)) for i in range(4)]  # a full one
+    await asyncio.sleep(0)
+    assert chunked.chunk_sizes == {1: 1}  # the queued slot is kept for the level-1 call
+    await busy
+    assert await sooner == 2 and await asyncio.gather(*later) == [0, 2, 4, 6]
+    assert chunked.chunk_sizes == {1: 2, 4: 1}
