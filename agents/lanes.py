@@ -47,6 +47,12 @@ _AGAIN_S = (0.5, 30.0)
 LEVELS = {(1, "interactive"): 0, (2, "interactive"): 0, (1, "batch"): 1, (2, "batch"): 2, (3, "background"): 3}
 
 
+def level_of(tier: int, lane: str) -> int:
+    """The priority level of a tier's work in a lane: the governor counts it there, the batch pool orders by it;
+    any other pairing (a record naming an odd lane) is background work."""
+    return LEVELS.get((tier, lane), 3)
+
+
 class LanePools:
     """One CPU pool per lane: reserved slots for interactive work, niced processes for batch work.
 
@@ -113,7 +119,7 @@ class LaneGovernor:
     @contextlib.contextmanager
     def working(self, tier: int, lane: str, position: tuple[TP, int] | None = None) -> Iterator[None]:
         """Counts one event's work as in flight at its level; ``position`` is its partition and offset."""
-        level = LEVELS.get((tier, lane), 3)
+        level = level_of(tier, lane)
         if position is not None:
             tp, offset = position
             self._started[tp] = max(offset, self._started.get(tp, -1))

@@ -12,7 +12,7 @@ import faust
 
 from agents.browse import browse_file
 from agents.handling import EventHandler, Work
-from agents.lanes import LEVELS, LaneGovernor, LanePools, lane_agent
+from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from schemas import AssetBrowsable, FileDiscovered, encode, now
 from streams.express import ExpressEvent, ExpressRequest, ExpressServer, OnceLedger
 from streams.logs import get
@@ -33,7 +33,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             browse_file, record.path, data_dir,
             sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
             max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-            faults=settings.fault_injection, reads=record.path, level=LEVELS.get((1, record.lane), 1),
+            faults=settings.fault_injection, reads=record.path, level=level_of(1, record.lane),
         )
         browsable = AssetBrowsable(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,

@@ -13,7 +13,7 @@ import faust
 from agents.handling import EventHandler
 from agents.index import index_file
 from agents.metadata.model import PARSER_VERSION
-from agents.lanes import LEVELS, LaneGovernor, LanePools, lane_agent
+from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, now
 from streams.logs import get
 from streams.settings import Settings
@@ -41,7 +41,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
 
     async def index(record: AssetBrowsable, attempt: int) -> None:
         result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir,
-                                                        reads=record.path, level=LEVELS.get((2, record.lane), 2))
+                                                        reads=record.path, level=level_of(2, record.lane))
         indexed = AssetIndexed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,
