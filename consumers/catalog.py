@@ -370,6 +370,27 @@ class _Tally:
     last_done: dict[int, float] = field(default_factory=dict)
 
 
+#: How long a first opener keeps trying to switch the catalog to WAL while another opener holds it.
+_WAL_PATIENCE_S = 5.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the catalog to WAL (a no-op when it is already). Two first openers of a catalog not yet in WAL (a
+    new one, or one from before) contend for the lock the switch needs, and SQLite answers one of them "database
+    is locked" at once, without its busy timeout (waiting could deadlock both): that one tries again shortly."""
+    deadline = time.monotonic() + _WAL_PATIENCE_S
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # a retry's backoff: the other opener is switching it, and takes milliseconds
+        pause = min(pause * 2, 0.1)
+
+
 class Catalog:
     """The SQLite catalog. One writer per file; any number of ``readonly=True`` handles beside it.
 
@@ -387,7 +408,7 @@ class Catalog:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _use_wal(self._db)
             # FULL: a commit survives a power loss too (NORMAL may roll the last ones back), and the sink commits
             # the events' offsets after it: with NORMAL, a crash of the machine could lose rows for good.
             self._db.execute("PRAGMA synchronous = FULL")

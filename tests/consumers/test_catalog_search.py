@@ -495,15 +495,18 @@ def test_a_chain_begun_before_the_upgrade_ends_in_its_last_step_after_it(
         assert (cat.progress("b1", 1).retrying, cat.progress("b1", 1).dead_lettered) == (0, 1)
 
 
-def test_two_first_openers_of_an_old_catalog_both_open_it(tmp_path: Path) -> None:
-    # both read the old version, then each ran the steps: the second failed on a table or column made twice
+@pytest.mark.parametrize("catalog", ["old", "new"])
+def test_two_first_openers_of_a_catalog_both_open_it(tmp_path: Path, catalog: str) -> None:
+    # both read the old version, then each ran the steps: the second failed on a table or column made twice;
+    # and, old or new, both switch it to WAL: SQLite refused one of them at once ("database is locked")
     import threading
 
     for trial in range(10):
-        path = tmp_path / f"old-{trial}.sqlite"
-        db = sqlite3.connect(path)
-        db.executescript(V1_SCHEMA + "PRAGMA user_version = 1;")
-        db.close()
+        path = tmp_path / f"{catalog}-{trial}.sqlite"
+        if catalog == "old":
+            db = sqlite3.connect(path)
+            db.executescript(V1_SCHEMA + "PRAGMA user_version = 1;")
+            db.close()
         barrier, errors = threading.Barrier(2), []
 
         def open_it() -> None:
