@@ -458,14 +458,24 @@ class Catalog:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def apply(self, events: Iterable[Event]) -> set[str]:
+    def apply(self, events: Iterable[Event], *, durable: bool = True) -> set[str]:
         """Project a batch of events in one transaction; return the ids of the batches they touched.
 
         Idempotent and order-independent (see the module doc); event types the catalog does not
-        project are ignored.
+        project are ignored. ``durable=False`` commits without waiting for the disk (``synchronous = NORMAL``
+        for this transaction): for events that will be applied again with a synced commit anyway, as the sink
+        does with every event on ``assets`` before it commits their offsets. In WAL mode such a commit survives a
+        crash of the process, and is synced to disk by the next synced commit; a power loss before that takes
+        back only what is still to be applied again.
         """
         if self.readonly:
             raise CatalogError("catalog opened read-only", path=str(self.path))
+        if not durable:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                return self.apply(events)
+            finally:
+                self._db.execute("PRAGMA synchronous = FULL")
         touched: set[str] = set()
         db = self._db
         db.execute("BEGIN IMMEDIATE")

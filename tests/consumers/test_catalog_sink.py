@@ -15,7 +15,7 @@ from consumers.views import render_status
 from schemas import AssetBrowsable, AssetIndexed, ProgressEvent, decode, encode
 from streams.settings import Settings
 from streams.topics import topics_for
-from tests.consumers.test_catalog import A1, browsable, scanned
+from tests.consumers.test_catalog import A1, _synchronous_at_commits, browsable, scanned
 
 A2 = "b" * 64
 
@@ -119,10 +119,12 @@ async def test_apply_now_writes_what_it_can_and_never_holds_the_answer_past_its_
     assert catalog.location("/r/a.png") is None
 
     sink._catalog = catalog  # as while run() has it open
+    commits = _synchronous_at_commits(catalog)
     too_big = decode(b'{"type":"BatchScanned","batch_id":"b2","lane":"batch","root":"/r","found":%d,'
                      b'"started_at":1.0,"scanned_at":2.0}' % 2**64)
     assert not await sink.apply_now([too_big, event], timeout=1.0)  # one refused: the other goes in
     assert catalog.location("/r/a.png") is not None and not catalog.held()  # holding is the sink's own reading's
+    assert commits == [1]  # not synced: the sink's own reading applies it again, synced, before its commit
 
     # the sink's thread held up (a long write, a stuck disk): the answer goes out at the timeout ...
     release = threading.Event()
