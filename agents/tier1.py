@@ -1,12 +1,14 @@
 """Tier 1 — make an asset browsable: BLAKE3 content hash + thumbnails, in the CPU pool.
 
 One agent per lane on its own topic, each with its own bounded concurrency and its own CPU pool, under the lane
-governor (:mod:`agents.lanes`): interactive work is never queued behind the batch lane's files. The work itself is the pure function
-:func:`agents.browse.browse_file`; this module only schedules it and publishes what it found:
+governor (:mod:`agents.lanes`): interactive work is never queued behind the batch lane's files. The work itself is
+the pure function :func:`agents.browse.browse_file`; this module only schedules it and publishes what it found:
 ``AssetBrowsable`` on ``assets`` (for the catalog) and on ``t2.<lane>`` (work for tier 2).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 
@@ -14,7 +16,7 @@ from agents.browse import browse_file
 from agents.handling import EventHandler, Work
 from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from schemas import AssetBrowsable, FileDiscovered, encode, now
-from streams.express import ExpressEvent, ExpressRequest, ExpressServer, OnceLedger
+from streams.express import ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, answer_early, tell_early
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -43,6 +45,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
             display_name=record.display_name, attempts=attempt,
         )
+        tell_early(browsable)  # an upload's caller is answered now: its results follow (see _serve_express)
         lane = record.lane if record.lane in tier2 else "batch"
         await handler.emit(browsable, result.asset_id, tier2[lane])
         log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
@@ -64,12 +67,21 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
 
 def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor: LaneGovernor,
                    handler: EventHandler, browse: Work, once: OnceLedger) -> ExpressServer:
-    """Take urgent uploads' records by express too, for the ``t1.interactive`` partitions this worker owns."""
+    """Take urgent uploads' records by express too, for the ``t1.interactive`` partitions this worker owns.
+
+    A browsable record is answered as soon as its thumbnails are made, while its results are still on their way to
+    the broker (an import's results are ahead of them there: about 4 ms at p50, measured under an import). The
+    caller writes the catalog row itself, and the results stay the fetched copy's concern: its offset commits only
+    once they are acked (the ledger's outcome), and should publishing them fail, that copy does the work again.
+    A failed record is answered once its failure is recorded, as before."""
+    finishing: set[asyncio.Task] = set()  # records answered whose results are still being published
+
+    async def work(request: ExpressRequest) -> object:
+        with governor.working(1, "interactive"):
+            return await once.run(request.identity, lambda: handler.process(ExpressEvent.of(request), browse))
 
     async def serve(request: ExpressRequest) -> bytes | None:
-        with governor.working(1, "interactive"):
-            outcome = await once.run(request.identity,
-                                     lambda: handler.process(ExpressEvent.of(request), browse))
+        outcome = await answer_early(lambda: work(request), finishing)
         return encode(outcome) if outcome is not None else None
 
     server = ExpressServer(settings, topics.t1_interactive, serve,
@@ -94,6 +106,8 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
     @app.on_before_shutdown.connect
     async def _stop_express(sender, **_kw) -> None:  # noqa: ARG001
         await server.stop()  # records in work by express are dropped: their fetched copies stay uncommitted
+        for task in list(finishing):  # and so are those answered whose results are still being published
+            task.cancel()
 
     app.express = server  # type: ignore[attr-defined]  # the worker removes its registration on the way out
     return server

@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,51 @@ class OnceLedger:
             if (oldest.at >= cutoff or not oldest.outcome.done()) and len(self._entries) < self.max_entries:
                 break
             self._entries.popitem(last=False)
+
+
+#: Set while a record that came by express is worked on (:func:`answer_early`).
+_early: ContextVar[Callable[[Any], None] | None] = ContextVar("express_early", default=None)
+
+
+def tell_early(outcome: Any) -> None:
+    """Give ``outcome`` to the express caller waiting for this work, now, before the rest of the work (publishing
+    it) is done; a no-op for work that did not come by express."""
+    if (tell := _early.get()) is not None:
+        tell(outcome)
+
+
+async def answer_early(work: Callable[[], Awaitable[Any]], finishing: set[asyncio.Task]) -> Any:
+    """Run ``work``: what it tells through :func:`tell_early` as soon as it does, else what it returns.
+
+    Work that told goes on to its end as a task in ``finishing``; should it fail then, that is logged (the record's
+    fetched copy does it again: the ledger's outcome, which that copy waits for, comes only at the end). Cancelling
+    the caller cancels work that has told nothing yet."""
+    told: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def run() -> Any:
+        _early.set(lambda outcome: told.done() or told.set_result(outcome))  # in this task's context only
+        return await work()
+
+    task = asyncio.ensure_future(run())
+    try:
+        await asyncio.wait({task, told}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task.done():
+        return task.result()
+    finishing.add(task)
+    task.add_done_callback(_finished(finishing))
+    return told.result()
+
+
+def _finished(finishing: set[asyncio.Task]) -> Callable[[asyncio.Task], None]:
+    def done(task: asyncio.Task) -> None:
+        finishing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("express_work_failed_after_answer", error=repr(exc))
+
+    return done
 
 
 class ExpressServer:

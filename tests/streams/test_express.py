@@ -14,10 +14,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import structlog.testing
 
 from schemas import encode
 from streams.express import (
-    ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, record_key, registry_dir, same_user,
+    ExpressClient, ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, answer_early, record_key, registry_dir,
+    same_user, tell_early,
 )
 from streams.settings import Settings
 from tests.consumers.test_catalog import browsable
@@ -100,6 +102,80 @@ async def test_the_ledger_forgets_old_and_surplus_entries() -> None:
     for offset in range(10):
         await bounded.run(("t", 0, offset), work)
     assert len(bounded) == 3
+
+
+# -- answering early: the outcome as soon as the work has it, its publishing after ---------------------------
+
+
+async def test_the_outcome_is_answered_when_told_and_the_work_goes_on_to_its_end() -> None:
+    finishing: set[asyncio.Task] = set()
+    published, release = [], asyncio.Event()
+
+    async def work() -> str:
+        tell_early("browsable")
+        await release.wait()  # its results on their way to the broker
+        published.append(1)
+        return "browsable"
+
+    assert await asyncio.wait_for(answer_early(work, finishing), 5) == "browsable"
+    assert published == [] and len(finishing) == 1  # answered before the publishing ended, which goes on
+    release.set()
+    await asyncio.gather(*finishing)
+    assert published == [1] and not finishing
+
+
+async def test_work_that_tells_nothing_is_answered_with_what_it_returns_or_raises() -> None:
+    async def failed() -> str:
+        return "failed, recorded"
+
+    async def broken() -> str:
+        raise RuntimeError("could not even record its failure")
+
+    finishing: set[asyncio.Task] = set()
+    assert await answer_early(failed, finishing) == "failed, recorded"
+    with pytest.raises(RuntimeError):
+        await answer_early(broken, finishing)
+    assert not finishing
+    tell_early("nobody waits")  # outside express work: nothing happens
+
+
+async def test_work_that_fails_after_telling_is_logged_and_work_not_yet_told_is_cancelled_with_its_caller() -> None:
+    finishing: set[asyncio.Task] = set()
+    release = asyncio.Event()
+
+    async def publish_fails() -> str:
+        tell_early("browsable")
+        await release.wait()
+        raise ConnectionError("broker away")
+
+    assert await answer_early(publish_fails, finishing) == "browsable"
+    [task] = finishing
+    with structlog.testing.capture_logs() as logs:
+        release.set()
+        with pytest.raises(ConnectionError):
+            await task
+        await asyncio.sleep(0)  # its done-callback has run
+    assert not finishing
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("express_work_failed_after_answer", "ConnectionError('broker away')")]
+
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def long_work() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+        return "never"
+
+    caller = asyncio.create_task(answer_early(long_work, finishing))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(stopped.wait(), 5)  # the work was cancelled with its caller
+    assert not finishing
 
 
 def test_an_express_record_reads_like_the_fetched_message() -> None:
