@@ -32,6 +32,7 @@ from schemas import AssetBrowsable, AssetFailed, AssetIndexed, DeadLetter, Event
 from schemas.codec import claimed
 from schemas.events import Lane, Source
 from streams.errors import DamflowError
+from streams.express import told_early
 from streams.logs import get
 from streams.retries import FailureHistory, backoff_s
 from streams.settings import Settings
@@ -126,6 +127,8 @@ class EventHandler:
             try:
                 return await work(record, history.attempts + 1)
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
+                if told_early():  # its express caller has its outcome: the fetched copy does the work again
+                    raise
                 return await self._fail(event, record, exc, history)
 
     async def emit(self, result: Event, key: str, *also: faust.TopicT) -> None:

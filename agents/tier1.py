@@ -23,6 +23,9 @@ from streams.topics import LANES, Topics
 
 log = get(__name__)
 
+#: How long a stopping worker lets the results of records already answered by express reach the broker.
+_FINISH_ON_STOP_S = 5.0
+
 
 def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:
     """Attach the tier-1 agents (one per lane) to ``app``."""
@@ -72,8 +75,8 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
     A browsable record is answered as soon as its thumbnails are made, while its results are still on their way to
     the broker (an import's results are ahead of them there: about 4 ms at p50, measured under an import). The
     caller writes the catalog row itself, and the results stay the fetched copy's concern: its offset commits only
-    once they are acked (the ledger's outcome), and should publishing them fail, that copy does the work again.
-    A failed record is answered once its failure is recorded, as before."""
+    once they are acked (the ledger's outcome), and should publishing them fail, that copy does the work again
+    (:func:`streams.express.answer_early`). A failed record is answered once its failure is recorded, as before."""
     finishing: set[asyncio.Task] = set()  # records answered whose results are still being published
 
     async def work(request: ExpressRequest) -> object:
@@ -106,7 +109,9 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
     @app.on_before_shutdown.connect
     async def _stop_express(sender, **_kw) -> None:  # noqa: ARG001
         await server.stop()  # records in work by express are dropped: their fetched copies stay uncommitted
-        for task in list(finishing):  # and so are those answered whose results are still being published
+        if finishing:  # answered records' results are a few acks from the broker: let them get there
+            await asyncio.wait(set(finishing), timeout=_FINISH_ON_STOP_S)
+        for task in list(finishing):  # those still not there are dropped too: their fetched copies redo them
             task.cancel()
 
     app.express = server  # type: ignore[attr-defined]  # the worker removes its registration on the way out

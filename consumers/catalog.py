@@ -31,9 +31,11 @@ and row id order is indexing order, which lets a search take the newest matches 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import sqlite3
 import time
@@ -374,6 +376,19 @@ class _Tally:
 _WAL_PATIENCE_S = 5.0
 
 
+def _sync_wal(path: Path) -> None:
+    """Sync the catalog's write-ahead log to disk (every frame in it, whichever commit wrote it). No log: every
+    frame was checkpointed into the database, synced."""
+    try:
+        fd = os.open(f"{path}-wal", os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _use_wal(db: sqlite3.Connection) -> None:
     """Switch the catalog to WAL (a no-op when it is already). Two first openers of a catalog not yet in WAL (a
     new one, or one from before) contend for the lock the switch needs, and SQLite answers one of them "database
@@ -414,6 +429,8 @@ class Catalog:
             self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.row_factory = sqlite3.Row
+        #: Rows committed without a sync (``apply(durable=False)``) that no synced commit has covered yet.
+        self._unsynced = False
         try:
             self._check_schema()
         except BaseException:
@@ -465,17 +482,30 @@ class Catalog:
         project are ignored. ``durable=False`` commits without waiting for the disk (``synchronous = NORMAL``
         for this transaction): for events that will be applied again with a synced commit anyway, as the sink
         does with every event on ``assets`` before it commits their offsets. In WAL mode such a commit survives a
-        crash of the process, and is synced to disk by the next synced commit; a power loss before that takes
-        back only what is still to be applied again.
+        crash of the process, and the next synced apply syncs it to disk (also when that apply itself writes
+        nothing); a power loss before that takes back only what is still to be applied again.
         """
         if self.readonly:
             raise CatalogError("catalog opened read-only", path=str(self.path))
-        if not durable:
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            try:
-                return self.apply(events)
-            finally:
-                self._db.execute("PRAGMA synchronous = FULL")
+        if durable:
+            touched = self._project(events)
+            if self._unsynced:  # what the unsynced commits wrote goes to disk now, whether or not this one wrote a
+                _sync_wal(self.path)  # page: an event applied again may change nothing, and then nothing is synced
+                self._unsynced = False
+            return touched
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            touched = self._project(events)
+            self._unsynced = True
+            return touched
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # a rollback that failed: nothing may commit unsynced later
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            self._db.execute("PRAGMA synchronous = FULL")
+
+    def _project(self, events: Iterable[Event]) -> set[str]:
+        """:meth:`apply`'s transaction."""
         touched: set[str] = set()
         db = self._db
         db.execute("BEGIN IMMEDIATE")

@@ -14,8 +14,9 @@ version, or may have published what it cannot read back). A progress event the b
 The HTTP endpoint of the same process hands it the outcome of each ``?wait=1`` upload (:meth:`CatalogSink.
 apply_now`) before answering, so an upload answered browsable can be looked up at once: read from ``assets``, it
 would reach the catalog only with the sink's next fetch, which waits to gather an import's results (about 220 ms
-later, measured on an idle ``damflow up``). The sink reads the same event from ``assets`` afterwards and applies
-it again, which changes nothing. The sink's catalog writes run on one thread of its own, one after another.
+later, measured on an idle ``damflow up``). The sink reads the same event from ``assets`` afterwards (or, should
+the worker not have published it, the one its record's redo publishes: it differs in its stamps only) and applies
+it again, synced. The sink's catalog writes run on one thread of its own, one after another.
 """
 
 from __future__ import annotations
@@ -117,14 +118,15 @@ class CatalogSink:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def apply_now(self, events: list[Event], timeout: float) -> bool:
-        """Write ``events`` (already published on ``assets``) into the catalog now, ahead of the sink's reading.
+        """Write ``events`` (outcomes on their way to ``assets``, or there) into the catalog now, ahead of the sink.
         False when they were not all written within ``timeout`` seconds (the write goes on meanwhile): the sink
         is not running, the catalog refused one (the others go in), or the sink's thread is busy or stuck on the
         disk. They come the usual way then (held, if need be): nothing is lost, and the caller goes on.
 
-        The commit does not wait for the disk: the sink reads these events from ``assets`` and applies them again,
-        synced, before it commits their offsets (see :meth:`Catalog.apply`), so the caller is answered a sync
-        sooner (measured under an import: 1.7 ms at p50, 7.7 ms at p99, for the whole call)."""
+        The commit does not wait for the disk: the sink reads these events from ``assets`` (or their records'
+        redos) and applies them again, synced, before it commits their offsets (see :meth:`Catalog.apply`), so the
+        caller is answered a sync sooner (measured under an import: 1.7 ms at p50, 7.7 ms at p99, for the whole
+        call)."""
 
         def apply() -> bool:
             catalog = self._catalog

@@ -195,27 +195,36 @@ class OnceLedger:
             self._entries.popitem(last=False)
 
 
-#: Set while a record that came by express is worked on (:func:`answer_early`).
-_early: ContextVar[Callable[[Any], None] | None] = ContextVar("express_early", default=None)
+#: While a record that came by express is worked on (:func:`answer_early`): where its outcome goes early.
+_early: ContextVar[asyncio.Future | None] = ContextVar("express_early", default=None)
 
 
 def tell_early(outcome: Any) -> None:
     """Give ``outcome`` to the express caller waiting for this work, now, before the rest of the work (publishing
     it) is done; a no-op for work that did not come by express."""
-    if (tell := _early.get()) is not None:
-        tell(outcome)
+    told = _early.get()
+    if told is not None and not told.done():
+        told.set_result(outcome)
+
+
+def told_early() -> bool:
+    """Whether this work's express caller has its outcome already: a failure after that is not the record's to
+    record (its caller was answered), but the work's to do again (see :func:`answer_early`)."""
+    told = _early.get()
+    return told is not None and told.done()
 
 
 async def answer_early(work: Callable[[], Awaitable[Any]], finishing: set[asyncio.Task]) -> Any:
     """Run ``work``: what it tells through :func:`tell_early` as soon as it does, else what it returns.
 
-    Work that told goes on to its end as a task in ``finishing``; should it fail then, that is logged (the record's
-    fetched copy does it again: the ledger's outcome, which that copy waits for, comes only at the end). Cancelling
-    the caller cancels work that has told nothing yet."""
+    Work that told goes on to its end as a task in ``finishing``. It must not record a failure after that (its
+    caller was told otherwise; see :func:`told_early`) but raise it: the ledger's outcome, which the record's
+    fetched copy waits for, then says the work was abandoned, and that copy does it again; the failure is logged
+    here. Cancelling the caller cancels work that has told nothing yet."""
     told: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def run() -> Any:
-        _early.set(lambda outcome: told.done() or told.set_result(outcome))  # in this task's context only
+        _early.set(told)  # in this task's context only
         return await work()
 
     task = asyncio.ensure_future(run())
@@ -223,6 +232,7 @@ async def answer_early(work: Callable[[], Awaitable[Any]], finishing: set[asynci
         await asyncio.wait({task, told}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         task.cancel()
+        task.add_done_callback(_finished(finishing))  # whatever it ends with is taken
         raise
     if task.done():
         return task.result()

@@ -67,3 +67,48 @@ async def test_an_attempt_that_cannot_be_read_counts_as_the_next_step_of_its_cha
     assert (second.outcome, second.attempts, second.first_failure_at) == ("dead_lettered", 2, 1000.0)
     [letter] = [decode(value, DeadLetter) for name, value, _ in sent if name.endswith(".dlq")]
     assert (letter.attempts, letter.first_failure_at) == (2, 1000.0)
+
+
+async def test_a_result_that_cannot_be_published_after_its_express_caller_was_answered_is_done_again() -> None:
+    # the caller was told browsable: recording a failure now would dead-letter a file it was told is browsable
+    # (and the record's fetched copy, which waits for the ledger's outcome, would commit that failure)
+    from streams.express import OnceLedger, answer_early, tell_early
+
+    sent: list = []
+    broker_away = [True]
+
+    class _Flaky(_Topic):
+        async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+            done = await super().send(key, value, headers)
+            if broker_away[0] and self.name.endswith("assets"):
+                failed = asyncio.get_running_loop().create_future()
+                failed.set_exception(ConnectionError("broker away"))
+                return failed
+            return done
+
+    app = types.SimpleNamespace(topic=lambda name: _Flaky(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+    record = FileDiscovered(event_id="e1", batch_id="u1", lane="interactive", source="upload", path="/o/a.png",
+                            size=9, mtime_ns=1, discovered_at=1.0)
+    worked = []
+
+    async def browse(_record, _attempt) -> str:  # as tier 1's: the outcome told, then its results published
+        worked.append(1)
+        tell_early("browsable")
+        await handler.emit(record, "a1" * 32)
+        return "browsable"
+
+    ledger, finishing = OnceLedger(), set()
+    event = _Event(encode(record), {})
+    key = ("t.t1.interactive", 0, 5, 0)
+    assert await answer_early(lambda: ledger.run(key, lambda: handler.process(event, browse)), finishing) == \
+        "browsable"
+    [publishing] = finishing
+    with pytest.raises(ConnectionError):
+        await publishing
+    broker_away[0] = False
+    # the fetched copy does the work again, and its offset commits after that
+    assert await ledger.run(key, lambda: handler.process(event, browse)) == "browsable"
+    assert len(worked) == 2
+    assert not [name for name, _, _ in sent if ".dlq" in name or ".retry." in name]  # nothing recorded as failed

@@ -231,6 +231,23 @@ def test_a_commit_waits_for_the_disk_unless_told_the_events_come_again(catalog: 
     assert catalog.location(f"{ROOT}/b.png") is not None and catalog.location(f"{ROOT}/d.png") is None
 
 
+def test_rows_committed_unsynced_are_synced_by_the_next_synced_apply_even_one_that_writes_nothing(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import consumers.catalog as module
+
+    synced: list[str] = []
+    monkeypatch.setattr(module, "_sync_wal", lambda path: synced.append(str(path)))
+    event = browsable("e1", f"{ROOT}/a.png")
+    catalog.apply([event])
+    assert synced == []  # a synced commit syncs itself
+    catalog.apply([event], durable=False)
+    assert synced == []
+    catalog.apply([event])  # the same event again (the sink's reading): its commit may write no page at all
+    catalog.apply([browsable("e2", f"{ROOT}/b.png")])
+    assert synced == [str(catalog.path)]  # the log synced once, after the unsynced commit; not again
+
+
 def test_other_event_types_are_ignored(catalog: Catalog) -> None:
     discovered = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/x.png",
                                 size=1, mtime_ns=1, discovered_at=T0)
