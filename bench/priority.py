@@ -220,14 +220,16 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         import_end = result["started_at"] + result["seconds"]
         urgent_in_import = sum(1 for e in published if e in done and done[e] <= import_end)
     rss = snapshot(stack.proc.pid)
-    # where an urgent file's time goes: receiving + storing before publish, waiting in the worker, the work
-    # itself, and getting the result back to the client
-    parts: dict[str, list[float]] = {"receive_store": [], "queue": [], "work": [], "deliver": []}
+    # where an urgent file's time goes: receiving the body (and hashing it), storing and publishing it (until the
+    # broker acked), waiting to be worked on (the hand-over to the worker, its pool, the result back), the work
+    # itself, and getting the result back to the client (and into the catalog)
+    parts: dict[str, list[float]] = {"receive": [], "store_publish": [], "queue": [], "work": [], "deliver": []}
     detail = []  # per urgent file, in upload order: seconds since the import started, then each stage's ms
     for e, stamps in timing.items():
         wall0, ms = published[e], http_ms[e]
-        stages = {"receive_store": (stamps["discovered_at"] - wall0) * 1000,
-                  "queue": (stamps["browsable_at"] - stamps["discovered_at"]) * 1000 - stamps["work_ms"],
+        stages = {"receive": (stamps["received_at"] - wall0) * 1000,
+                  "store_publish": (stamps["published_at"] - stamps["received_at"]) * 1000,
+                  "queue": (stamps["browsable_at"] - stamps["published_at"]) * 1000 - stamps["work_ms"],
                   "work": stamps["work_ms"], "deliver": wall0 * 1000 + ms - stamps["browsable_at"] * 1000}
         for k, v in stages.items():
             parts[k].append(v)

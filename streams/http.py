@@ -302,6 +302,7 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     settings, topics = app[_SETTINGS], app[_TOPICS]
     rows: list[dict[str, Any]] = []
     started: dict[str, float] = {}  # event id -> when it was published
+    stamps: dict[str, dict[str, float]] = {}  # event id -> when its bytes were in, and when the broker had it
     pending: dict[str, asyncio.Future] = {}
     watcher, express = app[_OUTCOMES], app[_EXPRESS]
     syncs: dict[str, asyncio.Future] = {}  # event id -> its file's sync to disk, while published and worked on
@@ -318,6 +319,7 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
                 pending[event.event_id] = await watcher.expect(event.event_id, wake=express is None)
             started[event.event_id] = time.perf_counter()
             record = await publish_upload(app[_PRODUCER], topics, event)
+            stamps[event.event_id] = {"received_at": spool.received_at, "published_at": now()}
             await follow_published(express, watcher if wait else None, record, event.event_id, timeout)
             rows.append({"asset_id": stored.asset_id, "event_id": event.event_id, "batch_id": batch_id,
                          "name": spool.name, "size": stored.size, "format": stored.format})
@@ -368,9 +370,9 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
         browsable = isinstance(event, AssetBrowsable)
         row.update(state="browsable" if browsable else "failed", ms_to_browsable=ms if browsable else None,
                    via=via)
-        if browsable:  # where the time went: published, browsable (epoch s), and the tier-1 work itself
-            row["timing"] = {"discovered_at": event.discovered_at, "browsable_at": event.browsable_at,
-                             "work_ms": round(event.work_ms, 1)}
+        if browsable:  # where the time went (epoch s): received, stored, published, browsable; and the work itself
+            row["timing"] = {**stamps[row["event_id"]], "discovered_at": event.discovered_at,
+                             "browsable_at": event.browsable_at, "work_ms": round(event.work_ms, 1)}
         else:
             row["reason"] = event.reason
         ulog.info("upload_outcome", asset_id=row["asset_id"], state=row["state"], ms=ms, via=via)

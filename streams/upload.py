@@ -97,6 +97,8 @@ class Spool:
         self.size = 0
         self.format: str | None = None
         self.asset_id = ""
+        #: When the last byte was in, hashed (epoch s).
+        self.received_at = 0.0
         self._head = b""
         self._hasher = blake3()
 
@@ -122,6 +124,7 @@ class Spool:
         with _storing():
             self._file.close()  # the last buffered bytes are written here
         self.asset_id = self._hasher.hexdigest()
+        self.received_at = now()
 
     def store(self, settings: Settings) -> StoredUpload:
         """Move the finished spool into the store: hashed and sniffed on the way in, so this is a rename, not a

@@ -68,7 +68,8 @@ async def test_uploads_come_back_by_express_and_are_worked_on_once(stack: Stack,
     assert all(r["ms_to_browsable"] > 0 for r in rows)
     for r in rows:  # where the time went, for the client to see
         t = r["timing"]
-        assert t["discovered_at"] <= t["browsable_at"] and 0 < t["work_ms"] <= r["ms_to_browsable"]
+        assert t["received_at"] <= t["discovered_at"] <= t["published_at"] <= t["browsable_at"]
+        assert 0 < t["work_ms"] <= r["ms_to_browsable"]
     # a file that cannot be decoded: its failure comes back the same way, recorded as for any file
     assert (broken["state"], broken["via"]) == ("failed", "express") and broken["reason"]
 
