@@ -128,6 +128,7 @@ class EventHandler:
                 return await work(record, history.attempts + 1)
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
                 if told_early():  # its express caller has its outcome: the fetched copy does the work again
+                    log.warning("work_failed_after_answer", error_class=type(exc).__name__, reason=str(exc))
                     raise
                 return await self._fail(event, record, exc, history)
 

@@ -377,16 +377,20 @@ _WAL_PATIENCE_S = 5.0
 
 
 def _sync_wal(path: Path) -> None:
-    """Sync the catalog's write-ahead log to disk (every frame in it, whichever commit wrote it). No log: every
-    frame was checkpointed into the database, synced."""
-    try:
-        fd = os.open(f"{path}-wal", os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Sync the catalog's write-ahead log to disk (every frame in it, whichever commit wrote it), and its name in
+    its directory. SQLite keeps the log beside the database file a link leads to. No log: every frame was
+    checkpointed into the database, synced."""
+    real = Path(os.path.realpath(path))
+    wal = real.with_name(f"{real.name}-wal")
+    for target, flags in ((wal, os.O_RDONLY), (wal.parent, os.O_RDONLY | os.O_DIRECTORY)):
+        try:
+            fd = os.open(target, flags)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
@@ -429,8 +433,9 @@ class Catalog:
             self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA busy_timeout = 5000")
         self._db.row_factory = sqlite3.Row
-        #: Rows committed without a sync (``apply(durable=False)``) that no synced commit has covered yet.
-        self._unsynced = False
+        #: Rows may have been committed without a sync (``apply(durable=False)``, by this handle or by one before
+        #: it that did not close) that no sync has covered yet: the next synced apply syncs the log.
+        self._unsynced = not readonly
         try:
             self._check_schema()
         except BaseException:
@@ -488,16 +493,17 @@ class Catalog:
         if self.readonly:
             raise CatalogError("catalog opened read-only", path=str(self.path))
         if durable:
+            if self._unsynced:  # FULL again, should restoring it after an unsynced apply have failed
+                self._db.execute("PRAGMA synchronous = FULL")
             touched = self._project(events)
             if self._unsynced:  # what the unsynced commits wrote goes to disk now, whether or not this one wrote a
                 _sync_wal(self.path)  # page: an event applied again may change nothing, and then nothing is synced
                 self._unsynced = False
             return touched
+        self._unsynced = True  # before anything can commit unsynced
         self._db.execute("PRAGMA synchronous = NORMAL")
         try:
-            touched = self._project(events)
-            self._unsynced = True
-            return touched
+            return self._project(events)
         finally:
             with contextlib.suppress(sqlite3.Error):  # a rollback that failed: nothing may commit unsynced later
                 if self._db.in_transaction:

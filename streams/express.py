@@ -234,10 +234,13 @@ async def answer_early(work: Callable[[], Awaitable[Any]], finishing: set[asynci
         task.cancel()
         task.add_done_callback(_finished(finishing))  # whatever it ends with is taken
         raise
-    if task.done():
+    if not told.done():
         return task.result()
-    finishing.add(task)
-    task.add_done_callback(_finished(finishing))
+    if task.done():  # told, then failed before it yielded (a send refused at once): the answer stands
+        _finished(finishing)(task)
+    else:
+        finishing.add(task)
+        task.add_done_callback(_finished(finishing))
     return told.result()
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -232,20 +234,35 @@ def test_a_commit_waits_for_the_disk_unless_told_the_events_come_again(catalog: 
 
 
 def test_rows_committed_unsynced_are_synced_by_the_next_synced_apply_even_one_that_writes_nothing(
-    catalog: Catalog, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import consumers.catalog as module
-
+    # the catalog reached through a link: SQLite keeps the log beside the file the link leads to
+    (tmp_path / "real").mkdir()
+    (tmp_path / "catalog.sqlite").symlink_to(tmp_path / "real" / "catalog.sqlite")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    wal = tmp_path / "real" / "catalog.sqlite-wal"
     synced: list[str] = []
-    monkeypatch.setattr(module, "_sync_wal", lambda path: synced.append(str(path)))
-    event = browsable("e1", f"{ROOT}/a.png")
-    catalog.apply([event])
-    assert synced == []  # a synced commit syncs itself
-    catalog.apply([event], durable=False)
-    assert synced == []
-    catalog.apply([event])  # the same event again (the sink's reading): its commit may write no page at all
-    catalog.apply([browsable("e2", f"{ROOT}/b.png")])
-    assert synced == [str(catalog.path)]  # the log synced once, after the unsynced commit; not again
+    fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append("wal" if (st.st_dev, st.st_ino) == (wal.stat().st_dev, wal.stat().st_ino) else
+                      "dir" if stat.S_ISDIR(st.st_mode) else "other")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)  # SQLite's own syncs do not come through here
+    try:
+        event = browsable("e1", f"{ROOT}/a.png")
+        catalog.apply([event])
+        assert synced == ["wal", "dir"]  # after opening: what a handle before this one left unsynced, if anything
+        catalog.apply([event])
+        assert synced == ["wal", "dir"]  # a synced commit syncs itself
+        catalog.apply([event], durable=False)
+        catalog.apply([event])  # the same event again (the sink's reading): its commit may write no page at all
+        catalog.apply([browsable("e2", f"{ROOT}/b.png")])
+        assert synced == ["wal", "dir"] * 2  # the log synced once after the unsynced commit; not again
+    finally:
+        catalog.close()
 
 
 def test_other_event_types_are_ignored(catalog: Catalog) -> None:

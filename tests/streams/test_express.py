@@ -159,6 +159,14 @@ async def test_work_that_fails_after_telling_is_logged_and_work_not_yet_told_is_
     assert [(e["event"], e["error"]) for e in logs] == [
         ("express_work_failed_after_answer", "ConnectionError('broker away')")]
 
+    async def refused_at_once() -> str:  # told, then failed before it ever yielded (a send refused at once)
+        tell_early("browsable")
+        raise ValueError("message too large")
+
+    with structlog.testing.capture_logs() as logs:
+        assert await answer_early(refused_at_once, finishing) == "browsable"  # the answer stands
+    assert not finishing and [e["event"] for e in logs] == ["express_work_failed_after_answer"]
+
     started, stopped = asyncio.Event(), asyncio.Event()
 
     async def long_work() -> str:
