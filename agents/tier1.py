@@ -9,6 +9,7 @@ the pure function :func:`agents.browse.browse_file`; this module only schedules 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 import faust
 
@@ -16,7 +17,9 @@ from agents.browse import browse_file
 from agents.handling import EventHandler, Work
 from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from schemas import AssetBrowsable, FileDiscovered, encode, now
-from streams.express import ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, answer_early, tell_early
+from streams.express import (
+    ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, answer_early, tell_early, told_early,
+)
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import LANES, Topics
@@ -25,6 +28,8 @@ log = get(__name__)
 
 #: How long a stopping worker lets the results of records already answered by express reach the broker.
 _FINISH_ON_STOP_S = 5.0
+#: How many outcomes told by express but not published a worker keeps for their records' redos.
+_UNPUBLISHED_KEPT = 1000
 
 
 def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:
@@ -33,25 +38,41 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     tier2 = {lane: app.topic(topics.tier2(lane)) for lane in LANES}
     data_dir = str(settings.data_path)
 
+    # Outcomes an express run told its caller but could not publish (the broker refused them), by event id. The
+    # record's redo publishes the outcome told rather than working the file again: that would find its thumbnails
+    # made, call the content a duplicate, and tier 3 would skip it (DAMFLOW_TIER3_SKIP_DUPLICATES).
+    unpublished: OrderedDict[str, AssetBrowsable] = OrderedDict()
+
     async def browse(record: FileDiscovered, attempt: int) -> AssetBrowsable:
-        result = await pools.for_lane(record.lane).run(
-            browse_file, record.path, data_dir,
-            sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
-            max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-            faults=settings.fault_injection, reads=record.path, level=level_of(1, record.lane),
-        )
-        browsable = AssetBrowsable(
-            event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
-            asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
-            format=result.format, width=result.width, height=result.height,
-            thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated,
-            discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
-            display_name=record.display_name, attempts=attempt,
-        )
-        tell_early(browsable)  # an upload's caller is answered now: its results follow (see _serve_express)
+        told = unpublished.pop(record.event_id, None)
+        if told is not None and told.path == record.path:
+            browsable = told
+        else:
+            result = await pools.for_lane(record.lane).run(
+                browse_file, record.path, data_dir,
+                sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
+                max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
+                faults=settings.fault_injection, reads=record.path, level=level_of(1, record.lane),
+            )
+            browsable = AssetBrowsable(
+                event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
+                asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
+                format=result.format, width=result.width, height=result.height,
+                thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated,
+                discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
+                display_name=record.display_name, attempts=attempt,
+            )
+            tell_early(browsable)  # an upload's caller is answered now: its results follow (see _serve_express)
         lane = record.lane if record.lane in tier2 else "batch"
-        await handler.emit(browsable, result.asset_id, tier2[lane])
-        log.debug("browsable", asset_id=result.asset_id, work_ms=round(result.work_ms, 1))
+        try:
+            await handler.emit(browsable, browsable.asset_id, tier2[lane])
+        except Exception:
+            if told_early():  # the redo publishes what the caller was told
+                unpublished[record.event_id] = browsable
+                while len(unpublished) > _UNPUBLISHED_KEPT:
+                    unpublished.popitem(last=False)
+            raise
+        log.debug("browsable", asset_id=browsable.asset_id, work_ms=round(browsable.work_ms, 1))
         return browsable
 
     # an urgent upload's record may also come by express (streams.express): one ledger runs it once
@@ -75,8 +96,9 @@ def _serve_express(app: faust.App, settings: Settings, topics: Topics, governor:
     A browsable record is answered as soon as its thumbnails are made, while its results are still on their way to
     the broker (an import's results are ahead of them there: about 4 ms at p50, measured under an import). The
     caller writes the catalog row itself, and the results stay the fetched copy's concern: its offset commits only
-    once they are acked (the ledger's outcome), and should publishing them fail, that copy does the work again
-    (:func:`streams.express.answer_early`). A failed record is answered once its failure is recorded, as before."""
+    once they are acked (the ledger's outcome), and should publishing them fail, that copy publishes them (see
+    ``unpublished`` in :func:`register`; :func:`streams.express.answer_early`). A failed record is answered once
+    its failure is recorded, as before."""
     finishing: set[asyncio.Task] = set()  # records answered whose results are still being published
 
     async def work(request: ExpressRequest) -> object:

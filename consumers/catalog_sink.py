@@ -15,8 +15,9 @@ The HTTP endpoint of the same process hands it the outcome of each ``?wait=1`` u
 apply_now`) before answering, so an upload answered browsable can be looked up at once: read from ``assets``, it
 would reach the catalog only with the sink's next fetch, which waits to gather an import's results (about 220 ms
 later, measured on an idle ``damflow up``). The sink reads the same event from ``assets`` afterwards (or, should
-the worker not have published it, the one its record's redo publishes: the same asset and thumbnails, though
-stamped anew and marked deduplicated, its thumbnails being there) and applies it again, synced. The sink's catalog writes run on one thread of its own, one after another.
+the worker not have published it, the one its record's redo publishes: the same, or, from a worker started since,
+the same asset and thumbnails stamped anew) and applies it again, synced. The sink's catalog writes run on one
+thread of its own, one after another.
 """
 
 from __future__ import annotations

@@ -1,0 +1,121 @@
+"""Tier 1's express path without a broker: the agents as `agents.tier1.register` wires them, on a stand-in app whose
+topics keep what is sent to them (the broker's part is the integration tests')."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import types
+from pathlib import Path
+
+from agents import tier1
+from agents.browse import Browsed
+from schemas import AssetBrowsable, FileDiscovered, decode, encode
+from streams.express import ExpressRequest
+from streams.settings import Settings
+from streams.topics import topics_for
+
+
+class _Topic:
+    def __init__(self, app: _App, name: str) -> None:
+        self.app, self.name = app, name
+
+    async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+        self.app.sent.append((self.name, value))
+        done = asyncio.get_running_loop().create_future()
+        if self.name.endswith("assets") and self.app.refuse_assets:
+            self.app.refuse_assets -= 1
+            done.set_exception(ConnectionError("broker away"))
+        else:
+            done.set_result(None)
+        return done
+
+
+class _App:
+    """What `tier1.register` uses of a faust app."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.refuse_assets = 0
+        self.agents: dict[str, object] = {}
+        self.conf = types.SimpleNamespace(producer_max_request_size=1 << 20)
+        self.consumer = types.SimpleNamespace(assignment=set)
+        signal = types.SimpleNamespace(connect=lambda fn: fn)
+        self.on_partitions_revoked = self.on_partitions_assigned = self.on_before_shutdown = signal
+
+    def topic(self, name: str, **_kw) -> _Topic:
+        return _Topic(self, name)
+
+    def agent(self, topic: _Topic, *, name: str, concurrency: int):
+        def attach(fn):
+            self.agents[name] = fn
+            return fn
+
+        return attach
+
+    def task(self, fn):
+        return fn
+
+
+class _Pool:
+    """Makes thumbnails once: a second run for the same file finds them made (deduplicated), as browse_file does."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, fn, path, data_dir, **_kw) -> Browsed:
+        self.runs += 1
+        return Browsed(asset_id="a1" * 32, size=9, format="PNG", width=640, height=480,
+                       thumbnails={"256": "thumbs/a1/x.256.webp"}, deduplicated=self.runs > 1, work_ms=30.0)
+
+
+class _Governor:
+    @contextlib.contextmanager
+    def working(self, *_args):
+        yield
+
+
+class _Fetched:
+    """The broker's copy of the record, as the interactive agent's stream hands it over."""
+
+    def __init__(self, request: ExpressRequest) -> None:
+        self.value = request.value
+        self.message = types.SimpleNamespace(topic=request.topic, partition=request.partition,
+                                             offset=request.offset, value=request.value, key=request.key,
+                                             headers=[], timestamp=1.0)
+        self.acked = asyncio.Event()
+
+    def ack(self) -> None:
+        self.acked.set()
+
+    def noack(self):
+        return self
+
+    async def events(self):
+        yield self
+
+
+async def test_an_upload_answered_by_express_whose_results_the_broker_refused_is_published_as_answered(
+    tmp_path: Path,
+) -> None:
+    # the redo used to work the file again: its thumbnails made, it was called a duplicate, and tier 3 skipped it
+    settings = Settings(data_dir=tmp_path, express=True)
+    topics = topics_for(settings)
+    app, pool = _App(), _Pool()
+    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
+    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
+    record = FileDiscovered(event_id="e1", batch_id="upload-1", lane="interactive", source="upload",
+                            path=str(tmp_path / "originals/a1/x.png"), size=9, mtime_ns=1, discovered_at=1.0)
+    request = ExpressRequest(topics.t1_interactive, 0, 5, encode(record), b"k")
+
+    app.refuse_assets = 1
+    answered = decode(await app.express._serve(request))  # type: ignore[attr-defined]
+    assert isinstance(answered, AssetBrowsable) and not answered.deduplicated
+
+    fetched = _Fetched(request)
+    await asyncio.wait_for(app.agents["tier1-interactive"](fetched), 10)
+    assert fetched.acked.is_set()
+    assert pool.runs == 1  # worked on once
+    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    assert published[-1] == answered  # what the caller was told, as it was told
+    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
