@@ -58,7 +58,9 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
                 asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
                 format=result.format, width=result.width, height=result.height,
-                thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated,
+                # a retry may find the thumbnails its own earlier attempt made: no duplicate of anything else, and
+                # tier 3 would skip it as one; enriching a true duplicate once more costs only the work
+                thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated and attempt == 1,
                 discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
                 display_name=record.display_name, attempts=attempt,
             )

@@ -12,6 +12,7 @@ from agents import tier1
 from agents.browse import Browsed
 from schemas import AssetBrowsable, FileDiscovered, decode, encode
 from streams.express import ExpressRequest
+from streams.retries import FailureHistory
 from streams.settings import Settings
 from streams.topics import topics_for
 
@@ -60,13 +61,14 @@ class _App:
 class _Pool:
     """Makes thumbnails once: a second run for the same file finds them made (deduplicated), as browse_file does."""
 
-    def __init__(self) -> None:
-        self.runs = 0
+    def __init__(self, made: bool = False) -> None:
+        self.runs, self.made = 0, made
 
     async def run(self, fn, path, data_dir, **_kw) -> Browsed:
         self.runs += 1
         return Browsed(asset_id="a1" * 32, size=9, format="PNG", width=640, height=480,
-                       thumbnails={"256": "thumbs/a1/x.256.webp"}, deduplicated=self.runs > 1, work_ms=30.0)
+                       thumbnails={"256": "thumbs/a1/x.256.webp"}, deduplicated=self.made or self.runs > 1,
+                       work_ms=30.0)
 
 
 class _Governor:
@@ -78,11 +80,11 @@ class _Governor:
 class _Fetched:
     """The broker's copy of the record, as the interactive agent's stream hands it over."""
 
-    def __init__(self, request: ExpressRequest) -> None:
+    def __init__(self, request: ExpressRequest, headers: dict[str, bytes] | None = None) -> None:
         self.value = request.value
         self.message = types.SimpleNamespace(topic=request.topic, partition=request.partition,
                                              offset=request.offset, value=request.value, key=request.key,
-                                             headers=[], timestamp=1.0)
+                                             headers=list((headers or {}).items()), timestamp=1.0)
         self.acked = asyncio.Event()
 
     def ack(self) -> None:
@@ -119,3 +121,20 @@ async def test_an_upload_answered_by_express_whose_results_the_broker_refused_is
     published = [decode(value) for name, value in app.sent if name == topics.assets]
     assert published[-1] == answered  # what the caller was told, as it was told
     assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+
+
+async def test_a_retry_that_finds_the_thumbnails_made_is_not_called_a_duplicate(tmp_path: Path) -> None:
+    # its own earlier attempt may have made them (it failed after that): tier 3 must not skip it as a duplicate
+    settings = Settings(data_dir=tmp_path, express=False)
+    topics = topics_for(settings)
+    app, pool = _App(), _Pool(made=True)
+    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
+    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
+    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path=str(tmp_path / "a.png"),
+                            size=9, mtime_ns=1, discovered_at=1.0)
+    request = ExpressRequest(topics.t1_batch, 0, 5, encode(record), b"k")
+    for attempt_headers in ({}, FailureHistory(attempts=1, first_failure_at=1.0).headers()):
+        await asyncio.wait_for(app.agents["tier1-batch"](_Fetched(request, attempt_headers)), 10)
+    first, retry = [decode(value) for name, value in app.sent if name == topics.assets]
+    assert first.deduplicated  # a first attempt finding them made: the content was browsed before
+    assert not retry.deduplicated and retry.attempts == 2
