@@ -1,4 +1,5 @@
-"""Writing the pipeline's own files (thumbnails, metadata documents) so that no reader ever sees half of one."""
+"""Writing the pipeline's own files (thumbnails, metadata documents) so that no reader ever sees half of one, and
+syncing files to disk."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def write_atomically(target: Path, data: bytes, *, what: str) -> None:
         if isinstance(exc, OSError):
             raise StorageUnavailable(f"cannot write {what}: {exc.strerror or exc}", path=str(target)) from exc
         raise
+
+
+def sync_to_disk(path: Path, flags: int = 0) -> None:
+    """Sync the file (or, with ``os.O_DIRECTORY``, the directory) at ``path`` to disk: its bytes, or its names."""
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -127,7 +127,7 @@ class EventHandler:
             try:
                 return await work(record, history.attempts + 1)
             except Exception as exc:  # every failure is recorded, never lost, never fatal to the worker
-                if told_early():  # its express caller has its outcome: the fetched copy does the work again
+                if told_early():  # its express caller has its outcome: the fetched copy finishes the work
                     log.warning("work_failed_after_answer", error_class=type(exc).__name__, reason=str(exc))
                     raise
                 return await self._fail(event, record, exc, history)

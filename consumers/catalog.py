@@ -46,6 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from agents.atomic_write import sync_to_disk
 from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
 from schemas.codec import claimed, encode
 from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
@@ -382,15 +383,11 @@ def _sync_wal(path: Path) -> None:
     checkpointed into the database, synced."""
     real = Path(os.path.realpath(path))
     wal = real.with_name(f"{real.name}-wal")
-    for target, flags in ((wal, os.O_RDONLY), (wal.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        try:
-            fd = os.open(target, flags)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    try:
+        sync_to_disk(wal)
+    except FileNotFoundError:
+        return
+    sync_to_disk(wal.parent, os.O_DIRECTORY)
 
 
 def _use_wal(db: sqlite3.Connection) -> None:

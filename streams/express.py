@@ -209,7 +209,7 @@ def tell_early(outcome: Any) -> None:
 
 def told_early() -> bool:
     """Whether this work's express caller has its outcome already: a failure after that is not the record's to
-    record (its caller was answered), but the work's to do again (see :func:`answer_early`)."""
+    record (its caller was answered), but the work's to finish (see :func:`answer_early`)."""
     told = _early.get()
     return told is not None and told.done()
 
@@ -219,8 +219,8 @@ async def answer_early(work: Callable[[], Awaitable[Any]], finishing: set[asynci
 
     Work that told goes on to its end as a task in ``finishing``. It must not record a failure after that (its
     caller was told otherwise; see :func:`told_early`) but raise it: the ledger's outcome, which the record's
-    fetched copy waits for, then says the work was abandoned, and that copy does it again; the failure is logged
-    here. Cancelling the caller cancels work that has told nothing yet."""
+    fetched copy waits for, then says the work was abandoned, and that copy finishes it (tier 1 publishes the
+    outcome told); the failure is logged here. Cancelling the caller cancels work that has told nothing yet."""
     told: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def run() -> Any:

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from aiokafka import AIOKafkaProducer
 from blake3 import blake3
 
+from agents.atomic_write import sync_to_disk
 from agents.hashing import source_error
 from agents.sniff import HEAD_BYTES, sniff
 from schemas import BatchScanned, FileDiscovered, encode, new_id, now
@@ -165,14 +166,6 @@ def _stored_size(path: Path) -> int | None:
         return None
 
 
-def _sync(path: Path, flags: int = 0) -> None:
-    fd = os.open(path, os.O_RDONLY | flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def make_durable(stored: StoredUpload) -> None:
     """Sync a stored original to disk: its bytes, its name and its directory's name in the store, so that an
     upload answered as taken survives a power loss (``Settings.upload_fsync``). Blocks on the disk.
@@ -185,9 +178,9 @@ def make_durable(stored: StoredUpload) -> None:
     so it would read whole, and a later sync of it succeed, although its bytes never reached the disk."""
     try:
         with _storing():
-            _sync(stored.path)
+            sync_to_disk(stored.path)
             for directory in stored.path.parents[:3]:  # its name; the prefix directory's; the store's, if new
-                _sync(directory, os.O_DIRECTORY)
+                sync_to_disk(directory, os.O_DIRECTORY)
     except StorageUnavailable:
         with contextlib.suppress(OSError):
             stored.path.unlink()
