@@ -66,7 +66,8 @@ class LanePools:
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
                               **common)
         self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead)
-        self.background = self.batch
+        #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls.
+        self.background = self.batch_chunks
 
     def for_lane(self, lane: str) -> WorkPool | ChunkedPool:
         return {"interactive": self.interactive, "batch": self.batch_chunks}.get(lane, self.background)

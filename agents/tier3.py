@@ -10,7 +10,7 @@ from __future__ import annotations
 import faust
 
 from agents.handling import EventHandler
-from agents.lanes import LaneGovernor, LanePools, lane_agent
+from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from agents.quality import quality_scores
 from schemas import AssetEnriched, AssetIndexed, now
 from streams.settings import Settings
@@ -25,12 +25,13 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
         # the source and how tier 1 made the thumbnail: it is made again if it was lost or damaged since
         quality = await pools.background.run(
             quality_scores, thumbs_dir, record.asset_id, source=record.path, sizes=settings.thumbnail_sizes,
-            quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels)
+            quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels,
+            level=level_of(3, "background"))  # after any tier-1 or tier-2 calls waiting for the batch pool
         await handler.emit(AssetEnriched(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, quality=quality, enriched_at=now(), attempts=attempt,
         ), record.asset_id)
 
     topic = app.topic(topics.t3_background, partitions=settings.partitions, maxsize=settings.batch_buffer)
-    app.agent(topic, name="tier3-background", concurrency=settings.pool_size)(
+    app.agent(topic, name="tier3-background", concurrency=settings.tier3_batch_concurrency)(
         lane_agent(handler, governor, "background", enrich))

@@ -74,6 +74,16 @@ class Settings(BaseSettings):
     #: import: last file browsable -> ``ingest --wait`` returns, 180-240 ms before, 33-62 ms with this.
     sink_prompt_fetch_max_wait_ms: int = Field(default=25, ge=0)
     sink_prompt_eta_s: float = Field(default=1.0, ge=0)
+    #: How long a worker's producer holds a result before sending it, so that the results of one chunk of files
+    #: (which come back from the pool together) go to the broker as one batch per partition rather than one or
+    #: two records each. The embedded broker keeps every batch and goes over a partition's batches on fetches
+    #: that return data, so its CPU per file grows with the batches a long-running ``damflow up`` holds.
+    #: Measured, 500 files to the end of tier 3: the worker's record batches 630 -> 476, its produce requests
+    #: 346 -> 225; bench/long_session.py, eight such imports on one ``damflow up``: broker CPU per file 2.6-3.5 ms
+    #: against 2.9-3.8 at 0, growing 1.06x from the first import to the eighth against 1.21x. Nothing waits on
+    #: it in an upload's answer (express answers before the results are sent); the hop to tier 2 and a
+    #: re-processed file's ``assets`` event come this much later.
+    producer_linger_ms: int = Field(default=10, ge=0)
     #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
     rare_fetch_max_wait_ms: int = Field(default=500, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
@@ -176,6 +186,14 @@ class Settings(BaseSettings):
     #: file per task, in order) with urgent files' tier 1, so few, or a burst of uploads' metadata would queue
     #: ahead of the next urgent file.
     tier2_interactive_concurrency: int = Field(default=4, ge=1)
+    #: Files in flight in tier 3 per worker. Default: as tier 1's batch lane, for the same reasons as tier 2's:
+    #: the batch pool gathers them into chunks (after any tier-1 or tier-2 calls waiting there), so the pool does
+    #: not idle while a file's results wait for the broker's ack, and a chunk's results share a record batch.
+    #: At the pool's size (the default before) every file was a pool task and a batch of its own on ``assets``:
+    #: 500 files to the end of tier 3 left 1,042 record batches from the worker, 712 on ``assets`` (630 and 303
+    #: now, at no linger), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's
+    #: CPU per file grew 2.06x (3.1 -> 6.4 ms; 1.21x now).
+    tier3_concurrency: int | None = Field(default=None, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
     tier3_enabled: bool = True
     #: Skip images smaller than this many pixels (icons, previews, 1x1 crops).
@@ -246,6 +264,10 @@ class Settings(BaseSettings):
     @property
     def tier2_batch_concurrency(self) -> int:
         return self.tier2_concurrency or self.batch_concurrency
+
+    @property
+    def tier3_batch_concurrency(self) -> int:
+        return self.tier3_concurrency or self.batch_concurrency
 
     @cached_property
     def data_path(self) -> Path:

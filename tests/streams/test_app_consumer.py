@@ -312,3 +312,11 @@ async def test_the_assignment_is_converted_once_per_assignment_and_follows_every
     assert thread.assignment() == {TP("t1.batch", 1)} and len(conversions) == 2
     aiokafka_consumer.tps = frozenset({TopicPartition("t1.batch", 1)})  # equal, but another assignment
     assert thread.assignment() == {TP("t1.batch", 1)} and len(conversions) == 3
+
+
+def test_the_worker_producer_lingers_as_set(tmp_path) -> None:
+    # faust takes its linger in seconds and hands aiokafka milliseconds; a unit slip either way would send every
+    # result alone (0) or hold each for seconds
+    for linger_ms in (0, 7, Settings.model_fields["producer_linger_ms"].default):
+        app = create_app(Settings(data_dir=tmp_path, producer_linger_ms=linger_ms), "127.0.0.1:9")  # never connects
+        assert app.producer._settings_default()["linger_ms"] == linger_ms

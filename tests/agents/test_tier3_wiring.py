@@ -1,0 +1,88 @@
+"""Tier 3 as `agents.tier3.register` wires it, on tier 1's stand-in app (topics keep what is sent to them): its
+work goes to the batch pool's chunks at the background level, with more files in flight than the pool has
+processes (the broker's part is the integration tests')."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+
+from agents import tier3
+from agents.lanes import LanePools, level_of
+from agents.quality import quality_scores
+from schemas import AssetEnriched, AssetIndexed, decode, encode
+from streams.settings import Settings
+from streams.topics import topics_for
+from tests.agents.test_tier1_express import _App, _Governor
+
+
+class _CountingApp(_App):
+    def __init__(self) -> None:
+        super().__init__()
+        self.concurrency: dict[str, int] = {}
+
+    def agent(self, topic, *, name: str, concurrency: int):
+        self.concurrency[name] = concurrency
+        return super().agent(topic, name=name, concurrency=concurrency)
+
+
+class _Background:
+    """The batch pool's chunks, as tier 3 calls them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, dict]] = []
+
+    async def run(self, fn, *args, **kwargs) -> dict[str, float]:
+        self.calls.append((fn, kwargs))
+        return {"sharpness": 0.5}
+
+
+class _Fetched:
+    def __init__(self, topic: str, value: bytes) -> None:
+        self.value = value
+        self.message = types.SimpleNamespace(topic=topic, partition=0, offset=3, value=value, key=b"k", headers=[],
+                                             timestamp=1.0)
+        self.acked = asyncio.Event()
+
+    def ack(self) -> None:
+        self.acked.set()
+
+    def noack(self):
+        return self
+
+    async def events(self):
+        yield self
+
+
+def test_tier3_shares_the_batch_pools_chunks(tmp_path: Path) -> None:
+    pools = LanePools(Settings(data_dir=tmp_path, pool_size=1), preload=())  # processes start on first use only
+    try:
+        assert pools.background is pools.batch_chunks
+    finally:
+        pools.shutdown()
+
+
+async def test_tier3_work_waits_behind_the_batch_lanes_and_keeps_the_pool_fed(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, pool_size=2)
+    topics = topics_for(settings)
+    app, background = _CountingApp(), _Background()
+    tier3.register(app, settings, topics, types.SimpleNamespace(background=background), _Governor())  # type: ignore
+    # more files in flight than the pool has processes: the pool does not idle while results wait for their acks
+    assert app.concurrency["tier3-background"] == settings.batch_concurrency > settings.pool_size
+    assert Settings(data_dir=tmp_path, tier3_concurrency=3).tier3_batch_concurrency == 3
+
+    record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="a1" * 32,
+                          path=str(tmp_path / "x.png"), parser_version=1, metadata_path="meta/a1.json",
+                          indexed_at=1.0)
+    fetched = _Fetched(topics.t3_background, encode(record))
+    await asyncio.wait_for(app.agents["tier3-background"](fetched), 10)
+
+    assert fetched.acked.is_set()
+    [(fn, kwargs)] = background.calls
+    assert fn is quality_scores
+    assert kwargs["level"] == level_of(3, "background") > level_of(2, "batch")  # after tier 1's and tier 2's calls
+    [(topic, value)] = app.sent
+    enriched = decode(value)
+    assert topic == topics.assets and isinstance(enriched, AssetEnriched)
+    assert enriched.quality == {"sharpness": 0.5}
