@@ -17,9 +17,11 @@ Near the end of a backlog, full chunks would leave one process working through i
 idle: given how many calls are still to come (``backlog``, e.g. the lane's records no agent has started on), a
 chunk is at most what is left split evenly across the pool's processes, so they run out of work together.
 
-Calls come at a priority ``level`` (the lane governor's: tier 1's batch lane 1, tier 2's 2). A chunk holds calls
-of one level, is sized by that level's backlog, and the lowest level waiting goes first: tier-2 files in flight
-when an import starts do not queue ahead of its tier-1 files, nor take the queued slot while tier-1 calls wait.
+Calls come at a priority ``level`` (the lane governor's: tier 1's batch lane 1, tier 2's 2, tier 3's 3). A chunk
+holds calls of one level, is sized by that level's backlog, and the lowest level waiting goes first: tier-2 files
+in flight when an import starts do not queue ahead of its tier-1 files, nor take the queued slot while tier-1
+calls wait. Background calls (``idle_only_from``) never take the queued slot at all: they start only on an idle
+process, so a new import's first files wait at most for the background chunks already running.
 
 While a chunk's process works on one call, the file the next call reads (``reads=``) is read ahead
 (:mod:`agents.readahead`): a chunk of an import from a cold disk waits for the disk once, not once per file.
@@ -83,11 +85,16 @@ class ChunkedPool:
     def __init__(
         self, pool: WorkPool, *, max_chunk: int, queued: int = 1,
         backlog: Callable[[int], int | None] | None = None, read_ahead: bool = True,
+        idle_only_from: int | None = None,
     ) -> None:
         self.pool = pool
         self.max_chunk = max_chunk
         self.read_ahead = read_ahead
         self.slots = pool.size + queued
+        #: Calls of this level or a higher one start only on an idle process, never in a queued slot: a chunk
+        #: queued in the pool runs before anything sent after it, so a background chunk there would hold back
+        #: the first files of an import that starts meanwhile by a whole chunk's work.
+        self.idle_only_from = idle_only_from
         #: How many calls of a level are still to come besides those waiting here (``None``, or its answer
         #: ``None``: unknown, plenty).
         self.backlog = backlog
@@ -123,7 +130,8 @@ class ChunkedPool:
             size = self.chunk_size(level)
             idle_process = self._in_flight < self.pool.size
             full = len(pending) >= size
-            if not (idle_process or (full and self._in_flight < self.slots)):
+            may_queue = self.idle_only_from is None or level < self.idle_only_from
+            if not (idle_process or (full and may_queue and self._in_flight < self.slots)):
                 return
             chunk = [c for c in pending[:size] if not c.future.done()]  # skip cancelled callers
             del pending[:size]

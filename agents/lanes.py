@@ -65,8 +65,10 @@ class LanePools:
         self.interactive = WorkPool(settings.interactive_pool_size, **common)
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
                               **common)
-        self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead)
-        #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls.
+        self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead,
+                                        idle_only_from=LEVELS[(3, "background")])
+        #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls,
+        #: and only on a process with nothing else to do.
         self.background = self.batch_chunks
 
     def for_lane(self, lane: str) -> WorkPool | ChunkedPool:

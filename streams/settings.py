@@ -74,16 +74,17 @@ class Settings(BaseSettings):
     #: import: last file browsable -> ``ingest --wait`` returns, 180-240 ms before, 33-62 ms with this.
     sink_prompt_fetch_max_wait_ms: int = Field(default=25, ge=0)
     sink_prompt_eta_s: float = Field(default=1.0, ge=0)
-    #: How long a worker's producer holds a result before sending it, so that the results of one chunk of files
-    #: (which come back from the pool together) go to the broker as one batch per partition rather than one or
-    #: two records each. The embedded broker keeps every batch and goes over a partition's batches on fetches
-    #: that return data, so its CPU per file grows with the batches a long-running ``damflow up`` holds.
-    #: Measured, 500 files to the end of tier 3: the worker's record batches 630 -> 476, its produce requests
-    #: 346 -> 225; bench/long_session.py, eight such imports on one ``damflow up``: broker CPU per file 2.6-3.5 ms
-    #: against 2.9-3.8 at 0, growing 1.06x from the first import to the eighth against 1.21x. Nothing waits on
-    #: it in an upload's answer (express answers before the results are sent); the hop to tier 2 and a
-    #: re-processed file's ``assets`` event come this much later.
-    producer_linger_ms: int = Field(default=10, ge=0)
+    #: How long a worker's producer holds a result before sending it, so that results finished close together
+    #: (a chunk's come back from the pool at once) share a record batch. The embedded broker keeps every batch
+    #: and goes over a partition's batches on fetches that return data, so its CPU per file grows with the
+    #: batches a long-running ``damflow up`` holds. Measured, 500 files to the end of tier 3 at 10 ms: the
+    #: worker's record batches 630 -> 476, its produce requests 346 -> 225; bench/long_session.py, eight such
+    #: imports on one ``damflow up``: broker CPU per file 2.6-3.5 ms against 2.9-3.8 at 0, growing 1.06x from
+    #: the first import to the eighth against 1.21x. Off by default: every ack a worker awaits comes this much
+    #: later, including on the interactive lane (a failed upload's express answer waits for its retry or dead
+    #: letter and its ``AssetFailed``, one after the other; an upload's hops to searchable and enriched; a
+    #: ``?wait=1`` answer read from ``assets`` when express is off), and an agent's slot is held that much longer.
+    producer_linger_ms: int = Field(default=0, ge=0)
     #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
     rare_fetch_max_wait_ms: int = Field(default=500, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
@@ -191,8 +192,9 @@ class Settings(BaseSettings):
     #: not idle while a file's results wait for the broker's ack, and a chunk's results share a record batch.
     #: At the pool's size (the default before) every file was a pool task and a batch of its own on ``assets``:
     #: 500 files to the end of tier 3 left 1,042 record batches from the worker, 712 on ``assets`` (630 and 303
-    #: now, at no linger), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's
-    #: CPU per file grew 2.06x (3.1 -> 6.4 ms; 1.21x now).
+    #: now), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's CPU per file
+    #: grew 2.06x (3.1 -> 6.4 ms; 1.21x now). Tier-3 chunks start only on an idle batch process (never queued
+    #: there): an import that starts meanwhile waits at most for the chunks already running.
     tier3_concurrency: int | None = Field(default=None, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
     tier3_enabled: bool = True

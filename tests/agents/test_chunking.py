@@ -188,3 +188,24 @@ async def test_a_full_chunk_of_a_higher_level_does_not_take_the_queued_slot_whil
     await busy
     assert await sooner == 2 and await asyncio.gather(*later) == [0, 2, 4, 6]
     assert chunked.chunk_sizes == {1: 2, 4: 1}
+
+
+async def test_a_background_chunk_never_takes_the_queued_slot(one_process: WorkPool) -> None:
+    # a chunk queued in the pool runs before whatever is sent after it: a background chunk there would hold the
+    # first files of an import that starts meanwhile behind a whole chunk of tier-3 work
+    chunked = ChunkedPool(one_process, max_chunk=4, idle_only_from=3)
+    finished: list[str] = []
+
+    def run(label: str, level: int, *args) -> asyncio.Future:
+        future = asyncio.ensure_future(chunked.run(*args, level=level))
+        future.add_done_callback(lambda _: finished.append(label))
+        return future
+
+    busy = run("busy", 3, pool_jobs.double_later, 0, 0.3)  # the process works on background work
+    await asyncio.sleep(0)
+    background = [run(f"tier3-{i}", 3, pool_jobs.double, i) for i in range(4)]  # a full chunk: it does not queue
+    await asyncio.sleep(0)
+    assert chunked.chunk_sizes == {1: 1}
+    import_file = run("tier1", 1, pool_jobs.double, 5)  # an import starts meanwhile
+    assert await asyncio.gather(busy, import_file, *background) == [0, 10, 0, 2, 4, 6]
+    assert finished == ["busy", "tier1", "tier3-0", "tier3-1", "tier3-2", "tier3-3"]

@@ -1,6 +1,6 @@
 """Tier 3 as `agents.tier3.register` wires it, on tier 1's stand-in app (topics keep what is sent to them): its
 work goes to the batch pool's chunks at the background level, with more files in flight than the pool has
-processes (the broker's part is the integration tests')."""
+processes (the order of the chunks is tests/agents/test_chunking.py's, the broker's part the integration tests')."""
 
 from __future__ import annotations
 
@@ -59,17 +59,22 @@ def test_tier3_shares_the_batch_pools_chunks(tmp_path: Path) -> None:
     pools = LanePools(Settings(data_dir=tmp_path, pool_size=1), preload=())  # processes start on first use only
     try:
         assert pools.background is pools.batch_chunks
+        # its chunks start only on an idle process: a new import's first files never queue behind one
+        assert pools.batch_chunks.idle_only_from == level_of(3, "background")
     finally:
         pools.shutdown()
 
 
-async def test_tier3_work_waits_behind_the_batch_lanes_and_keeps_the_pool_fed(tmp_path: Path) -> None:
+async def test_tier3_work_goes_to_the_pool_at_the_background_level_with_more_in_flight_than_processes(
+    tmp_path: Path,
+) -> None:
     settings = Settings(data_dir=tmp_path, pool_size=2)
     topics = topics_for(settings)
     app, background = _CountingApp(), _Background()
     tier3.register(app, settings, topics, types.SimpleNamespace(background=background), _Governor())  # type: ignore
-    # more files in flight than the pool has processes: the pool does not idle while results wait for their acks
-    assert app.concurrency["tier3-background"] == settings.batch_concurrency > settings.pool_size
+    # more files in flight than the pool has processes (it was the pool's size): the pool does not idle while
+    # results wait for their acks, and the chunker has calls to gather
+    assert app.concurrency["tier3-background"] == settings.tier3_batch_concurrency == settings.batch_concurrency
     assert Settings(data_dir=tmp_path, tier3_concurrency=3).tier3_batch_concurrency == 3
 
     record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="a1" * 32,
