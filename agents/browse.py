@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agents.faults import inject
 from agents.hashing import hash_file
-from agents.thumbnails import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, make_thumbnails
+from agents.thumbnails import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails
 from streams.errors import DamflowError
 
 
@@ -25,7 +25,8 @@ class Browsed:
 
     ``width``/``height`` are as displayed (EXIF orientation applied); ``thumbnails`` maps size name to the path
     relative to the data directory; ``deduplicated`` is true when every thumbnail already existed (this content
-    was browsed before); ``work_ms`` is the wall time of the call, for progress and benchmarks.
+    was browsed before), made for another event than the one the call named; ``work_ms`` is the wall time of the
+    call, for progress and benchmarks.
     """
 
     asset_id: str
@@ -47,6 +48,7 @@ def browse_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int | None = None,
     faults: bool = False,
+    event_id: str | None = None,
 ) -> Browsed:
     """Hash the file at ``path`` and make its thumbnails under ``data_dir/thumbs``.
 
@@ -54,6 +56,9 @@ def browse_file(
     while making thumbnails carries ``asset_id`` and ``size`` attributes (they survive pickling back from the
     pool), so the dead letter and the failed-asset event key on the hash. Errors from hashing itself
     (missing, unreadable, too large) carry neither. ``faults`` turns on the test hooks of :mod:`agents.faults`.
+
+    ``event_id`` names the event this is done for, and is kept with the thumbnails it makes: the same event worked
+    on again (a worker died before its results reached the broker) finds them made for itself, not a duplicate.
     """
     started = time.perf_counter()
     if faults:
@@ -61,7 +66,8 @@ def browse_file(
     asset_id, size = hash_file(path, max_bytes=max_file_bytes)
     try:
         thumbs = make_thumbnails(
-            path, asset_id, Path(data_dir) / "thumbs", sizes=sizes, quality=quality, max_pixels=max_pixels
+            path, asset_id, thumbs_dir := Path(data_dir) / "thumbs", sizes=sizes, quality=quality,
+            max_pixels=max_pixels, maker=event_id,
         )
     except DamflowError as exc:
         exc.asset_id = asset_id  # type: ignore[attr-defined]
@@ -74,6 +80,6 @@ def browse_file(
         width=thumbs.width,
         height=thumbs.height,
         thumbnails=thumbs.files,
-        deduplicated=not thumbs.created,
+        deduplicated=not thumbs.created and (event_id is None or made_for(thumbs_dir, asset_id) != event_id),
         work_ms=(time.perf_counter() - started) * 1000,
     )

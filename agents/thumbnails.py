@@ -93,6 +93,21 @@ def thumbnail_path(thumbs_dir: Path | str, asset_id: str, size: int) -> Path:
     return Path(thumbs_dir) / asset_id[:2] / f"{asset_id}.{size}.webp"
 
 
+def maker_path(thumbs_dir: Path | str, asset_id: str) -> Path:
+    """Where the id of the event whose work made ``asset_id``'s thumbnails is kept (see :func:`made_for`)."""
+    return Path(thumbs_dir) / ".made-for" / asset_id[:2] / asset_id
+
+
+def made_for(thumbs_dir: Path | str, asset_id: str) -> str | None:
+    """The id of the event whose work made ``asset_id``'s thumbnails, if one was named and it is known: finding
+    them made then tells a redo of that same event (its results lost with a worker) from another copy of the
+    content. ``None`` when unknown (made before this was kept, or the mark was lost)."""
+    try:
+        return maker_path(thumbs_dir, asset_id).read_text(encoding="utf-8") or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _made(thumb: Path) -> bool:
     """Whether a thumbnail is there already (an empty file, left by a crash on a disk that lost the write, is
     not). Failing to look is damflow's own disk's fault, never the source file's."""
@@ -112,11 +127,14 @@ def make_thumbnails(
     sizes: Sequence[int] = DEFAULT_SIZES,
     quality: int = DEFAULT_QUALITY,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    maker: str | None = None,
 ) -> Thumbnails:
     """Make the missing WebP thumbnails of the image at ``path`` (content hash ``asset_id``) under ``thumbs_dir``.
 
     ``sizes[0]`` is always made (at the image's own size when smaller); every other size only when the displayed
-    image's longest side is larger than it.
+    image's longest side is larger than it. ``maker``, the id of the event this is done for, is kept beside them
+    when any is made (:func:`made_for`), before they are written: a thumbnail never stands without its maker's
+    mark, unless its maker named none.
     """
     if not _ASSET_ID.fullmatch(asset_id):
         raise ValueError(f"asset id must be lowercase hex, got {asset_id!r}")  # it becomes a path: no "../"
@@ -138,6 +156,8 @@ def make_thumbnails(
         encoded = _encode(image, orientation, missing, quality)
         turned = orientation in _SWAPS_SIDES and not _displayed_size_at_open(image, stored)
 
+    if encoded and maker:
+        write_atomically(maker_path(thumbs_dir, asset_id), maker.encode(), what="thumbnail maker's mark")
     for size, data in encoded.items():
         write_atomically(thumbnail_path(thumbs_dir, asset_id, size), data, what="thumbnail")
     width, height = (stored[1], stored[0]) if turned else stored

@@ -52,14 +52,17 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
                 browse_file, record.path, data_dir,
                 sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
                 max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-                faults=settings.fault_injection, reads=record.path, level=level_of(1, record.lane),
+                faults=settings.fault_injection, event_id=record.event_id, reads=record.path,
+                level=level_of(1, record.lane),
             )
             browsable = AssetBrowsable(
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
                 asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
                 format=result.format, width=result.width, height=result.height,
                 # a retry may find the thumbnails its own earlier attempt made: no duplicate of anything else, and
-                # tier 3 would skip it as one; enriching a true duplicate once more costs only the work
+                # tier 3 would skip it as one; enriching a true duplicate once more costs only the work. (A first
+                # attempt finding them made for this event, by a worker that died before publishing, is not one
+                # either: browse_file tells by the maker's mark.)
                 thumbnails=dict(result.thumbnails), deduplicated=result.deduplicated and attempt == 1,
                 discovered_at=record.discovered_at, browsable_at=now(), work_ms=result.work_ms,
                 display_name=record.display_name, attempts=attempt,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from agents.browse import Browsed, browse_file
 from agents.hashing import hash_bytes
+from agents.thumbnails import made_for
 from streams.errors import CorruptImage, DamflowError, PermanentError, SourceMissing, UnsupportedFormat
 from tests.conftest import CORPUS
 from tests.images import comfy_like_png, make_jpeg, make_png, write_garbage, write_truncated
@@ -41,6 +42,32 @@ def test_same_content_under_another_name_is_deduplicated(tmp_path: Path) -> None
     assert a.asset_id == b.asset_id != c.asset_id
     assert (a.deduplicated, b.deduplicated, c.deduplicated) == (False, True, False)
     assert a.thumbnails == b.thumbnails
+
+
+def test_the_same_event_worked_on_again_finds_its_thumbnails_made_for_itself(tmp_path: Path) -> None:
+    # a worker that died after making the thumbnails, before its results reached the broker: the record is worked
+    # on again, a first attempt, and finding them made called it a duplicate, so tier 3 skipped it
+    path = make_png(tmp_path / "a.png", size=(300, 200), seed=4)
+    copy = make_png(tmp_path / "copy of a.png", size=(300, 200), seed=4)
+    data = str(tmp_path / "data")
+    first = browse_file(str(path), data, event_id="e1")
+    again = browse_file(str(path), data, event_id="e1")
+    other = browse_file(str(copy), data, event_id="e2")
+    unnamed = browse_file(str(copy), data)
+    assert (first.deduplicated, again.deduplicated, other.deduplicated, unnamed.deduplicated) == (
+        False, False, True, True)
+    assert made_for(tmp_path / "data" / "thumbs", first.asset_id) == "e1"  # the maker, not a later finder
+
+
+def test_no_mark_is_kept_for_thumbnails_that_failed_or_were_not_made(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    broken = write_truncated(tmp_path / "cut.png", make_png(tmp_path / "whole.png", size=(300, 200), seed=6))
+    with pytest.raises(CorruptImage) as caught:
+        browse_file(str(broken), str(data), event_id="e1")
+    assert made_for(data / "thumbs", caught.value.asset_id) is None  # type: ignore[attr-defined]
+    made = browse_file(str(tmp_path / "whole.png"), str(data))  # no event named: nothing to mark
+    assert made_for(data / "thumbs", made.asset_id) is None
+    assert browse_file(str(tmp_path / "whole.png"), str(data), event_id="e2").deduplicated  # unknown maker
 
 
 def test_settings_are_passed_through(tmp_path: Path) -> None:

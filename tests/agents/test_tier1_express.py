@@ -63,9 +63,11 @@ class _Pool:
 
     def __init__(self, made: bool = False) -> None:
         self.runs, self.made = 0, made
+        self.event_ids: list[str | None] = []
 
-    async def run(self, fn, path, data_dir, **_kw) -> Browsed:
+    async def run(self, fn, path, data_dir, **kw) -> Browsed:
         self.runs += 1
+        self.event_ids.append(kw.get("event_id"))
         return Browsed(asset_id="a1" * 32, size=9, format="PNG", width=640, height=480,
                        thumbnails={"256": "thumbs/a1/x.256.webp"}, deduplicated=self.made or self.runs > 1,
                        work_ms=30.0)
@@ -118,6 +120,7 @@ async def test_an_upload_answered_by_express_whose_results_the_broker_refused_is
     await asyncio.wait_for(app.agents["tier1-interactive"](fetched), 10)
     assert fetched.acked.is_set()
     assert pool.runs == 1  # worked on once
+    assert pool.event_ids == ["e1"]  # named: a redo on a worker started since finds the thumbnails made for it
     published = [decode(value) for name, value in app.sent if name == topics.assets]
     assert published[-1] == answered  # what the caller was told, as it was told
     assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
