@@ -9,7 +9,8 @@ slows down. For each worker producer linger in ``--lingers`` (``DAMFLOW_PRODUCER
 wait to share a batch), this starts one `damflow up` and imports ``--rounds`` folders of ``--files`` distinct
 generated 1024x1024 PNGs into it one after the other, each to the end of tier 3 (``damflow ingest --wait --tier
 3``), and reports per round the seconds it took and the CPU each process spent per file: the first round is the
-fresh broker's baseline, the last shows how much the batches held by then cost.
+fresh broker's baseline; the growth is summed up as a least-squares slope over the rounds (ms per file for
+every 1000 files already held) and as the last two rounds against the first two.
 
 Prints a table and one ``BENCH_JSON`` line.
 """
@@ -98,11 +99,25 @@ def main() -> None:
               + " ".join(f"{r[f'{role}_ms_per_file']:10.2f}" for role in ROLES))
     growth = {}
     for linger in sorted({r["linger_ms"] for r in rows}):
-        mine = [r for r in rows if r["linger_ms"] == linger]
-        growth[linger] = round(mine[-1]["broker_ms_per_file"] / max(mine[0]["broker_ms_per_file"], 0.01), 2)
-        print(f"linger {linger} ms: broker CPU per file, last round / first: {growth[linger]}x")
+        growth[linger] = broker_growth([r for r in rows if r["linger_ms"] == linger])
+        print(f"linger {linger} ms: broker CPU per file {growth[linger]['mean_ms']} ms on average, growing "
+              f"{growth[linger]['ms_per_1000_files_held']} ms per 1000 files already held (least squares); last two "
+              f"rounds / first two: {growth[linger]['last_two_over_first_two']}x")
     print("BENCH_JSON " + json.dumps({"bench": "long_session", "rounds": rows,
                                       "broker_growth": {str(k): v for k, v in growth.items()}}))
+
+
+def broker_growth(rows: list[dict]) -> dict[str, float]:
+    """How the broker's CPU per file grows with the files a session already holds: the least-squares slope (one
+    round is noisy on a small machine), and the last two rounds against the first two."""
+    xs = [r["files_before"] / 1000 for r in rows]
+    ys = [r["broker_ms_per_file"] for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread if spread else 0.0
+    head, tail = ys[:2], ys[-2:]
+    return {"mean_ms": round(my, 2), "ms_per_1000_files_held": round(slope, 2),
+            "last_two_over_first_two": round(sum(tail) / max(sum(head), 0.01), 2)}
 
 
 if __name__ == "__main__":

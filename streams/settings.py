@@ -74,19 +74,19 @@ class Settings(BaseSettings):
     #: import: last file browsable -> ``ingest --wait`` returns, 180-240 ms before, 33-62 ms with this.
     sink_prompt_fetch_max_wait_ms: int = Field(default=25, ge=0)
     sink_prompt_eta_s: float = Field(default=1.0, ge=0)
+    #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
+    rare_fetch_max_wait_ms: int = Field(default=500, ge=0)
     #: How long a worker's producer holds a result before sending it, so that results finished close together
     #: (a chunk's come back from the pool at once) share a record batch. The embedded broker keeps every batch
     #: and goes over a partition's batches on fetches that return data, so its CPU per file grows with the
     #: batches a long-running ``damflow up`` holds. Measured, 500 files to the end of tier 3 at 10 ms: the
     #: worker's record batches 630 -> 476, its produce requests 346 -> 225; bench/long_session.py, eight such
-    #: imports on one ``damflow up``: broker CPU per file 2.6-3.5 ms against 2.9-3.8 at 0, growing 1.06x from
-    #: the first import to the eighth against 1.21x. Off by default: every ack a worker awaits comes this much
-    #: later, including on the interactive lane (a failed upload's express answer waits for its retry or dead
+    #: imports on one ``damflow up``: broker CPU per file 3.0 ms on average against 3.3 at 0, growing alike
+    #: (0.14 against 0.15 ms per 1000 files held, same run). Off by default: every ack a worker awaits comes this
+    #: much later, including on the interactive lane (a failed upload's express answer waits for its retry or dead
     #: letter and its ``AssetFailed``, one after the other; an upload's hops to searchable and enriched; a
     #: ``?wait=1`` answer read from ``assets`` when express is off), and an agent's slot is held that much longer.
     producer_linger_ms: int = Field(default=0, ge=0)
-    #: The same for consumers of rare events (the retrier's retry topics, whose backoff is seconds anyway).
-    rare_fetch_max_wait_ms: int = Field(default=500, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout).
     session_timeout_s: float = Field(default=4.0, gt=0)
@@ -193,8 +193,9 @@ class Settings(BaseSettings):
     #: At the pool's size (the default before) every file was a pool task and a batch of its own on ``assets``:
     #: 500 files to the end of tier 3 left 1,042 record batches from the worker, 712 on ``assets`` (630 and 303
     #: now), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's CPU per file
-    #: grew 2.06x (3.1 -> 6.4 ms; 1.21x now). Tier-3 chunks start only on an idle batch process (never queued
-    #: there): an import that starts meanwhile waits at most for the chunks already running.
+    #: grew 0.95 ms for every 1000 files held (3.1 -> 6.4 ms; 5.2 on average); now 0.15-0.35 (3.3 on average).
+    #: Tier-3 chunks start only on an idle batch process (never queued there): an import that starts meanwhile
+    #: waits at most for the chunks already running.
     tier3_concurrency: int | None = Field(default=None, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
     tier3_enabled: bool = True
