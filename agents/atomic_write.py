@@ -11,19 +11,22 @@ from pathlib import Path
 from streams.errors import StorageUnavailable
 
 
-def write_atomically(target: Path, data: bytes, *, what: str) -> None:
+def write_atomically(target: Path, data: bytes, *, what: str, note: tuple[str, bytes] | None = None) -> None:
     """Write ``data`` to ``target`` under a name unique to this writer, then rename it into place.
 
     ``os.replace`` is atomic within a directory: readers see the old file, or none, or the whole new one;
     concurrent writers of the same asset each rename a complete file of the same content. An OS error (disk
     full, permissions of the data dir: not the source file's fault) is a :class:`StorageUnavailable` (retried)
-    naming ``what`` could not be written.
+    naming ``what`` could not be written. ``note``, an extended attribute (name, value), goes with the file where
+    the platform and file system keep them (:func:`read_note`), and is left out elsewhere.
     """
     temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "xb") as out:
             out.write(data)
+            if note is not None:
+                _set_note(out.fileno(), *note)
         os.replace(temp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # e.g. the directory is not one: the error below says so
@@ -31,6 +34,20 @@ def write_atomically(target: Path, data: bytes, *, what: str) -> None:
         if isinstance(exc, OSError):
             raise StorageUnavailable(f"cannot write {what}: {exc.strerror or exc}", path=str(target)) from exc
         raise
+
+
+def _set_note(fd: int, name: str, value: bytes) -> None:
+    with contextlib.suppress(AttributeError, OSError):  # no os.setxattr (not Linux); a file system without them
+        os.setxattr(fd, name, value)
+
+
+def read_note(path: Path, name: str) -> bytes | None:
+    """The extended attribute ``name`` of the file at ``path`` (see :func:`write_atomically`); ``None`` when it
+    has none, or it cannot be told."""
+    try:
+        return os.getxattr(path, name)
+    except (AttributeError, OSError):
+        return None
 
 
 def sync_to_disk(path: Path, flags: int = 0) -> None:

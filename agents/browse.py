@@ -15,7 +15,9 @@ from pathlib import Path
 
 from agents.faults import inject
 from agents.hashing import hash_file
-from agents.thumbnails import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails
+from agents.thumbnails import (
+    DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails, thumbnail_path,
+)
 from streams.errors import DamflowError
 
 
@@ -57,8 +59,8 @@ def browse_file(
     pool), so the dead letter and the failed-asset event key on the hash. Errors from hashing itself
     (missing, unreadable, too large) carry neither. ``faults`` turns on the test hooks of :mod:`agents.faults`.
 
-    ``event_id`` names the event this is done for, and is kept with the thumbnails it makes: the same event worked
-    on again (a worker died before its results reached the broker) finds them made for itself, not a duplicate.
+    ``event_id`` names the event this is done for, and goes with the thumbnails it makes: the same event worked on
+    again (a worker died before its results reached the broker) finds them made for itself, not a duplicate.
     """
     started = time.perf_counter()
     if faults:
@@ -80,6 +82,7 @@ def browse_file(
         width=thumbs.width,
         height=thumbs.height,
         thumbnails=thumbs.files,
-        deduplicated=not thumbs.created and (event_id is None or made_for(thumbs_dir, asset_id) != event_id),
+        deduplicated=not thumbs.created and (event_id is None
+                                             or made_for(thumbnail_path(thumbs_dir, asset_id, sizes[0])) != event_id),
         work_ms=(time.perf_counter() - started) * 1000,
     )

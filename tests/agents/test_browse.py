@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -44,9 +45,21 @@ def test_same_content_under_another_name_is_deduplicated(tmp_path: Path) -> None
     assert a.thumbnails == b.thumbnails
 
 
+def _keeps_notes(directory: Path) -> bool:
+    probe = directory / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.damflow.probe", b"1")
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def test_the_same_event_worked_on_again_finds_its_thumbnails_made_for_itself(tmp_path: Path) -> None:
     # a worker that died after making the thumbnails, before its results reached the broker: the record is worked
     # on again, a first attempt, and finding them made called it a duplicate, so tier 3 skipped it
+    if not _keeps_notes(tmp_path):
+        pytest.skip("this file system (or platform) keeps no extended attributes: a redo counts as a duplicate")
     path = make_png(tmp_path / "a.png", size=(300, 200), seed=4)
     copy = make_png(tmp_path / "copy of a.png", size=(300, 200), seed=4)
     data = str(tmp_path / "data")
@@ -56,18 +69,16 @@ def test_the_same_event_worked_on_again_finds_its_thumbnails_made_for_itself(tmp
     unnamed = browse_file(str(copy), data)
     assert (first.deduplicated, again.deduplicated, other.deduplicated, unnamed.deduplicated) == (
         False, False, True, True)
-    assert made_for(tmp_path / "data" / "thumbs", first.asset_id) == "e1"  # the maker, not a later finder
+    assert made_for(tmp_path / "data" / first.thumbnails["256"]) == "e1"  # the maker, not a later finder
 
 
-def test_no_mark_is_kept_for_thumbnails_that_failed_or_were_not_made(tmp_path: Path) -> None:
+def test_thumbnails_made_for_no_event_name_none_and_count_as_found(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    broken = write_truncated(tmp_path / "cut.png", make_png(tmp_path / "whole.png", size=(300, 200), seed=6))
-    with pytest.raises(CorruptImage) as caught:
-        browse_file(str(broken), str(data), event_id="e1")
-    assert made_for(data / "thumbs", caught.value.asset_id) is None  # type: ignore[attr-defined]
-    made = browse_file(str(tmp_path / "whole.png"), str(data))  # no event named: nothing to mark
-    assert made_for(data / "thumbs", made.asset_id) is None
-    assert browse_file(str(tmp_path / "whole.png"), str(data), event_id="e2").deduplicated  # unknown maker
+    made = browse_file(str(make_png(tmp_path / "whole.png", size=(300, 200), seed=6)), str(data))
+    assert made_for(data / made.thumbnails["256"]) is None  # no event named: nothing to tell
+    assert browse_file(str(tmp_path / "whole.png"), str(data), event_id="e2").deduplicated  # an unknown maker
+    written = sorted(p.name for p in (data / "thumbs").rglob("*") if p.is_file())
+    assert written == [f"{made.asset_id}.256.webp"]  # no file beside the thumbnail
 
 
 def test_settings_are_passed_through(tmp_path: Path) -> None:
