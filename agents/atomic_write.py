@@ -9,6 +9,9 @@ import secrets
 from pathlib import Path
 
 from streams.errors import StorageUnavailable
+from streams.logs import get
+
+log = get(__name__)
 
 
 def write_atomically(target: Path, data: bytes, *, what: str, note: tuple[str, bytes] | None = None) -> None:
@@ -36,9 +39,21 @@ def write_atomically(target: Path, data: bytes, *, what: str, note: tuple[str, b
         raise
 
 
+_notes_refused = False
+
+
 def _set_note(fd: int, name: str, value: bytes) -> None:
-    with contextlib.suppress(AttributeError, OSError):  # no os.setxattr (not Linux); a file system without them
-        os.setxattr(fd, name, value)
+    global _notes_refused
+    setxattr = getattr(os, "setxattr", None)
+    if setxattr is None:  # not Linux: no extended attributes
+        return
+    try:
+        setxattr(fd, name, value)
+    except OSError as exc:  # a file system without them, or with no room left for them: the file goes on without
+        if not _notes_refused:
+            _notes_refused = True
+            log.warning("file_notes_not_kept", note=name, error=str(exc),
+                        consequence="what the note tells is unknown for these files")
 
 
 def read_note(path: Path, name: str) -> bytes | None:

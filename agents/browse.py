@@ -27,8 +27,8 @@ class Browsed:
 
     ``width``/``height`` are as displayed (EXIF orientation applied); ``thumbnails`` maps size name to the path
     relative to the data directory; ``deduplicated`` is true when every thumbnail already existed (this content
-    was browsed before), made for another event than the one the call named; ``work_ms`` is the wall time of the
-    call, for progress and benchmarks.
+    was browsed before), unless they were made for the event the call named (an unknown maker, or no event named,
+    counts as another); ``work_ms`` is the wall time of the call, for progress and benchmarks.
     """
 
     asset_id: str

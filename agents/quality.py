@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageStat
 
 from agents.hashing import hash_file
-from agents.thumbnails import make_thumbnails, thumbnail_path
+from agents.thumbnails import made_for, make_thumbnails, thumbnail_path
 from streams.errors import SourceChanged, StorageUnavailable
 
 
@@ -35,9 +35,10 @@ def quality_scores(thumbs_dir: str, asset_id: str, source: str | None = None, **
     if hash_file(source)[0] != asset_id:  # the source's own errors (gone, unreadable) are raised as such
         raise SourceChanged(f"the thumbnail of {asset_id} is lost and {source} no longer holds that content: "
                             "nothing to make it again from", path=source)
+    maker = made_for(path)  # the remade one names the same maker: a redo of that event is still no duplicate
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # gone or damaged: made again below (a directory there fails the write, typed)
-    make_thumbnails(source, asset_id, Path(thumbs_dir), **thumbnail_args)
+    make_thumbnails(source, asset_id, Path(thumbs_dir), maker=maker, **thumbnail_args)
     try:
         return scores(*_pixels(path))
     except _DAMAGED as exc:

@@ -135,7 +135,7 @@ def make_thumbnails(
     ``sizes[0]`` is always made (at the image's own size when smaller); every other size only when the displayed
     image's longest side is larger than it. ``maker``, the id of the event this is done for, goes with each
     thumbnail made (:func:`made_for`; an extended attribute set before the file is renamed into place, so it
-    costs no file of its own: a small file of its own took 0.8-1.6 ms a thumbnail on this project's machines).
+    costs no file of its own: a small file of its own took 0.8-1.6 ms an asset on this project's machines).
     """
     if not _ASSET_ID.fullmatch(asset_id):
         raise ValueError(f"asset id must be lowercase hex, got {asset_id!r}")  # it becomes a path: no "../"

@@ -39,8 +39,9 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     data_dir = str(settings.data_path)
 
     # Outcomes an express run told its caller but could not publish (the broker refused them), by event id. The
-    # record's redo publishes the outcome told rather than working the file again: that would find its thumbnails
-    # made, call the content a duplicate, and tier 3 would skip it (DAMFLOW_TIER3_SKIP_DUPLICATES).
+    # record's redo publishes the outcome told rather than working the file again: what is published is what the
+    # caller was told, and the pool is spared. (Working it again would find the thumbnails made for this event:
+    # no duplicate, where the file system keeps the maker's note; see agents.browse.)
     unpublished: OrderedDict[str, AssetBrowsable] = OrderedDict()
 
     async def browse(record: FileDiscovered, attempt: int) -> AssetBrowsable:

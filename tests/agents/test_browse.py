@@ -45,7 +45,8 @@ def test_same_content_under_another_name_is_deduplicated(tmp_path: Path) -> None
     assert a.thumbnails == b.thumbnails
 
 
-def _keeps_notes(directory: Path) -> bool:
+def keeps_notes(directory: Path) -> bool:
+    """Whether files under ``directory`` keep extended attributes (Linux, and a file system that has them)."""
     probe = directory / "probe"
     probe.write_bytes(b"")
     try:
@@ -58,7 +59,7 @@ def _keeps_notes(directory: Path) -> bool:
 def test_the_same_event_worked_on_again_finds_its_thumbnails_made_for_itself(tmp_path: Path) -> None:
     # a worker that died after making the thumbnails, before its results reached the broker: the record is worked
     # on again, a first attempt, and finding them made called it a duplicate, so tier 3 skipped it
-    if not _keeps_notes(tmp_path):
+    if not keeps_notes(tmp_path):
         pytest.skip("this file system (or platform) keeps no extended attributes: a redo counts as a duplicate")
     path = make_png(tmp_path / "a.png", size=(300, 200), seed=4)
     copy = make_png(tmp_path / "copy of a.png", size=(300, 200), seed=4)

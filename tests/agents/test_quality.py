@@ -10,8 +10,9 @@ from PIL import Image
 
 from agents.browse import browse_file
 from agents.quality import quality_scores
-from agents.thumbnails import thumbnail_path
+from agents.thumbnails import made_for, thumbnail_path
 from streams.errors import SourceChanged, StorageUnavailable
+from tests.agents.test_browse import keeps_notes
 
 ASSET = "ab" * 32
 
@@ -71,6 +72,20 @@ def test_a_lost_or_damaged_thumbnail_is_made_again_from_the_source_and_scored(tm
         damage()  # left empty or cut by a crash, or lost: before, a permanent dead letter, never replayable
         assert quality_scores(str(tmp_path / "thumbs"), asset, source=src) == expected
         assert thumb.stat().st_size > 100
+
+
+def test_a_thumbnail_made_again_names_the_event_that_made_it(tmp_path: Path) -> None:
+    # or a redo of that event (a worker died before publishing it) would be taken for a duplicate (agents.browse)
+    if not keeps_notes(tmp_path):
+        pytest.skip("this file system (or platform) keeps no extended attributes")
+    src = tmp_path / "src.png"
+    _subject(600).save(src)
+    made = browse_file(str(src), str(tmp_path), event_id="e1")
+    thumb = thumbnail_path(tmp_path / "thumbs", made.asset_id, 256)
+    thumb.write_bytes(thumb.read_bytes()[:100])  # cut by a crash
+    quality_scores(str(tmp_path / "thumbs"), made.asset_id, source=str(src))
+    assert thumb.stat().st_size > 100 and made_for(thumb) == "e1"
+    assert not browse_file(str(src), str(tmp_path), event_id="e1").deduplicated
 
 
 def test_a_thumbnail_that_cannot_be_made_again_says_why(tmp_path: Path) -> None:

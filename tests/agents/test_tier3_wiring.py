@@ -75,6 +75,7 @@ async def test_tier3_work_goes_to_the_pool_at_the_background_level_with_more_in_
     # more files in flight than the pool has processes (it was the pool's size): the pool does not idle while
     # results wait for their acks, and the chunker has calls to gather
     assert app.concurrency["tier3-background"] == settings.tier3_batch_concurrency == settings.batch_concurrency
+    assert settings.tier3_batch_concurrency > settings.pool_size
     assert Settings(data_dir=tmp_path, tier3_concurrency=3).tier3_batch_concurrency == 3
 
     record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="a1" * 32,
