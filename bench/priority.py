@@ -290,7 +290,7 @@ def work_floor(files: list[Path], data_dir: Path, settings: Settings) -> float:
     the floor an urgent upload's time to browsable stands on; what is above it is damflow's cost."""
     with ProcessPoolExecutor(1) as pool:
         pool.submit(browse_file, str(files[0]), str(data_dir / "warm")).result()
-        kwargs = dict(sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality)
+        kwargs = dict(sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality, event_id="floor")
         return pct([pool.submit(browse_file, str(f), str(data_dir), **kwargs).result().work_ms for f in files], 50)
 
 

@@ -52,10 +52,11 @@ def compute_limit(files: list[str], data_dir: Path, workers: int, settings: Sett
 
 def _work(path: str, ahead: str | None, data_dir: str, **kwargs) -> object:
     """One file's tier-1 work, having asked the kernel for the next file, as damflow's chunks do
-    (agents.readahead): the limit reads cold inputs no worse than damflow does."""
+    (agents.readahead): the limit reads cold inputs no worse than damflow does; and naming an event, as tier 1
+    does (its thumbnails carry it)."""
     if ahead is not None:
         read_ahead(ahead)
-    return browse_file(path, data_dir, **kwargs)
+    return browse_file(path, data_dir, event_id=f"limit-{os.path.basename(path)}", **kwargs)
 
 
 def _noop(_: int) -> None:
