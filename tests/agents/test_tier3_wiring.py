@@ -12,9 +12,10 @@ from agents import tier3
 from agents.lanes import LanePools, level_of
 from agents.quality import quality_scores
 from schemas import AssetEnriched, AssetIndexed, decode, encode
+from streams.express import ExpressRequest
 from streams.settings import Settings
 from streams.topics import topics_for
-from tests.agents.test_tier1_express import _App, _Governor
+from tests.agents.test_tier1_express import _App, _Fetched, _Governor
 
 
 class _CountingApp(_App):
@@ -36,23 +37,6 @@ class _Background:
     async def run(self, fn, *args, **kwargs) -> dict[str, float]:
         self.calls.append((fn, kwargs))
         return {"sharpness": 0.5}
-
-
-class _Fetched:
-    def __init__(self, topic: str, value: bytes) -> None:
-        self.value = value
-        self.message = types.SimpleNamespace(topic=topic, partition=0, offset=3, value=value, key=b"k", headers=[],
-                                             timestamp=1.0)
-        self.acked = asyncio.Event()
-
-    def ack(self) -> None:
-        self.acked.set()
-
-    def noack(self):
-        return self
-
-    async def events(self):
-        yield self
 
 
 def test_tier3_shares_the_batch_pools_chunks(tmp_path: Path) -> None:
@@ -81,7 +65,7 @@ async def test_tier3_work_goes_to_the_pool_at_the_background_level_with_more_in_
     record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="a1" * 32,
                           path=str(tmp_path / "x.png"), parser_version=1, metadata_path="meta/a1.json",
                           indexed_at=1.0)
-    fetched = _Fetched(topics.t3_background, encode(record))
+    fetched = _Fetched(ExpressRequest(topics.t3_background, 0, 3, encode(record), b"k"))  # as fetched from the broker
     await asyncio.wait_for(app.agents["tier3-background"](fetched), 10)
 
     assert fetched.acked.is_set()
