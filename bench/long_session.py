@@ -60,8 +60,7 @@ def session(folders: list[Path], linger_ms: int, files: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="damflow-long-") as tmp:
         up = Up(Path(tmp))
         try:
-            env = dict(os.environ, DAMFLOW_DATA_DIR=str(up.settings.data_path), DAMFLOW_BROKER_URL=up.bootstrap,
-                       DAMFLOW_LOG_LEVEL="warn")
+            env = up.client_env()
             for n, folder in enumerate(folders):
                 in_page_cache([str(p) for p in folder.iterdir()], keep=True)  # every round reads its files warm
                 before, t0 = cpu_seconds(up.proc.pid), time.perf_counter()

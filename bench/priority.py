@@ -135,6 +135,11 @@ class Up:
             time.sleep(0.1)  # polling a child's log for its banner
         self.bootstrap = resolve_bootstrap(self.settings)
 
+    def client_env(self) -> dict[str, str]:
+        """The environment of a client process (`damflow ingest`) of this `damflow up`."""
+        return dict(os.environ, DAMFLOW_DATA_DIR=str(self.settings.data_path), DAMFLOW_BROKER_URL=self.bootstrap,
+                    DAMFLOW_LOG_LEVEL="warn")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
@@ -167,9 +172,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         # it lowers its own priority); its result says when it started and how long it took
         ingest = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "streams.cli", "ingest", str(folder), "--wait", "--json", "--timeout", "3600",
-            env=dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL=stack.bootstrap,
-                     DAMFLOW_LOG_LEVEL="warn"),
-            stdout=asyncio.subprocess.PIPE)
+            env=stack.client_env(), stdout=asyncio.subprocess.PIPE)
         output = asyncio.create_task(ingest.communicate())
         # urgent uploads *during* the import: from its first browsable file on
         await asyncio.wait([output, asyncio.create_task(catalog.import_running())],
