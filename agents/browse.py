@@ -66,15 +66,18 @@ def browse_file(
     if faults:
         inject(path)
     asset_id, size = hash_file(path, max_bytes=max_file_bytes)
+    thumbs_dir = Path(data_dir) / "thumbs"
     try:
         thumbs = make_thumbnails(
-            path, asset_id, thumbs_dir := Path(data_dir) / "thumbs", sizes=sizes, quality=quality,
-            max_pixels=max_pixels, maker=event_id,
+            path, asset_id, thumbs_dir, sizes=sizes, quality=quality, max_pixels=max_pixels, maker=event_id
         )
     except DamflowError as exc:
         exc.asset_id = asset_id  # type: ignore[attr-defined]
         exc.size = size  # type: ignore[attr-defined]
         raise
+    # found made: another copy of the content was browsed before, unless they were made for this very event
+    redone = (not thumbs.created and event_id is not None
+              and made_for(thumbnail_path(thumbs_dir, asset_id, sizes[0])) == event_id)
     return Browsed(
         asset_id=asset_id,
         size=size,
@@ -82,7 +85,6 @@ def browse_file(
         width=thumbs.width,
         height=thumbs.height,
         thumbnails=thumbs.files,
-        deduplicated=not thumbs.created and (event_id is None
-                                             or made_for(thumbnail_path(thumbs_dir, asset_id, sizes[0])) != event_id),
+        deduplicated=not thumbs.created and not redone,
         work_ms=(time.perf_counter() - started) * 1000,
     )
