@@ -38,7 +38,7 @@ from schemas import (
 )
 from schemas.codec import claimed
 from streams.errors import SchemaError
-from streams.kafka import group_consumer, producer
+from streams.kafka import group_consumer, producer, set_fetch_pace
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -93,12 +93,8 @@ class FetchPace:
         return s.sink_fetch_max_wait_ms, s.sink_fetch_min_bytes
 
     def apply(self, consumer: AIOKafkaConsumer, now: float) -> None:
-        """Set the consumer's next fetches (aiokafka 0.11-0.14 reads both when it builds a request; the one
-        already on its way keeps its own, hence the early trigger)."""
-        fetcher = consumer._fetcher  # type: ignore[attr-defined]
-        if not hasattr(fetcher, "_fetch_min_bytes"):  # another aiokafka: keep its fixed pace
-            return
-        fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = self.wait_and_min_bytes(now)
+        """Set the consumer's next fetches (the one already on its way keeps its own, hence the early trigger)."""
+        set_fetch_pace(consumer, *self.wait_and_min_bytes(now))
 
 
 class CatalogSink:

@@ -58,7 +58,9 @@ async def ingest_folder(
             watcher = await stack.enter_async_context(
                 tail(bootstrap, topics.progress, settings, fetch_max_wait_ms=settings.sink_fetch_max_wait_ms)
             )
-            follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout))
+            prompt = settings.sink_prompt_fetch_max_wait_ms, settings.sink_prompt_eta_s
+            follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout,
+                                                  prompt=prompt))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
         try:
             result = await scan(settings, topics, bootstrap, prod, folder, lane=lane, batch_id=batch_id)

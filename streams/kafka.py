@@ -111,6 +111,19 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
 
 
+def set_fetch_pace(consumer: AIOKafkaConsumer, max_wait_ms: int, min_bytes: int | None = None) -> bool:
+    """Change how long ``consumer``'s next fetches wait for data (and, given, the bytes they wait for). aiokafka
+    0.11-0.14 reads both each time it builds a fetch request; the one already on its way keeps its own. False
+    (nothing changed) with an aiokafka that keeps them elsewhere: its fixed pace stays."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms") or not hasattr(fetcher, "_fetch_min_bytes"):
+        return False
+    fetcher._fetch_max_wait_ms = max_wait_ms
+    if min_bytes is not None:
+        fetcher._fetch_min_bytes = min_bytes
+    return True
+
+
 @contextlib.asynccontextmanager
 async def tail(
     bootstrap: str, topic: str, settings: Settings, *, from_beginning: bool = False, fetch_max_wait_ms: int | None = None,

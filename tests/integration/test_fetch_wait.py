@@ -1,6 +1,7 @@
 """Fetch waits set at run time on a real aiokafka fetcher and the embedded broker, read from the requests the
 fetcher really sends: the worker's (``streams.fetch_wait``: short while records come or anything is held back,
-long once quiet) and the catalog sink's (``FetchPace``: prompt while a batch is about to finish)."""
+long once quiet), the catalog sink's (``FetchPace``: prompt while a batch is about to finish) and a batch
+follower's (``ingest --wait``: prompt once its batch is about to finish)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from types import SimpleNamespace
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.catalog_sink import FetchPace
-from schemas import new_id
+from consumers.progress import follow
+from schemas import ProgressEvent, encode, new_id
 from streams.fetch_wait import QuietFetchWait
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, tail
 from streams.settings import Settings
 
 BUSY_MS, IDLE_MS = 20, 300
@@ -33,7 +35,7 @@ class SentWaits:
             self.waits.append(request._max_wait_ms)
             for entry in list(self._looking):
                 since, wait, fut = entry
-                if index >= since and request._max_wait_ms == wait and not fut.done():
+                if index >= since and wait in (None, request._max_wait_ms) and not fut.done():
                     fut.set_result(index)
                     self._looking.remove(entry)
             got = await send(assignment, node_id, request)
@@ -42,6 +44,12 @@ class SentWaits:
             return got
 
         fetcher._proc_fetch_request = recorded
+
+    def next_request(self) -> asyncio.Future:
+        """Settled once the fetcher sends its next request, whatever its wait."""
+        fut = asyncio.get_running_loop().create_future()
+        self._looking.append((len(self.waits), None, fut))
+        return fut
 
     def next_with(self, wait: int, since: int | None = None) -> asyncio.Future:
         """The index of the first request from now (or from index ``since``) on sent with ``wait``."""
@@ -120,3 +128,45 @@ async def test_the_catalog_sinks_pace_sets_the_requests_it_sends(broker: str, tm
         assert consumer._fetcher._fetch_min_bytes == 1
     finally:
         await consumer.stop()
+
+
+async def test_a_follower_fetches_promptly_once_its_batch_is_about_to_finish(broker: str, tmp_path) -> None:
+    topic = f"test.followpace.{new_id()[:8]}"
+    await ensure_topics(broker, [topic], partitions=1)
+    settings = Settings(data_dir=tmp_path, fetch_max_wait_ms=IDLE_MS)
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    following = None
+    try:
+        async with tail(broker, topic, settings) as consumer:
+            sent = SentWaits(consumer._fetcher)
+            following = asyncio.create_task(follow(consumer, "b", prompt=(BUSY_MS, 1.0)))
+            # one fetch at a time: once one is sent through the recorder, none sent before it is still out
+            await asyncio.wait_for(sent.next_request(), 10)
+
+            async def publish(done: int, eta_s: float) -> int:
+                """The index of the request that brought the event back."""
+                brought = len(sent.brought)
+                event = ProgressEvent(batch_id="b", tier=1, known_total=10, total_final=True, done=done,
+                                      eta_s=eta_s, at=1.0)
+                await producer.send_and_wait(topic, encode(event), key=b"b")
+                while len(sent.brought) == brought:  # each request sent meanwhile, until one brought it back
+                    await asyncio.wait_for(sent.next_request(), 10)
+                return sent.brought[brought]
+
+            # far from the end: the next requests still wait long
+            index = await publish(done=2, eta_s=30.0)
+            assert await asyncio.wait_for(sent.next_with(IDLE_MS, since=index + 1), 10) == index + 1
+            assert BUSY_MS not in sent.waits
+            # about to finish: the next request is prompt
+            index = await publish(done=9, eta_s=0.2)
+            assert await asyncio.wait_for(sent.next_with(BUSY_MS, since=index + 1), 10) == index + 1
+            # and the last event ends the follow
+            await producer.send_and_wait(topic, encode(ProgressEvent(batch_id="b", tier=1, known_total=10,
+                                                                     total_final=True, done=10, at=2.0)), key=b"b")
+            last = await asyncio.wait_for(following, 10)
+            assert last.done == 10
+    finally:
+        if following is not None:
+            following.cancel()
+        await producer.stop()
