@@ -6,7 +6,9 @@ once that returns); this module is the one place that knows what happens when wo
 - undecodable message (poison pill) -> dead letter at once, raw bytes kept (+ ``AssetFailed(dead_lettered)``
   when it still names its file, so its batch can finish);
 - permanent error, or transient error on the last attempt -> dead letter + ``AssetFailed(dead_lettered)``;
-- transient error with attempts left -> ``t<tier>.retry.<n>`` with a due time + ``AssetFailed(retrying)``.
+- transient error with attempts left -> ``t<tier>.retry.<n>`` with a due time + ``AssetFailed(retrying)``;
+- the broker refusing the work's results for now (:meth:`EventHandler.emit`) -> raised on, not recorded: the work
+  succeeded, and the agent works the event again once the broker is back (``agents.lanes.lane_agent``).
 
 Decoding is done here, not by faust's serializer: a malformed message must become a dead letter, not an exception
 inside the stream that kills the worker. Results and failures are awaited until the broker acks them, so the
@@ -33,6 +35,7 @@ from schemas.codec import claimed
 from schemas.events import Lane, Source
 from streams.errors import DamflowError
 from streams.express import told_early
+from streams.kafka import passes
 from streams.logs import get
 from streams.retries import FailureHistory, backoff_s
 from streams.settings import Settings
@@ -52,6 +55,8 @@ _FRAMING = 16 * 1024
 Record = FileDiscovered | AssetBrowsable | AssetIndexed
 #: The work an agent runs per event: the decoded record and the number of this attempt (1 = first).
 Work = Callable[[Any, int], Awaitable[Any]]
+#: Set (true) on the error of a send of results the broker refused for now (see :meth:`EventHandler.emit`).
+RESULTS_REFUSED = "damflow_results_refused"
 
 
 def _version(dist: str) -> str:
@@ -130,14 +135,27 @@ class EventHandler:
                 if told_early():  # its express caller has its outcome: the fetched copy finishes the work
                     log.warning("work_failed_after_answer", error_class=type(exc).__name__, reason=str(exc))
                     raise
+                if getattr(exc, RESULTS_REFUSED, False):
+                    # the work succeeded, only its results did not reach the broker (away for now): not the file's
+                    # failure to retry or dead-letter; the agent works the event again (idempotent) once it is back
+                    raise
                 return await self._fail(event, record, exc, history)
 
     async def emit(self, result: Event, key: str, *also: faust.TopicT) -> None:
         """Publish a result on ``assets`` (and on ``also``, e.g. the next tier's topic), all in flight together,
-        and wait until the broker has acked every one: the offset may commit only after the effects."""
+        and wait until the broker has acked every one: the offset may commit only after the effects.
+
+        A refusal that may pass by itself (:func:`streams.kafka.passes`: the broker away or busy) raises as it is,
+        marked ``RESULTS_REFUSED``: :meth:`process` then knows it from the same error raised by the work itself,
+        which is the file's failure to classify."""
         value, raw_key = encode(result), key.encode()
-        sends = [await topic.send(key=raw_key, value=value) for topic in (self.assets, *also)]
-        await asyncio.gather(*sends)
+        try:
+            sends = [await topic.send(key=raw_key, value=value) for topic in (self.assets, *also)]
+            await asyncio.gather(*sends)
+        except Exception as exc:
+            if passes(exc):
+                setattr(exc, RESULTS_REFUSED, True)
+            raise
 
     async def _fail(
         self, event: faust.EventT, record: Record, exc: BaseException, history: FailureHistory

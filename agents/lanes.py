@@ -253,7 +253,8 @@ def lane_agent(
                         log.error("event_abandoned", topic=msg.topic, partition=msg.partition, offset=msg.offset,
                                   error=repr(exc), exc_info=True)
                         break
-                    # not even its failure could be recorded, the broker being away: again, until it is back
+                    # neither its results nor even its failure could be recorded, the broker being away: again (the
+                    # work is idempotent), until it is back
                     log.error("event_unfinished", topic=msg.topic, partition=msg.partition, offset=msg.offset,
                               error=repr(exc), again_in_s=pause)
                     await asyncio.sleep(pause)  # a pause before trying again, so a lasting fault does not spin

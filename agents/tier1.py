@@ -45,10 +45,13 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     unpublished: OrderedDict[str, AssetBrowsable] = OrderedDict()
 
     async def browse(record: FileDiscovered, attempt: int) -> AssetBrowsable:
-        told = unpublished.pop(record.event_id, None)
+        # kept until published: the redo's own send may be refused too (the broker still away), and the next redo
+        # must still publish what the caller was told
+        told = unpublished.get(record.event_id)
         if told is not None and told.path == record.path:
             browsable = told
         else:
+            told = None
             result = await pools.for_lane(record.lane).run(
                 browse_file, record.path, data_dir,
                 sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
@@ -78,6 +81,8 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
                 while len(unpublished) > _UNPUBLISHED_KEPT:
                     unpublished.popitem(last=False)
             raise
+        if told is not None:
+            unpublished.pop(record.event_id, None)
         log.debug("browsable", asset_id=browsable.asset_id, work_ms=round(browsable.work_ms, 1))
         return browsable
 

@@ -112,3 +112,41 @@ async def test_a_result_that_cannot_be_published_after_its_express_caller_was_an
     assert await ledger.run(key, lambda: handler.process(event, browse)) == "browsable"
     assert len(worked) == 2
     assert not [name for name, _, _ in sent if ".dlq" in name or ".retry." in name]  # nothing recorded as failed
+
+
+async def test_results_the_broker_refuses_for_now_are_raised_for_a_redo_and_the_work_s_own_error_is_recorded() -> None:
+    # a refused send of results is not the file's failure (its work succeeded): recording it dead-lettered the
+    # file; the same error raised by the work itself still is the file's failure, classified as before
+    sent: list = []
+    refuse = [True]
+
+    class _Refusing(_Topic):
+        async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+            done = await super().send(key, value, headers)
+            if refuse[0] and self.name.endswith("assets"):
+                refused = asyncio.get_running_loop().create_future()
+                refused.set_exception(ConnectionError("broker away"))
+                return refused
+            return done
+
+    app = types.SimpleNamespace(topic=lambda name: _Refusing(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/pics/a.png", size=9,
+                            mtime_ns=1, discovered_at=1.0)
+
+    async def publish(_record, _attempt) -> str:
+        await handler.emit(record, "a1" * 32)
+        return "browsable"
+
+    with pytest.raises(ConnectionError):
+        await handler.process(_Event(encode(record), {}), publish)
+    assert not [name for name, _, _ in sent if ".dlq" in name or ".retry." in name]  # nothing recorded as failed
+
+    async def lose_connection(_record, _attempt):
+        raise ConnectionError("the source's network share went away")
+
+    refuse[0] = False
+    failed = await handler.process(_Event(encode(record), {}), lose_connection)
+    assert (failed.error_code, failed.outcome) == ("unexpected", "dead_lettered")
+    assert [name for name, _, _ in sent if name.endswith(".dlq")] == ["t.t1.dlq"]

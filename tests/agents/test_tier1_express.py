@@ -141,3 +141,58 @@ async def test_a_retry_that_finds_the_thumbnails_made_is_not_called_a_duplicate(
     first, retry = [decode(value) for name, value in app.sent if name == topics.assets]
     assert first.deduplicated  # a first attempt finding them made: the content was browsed before
     assert not retry.deduplicated and retry.attempts == 2
+
+
+async def test_an_upload_whose_told_outcome_the_broker_refuses_again_on_its_redo_is_published_as_answered(
+    tmp_path: Path, monkeypatch,
+) -> None:
+    # the redo took the told outcome out of keeping before sending it: refused once more, it was lost, and the
+    # refusal (a broker blip) dead-lettered a file its caller was told is browsable
+    from agents import lanes
+
+    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
+    settings = Settings(data_dir=tmp_path, express=True)
+    topics = topics_for(settings)
+    app, pool = _App(), _Pool()
+    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
+    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
+    record = FileDiscovered(event_id="e1", batch_id="upload-1", lane="interactive", source="upload",
+                            path=str(tmp_path / "originals/a1/x.png"), size=9, mtime_ns=1, discovered_at=1.0)
+    request = ExpressRequest(topics.t1_interactive, 0, 5, encode(record), b"k")
+
+    app.refuse_assets = 2  # the express run's send and the redo's first send
+    answered = decode(await app.express._serve(request))  # type: ignore[attr-defined]
+    assert isinstance(answered, AssetBrowsable)
+    fetched = _Fetched(request)
+    await asyncio.wait_for(app.agents["tier1-interactive"](fetched), 10)
+
+    assert fetched.acked.is_set() and app.refuse_assets == 0
+    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    assert len(published) == 3 and all(p == answered for p in published)  # the told outcome, sent until taken
+    assert pool.runs == 1
+    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+
+
+async def test_a_file_whose_results_the_broker_refuses_for_now_is_worked_again_not_dead_lettered(
+    tmp_path: Path, monkeypatch,
+) -> None:
+    # the refusal was classified as the file's own (unexpected, permanent) failure: dead-lettered, its work done
+    from agents import lanes
+
+    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
+    settings = Settings(data_dir=tmp_path, express=False)
+    topics = topics_for(settings)
+    app, pool = _App(), _Pool()
+    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
+    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
+    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path=str(tmp_path / "a.png"),
+                            size=9, mtime_ns=1, discovered_at=1.0)
+    fetched = _Fetched(ExpressRequest(topics.t1_batch, 0, 5, encode(record), b"k"))
+
+    app.refuse_assets = 2
+    await asyncio.wait_for(app.agents["tier1-batch"](fetched), 10)
+
+    assert fetched.acked.is_set() and pool.runs == 3  # worked again until its results were taken
+    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    assert [type(p) for p in published] == [AssetBrowsable] * 3 and published[-1].attempts == 1
+    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
