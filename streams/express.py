@@ -148,7 +148,8 @@ class OnceLedger:
     """Runs the work for one record once, however many copies of it arrive (express and fetched).
 
     Entries are forgotten once both copies were seen, or after ``ttl_s`` (the fetched copy may have gone to
-    another worker after a rebalance), and never more than ``max_entries`` are kept.
+    another worker after a rebalance), and no more than ``max_entries`` are kept, but for records still in work:
+    forgotten, the other copy of such a record would run its work again.
     """
 
     ttl_s: float = 300.0
@@ -174,25 +175,38 @@ class OnceLedger:
         try:
             result = await work()
         except BaseException:
-            self._entries.pop(key, None)
+            self._forget(key, entry)
             entry.outcome.set_exception(_Abandoned())
             entry.outcome.exception()  # retrieved: nobody may be waiting
             raise
         entry.outcome.set_result(result)
         if entry.copies >= 2:  # the other copy came meanwhile: nothing more to wait for
-            self._entries.pop(key, None)
+            self._forget(key, entry)
         return result
+
+    def _forget(self, key: RecordKey, entry: _Entry) -> None:
+        """Forget ``entry``, but not a newer entry of the same record that took its place."""
+        if self._entries.get(key) is entry:
+            del self._entries[key]
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def _expire(self) -> None:
+        """Make room for one more entry: forget the finished entries past ``ttl_s``, and the oldest finished ones
+        while ``max_entries`` are kept. An entry still in work stays, past its time or the cap (as many as the
+        work in flight: a few): its other copy waits for its outcome."""
         cutoff = time.monotonic() - self.ttl_s
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if (oldest.at >= cutoff or not oldest.outcome.done()) and len(self._entries) < self.max_entries:
+        surplus = len(self._entries) + 1 - self.max_entries
+        finished = []
+        for key, entry in self._entries.items():  # oldest first
+            if surplus <= 0 and entry.at >= cutoff:
                 break
-            self._entries.popitem(last=False)
+            if entry.outcome.done():
+                finished.append(key)
+                surplus -= 1
+        for key in finished:
+            del self._entries[key]
 
 
 #: While a record that came by express is worked on (:func:`answer_early`): where its outcome goes early.

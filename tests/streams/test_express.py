@@ -104,6 +104,29 @@ async def test_the_ledger_forgets_old_and_surplus_entries() -> None:
     assert len(bounded) == 3
 
 
+async def test_a_full_ledger_keeps_a_record_still_in_work_so_its_other_copy_does_not_run_it_again() -> None:
+    # the oldest entry was forgotten when the ledger was full, in work or not: the record's fetched copy then
+    # found no entry and worked on it a second time
+    ledger, runs, started, release = OnceLedger(max_entries=2), [], asyncio.Event(), asyncio.Event()
+
+    async def work_a() -> str:
+        runs.append("a")
+        started.set()
+        await release.wait()
+        return "A"
+
+    express_copy = asyncio.create_task(ledger.run(("t", 0, 1, 1), work_a))
+    await started.wait()
+    for offset in (2, 3):  # other records, whose express copies went nowhere: only their fetched copies came
+        assert await ledger.run(("t", 0, offset, offset), lambda o=offset: asyncio.sleep(0, result=o)) == offset
+    assert len(ledger) == 2  # full: the finished record 2 made room for 3, the one in work stayed
+    fetched_copy = asyncio.create_task(ledger.run(("t", 0, 1, 1), work_a))
+    release.set()
+    assert await asyncio.gather(express_copy, fetched_copy) == ["A", "A"]
+    assert runs == ["a"]
+    assert len(ledger) == 1  # both copies of record 1 seen: forgotten; record 3 waits for its other copy
+
+
 # -- answering early: the outcome as soon as the work has it, its publishing after ---------------------------
 
 
