@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -64,7 +63,7 @@ class LanePools:
         common = dict(timeout_s=settings.decode_timeout_s, memory_mb=settings.decode_memory_mb, preload=preload)
         self.interactive = WorkPool(settings.interactive_pool_size, **common)
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
-                              **common)
+                              freezable=settings.preempt_batch, **common)
         self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead,
                                         idle_only_from=LEVELS[(3, "background")])
         #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls,
@@ -82,12 +81,13 @@ class LanePools:
         """Freeze the batch pool's processes while urgent work runs (SIGSTOP), thaw them after (SIGCONT).
 
         Niceness alone leaves the batch processes a share of the cores; on a small machine that share is what
-        an urgent file waits for. A frozen batch file simply resumes where it was.
+        an urgent file waits for. A frozen batch file simply resumes where it was, and the time it was frozen does
+        not count towards its time limit (the batch pool is ``freezable`` when ``Settings.preempt_batch`` is on).
         """
-        self.batch.signal_all(signal.SIGSTOP if urgent else signal.SIGCONT)
+        self.batch.freeze(urgent)
 
     def shutdown(self) -> None:
-        self.batch.signal_all(signal.SIGCONT)  # never leave a frozen process behind
+        self.batch.freeze(False)  # never leave a frozen process behind
         self.interactive.shutdown()
         self.batch.shutdown()
 

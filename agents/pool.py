@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import pickle
 import resource
+import signal
 import threading
 import time
 import traceback
@@ -123,11 +124,17 @@ class WorkPool:
 
     def __init__(
         self, size: int, *, timeout_s: float | None = None, memory_mb: int = 0, nice: int = 0,
-        idle_class: bool = False, preload: tuple[str, ...] = ("agents.browse",),
+        idle_class: bool = False, preload: tuple[str, ...] = ("agents.browse",), freezable: bool = False,
     ) -> None:
         self.size = size
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        #: Whether the processes may be frozen (:meth:`freeze`). pebble's time limit counts wall time, so it would
+        #: kill a job frozen past its limit as hung: the pool then keeps the limit itself, counting only the time
+        #: not frozen (see :meth:`_outcome`).
+        self.freezable = freezable
+        self._frozen_total_s = 0.0
+        self._frozen_since: float | None = None
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["agents.forkserver_guard", *preload])
         self._initargs = (memory_mb, nice, idle_class)
@@ -184,7 +191,8 @@ class WorkPool:
         for attempt in (1, 2):
             pool = self._pool
             try:
-                future = pool.schedule(run_portably, (fn, *args), kwargs, timeout=timeout_s)
+                future = pool.schedule(run_portably, (fn, *args), kwargs,
+                                       timeout=None if self.freezable else timeout_s)
                 return await self._outcome(pool, future, timeout_s)
             except RuntimeError as exc:  # BrokenProcessPool is one too
                 if not isinstance(exc, BrokenProcessPool) and pool.active:
@@ -197,6 +205,7 @@ class WorkPool:
 
     async def _outcome(self, pool: pebble.ProcessPool, future: Any, timeout_s: float | None) -> Any:
         waiter = asyncio.wrap_future(future)
+        started: tuple[float, float] | None = None  # (when the job was seen running, the pool's frozen time then)
         try:
             while True:  # a job pebble took just as it gave the pool up is never settled: check the pool meanwhile
                 done, _ = await asyncio.wait({waiter}, timeout=POOL_CHECK_S)
@@ -205,6 +214,15 @@ class WorkPool:
                 if not pool.active:
                     future.cancel()
                     raise BrokenProcessPool("the pool stopped with this job still pending")
+                if self.freezable and timeout_s:  # the limit pebble does not keep here (to within POOL_CHECK_S)
+                    if started is None and future.running():
+                        started = (time.monotonic(), self.frozen_s())
+                    worked_s = 0.0 if started is None else (
+                        time.monotonic() - started[0] - (self.frozen_s() - started[1]))
+                    if worked_s > timeout_s:
+                        future.cancel()  # pebble stops the process running it, and starts another
+                        raise DecoderTimeout(f"no result within {timeout_s:g} s of work (not counting the time "
+                                             "frozen); the decoding process was killed")
         except FutureTimeout as exc:
             raise DecoderTimeout(f"no result within {timeout_s:g} s; the decoding process was killed") from exc
         except pebble.ProcessExpired as exc:
@@ -226,6 +244,22 @@ class WorkPool:
         """The pool's live process ids (pebble keeps them in its worker manager; empty if that ever moves)."""
         manager = getattr(getattr(self._pool, "_pool_manager", None), "worker_manager", None)
         return list(getattr(manager, "workers", {}) or {})
+
+    def freeze(self, frozen: bool) -> None:
+        """Freeze the pool's processes (SIGSTOP) or thaw them (SIGCONT), counting the time they are frozen. A
+        frozen job resumes where it was; only a ``freezable`` pool leaves that time out of its time limit."""
+        now = time.monotonic()
+        if frozen and self._frozen_since is None:
+            self._frozen_since = now
+        elif not frozen and self._frozen_since is not None:
+            self._frozen_total_s += now - self._frozen_since
+            self._frozen_since = None
+        self.signal_all(signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def frozen_s(self) -> float:
+        """Seconds the pool's processes have been frozen, all told, until now."""
+        since = self._frozen_since
+        return self._frozen_total_s + (time.monotonic() - since if since is not None else 0.0)
 
     def signal_all(self, sig: int) -> None:
         for pid in self.pids():

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     #: the batch pool in the idle class it buys little and costs throughput. bench/priority.py, 500 files, two
     #: runs each: on, urgent work p50 28.4/29.1 ms, throughput 0.76/0.75 of the compute limit; off, 30.0/31.2 ms,
     #: 0.79/0.78. Worth it where the last milliseconds of an urgent file matter more than the import's pace.
+    #: The time a batch file is frozen does not count towards its ``decode_timeout_s``.
     preempt_batch: bool = False
     #: Express delivery of urgent uploads (see streams.express): after publishing an upload, the HTTP endpoint
     #: and ``damflow upload`` hand the record straight to the worker on this host that owns its partition, which

@@ -35,6 +35,12 @@ def double_later(x: int, delay: float) -> int:
     return 2 * x
 
 
+def double_later_told(x: int, delay: float, started: str) -> int:
+    """:func:`double_later`, telling that it started by making the file ``started``."""
+    open(started, "w").close()
+    return double_later(x, delay)
+
+
 class NeedsTwo(Exception):
     """Pickles, but does not unpickle (pickle calls it again with its message only)."""
 

@@ -141,6 +141,42 @@ def test_preempting_freezes_the_batch_pool_and_thaws_it(tmp_path) -> None:
         pools.shutdown()
 
 
+async def test_a_batch_file_frozen_while_urgent_work_runs_is_not_timed_out_for_the_time_it_was_frozen(
+    tmp_path, monkeypatch,
+) -> None:
+    # pebble's time limit counts wall time: a file frozen past it (Settings.preempt_batch) was killed as hung
+    from agents.lanes import LanePools
+    from streams.settings import Settings
+
+    monkeypatch.setattr("agents.pool.POOL_CHECK_S", 0.05)
+    pools = LanePools(Settings(data_dir=tmp_path, pool_size=1, decode_timeout_s=1.0, preempt_batch=True),
+                      preload=("tests.agents.pool_jobs",))
+    started = tmp_path / "started"
+    try:
+        pools.batch.warm()
+        job = asyncio.ensure_future(pools.batch.run(pool_jobs.double_later_told, 21, 0.3, str(started)))
+        while not started.exists():  # another process's progress: nothing to await
+            await asyncio.sleep(0.01)
+        pools.preempt_batch(True)  # an urgent file is being made browsable, for longer than the batch limit
+        await asyncio.sleep(1.5)
+        pools.preempt_batch(False)
+        assert await asyncio.wait_for(job, 10) == 42  # 0.3 s of work, well within its 1 s
+        assert pools.batch.frozen_s() >= 1.5
+    finally:
+        pools.shutdown()
+
+
+async def test_a_pool_that_may_be_frozen_still_kills_a_job_that_hangs(monkeypatch) -> None:
+    monkeypatch.setattr("agents.pool.POOL_CHECK_S", 0.05)
+    pool = WorkPool(1, timeout_s=0.5, memory_mb=1024, preload=("tests.agents.pool_jobs",), freezable=True)
+    try:
+        with pytest.raises(DecoderTimeout):
+            await asyncio.wait_for(pool.run(pool_jobs.hang), 10)
+        assert await asyncio.wait_for(pool.run(pool_jobs.double, 21), 30) == 42  # its process was replaced
+    finally:
+        pool.shutdown()
+
+
 def _await_states(pids: list[int], states: str, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not all((_state(p) or "?") in states for p in pids):
