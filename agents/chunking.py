@@ -27,7 +27,8 @@ While a chunk's process works on one call, the file the next call reads (``reads
 (:mod:`agents.readahead`): a chunk of an import from a cold disk waits for the disk once, not once per file.
 
 Isolation is kept per file: a chunk whose process died or ran past its time limit is run again one call per
-task, so only the file that crashed or hung fails; the others are worked on again, which is safe because the
+task (each taking a slot as any chunk does, ahead of the calls of its level still waiting), so only the file that
+crashed or hung fails; the others are worked on again, which is safe because the
 work is idempotent (content-addressed outputs), and cheap for those already done (their thumbnails exist). A
 chunk's limit is ``CHUNK_LIMITS`` calls' worth of ``timeout_s``, not one per call: a file that hangs held the
 files beside it for the whole chunk's worth (eight minutes at the defaults) before they were run alone.
@@ -61,6 +62,8 @@ class _Call:
     future: asyncio.Future = field(repr=False)
     #: The file the call reads, if any.
     reads: str | None = None
+    #: To be sent in a task of its own: its chunk lost its process (see :meth:`ChunkedPool._run`).
+    alone: bool = False
 
 
 def run_calls(
@@ -127,7 +130,7 @@ class ChunkedPool:
         while waiting := [level for level, calls in self._pending.items() if calls]:
             level = min(waiting)  # the lowest level first; the others wait for it, also for the queued slot
             pending = self._pending[level]
-            size = self.chunk_size(level)
+            size = 1 if pending[0].alone else self.chunk_size(level)
             idle_process = self._in_flight < self.pool.size
             full = len(pending) >= size
             may_queue = self.idle_only_from is None or level < self.idle_only_from
@@ -139,9 +142,9 @@ class ChunkedPool:
                 continue
             self._in_flight += 1
             self.chunk_sizes[len(chunk)] += 1
-            asyncio.ensure_future(self._run(chunk))
+            asyncio.ensure_future(self._run(chunk, level))
 
-    async def _run(self, chunk: list[_Call]) -> None:
+    async def _run(self, chunk: list[_Call], level: int) -> None:
         try:
             if len(chunk) == 1:
                 await self._run_alone(chunk[0])
@@ -153,9 +156,14 @@ class ChunkedPool:
                 outcomes = await self.pool.call(run_calls, (calls, reads) if any(reads) else (calls,), {},
                                                 timeout_s=timeout)
             except (DecoderCrashed, DecoderTimeout) as exc:
-                # one of them crashed or hung its process: find out which, one call per task
+                # one of them crashed or hung its process: find out which, one call per task. They go back to the
+                # front of their level's queue, each to be sent alone as a slot frees (this one, in a moment): a
+                # chunk's worth of tasks sent at once would hold as many processes while counted as one slot
                 log.warning("chunk_rerun_alone", calls=len(chunk), error=str(exc))
-                await asyncio.gather(*(self._run_alone(c) for c in chunk))
+                for call in chunk:
+                    call.alone = True
+                level_pending = self._pending.setdefault(level, [])
+                level_pending[:0] = chunk
                 return
             except Exception as exc:  # the pool itself failed: every caller hears of it
                 for call in chunk:

@@ -95,9 +95,34 @@ async def test_a_chunk_that_loses_its_process_is_run_again_call_by_call(one_proc
     calls = [chunked.run(pool_jobs.double, 0), chunked.run(pool_jobs.double, 1),
              chunked.run(pool_jobs.double, 2), chunked.run(bad), chunked.run(pool_jobs.double, 3)]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    assert chunked.chunk_sizes == {1: 2, 3: 1}
+    assert chunked.chunk_sizes == {1: 2 + 3, 3: 1}  # the chunk of three run again, one call at a time
     assert results[:3] == [0, 2, 4] and results[4] == 6  # the others of the chunk still succeed
     assert isinstance(results[3], DecoderCrashed if bad is pool_jobs.crash else DecoderTimeout)
+
+
+async def test_a_chunk_run_again_call_by_call_holds_no_more_processes_than_its_slot(one_process: WorkPool) -> None:
+    # its calls sent all at once would have the pool work on a chunk's worth of tasks while counted as one, queued
+    # in the pool ahead of whatever is sent after them
+    chunked = ChunkedPool(one_process, max_chunk=3)
+    sent, most = 0, 0
+    call = one_process.call
+
+    async def counted(*args, **kwargs):
+        nonlocal sent, most
+        sent += 1
+        most = max(most, sent)
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            sent -= 1
+
+    one_process.call = counted
+    calls = [chunked.run(pool_jobs.double, 0), chunked.run(pool_jobs.double, 1), chunked.run(pool_jobs.crash),
+             chunked.run(pool_jobs.double, 2), chunked.run(pool_jobs.double, 3), chunked.run(pool_jobs.double, 4),
+             chunked.run(pool_jobs.double, 5)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:2] == [0, 2] and isinstance(results[2], DecoderCrashed) and results[3:] == [4, 6, 8, 10]
+    assert most <= chunked.slots
 
 
 async def test_a_cancelled_caller_is_left_out(one_process: WorkPool) -> None:
@@ -149,7 +174,7 @@ async def test_a_chunk_is_given_two_calls_worth_of_time_not_one_per_call(one_pro
     calls = [chunked.run(pool_jobs.double, 0)] + [chunked.run(pool_jobs.double, i) for i in range(1, 5)] + \
         [chunked.run(pool_jobs.hang)]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    assert chunked.chunk_sizes == {1: 1, 5: 1}
+    assert chunked.chunk_sizes == {1: 1 + 5, 5: 1}  # (the chunk of five run again one call at a time)
     assert limits[1] == 2 * one_process.timeout_s  # the chunk of five
     assert results[:5] == [0, 2, 4, 6, 8] and isinstance(results[5], DecoderTimeout)
 
