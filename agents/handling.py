@@ -233,7 +233,8 @@ class EventHandler:
             attempts=max(history.attempts, 1), first_failure_at=history.first_failure_at or at, last_failure_at=at,
             worker_host=_HOST, worker_version=LIBRARY_VERSIONS["damflow"], library_versions=LIBRARY_VERSIONS,
             tier=self.tier, file_path=record.path if record else None, file_hash=asset_id,
-            file_size=size if size is not None else (record.size if record else None),
+            # tier 3's records (``AssetIndexed``) carry no size: reading it here lost the letter and its outcome
+            file_size=size if size is not None else getattr(record, "size", None),
             replay_count=getattr(record, "replay_count", 0), batch_id=record.batch_id if record else None,
         )
         # a key too long to keep goes neither in the envelope nor as the letter's key: it stays on the source topic

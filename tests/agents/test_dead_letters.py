@@ -1,13 +1,19 @@
-"""A dead letter always fits in one message: a value too large once escaped keeps its first bytes and its size."""
+"""A dead letter always fits in one message: a value too large once escaped keeps its first bytes and its size;
+and every tier's record can be dead-lettered, its failure accounted."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import types
 
 import pytest
 
-from agents.handling import _with_payload
-from schemas import DeadLetter, decode
+from agents.handling import EventHandler, _with_payload
+from schemas import AssetFailed, AssetIndexed, DeadLetter, decode, encode
+from streams.errors import DamflowError, PermanentError, TransientError
+from streams.settings import Settings
+from streams.topics import topics_for
 
 BUDGET = 100_000
 
@@ -41,3 +47,48 @@ def test_a_value_too_large_keeps_its_first_bytes_within_the_budget(raw: bytes) -
     assert letter.payload_truncated and letter.payload_encoding == "base64"
     head = base64.b64decode(letter.original_payload)
     assert raw.startswith(head) and len(head) > BUDGET // 2
+
+
+class _Topic:
+    """A topic that keeps what is sent to it (no broker: this is the handler's bookkeeping alone)."""
+
+    def __init__(self, sent: list, name: str) -> None:
+        self.sent, self.name = sent, name
+
+    async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+        self.sent.append((self.name, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.mark.parametrize(("error", "max_attempts"), [
+    (PermanentError("thumbnail source gone"), 3),
+    (TransientError("disk busy"), 1),  # transient, but its last attempt
+], ids=["permanent", "transient-on-its-last-attempt"])
+async def test_a_tier3_failure_for_good_is_dead_lettered_and_accounted(error: DamflowError, max_attempts: int) -> None:
+    # tier 3's records (AssetIndexed) have no size: reading one in the failure handler raised there, so the
+    # letter and the AssetFailed were both lost and the batch's tier-3 progress never finished
+    settings = Settings(max_attempts=max_attempts)
+    topics = topics_for(settings)
+    sent: list = []
+    app = types.SimpleNamespace(topic=lambda name, **_kw: _Topic(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = EventHandler(app, topics, settings, tier=3, expected=AssetIndexed)  # as agents/tier3.py does
+    record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="ab" * 32,
+                          path="/r/a.png", parser_version=1, metadata_path="m.json", indexed_at=1.0)
+    message = types.SimpleNamespace(topic=topics.t3_background, partition=0, offset=3, key=b"k", headers=[],
+                                    timestamp=1.0, value=encode(record))
+    event = types.SimpleNamespace(value=encode(record), message=message)
+
+    async def work(_record, _attempt):
+        raise error
+
+    failed = await handler.process(event, work)
+
+    assert isinstance(failed, AssetFailed)
+    assert (failed.outcome, failed.tier, failed.batch_id, failed.path) == ("dead_lettered", 3, "b1", "/r/a.png")
+    assert [name for name, _ in sent] == [topics.dlq(3), topics.assets]
+    dead = decode(sent[0][1], DeadLetter)
+    assert (dead.tier, dead.file_path, dead.file_hash, dead.file_size) == (3, "/r/a.png", "ab" * 32, None)
+    assert decode(sent[1][1], AssetFailed) == failed
