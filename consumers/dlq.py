@@ -65,6 +65,12 @@ class Letter:
     def id(self) -> str:
         return f"{self.tier}:{self.partition}:{self.offset}"
 
+    @property
+    def replayed(self) -> bool:
+        """Sent again before, whatever was done to it since: its status says "purged" once it is also purged, and a
+        purge does not undo a send (reading the status alone, every replay of such a letter sent it again)."""
+        return self.status == "replayed" or any(h["action"] == "replayed" for h in self.history)
+
     def original_value(self) -> tuple[bytes | None, str]:
         """The original message value, or None and why it is not at hand."""
         e = self.envelope
@@ -301,11 +307,13 @@ async def replay(
     letters: list[Letter], prod: AIOKafkaProducer, ledger: Ledger, settings: Settings, topics: Topics, *,
     dry_run: bool = False, rate: float | None = None,
 ) -> list[dict]:
-    """Send each letter's original event back to its source topic (at most ``rate`` per second)."""
+    """Send each letter's original event back to its source topic (at most ``rate`` per second), once: a letter
+    replayed before is skipped, purged since or not. A purged letter that was never replayed is sent when named by
+    its id: purging hides a letter from the filters' selection, it does not forbid a replay asked for by name."""
     results = []
     for letter in letters:
         row = {"id": letter.id, "path": letter.summary()["path"]}
-        if letter.status == "replayed":
+        if letter.replayed:
             results.append(row | {"result": "skipped: already replayed"})
             continue
         event, why = replayable(letter, settings)

@@ -13,7 +13,7 @@ import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
 from consumers.dlq import (
-    BadFilter, Ledger, Letter, parse_when, read_back, refused, replay, replayable, select,
+    BadFilter, Ledger, Letter, parse_when, purge, read_back, refused, replay, replayable, select,
 )
 from schemas import AssetBrowsable, AssetIndexed, DeadLetter, FileDiscovered, encode
 from streams.settings import Settings
@@ -210,3 +210,46 @@ def test_a_cut_letter_with_no_place_to_read_it_back_from_is_not_read_back() -> N
     x.envelope = msgspec.structs.replace(x.envelope, payload_truncated=True, original_offset=-1)
     asyncio.run(read_back("unused:9092", [x]))  # before: the consumer's seek raised, ending the whole replay
     assert x.read_back_tried and x.fetched is None
+
+
+class _Producer:
+    """Keeps what it sends (no broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.sent.append((topic, value))
+
+
+@pytest.mark.parametrize("purged_first", [True, False], ids=["purged-then-replayed", "replayed-then-purged"])
+def test_a_letter_both_purged_and_replayed_is_sent_once_however_often_it_is_replayed(
+    tmp_path: Path, purged_first: bool,
+) -> None:
+    # its status reads "purged" either way, and replay skipped only the status "replayed": every
+    # `damflow dlq replay <id>` sent it again
+    settings = Settings(data_dir=tmp_path)
+    prod = _Producer()
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+
+    def replay_by_id() -> list[dict]:
+        fresh = letter(5)  # as each `damflow dlq replay 1:0:5` reads it from its topic
+        ledger.annotate([fresh])
+        return asyncio.run(replay(select([fresh], ids=["1:0:5"]), prod,  # type: ignore[arg-type]
+                                  ledger, settings, topics_for(settings)))
+
+    def purge_by_id() -> None:
+        fresh = letter(5)
+        ledger.annotate([fresh])
+        assert purge(select([fresh], ids=["1:0:5"]), ledger) == [{"id": "1:0:5", "result": "purged"}]
+
+    if purged_first:
+        purge_by_id()
+        [first] = replay_by_id()  # a purged letter chosen by its id is still sent: once
+    else:
+        [first] = replay_by_id()
+        purge_by_id()
+    assert first["result"] == "replayed to damflow.t1.batch"
+    for _ in range(3):
+        assert replay_by_id() == [{"id": "1:0:5", "path": "/p/5.png", "result": "skipped: already replayed"}]
+    assert len(prod.sent) == 1
