@@ -8,7 +8,8 @@ keeps topics in memory, so after a restart its offsets start again from 0 while 
 event (what the failed tier consumes: the ``FileDiscovered`` for tier 1, the asset's ``AssetBrowsable`` for
 tier 2, its ``AssetIndexed`` for tier 3) goes back to its topic under its key, keeps its event id and batch (so
 progress counts it once) and gets its ``replay_count`` raised by one (a file also ``source="replay"``); past
-``Settings.replay_cap`` it is refused, so nothing loops forever.
+``Settings.replay_cap`` it is refused, so nothing loops forever. Two replays at once send each letter once: each
+claims a letter in the ledger before sending it (:meth:`Ledger.claim`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +41,11 @@ from streams.topics import TIERS, Topics
 
 class BadFilter(PermanentError):
     code = "bad_filter"
+
+
+#: A replay's claim on a letter older than this is a crashed run's, and another run may take the letter. A claim
+#: is held for one send, which the producer's request timeout (40 s by default) bounds far below this.
+CLAIM_STALE_S = 600.0
 
 
 @dataclass
@@ -110,28 +117,40 @@ class Letter:
 
 
 class Ledger:
-    """What was done to which letter; the one writer is the CLI invocation holding it."""
+    """What was done to which letter. Several CLI runs may hold it at once: each write is one short transaction, and
+    a replay claims each letter (:meth:`claim`) before sending it, so that only one of them sends it."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing():
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS letter_actions (topic TEXT, partition INTEGER, offset INTEGER,"
                 " fingerprint TEXT, action TEXT, at REAL, detail TEXT,"
                 " PRIMARY KEY (topic, partition, offset, fingerprint, action))"
+            )
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS letter_claims (topic TEXT, partition INTEGER, offset INTEGER,"
+                " fingerprint TEXT, at REAL, PRIMARY KEY (topic, partition, offset, fingerprint))"
             )
             # a ledger from before fingerprints: its rows match any letter at their offset, as they did then
             if self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='actions'").fetchone():
                 self.db.execute("INSERT OR IGNORE INTO letter_actions SELECT topic, partition, offset, '', action,"
                                 " at, detail FROM actions")
                 self.db.execute("DROP TABLE actions")
-            self.db.execute("COMMIT")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction holding SQLite's write lock from its start: what it reads no other run changes before
+        it writes (a deferred one would read, then race another run to the lock)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self.db.execute("COMMIT")
 
     def annotate(self, letters: Iterable[Letter]) -> None:
         for letter in letters:
@@ -155,6 +174,41 @@ class Ledger:
             (letter.topic, letter.partition, letter.offset, letter.fingerprint, action, now(), detail),
         )
         return cur.rowcount == 1
+
+    def claim(self, letter: Letter) -> str | None:
+        """Take ``letter`` for this run to replay: ``None`` when taken, else why not (replayed by another run since
+        this one read the ledger, or being replayed by one now). Checked and taken in one transaction, so two runs
+        at once never both take it; a claim older than :data:`CLAIM_STALE_S` (a crashed run's) is taken over."""
+        key = (letter.topic, letter.partition, letter.offset, letter.fingerprint)
+        with self._writing():
+            if self.db.execute(
+                "SELECT 1 FROM letter_actions WHERE topic=? AND partition=? AND offset=? AND action='replayed'"
+                " AND (fingerprint=? OR (fingerprint='' AND at >= ?))", (*key, letter.timestamp_ms / 1000),
+            ).fetchone():
+                return "already replayed"
+            held = self.db.execute("SELECT at FROM letter_claims WHERE topic=? AND partition=? AND offset=?"
+                                   " AND fingerprint=?", key).fetchone()
+            at = now()
+            if held and at - held[0] < CLAIM_STALE_S:
+                since = datetime.fromtimestamp(held[0]).isoformat(timespec="seconds")
+                return (f"being replayed by another run (claimed at {since}; a crashed run's claim is taken over "
+                        f"after {CLAIM_STALE_S / 60:.0f} min)")
+            self.db.execute("INSERT OR REPLACE INTO letter_claims VALUES (?, ?, ?, ?, ?)", (*key, at))
+        return None
+
+    def release(self, letter: Letter) -> None:
+        """Give up this run's claim on ``letter``, not sent: the next replay may take it at once."""
+        self.db.execute("DELETE FROM letter_claims WHERE topic=? AND partition=? AND offset=? AND fingerprint=?",
+                        (letter.topic, letter.partition, letter.offset, letter.fingerprint))
+
+    def replayed(self, letter: Letter, detail: str) -> None:
+        """Record ``letter`` as replayed and end this run's claim on it, together: no other run can take it between."""
+        key = (letter.topic, letter.partition, letter.offset, letter.fingerprint)
+        with self._writing():
+            self.db.execute("INSERT OR IGNORE INTO letter_actions VALUES (?, ?, ?, ?, 'replayed', ?, ?)",
+                            (*key, now(), detail))
+            self.db.execute("DELETE FROM letter_claims WHERE topic=? AND partition=? AND offset=? AND fingerprint=?",
+                            key)
 
     def close(self) -> None:
         self.db.close()
@@ -329,12 +383,23 @@ async def replay(
             continue
         kept_key = None if letter.envelope.key_truncated else letter.envelope.original_key
         key = letter.fetched_key or (kept_key or getattr(event, "asset_id", None) or event.path).encode()
+        # two replays at once each read the ledger before either sent: only the one that claims the letter sends it
+        taken = ledger.claim(letter)
+        if taken is not None:
+            if taken == "already replayed":
+                letter.status = "replayed"
+            results.append(row | {"result": f"skipped: {taken}"})
+            continue
         try:
             await prod.send_and_wait(target, encode(event), key=key)
         except KafkaError as exc:  # too large for the broker, a topic gone: this letter stays, the others go on
+            ledger.release(letter)
             results.append(row | {"result": f"not sent to {target}: {exc!r}"})
             continue
-        ledger.record(letter, "replayed", f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
+        except BaseException:  # interrupted: whether it went is unknown; the next replay may send it (at least once)
+            ledger.release(letter)
+            raise
+        ledger.replayed(letter, f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"
         results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})
         if rate:
@@ -344,7 +409,8 @@ async def replay(
 
 def refused(rows: Iterable[dict]) -> list[dict]:
     """The rows of a :func:`replay` whose letter was not sent and will not be on its own: refused, unreadable,
-    not read back (a letter replayed before, or a dry run's, is not one)."""
+    not read back, or claimed by another run (which this one cannot know will send it; a letter replayed before,
+    or a dry run's, is not one)."""
     fine = ("replayed to ", "skipped: already replayed", "would replay to ")
     return [r for r in rows if not str(r.get("result", "")).startswith(fine)]
 

@@ -253,3 +253,83 @@ def test_a_letter_both_purged_and_replayed_is_sent_once_however_often_it_is_repl
     for _ in range(3):
         assert replay_by_id() == [{"id": "1:0:5", "path": "/p/5.png", "result": "skipped: already replayed"}]
     assert len(prod.sent) == 1
+
+
+def test_two_replays_at_once_send_each_letter_once(tmp_path: Path) -> None:
+    # both runs read the ledger before either sent: each saw every letter pending and sent them all
+    settings = Settings(data_dir=tmp_path)
+    first_ledger, second_ledger = Ledger(tmp_path / "dlq.sqlite"), Ledger(tmp_path / "dlq.sqlite")
+    first_letters, second_letters = [letter(1), letter(2)], [letter(1), letter(2)]
+    first_ledger.annotate(first_letters)
+    second_ledger.annotate(second_letters)
+    sending, go_on = asyncio.Event(), asyncio.Event()
+
+    class Held(_Producer):
+        """The first run's producer: its first send waits, mid-send, until the second run is done."""
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            await super().send_and_wait(topic, value, key)
+            sending.set()
+            await go_on.wait()
+
+    first_prod, second_prod = Held(), _Producer()
+
+    async def both() -> tuple[list[dict], list[dict]]:
+        first = asyncio.create_task(replay(first_letters, first_prod, first_ledger,  # type: ignore[arg-type]
+                                           settings, topics_for(settings)))
+        await sending.wait()  # the first run holds letter 1, not yet recorded as replayed
+        second_rows = await replay(second_letters, second_prod, second_ledger,  # type: ignore[arg-type]
+                                   settings, topics_for(settings))
+        go_on.set()
+        return await first, second_rows
+
+    first_rows, second_rows = asyncio.run(both())
+    assert [r["result"] for r in first_rows] == ["replayed to damflow.t1.batch", "skipped: already replayed"]
+    assert second_rows[0]["result"].startswith("skipped: being replayed by another run")
+    assert second_rows[1]["result"] == "replayed to damflow.t1.batch"
+    assert len(first_prod.sent) + len(second_prod.sent) == 2
+    assert refused(second_rows) == second_rows[:1]  # not sent by it, and it cannot know the other run's send went
+    later = [letter(1), letter(2)]
+    second_ledger.annotate(later)
+    assert [x.status for x in later] == ["replayed", "replayed"]
+
+
+def test_a_crashed_replays_claim_holds_its_letter_until_it_goes_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import consumers.dlq as dlq
+
+    settings = Settings(data_dir=tmp_path)
+    crashed = Ledger(tmp_path / "dlq.sqlite")
+    assert crashed.claim(letter(1)) is None  # then killed before its send was recorded
+    crashed.close()
+    prod = _Producer()
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+
+    def replay_now() -> list[dict]:
+        fresh = [letter(1)]
+        ledger.annotate(fresh)
+        return asyncio.run(replay(fresh, prod, ledger, settings, topics_for(settings)))  # type: ignore[arg-type]
+
+    [held] = replay_now()
+    assert held["result"].startswith("skipped: being replayed by another run") and prod.sent == []
+    later = time.time() + dlq.CLAIM_STALE_S + 1
+    monkeypatch.setattr(dlq, "now", lambda: later)
+    [taken_over] = replay_now()
+    assert taken_over["result"] == "replayed to damflow.t1.batch" and len(prod.sent) == 1
+
+
+def test_a_replay_whose_send_failed_leaves_its_letter_to_the_next_one_at_once(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+
+    class Refusing:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            raise MessageSizeTooLargeError()
+
+    failed = asyncio.run(replay([letter(1)], Refusing(), Ledger(tmp_path / "dlq.sqlite"),  # type: ignore[arg-type]
+                                settings, topics_for(settings)))
+    assert failed[0]["result"].startswith("not sent to")
+    prod = _Producer()
+    [again] = asyncio.run(replay([letter(1)], prod, Ledger(tmp_path / "dlq.sqlite"),  # type: ignore[arg-type]
+                                 settings, topics_for(settings)))
+    assert again["result"] == "replayed to damflow.t1.batch" and len(prod.sent) == 1
