@@ -341,6 +341,12 @@ WHERE (excluded.parser_version, excluded.indexed_at) > (metadata.parser_version,
 # Seeds are unsigned 64-bit (ComfyUI draws them from [0, 2**64)); SQLite integers are signed, so the upper half
 # is stored two's-complement and read back unsigned. A seed outside that range is kept only in the document.
 _INT64_MAX = (1 << 63) - 1
+# File times (``st_mtime_ns``: signed nanoseconds since 1970) pass SQLite's signed 64 bits in 2262, and a file
+# dated later overflowed its write. They are kept as 64 bits from 1901-12-13 (32-bit time_t's first second, as
+# XFS's 64-bit timestamps): until 2262 as they are, later ones two's-complement below that start, until 2486 —
+# every time ext4 and XFS can hold. A time outside is clamped to the nearer end (see ``mtime_to_db``).
+MTIME_NS_MIN = -(1 << 31) * 1_000_000_000
+MTIME_NS_MAX = MTIME_NS_MIN + (1 << 64) - 1
 #: ``doc_id`` = indexing time in ms (42 bits: until the year 2109) above 20 bits of the asset id.
 _DOC_ID_HASH_BITS = 20
 _DOC_ID_TIME_MAX = (1 << 42) - 1
@@ -586,7 +592,7 @@ class Catalog:
                                    json.dumps(thumbnails, sort_keys=True), e.discovered_at, e.browsable_at))
         db.execute(_UPSERT_ASSET_TIER, (e.asset_id, 1, *_NO_CHAIN, DONE, e.browsable_at))
         before = db.execute("SELECT asset_id FROM locations WHERE path = ?", (e.path,)).fetchone()
-        db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, e.mtime_ns, e.batch_id, e.source,
+        db.execute(_UPSERT_LOCATION, (e.path, e.asset_id, e.size, mtime_to_db(e.mtime_ns), e.batch_id, e.source,
                                       e.display_name, e.discovered_at, e.discovered_at))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, *_NO_CHAIN, DONE,
                                         e.browsable_at))
@@ -739,7 +745,7 @@ class Catalog:
     def location(self, path: str) -> tuple[int, int, str | None] | None:
         """``(size, mtime_ns, asset_id)`` of a path that became browsable, for the scanner's unchanged check."""
         row = self._db.execute("SELECT size, mtime_ns, asset_id FROM locations WHERE path = ?", (path,)).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else (row[0], mtime_from_db(row[1]), row[2])
 
     def locations_under(self, root: str) -> dict[str, tuple[int, int]]:
         """``path -> (size, mtime_ns)`` of every browsable path under ``root``, in one index range scan.
@@ -750,7 +756,7 @@ class Catalog:
         upper = prefix[:-1] + chr(ord("/") + 1)  # every "<root>/…" sorts in [prefix, upper)
         rows = self._db.execute(
             "SELECT path, size, mtime_ns FROM locations WHERE path >= ? AND path < ?", (prefix, upper))
-        return {path: (size, mtime) for path, size, mtime in rows}
+        return {path: (size, mtime_from_db(mtime)) for path, size, mtime in rows}
 
     def asset(self, ref: str) -> dict[str, Any] | None:
         """One asset as JSON-able data, by path, full id or unique id prefix (≥ 6 hex chars).
@@ -775,7 +781,7 @@ class Catalog:
         states = dict(db.execute("SELECT tier, state FROM asset_tiers WHERE asset_id = ?", (asset_id,)).fetchall())
         for tier in sorted(set(TIERS) | set(states)):
             out[f"tier{tier}_state"] = _shown_state(tier, states.get(tier))
-        out["locations"] = [dict(r) for r in db.execute(
+        out["locations"] = [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"])} for r in db.execute(
             "SELECT path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at "
             "FROM locations WHERE asset_id = ? ORDER BY first_seen_at, path", (asset_id,))]
         # A failure names the asset, or (tier 1, before hashing) only a path that later became this asset.
@@ -867,7 +873,7 @@ class Catalog:
             "ORDER BY last_seen_at DESC, path LIMIT 1) LEFT JOIN batches b ON b.batch_id = l.batch_id "
             "WHERE m.parser_version < ? ORDER BY m.parser_version, m.asset_id LIMIT ?",
             (current_version, -1 if limit is None else limit))
-        return [dict(r) for r in rows]
+        return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"])} for r in rows]
 
     # -- overview ----------------------------------------------------------------------------------
 
@@ -981,6 +987,19 @@ def seed_to_db(seed: int | None) -> int | None:
 
 def seed_from_db(value: int | None) -> int | None:
     return None if value is None else value % SEED_RANGE
+
+
+def mtime_to_db(mtime_ns: int) -> int:
+    """A file's ``st_mtime_ns`` as SQLite's signed integer (see ``MTIME_NS_MIN``). One outside the range kept is
+    clamped to its nearer end: the file is still browsable and its batch finishes (raising held the event back
+    for ever), though a rescan then sees it as changed and sends it again."""
+    kept = min(max(mtime_ns, MTIME_NS_MIN), MTIME_NS_MAX)
+    return kept - (1 << 64) if kept > _INT64_MAX else kept
+
+
+def mtime_from_db(value: int) -> int:
+    """The ``st_mtime_ns`` that :func:`mtime_to_db` stored as ``value``, for the scanner to compare as it is."""
+    return value + (1 << 64) if value < MTIME_NS_MIN else value
 
 
 def _int64(value: int | None) -> int | None:

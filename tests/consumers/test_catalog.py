@@ -14,6 +14,8 @@ import pytest
 
 from consumers.catalog import (
     CATALOG_VERSION,
+    MTIME_NS_MAX,
+    MTIME_NS_MIN,
     AmbiguousId,
     Catalog,
     CatalogError,
@@ -608,3 +610,34 @@ def test_the_writer_syncs_every_commit_to_disk(tmp_path: Path) -> None:
     with Catalog(tmp_path / "c.sqlite") as catalog:
         assert catalog._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert catalog._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("mtime_ns", [
+    -1_000_000_000, (1 << 63) - 1, 1 << 63, 10413792000000000000, MTIME_NS_MIN, MTIME_NS_MAX,
+], ids=["1969", "sqlites-last-integer-2262", "a-nanosecond-later", "2300", "first-kept-1901", "last-kept-2486"])
+def test_a_files_time_reads_back_as_stored_so_a_rescan_finds_it_unchanged(catalog: Catalog, mtime_ns: int) -> None:
+    # past 2262 a time is kept two's-complement (it overflowed SQLite's integer): it must read back as it came
+    path = f"{ROOT}/a.png"
+    catalog.apply([browsable("e1", path, mtime_ns=mtime_ns)])
+    assert catalog.locations_under(ROOT) == {path: (1500, mtime_ns)}  # what the scanner compares with stat
+    assert catalog.location(path) == (1500, mtime_ns, A1)
+    assert catalog.asset(A1)["locations"][0]["mtime_ns"] == mtime_ns
+
+
+def test_a_file_dated_2300_is_skipped_unchanged_on_a_rescan(catalog: Catalog, tmp_path: Path) -> None:
+    image = tmp_path / "shoot" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(b"\x89PNG")
+    os.utime(image, ns=(10413792000000000000, 10413792000000000000))  # touch -d 2300-01-01
+    st = image.stat()
+    catalog.apply([browsable("e1", str(image), size=st.st_size, mtime_ns=st.st_mtime_ns)])
+    known = catalog.locations_under(str(image.parent))
+    assert known.get(str(image)) == (st.st_size, st.st_mtime_ns)  # streams/scanner.py's unchanged check
+
+
+def test_a_file_time_past_what_is_kept_is_clamped_and_the_file_still_browsable(catalog: Catalog) -> None:
+    # only a time msgspec carries can arrive: [-2**63, 2**64)
+    catalog.apply([browsable("e1", f"{ROOT}/late.png", mtime_ns=(1 << 64) - 1),
+                   browsable("e2", f"{ROOT}/early.png", mtime_ns=-(1 << 63))])
+    assert catalog.location(f"{ROOT}/late.png") == (1500, MTIME_NS_MAX, A1)
+    assert catalog.location(f"{ROOT}/early.png") == (1500, MTIME_NS_MIN, A1)

@@ -162,3 +162,16 @@ def test_a_record_no_event_can_be_read_from_is_held_not_dropped(catalog: Catalog
     kinds = {row[0]: row[1:] for row in catalog._db.execute("SELECT event_type, batch_id, event_id FROM held_events")}
     assert kinds == {"unreadable AssetIndexed": (good.batch_id, "e1"), "unreadable record": (None, None)}
     assert sink.release_held(catalog) == [] and len(catalog.held()) == 2  # still unreadable: still held
+
+
+def test_a_file_dated_after_2262_becomes_browsable_and_its_batch_finishes(catalog: Catalog, tmp_path) -> None:
+    # its st_mtime_ns is past SQLite's signed 64 bits: the write overflowed, so the event was held back for ever,
+    # the batch never finished and every rescan sent the file again
+    sink = sink_for(tmp_path)
+    future = 10413792000000000000  # os.stat(...).st_mtime_ns of a file touched -d 2300-01-01 on ext4
+    progress = sink.write(catalog, [scanned(1, complete=True), browsable("e1", "/r/a.png", mtime_ns=future)])
+
+    assert catalog.held() == []
+    assert catalog.location("/r/a.png") == (1500, future, A1)
+    [tier1] = [p for p in progress if p.tier == 1]
+    assert (tier1.done, tier1.in_flight, tier1.total_final) == (1, 0, True)
