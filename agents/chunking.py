@@ -107,9 +107,9 @@ class ChunkedPool:
         self.chunk_sizes: Counter[int] = Counter()
 
     async def run(self, fn: Callable[..., Any], *args: Any, reads: str | None = None, level: int = 1,
-                  **kwargs: Any) -> Any:
+                  tier: int = 0, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` in a pool process; the pool's own keywords, not passed on to ``fn``: ``reads``,
-        the file it reads, to be read ahead; ``level``, its priority (lower first)."""
+        the file it reads, to be read ahead; ``level``, its priority (lower first); ``tier`` (the level says)."""
         if self.max_chunk <= 1:
             return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()

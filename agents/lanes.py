@@ -8,11 +8,12 @@ Each place where an urgent event could otherwise queue behind less urgent work h
    resumes only after the levels above it have been idle for ``idle_s``, so the gap between two files of an
    import does not let lower-level work in ahead of the rest. faust's own per-partition flow control keeps what
    was already fetched for the batch lane bounded (``Settings.batch_buffer``, see ``streams.app``).
-2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved and
-   runs at the caller's priority, the batch pool's processes in the idle scheduling class (see
-   :mod:`streams.niceness`), so an urgent file never waits behind queued batch files; optionally
-   (``Settings.preempt_batch``) the batch processes are frozen while an urgent file is being made browsable
-   (tier-1 interactive work), so it has the cores, caches and memory bandwidth to itself.
+2. **Work slots** — each lane has its own CPU pool (:class:`LanePools`): the interactive pool is reserved,
+   runs at the caller's priority and starts tier-1 calls before waiting tier-2 ones (:mod:`agents.priority_pool`),
+   the batch pool's processes in the idle scheduling class (see :mod:`streams.niceness`), so an urgent file never
+   waits behind queued batch files; optionally (``Settings.preempt_batch``) the batch processes are frozen while
+   an urgent file is being made browsable (tier-1 interactive work), so it has the cores, caches and memory
+   bandwidth to itself.
 3. **Getting there** — an upload reaches its worker by express (:mod:`streams.express`), not at the worker's
    next fetch.
 
@@ -32,6 +33,7 @@ from faust.types import TP
 from agents.chunking import ChunkedPool
 from agents.handling import EventHandler, Work
 from agents.pool import WorkPool
+from agents.priority_pool import PriorityPool
 from streams.express import OnceLedger, record_key
 from streams.kafka import passes
 from streams.logs import get
@@ -69,9 +71,11 @@ class LanePools:
         #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls,
         #: and only on a process with nothing else to do.
         self.background = self.batch_chunks
+        #: The interactive lane's two tiers share its pool: tier 1 (browsable) first (see agents.priority_pool).
+        self.interactive_by_priority = PriorityPool(self.interactive)
 
-    def for_lane(self, lane: str) -> WorkPool | ChunkedPool:
-        return {"interactive": self.interactive, "batch": self.batch_chunks}.get(lane, self.background)
+    def for_lane(self, lane: str) -> PriorityPool | ChunkedPool:
+        return {"interactive": self.interactive_by_priority, "batch": self.batch_chunks}.get(lane, self.background)
 
     def warm(self) -> None:
         self.interactive.warm()

@@ -176,11 +176,11 @@ class WorkPool:
         return seen
 
     async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, level: int = 1,
-                  **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads) and ``level`` (the lane
-        governor's priority level of the work) are the pool's own keywords, not passed on to ``fn``, there for
-        callers that do not know which pool they have: a lone call has no call before it to read ahead during,
-        and one queue no order to keep (see agents.chunking)."""
+                  tier: int = 0, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads), ``level`` (the lane
+        governor's priority level of the work) and ``tier`` are the pool's own keywords, not passed on to ``fn``,
+        there for callers that do not know which pool they have: a lone call has no call before it to read ahead
+        during, and one queue no order to keep (see agents.chunking, agents.priority_pool)."""
         return await self.call(fn, args, kwargs)
 
     async def call(

@@ -57,7 +57,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
                 sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
                 max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
                 faults=settings.fault_injection, event_id=record.event_id, reads=record.path,
-                level=level_of(1, record.lane),
+                level=level_of(1, record.lane), tier=1,
             )
             browsable = AssetBrowsable(
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
