@@ -25,7 +25,7 @@ from consumers.views import render_asset, render_search, render_status
 from schemas import Event, new_id, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
-from streams.errors import DamflowError
+from streams.errors import DamflowError, WaitTimedOut
 from streams.kafka import ensure_topics, producer
 from streams.niceness import lower_priority
 from streams.settings import Settings
@@ -178,9 +178,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
                                            lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier,
                                            batch_id=batch_id))
-    except TimeoutError:  # published all the same: say which batch to follow
-        print(f"damflow ingest: timed out waiting for batch {batch_id}, which goes on (follow it with "
-              f"`damflow status` or GET /progress?batch={batch_id})", file=sys.stderr)
+    except WaitTimedOut as exc:  # which batch to follow, and whether its scan was stopped short (see ingest_folder)
+        print(f"damflow ingest: {exc}", file=sys.stderr)
         return 3
     if args.json:
         _print_json(_jsonable(result.to_dict()))
@@ -435,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args, settings)
     except DamflowError as exc:
         print(f"damflow {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, TimeoutError) else 2  # a wait that ran out (WaitTimedOut) exits as any timeout
     except (TimeoutError, asyncio.TimeoutError):
         print(f"damflow {args.command}: timed out", file=sys.stderr)
         return 3

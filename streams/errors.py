@@ -59,6 +59,18 @@ class BrokerError(TransientError):
     code = "broker"
 
 
+class WaitTimedOut(DamflowError, TimeoutError):
+    """Waiting for a batch (``ingest --wait --timeout``) ran out of time. A ``TimeoutError`` too, as any timeout;
+    ``scan_stopped`` says whether its scan was still walking then, and was stopped (the batch closed with the
+    files published so far) rather than left to go on."""
+
+    code = "wait_timed_out"
+
+    def __init__(self, message: str, *, scan_stopped: bool = False) -> None:
+        super().__init__(message)
+        self.scan_stopped = scan_stopped
+
+
 # -- messages --------------------------------------------------------------------------------------
 
 

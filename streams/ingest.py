@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id, now
-from streams.errors import DamflowError, SchemaError
+from streams.errors import DamflowError, SchemaError, WaitTimedOut
 from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
 from streams.logs import get
@@ -49,7 +49,12 @@ async def ingest_folder(
     batch_id: str | None = None, tier: int = 1,
 ) -> IngestResult:
     """Scan ``folder`` as one batch; with ``wait``, follow its progress events until ``tier`` is finished
-    (1: browsable, 2: searchable, 3: enriched)."""
+    (1: browsable, 2: searchable, 3: enriched).
+
+    The scan and the wait run side by side, so ``timeout`` holds while the scan is still walking (backpressure
+    stops it for as long as no worker takes the lane's backlog). A wait that ends first (its ``timeout``, a
+    broker gone) stops the scan, which closes the batch with the files published so far (see
+    :func:`streams.scanner.scan`), and raises :class:`WaitTimedOut` for a timeout, saying which it was."""
     batch_id = batch_id or new_id()
     started, t0 = time.time(), time.perf_counter()
     async with contextlib.AsyncExitStack() as stack:
@@ -62,13 +67,33 @@ async def ingest_folder(
             follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout,
                                                   prompt=prompt))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
+        scanning = asyncio.create_task(scan(settings, topics, bootstrap, prod, folder, lane=lane,
+                                            batch_id=batch_id))
+        tasks = {scanning, follower} - {None}
         try:
-            result = await scan(settings, topics, bootstrap, prod, folder, lane=lane, batch_id=batch_id)
-        except BaseException:
-            if follower:
-                follower.cancel()
-            raise
-        last = await follower if follower else None
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if follower is not None and follower.done() and follower.exception() is not None \
+                    and not scanning.done():  # the wait is over, so is the scan: its batch closed with what it sent
+                scanning.cancel()
+                await asyncio.wait({scanning})
+                error = follower.exception()
+                if isinstance(error, TimeoutError):
+                    raise WaitTimedOut(f"timed out waiting for batch {batch_id} while its folder was still being "
+                                       "scanned: the scan stopped there and the batch was closed with the files "
+                                       "published so far, which go on (follow them with `damflow status` or GET "
+                                       f"/progress?batch={batch_id}); ingest the folder again for the rest",
+                                       scan_stopped=True) from error
+                raise error
+            result = await scanning  # its error first: a scan that failed is why the wait cannot end
+            try:
+                last = await follower if follower else None
+            except TimeoutError as exc:
+                raise WaitTimedOut(f"timed out waiting for batch {batch_id}, which goes on (follow it with "
+                                   f"`damflow status` or GET /progress?batch={batch_id})") from exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)  # a cancelled scan closes its batch while the producer is still open
     return IngestResult(result.batch_id, result.root, result.found, result.skipped_unchanged,
                         result.skipped_other, last, started_at=started,
                         seconds=round(time.perf_counter() - t0, 3))

@@ -18,6 +18,8 @@
   show a total before the scan ends.
 - Backpressure: when the workers' lag on the lane reaches ``scan_high_water`` the walk itself stops (nothing is
   read ahead) until the lag is down to ``scan_low_water``; ``BatchScanned.paused`` says so meanwhile.
+- A scan stopped part-way (cancelled: ``ingest --wait --timeout`` ran out, Ctrl-C) closes its batch with the files
+  the broker took so far, so the batch can finish; the rest of the folder waits for the next ingest of it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from agents.sniff import sniff_file
 from consumers.catalog import Catalog
@@ -52,6 +55,8 @@ IMAGE_SUFFIXES = frozenset(
 _REPORT_INTERVAL_S = 0.25
 #: How long a scan waits out broker errors that pass by themselves while it reads the workers' lag.
 LAG_PATIENCE_S = 60.0
+#: How long a scan stopped part-way tries to close its batch (see ``scan``) before it leaves it open.
+CLOSE_PATIENCE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,8 @@ async def scan(
     settings: Settings, topics: Topics, bootstrap: str, prod: AIOKafkaProducer, root: Path, *,
     lane: str = "batch", batch_id: str | None = None,
 ) -> ScanResult:
-    """Walk ``root`` and publish its image files as one batch; returns once the broker has them all."""
+    """Walk ``root`` and publish its image files as one batch; returns once the broker has them all. Cancelled
+    part-way, it closes the batch with what the broker took so far (see ``close_stopped``) before it ends."""
     if not root.is_dir():
         raise SourceMissing(f"not a directory: {root}", path=str(root))
     batch_id = batch_id or new_id()
@@ -179,13 +185,20 @@ async def scan(
         sent.append(await prod.send(to, value, key=key))
 
     async def delivered() -> None:
-        """Returns once the broker has everything sent so far; raises if it refused or lost any of it."""
+        """Returns once the broker has everything sent so far; raises if it refused or lost any of it. The sends
+        stay in ``sent`` until they are checked: a scan stopped meanwhile (cancelled) checks them when it closes
+        its batch, and ``asyncio.wait``, unlike ``gather``, does not cancel them with it."""
         await prod.flush()
-        futures, sent[:] = list(sent), []
-        for outcome in await asyncio.gather(*futures, return_exceptions=True):
-            if isinstance(outcome, BaseException):
+        futures = list(sent)
+        if futures:
+            await asyncio.wait(futures)
+        del sent[: len(futures)]
+        for future in futures:
+            if future.cancelled() or future.exception() is not None:
+                outcome = future.exception() if not future.cancelled() else asyncio.CancelledError()
                 raise BrokerError(f"the broker did not take a message of batch {batch_id}: {outcome!r}") \
                     from outcome
+            outcome = future.result()
             if outcome.topic == topic:
                 tp = outcome.topic_partition
                 published[tp] = max(published.get(tp, 0), outcome.offset + 1)
@@ -226,46 +239,68 @@ async def scan(
         log.info("scan_resumed", batch_id=batch_id, lag=behind)
         await report()
 
-    await report()
-    async with LagProbe(bootstrap, settings.group_id, topic) as probe:
-        for path, st in walk(root):
-            failure: DamflowError | None = None  # found, but recorded as failed right here
-            if isinstance(st, Unreadable):
-                if st.kind in ("file", "special") and not _named_like_image(path):
-                    other += 1  # as for any file that is not an image
-                    continue
-                if st.kind == "special":  # named like an image, but no file to ingest
-                    failure = UnsupportedFormat(f"{st.error.strerror}: nothing to ingest", path=_printable(path))
-                else:  # what it holds is unknown
-                    failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix its "
-                                               "permissions and ingest the folder again", path=_printable(path))
-            elif not looks_like_image(path):
-                other += 1
-                continue
-            elif known.get(path) == (st.st_size, st.st_mtime_ns):
-                unchanged += 1
-                continue
-            elif not _is_text(path):
-                failure = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it",
-                                              path=_printable(path))
-            found += 1
-            if failure is not None:
-                await send(topics.assets, *_scan_failure(path, batch_id, lane, failure))
-            else:
-                event = FileDiscovered(
-                    event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path, size=st.st_size,
-                    mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
-                )
-                await send(topic, encode(event), path.encode())
-            if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
-                await report()
-                last_report = time.monotonic()
-            if found % settings.scan_lag_every == 0:
+    async def close_stopped() -> None:
+        """A scan stopped part-way (cancelled: ``ingest --wait`` timed out, Ctrl-C) closes its batch with the files
+        the broker took so far, so its progress can finish rather than wait for a total that never comes; the
+        rest of the folder is not published (ingesting it again picks it up: what is browsable by then is
+        skipped as unchanged). Bounded by ``CLOSE_PATIENCE_S``: a broker that is gone leaves the batch open."""
+        try:
+            async with asyncio.timeout(CLOSE_PATIENCE_S):
                 await delivered()
-                await backpressure(probe)
-    await delivered()
-    await report(complete=True)
-    await delivered()
+                await report(complete=True)
+                await delivered()
+        except (BrokerError, KafkaError, OSError, TimeoutError) as exc:
+            log.warning("scan_stopped_unclosed", batch_id=batch_id, found=found, error=repr(exc))
+        else:
+            log.info("scan_stopped", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged,
+                     other=other)
+
+    await report()
+    try:
+        async with LagProbe(bootstrap, settings.group_id, topic) as probe:
+            for path, st in walk(root):
+                failure: DamflowError | None = None  # found, but recorded as failed right here
+                if isinstance(st, Unreadable):
+                    if st.kind in ("file", "special") and not _named_like_image(path):
+                        other += 1  # as for any file that is not an image
+                        continue
+                    if st.kind == "special":  # named like an image, but no file to ingest
+                        failure = UnsupportedFormat(f"{st.error.strerror}: nothing to ingest",
+                                                    path=_printable(path))
+                    else:  # what it holds is unknown
+                        failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix "
+                                                   "its permissions and ingest the folder again",
+                                                   path=_printable(path))
+                elif not looks_like_image(path):
+                    other += 1
+                    continue
+                elif known.get(path) == (st.st_size, st.st_mtime_ns):
+                    unchanged += 1
+                    continue
+                elif not _is_text(path):
+                    failure = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it",
+                                                  path=_printable(path))
+                if failure is not None:
+                    await send(topics.assets, *_scan_failure(path, batch_id, lane, failure))
+                else:
+                    event = FileDiscovered(
+                        event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", path=path,
+                        size=st.st_size, mtime_ns=st.st_mtime_ns, discovered_at=now(), root=real_root,
+                    )
+                    await send(topic, encode(event), path.encode())
+                found += 1  # once sent: a scan stopped inside a send closes its batch without that file
+                if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
+                    await report()
+                    last_report = time.monotonic()
+                if found % settings.scan_lag_every == 0:
+                    await delivered()
+                    await backpressure(probe)
+        await delivered()
+        await report(complete=True)
+        await delivered()
+    except asyncio.CancelledError:
+        await close_stopped()
+        raise
     log.info("scan_done", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged, other=other)
     return ScanResult(batch_id, real_root, found, unchanged, other)
 

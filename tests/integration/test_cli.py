@@ -112,3 +112,19 @@ def test_an_ingest_that_times_out_names_its_batch(make_settings, tmp_path: Path)
     assert result.returncode == 3, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("damflow ingest: timed out waiting for batch ") and "goes on" in line
+
+
+def test_an_ingest_that_times_out_while_its_scan_is_held_says_the_scan_stopped(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(scan_high_water=2, scan_low_water=1, scan_lag_every=1)
+    asyncio.run(ensure_topics(settings.broker_url, topics_for(settings).all(), settings.partitions))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        make_png(folder / f"{i}.png", size=(16, 16), seed=i)
+    env = dict(os.environ) | settings_env(settings) | {"DAMFLOW_LOG_LEVEL": "warn"}
+    # no worker runs: backpressure holds the walk at 2 files; the wait's timeout ends it (it hung for good)
+    result = damflow("ingest", str(folder), "--wait", "--timeout", "1", env=env, timeout=60)
+    assert result.returncode == 3, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("damflow ingest: timed out waiting for batch ") and "the scan stopped" in line
+    assert "ingest the folder again" in line

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from streams.errors import BrokerError
-from streams.kafka import ensure_topics, producer
+from schemas import BatchScanned, decode
+from streams.errors import BrokerError, WaitTimedOut
+from streams.ingest import ingest_folder
+from streams.kafka import ensure_topics, producer, tail
 from streams.scanner import scan
 from streams.topics import topics_for
 from tests.images import make_png
@@ -121,3 +124,37 @@ async def test_the_lag_probe_finds_a_topic_made_after_it_started(broker: str, ma
             for i in range(3):
                 await prod.send_and_wait(topic, b"{}", key=str(i).encode())
         assert await probe.lag() >= 2  # the embedded broker's end offsets may read one batch short
+
+
+async def _everything_on(broker: str, topic: str, settings) -> list:
+    """Every record on ``topic`` up to its end now, decoded."""
+    async with tail(broker, topic, settings, from_beginning=True) as consumer:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        out = []
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batches = await consumer.getmany(timeout_ms=1000)
+            out += [decode(r.value) for rs in batches.values() for r in rs]
+        return out
+
+
+async def test_a_wait_that_times_out_while_backpressure_holds_the_scan_stops_it_and_closes_its_batch(
+    broker: str, make_settings, tmp_path: Path,
+) -> None:
+    # no worker takes the lane's backlog: the walk stops at 5 files and `ingest --wait --timeout 2` never returned
+    settings = make_settings(scan_high_water=5, scan_low_water=2, scan_lag_every=1)
+    topics = topics_for(settings)
+    await ensure_topics(broker, topics.all(), settings.partitions)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(20):
+        make_png(folder / f"{i:02d}.png", size=(16, 16), seed=i)
+    t0 = time.monotonic()
+    with pytest.raises(WaitTimedOut) as info:
+        async with asyncio.timeout(30):  # a guard only: its TimeoutError is no WaitTimedOut
+            await ingest_folder(settings, topics, broker, folder, wait=True, timeout=2.0)
+    assert time.monotonic() - t0 < 10 and info.value.scan_stopped
+    discovered = await _everything_on(broker, topics.t1_batch, settings)
+    scanned = [e for e in await _everything_on(broker, topics.progress, settings) if isinstance(e, BatchScanned)]
+    assert 5 <= len(discovered) < 20  # the walk stopped where backpressure held it
+    # closed with what was published, so its progress can finish
+    assert scanned[-1].complete and scanned[-1].found == len(discovered)
