@@ -743,20 +743,11 @@ class Catalog:
     # -- lookups -----------------------------------------------------------------------------------
 
     def location(self, path: str) -> tuple[int, int, str | None] | None:
-        """``(size, mtime_ns, asset_id)`` of a path that became browsable, for the scanner's unchanged check."""
+        """``(size, mtime_ns, asset_id)`` of a path that became browsable, for the scanner's unchanged check: one
+        row by the primary key, asked file by file, so a rescan's memory does not grow with the folder. Failed
+        paths are not locations, so a rescan tries them again."""
         row = self._db.execute("SELECT size, mtime_ns, asset_id FROM locations WHERE path = ?", (path,)).fetchone()
         return None if row is None else (row[0], mtime_from_db(row[1]), row[2])
-
-    def locations_under(self, root: str) -> dict[str, tuple[int, int]]:
-        """``path -> (size, mtime_ns)`` of every browsable path under ``root``, in one index range scan.
-
-        Failed paths are left out on purpose, so a rescan of the folder tries them again.
-        """
-        prefix = root.rstrip("/") + "/"
-        upper = prefix[:-1] + chr(ord("/") + 1)  # every "<root>/…" sorts in [prefix, upper)
-        rows = self._db.execute(
-            "SELECT path, size, mtime_ns FROM locations WHERE path >= ? AND path < ?", (prefix, upper))
-        return {path: (size, mtime_from_db(mtime)) for path, size, mtime in rows}
 
     def asset(self, ref: str) -> dict[str, Any] | None:
         """One asset as JSON-able data, by path, full id or unique id prefix (≥ 6 hex chars).

@@ -82,10 +82,20 @@ class Unreadable:
     kind: Literal["directory", "file", "entry", "special"]
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
+#: What :func:`walk` yields: a path, and its stat or why it cannot be read.
+Found = tuple[str, os.stat_result | Unreadable]
+
+
+def walk(root: Path) -> Iterator[Found]:
     """Yield (path, stat) of every regular file under ``root``, following links only within ``root``; and
     (path, ``Unreadable``) of each directory or entry that exists but cannot be read. What vanished meanwhile
-    (between listing and looking) is not there to find: it is logged only."""
+    (between listing and looking) is not there to find: it is logged only.
+
+    Memory stays flat however many files a folder holds: a directory's listing is read as it is walked, in the
+    file system's order, never held whole (sorting it held 25 MB for a flat folder of 100k files before the
+    first one). What is kept is the directories still to walk. Nothing depends on the order: each file is an
+    event of its own, keyed by its path, and a batch is counted, not sequenced; a scan stopped part-way is not
+    resumed but done again, what became browsable meanwhile skipped as unchanged."""
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [real_root]
@@ -96,7 +106,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             if (st.st_dev, st.st_ino) in seen_dirs:
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            listing = os.scandir(directory)
         except FileNotFoundError as exc:
             log.info("scan_vanished_dir", path=_printable(directory), error=str(exc))
             continue
@@ -105,30 +115,43 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result | Unreadable]]:
             yield directory, Unreadable(exc, "directory")
             continue
         subdirs = []
-        for entry in entries:
-            path = entry.path
-            try:
-                if entry.is_symlink():
-                    target = os.path.realpath(path)
-                    if not _inside(target, real_root):
-                        log.info("scan_link_outside_root", path=path, target=target)
-                        continue
-                    path = target
-                if entry.is_dir(follow_symlinks=True):
-                    subdirs.append(path)
-                elif entry.is_file(follow_symlinks=True):
-                    yield path, os.stat(path)
-                elif os.path.exists(path):  # neither a directory nor a file: a FIFO, socket or device
-                    yield path, Unreadable(OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)"),
-                                           "special")
-                else:  # a link whose target is gone: tier 1 says so
-                    yield entry.path, entry.stat(follow_symlinks=False)
-            except FileNotFoundError as exc:  # vanished between listing and stat
-                log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
-            except OSError as exc:
-                log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
-                yield path, Unreadable(exc, "file" if _known_file(entry) else "entry")
+        with listing:
+            while True:
+                try:
+                    entry = next(listing, None)
+                except OSError as exc:  # the listing broke off part-way: the rest of the directory is unknown
+                    log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
+                    yield directory, Unreadable(exc, "directory")
+                    break
+                if entry is None:
+                    break
+                yield from _look_at(entry, real_root, subdirs)
         stack.extend(reversed(subdirs))
+
+
+def _look_at(entry: os.DirEntry, real_root: str, subdirs: list[str]) -> Iterator[Found]:
+    """What :func:`walk` yields for one entry of a listing; a directory to walk is added to ``subdirs``."""
+    path = entry.path
+    try:
+        if entry.is_symlink():
+            target = os.path.realpath(path)
+            if not _inside(target, real_root):
+                log.info("scan_link_outside_root", path=path, target=target)
+                return
+            path = target
+        if entry.is_dir(follow_symlinks=True):
+            subdirs.append(path)
+        elif entry.is_file(follow_symlinks=True):
+            yield path, os.stat(path)
+        elif os.path.exists(path):  # neither a directory nor a file: a FIFO, socket or device
+            yield path, Unreadable(OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)"), "special")
+        else:  # a link whose target is gone: tier 1 says so
+            yield entry.path, entry.stat(follow_symlinks=False)
+    except FileNotFoundError as exc:  # vanished between listing and stat
+        log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
+    except OSError as exc:
+        log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
+        yield path, Unreadable(exc, "file" if _known_file(entry) else "entry")
 
 
 def _known_file(entry: os.DirEntry) -> bool:
@@ -170,10 +193,9 @@ async def scan(
     if not _is_text(real_root):  # every event of the batch names it
         raise UnrepresentablePath("the folder's path is not valid UTF-8: rename it to ingest it",
                                   path=_printable(real_root))
-    known: dict[str, tuple[int, int]] = {}
-    if settings.catalog_path.exists():
-        with Catalog(settings.catalog_path, readonly=True) as catalog:
-            known = catalog.locations_under(real_root)
+    # asked file by file (an index lookup) whether it is unchanged: loading every known path under the root held
+    # 22 MB for 100k files, and a lookup sees what became browsable since the scan began
+    catalog = Catalog(settings.catalog_path, readonly=True) if settings.catalog_path.exists() else None
     started = now()
     found = unchanged = other = 0
     last_report = time.monotonic()
@@ -255,8 +277,8 @@ async def scan(
             log.info("scan_stopped", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged,
                      other=other)
 
-    await report()
     try:
+        await report()
         async with LagProbe(bootstrap, settings.group_id, topic) as probe:
             for path, st in walk(root):
                 failure: DamflowError | None = None  # found, but recorded as failed right here
@@ -274,12 +296,12 @@ async def scan(
                 elif not looks_like_image(path):
                     other += 1
                     continue
-                elif known.get(path) == (st.st_size, st.st_mtime_ns):
-                    unchanged += 1
-                    continue
-                elif not _is_text(path):
+                elif not _is_text(path):  # never in the catalog: no query can even name it
                     failure = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it",
                                                   path=_printable(path))
+                elif catalog is not None and _unchanged(catalog, path, st):
+                    unchanged += 1
+                    continue
                 if failure is not None:
                     await send(topics.assets, *_scan_failure(path, batch_id, lane, failure))
                 else:
@@ -301,8 +323,17 @@ async def scan(
     except asyncio.CancelledError:
         await close_stopped()
         raise
+    finally:
+        if catalog is not None:
+            catalog.close()
     log.info("scan_done", batch_id=batch_id, root=real_root, found=found, unchanged=unchanged, other=other)
     return ScanResult(batch_id, real_root, found, unchanged, other)
+
+
+def _unchanged(catalog: Catalog, path: str, st: os.stat_result) -> bool:
+    """The catalog shows ``path`` browsable with this size and mtime (one row, by the locations' primary key)."""
+    known = catalog.location(path)
+    return known is not None and known[:2] == (st.st_size, st.st_mtime_ns)
 
 
 def _is_text(path: str) -> bool:

@@ -131,7 +131,7 @@ def test_readonly_opens_after_writer_closed(make_catalog) -> None:
     with make_catalog() as writer:
         writer.apply([browsable("e1", f"{ROOT}/a.png")])
     reader = make_catalog(readonly=True)
-    assert reader.locations_under(ROOT) == {f"{ROOT}/a.png": (1500, 7)}
+    assert reader.location(f"{ROOT}/a.png") == (1500, 7, A1)
 
 
 # -- idempotence -----------------------------------------------------------------------------------
@@ -299,19 +299,15 @@ def test_new_content_at_a_path_replaces_the_old_and_replays_do_not_revert(catalo
     assert catalog.asset(A1)["locations"] == []
 
 
-def test_locations_under_a_root_only(catalog: Catalog) -> None:
+def test_a_location_is_looked_up_by_its_exact_path_and_failed_paths_are_none(catalog: Catalog) -> None:
     catalog.apply([
         browsable("e1", f"{ROOT}/a.png"),
-        browsable("e2", f"{ROOT}/deep/er/b.png", A2, size=9, mtime_ns=3),
-        browsable("e3", f"{ROOT}2/sibling.png", A2),  # shares the root's spelling, not its folder
-        browsable("e4", "/data/other.png", A2),
-        failed("e5", f"{ROOT}/broken.png"),  # failures are retried by a rescan, so not listed
+        browsable("e3", f"{ROOT}2/sibling.png", A2, size=9, mtime_ns=3),  # shares the root's spelling
+        failed("e5", f"{ROOT}/broken.png"),  # failures are retried by a rescan, so not a location
     ])
-    expected = {f"{ROOT}/a.png": (1500, 7), f"{ROOT}/deep/er/b.png": (9, 3)}
-    assert catalog.locations_under(ROOT) == expected
-    assert catalog.locations_under(ROOT + "/") == expected
-    assert set(catalog.locations_under("/")) == set(expected) | {f"{ROOT}2/sibling.png", "/data/other.png"}
-    assert catalog.location(f"{ROOT}/broken.png") is None
+    assert catalog.location(f"{ROOT}/a.png") == (1500, 7, A1)
+    assert catalog.location(f"{ROOT}2/sibling.png") == (9, 3, A2)
+    assert catalog.location(f"{ROOT}/broken.png") is None and catalog.location(ROOT) is None
 
 
 def test_failure_with_asset_id_makes_a_stub_and_without_records_the_path(catalog: Catalog) -> None:
@@ -619,8 +615,7 @@ def test_a_files_time_reads_back_as_stored_so_a_rescan_finds_it_unchanged(catalo
     # past 2262 a time is kept two's-complement (it overflowed SQLite's integer): it must read back as it came
     path = f"{ROOT}/a.png"
     catalog.apply([browsable("e1", path, mtime_ns=mtime_ns)])
-    assert catalog.locations_under(ROOT) == {path: (1500, mtime_ns)}  # what the scanner compares with stat
-    assert catalog.location(path) == (1500, mtime_ns, A1)
+    assert catalog.location(path) == (1500, mtime_ns, A1)  # what the scanner compares with stat
     assert catalog.asset(A1)["locations"][0]["mtime_ns"] == mtime_ns
 
 
@@ -631,8 +626,8 @@ def test_a_file_dated_2300_is_skipped_unchanged_on_a_rescan(catalog: Catalog, tm
     os.utime(image, ns=(10413792000000000000, 10413792000000000000))  # touch -d 2300-01-01
     st = image.stat()
     catalog.apply([browsable("e1", str(image), size=st.st_size, mtime_ns=st.st_mtime_ns)])
-    known = catalog.locations_under(str(image.parent))
-    assert known.get(str(image)) == (st.st_size, st.st_mtime_ns)  # streams/scanner.py's unchanged check
+    known = catalog.location(str(image))
+    assert known is not None and known[:2] == (st.st_size, st.st_mtime_ns)  # streams/scanner.py's unchanged check
 
 
 def test_a_file_time_past_what_is_kept_is_clamped_and_the_file_still_browsable(catalog: Catalog) -> None:
