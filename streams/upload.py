@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ from agents.atomic_write import sync_to_disk
 from agents.hashing import source_error
 from agents.sniff import HEAD_BYTES, sniff
 from schemas import BatchScanned, FileDiscovered, encode, new_id, now
-from streams.errors import StorageUnavailable, UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge
+from streams.errors import (
+    StorageUnavailable, UnsupportedFormat, UploadEmpty, UploadNotAnImage, UploadRejected, UploadTooLarge,
+)
 from streams.express import ExpressRequest
 from streams.settings import Settings
 from streams.topics import Topics
@@ -194,16 +197,43 @@ def _read_source(src: BinaryIO, source: Path) -> bytes:
         raise source_error(exc, source) from exc  # typed as when hashing
 
 
+def _open_regular(source: Path) -> BinaryIO:
+    """``source`` opened to read, if it is a regular file. Opened without blocking and looked at before any read:
+    a FIFO opened to read waits for a writer, for good (``damflow upload pipe.png`` hung), and a device or a
+    directory holds no file to store. Anything else is refused as such (``UnsupportedFormat``, as the scanner
+    records a FIFO named like an image); an error opening it is the source's, typed as when hashing."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise source_error(exc, source) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsupportedFormat(f"not a regular file ({_kind(mode)}): nothing to upload", path=str(source))
+        os.set_blocking(fd, True)  # no effect on a regular file's reads; as any file opened to read
+        return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise source_error(exc, source) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def store_original(settings: Settings, source: Path) -> StoredUpload:
     """Copy the local file ``source`` into the content-addressed originals store (atomically; once per content),
     reading it once: judged, size-limited and hashed as it is copied (see :class:`Spool`)."""
     spool = Spool(spool_dir(settings), settings.upload_max_bytes, source.name)
     try:
-        try:
-            src = open(source, "rb")  # noqa: SIM115 — its errors (gone, unreadable) are the source's, typed below
-        except OSError as exc:
-            raise source_error(exc, source) from exc
-        with src:
+        with _open_regular(source) as src:
             while chunk := _read_source(src, source):
                 spool.write(chunk)
         spool.finish()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 from blake3 import blake3
 
 from streams import upload
-from streams.errors import SourceMissing
+from streams.errors import SourceMissing, UnsupportedFormat
 from streams.settings import Settings
+from streams.upload import spool_dir
 from tests.images import make_png
 
 
@@ -45,6 +48,39 @@ def test_a_stored_original_gets_an_ordinary_files_mode(tmp_path: Path) -> None:
 def test_a_source_gone_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(SourceMissing):
         upload.store_original(Settings(data_dir=tmp_path / "data"), tmp_path / "gone.png")
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    settings = Settings(data_dir=tmp_path / "data", upload_fsync=False)
+    outcome: list[BaseException | None] = []
+
+    def store() -> None:
+        try:
+            upload.store_original(settings, fifo)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 — handed to the test's thread
+            outcome.append(exc)
+
+    storing = threading.Thread(target=store, daemon=True)
+    storing.start()
+    storing.join(10)
+    if storing.is_alive():  # opened to read, a FIFO waits for a writer: `damflow upload pipe.png` hung for good
+        with open(fifo, "wb"):
+            pass
+        storing.join(10)
+        pytest.fail("store_original(FIFO) waited for a writer")
+    [error] = outcome
+    assert isinstance(error, UnsupportedFormat) and "not a regular file (a FIFO)" in str(error)
+    assert str(fifo) in str(error) and list(spool_dir(settings).iterdir()) == []  # its spool removed
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "directory"])
+def test_a_device_or_a_directory_is_refused_as_not_a_regular_file(tmp_path: Path, special: str) -> None:
+    source = Path(special) if special.startswith("/") else tmp_path
+    with pytest.raises(UnsupportedFormat, match="not a regular file"):
+        upload.store_original(Settings(data_dir=tmp_path / "data", upload_fsync=False), source)
 
 
 def test_a_file_over_the_limit_or_not_an_image_is_refused_without_a_full_copy(tmp_path: Path) -> None:
