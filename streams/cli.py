@@ -190,18 +190,20 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     from streams.ingest import upload_files
+    from streams.scanner import printable
 
     rows = asyncio.run(upload_files(settings, topics_for(settings), resolve_bootstrap(settings),
                                     [Path(f) for f in args.files], wait=args.wait, timeout=args.timeout))
     if args.json:
         _print_json([vars(r) for r in rows])
     else:
-        for row in rows:
-            extra = {"browsable": f"  browsable in {row.ms_to_browsable} ms", "failed": f"  FAILED: {row.reason}",
-                     "rejected": f"  REJECTED: {row.reason}",
+        for row in rows:  # a name that is not UTF-8 (and a reason naming it) printed as \xNN, not a traceback
+            reason = printable(row.reason or "")
+            extra = {"browsable": f"  browsable in {row.ms_to_browsable} ms", "failed": f"  FAILED: {reason}",
+                     "rejected": f"  REJECTED: {reason}",
                      "pending": f"  not browsable within {args.timeout:g} s (published; still in the works)",
                      }.get(row.state, "")
-            print(f"{row.asset_id or '-':64s}  {row.file}{extra}")
+            print(f"{row.asset_id or '-':64s}  {printable(row.file)}{extra}")
     # 1: some file failed or was refused; 3: some outcome did not come within the timeout
     if any(r.state in ("failed", "rejected") for r in rows):
         return 1

@@ -108,10 +108,10 @@ def walk(root: Path) -> Iterator[Found]:
             seen_dirs.add((st.st_dev, st.st_ino))
             listing = os.scandir(directory)
         except FileNotFoundError as exc:
-            log.info("scan_vanished_dir", path=_printable(directory), error=str(exc))
+            log.info("scan_vanished_dir", path=printable(directory), error=str(exc))
             continue
         except OSError as exc:
-            log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
+            log.warning("scan_unreadable_dir", path=printable(directory), error=str(exc))
             yield directory, Unreadable(exc, "directory")
             continue
         subdirs = []
@@ -120,7 +120,7 @@ def walk(root: Path) -> Iterator[Found]:
                 try:
                     entry = next(listing, None)
                 except OSError as exc:  # the listing broke off part-way: the rest of the directory is unknown
-                    log.warning("scan_unreadable_dir", path=_printable(directory), error=str(exc))
+                    log.warning("scan_unreadable_dir", path=printable(directory), error=str(exc))
                     yield directory, Unreadable(exc, "directory")
                     break
                 if entry is None:
@@ -148,9 +148,9 @@ def _look_at(entry: os.DirEntry, real_root: str, subdirs: list[str]) -> Iterator
         else:  # a link whose target is gone: tier 1 says so
             yield entry.path, entry.stat(follow_symlinks=False)
     except FileNotFoundError as exc:  # vanished between listing and stat
-        log.info("scan_vanished_entry", path=_printable(path), error=str(exc))
+        log.info("scan_vanished_entry", path=printable(path), error=str(exc))
     except OSError as exc:
-        log.warning("scan_unreadable_entry", path=_printable(path), error=str(exc))
+        log.warning("scan_unreadable_entry", path=printable(path), error=str(exc))
         yield path, Unreadable(exc, "file" if _known_file(entry) else "entry")
 
 
@@ -175,8 +175,10 @@ def _named_like_image(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES
 
 
-def _printable(path: str) -> str:
-    """``path`` as valid text: bytes of a name that is not UTF-8 written as ``\\xNN``."""
+def printable(path: str) -> str:
+    """``path`` as valid text: bytes of a name that is not UTF-8 written as ``\\xNN``. For anything that shows a
+    path (logs, events, the CLI's reports): Python keeps such bytes as lone surrogates, which no UTF-8 stream
+    can write."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -192,7 +194,7 @@ async def scan(
     real_root = os.path.realpath(root)
     if not _is_text(real_root):  # every event of the batch names it
         raise UnrepresentablePath("the folder's path is not valid UTF-8: rename it to ingest it",
-                                  path=_printable(real_root))
+                                  path=printable(real_root))
     # asked file by file (an index lookup) whether it is unchanged: loading every known path under the root held
     # 22 MB for 100k files, and a lookup sees what became browsable since the scan began
     catalog = Catalog(settings.catalog_path, readonly=True) if settings.catalog_path.exists() else None
@@ -288,17 +290,17 @@ async def scan(
                         continue
                     if st.kind == "special":  # named like an image, but no file to ingest
                         failure = UnsupportedFormat(f"{st.error.strerror}: nothing to ingest",
-                                                    path=_printable(path))
+                                                    path=printable(path))
                     else:  # what it holds is unknown
                         failure = SourceUnreadable(f"cannot read {st.kind}: {st.error.strerror or st.error}; fix "
                                                    "its permissions and ingest the folder again",
-                                                   path=_printable(path))
+                                                   path=printable(path))
                 elif not looks_like_image(path):
                     other += 1
                     continue
                 elif not _is_text(path):  # never in the catalog: no query can even name it
                     failure = UnrepresentablePath("the file name is not valid UTF-8: rename the file to ingest it",
-                                                  path=_printable(path))
+                                                  path=printable(path))
                 elif catalog is not None and _unchanged(catalog, path, st):
                     unchanged += 1
                     continue
@@ -346,7 +348,7 @@ def _is_text(path: str) -> bool:
 
 def _scan_failure(path: str, batch_id: str, lane: str, error: DamflowError) -> tuple[bytes, bytes]:
     """The recorded failure (value, key) of something the walk found but no ``FileDiscovered`` can stand for."""
-    shown = _printable(path)
+    shown = printable(path)
     log.warning("scan_failed_entry", batch_id=batch_id, path=shown, code=error.code, reason=str(error))
     event = AssetFailed(
         event_id=new_id(), batch_id=batch_id, lane=lane, source="scan", tier=1, path=shown,
