@@ -200,11 +200,16 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
         for row in rows:  # a name that is not UTF-8 (and a reason naming it) printed as \xNN, not a traceback
             reason = printable(row.reason or "")
             extra = {"browsable": f"  browsable in {row.ms_to_browsable} ms", "failed": f"  FAILED: {reason}",
-                     "rejected": f"  REJECTED: {reason}",
+                     "rejected": f"  REJECTED: {reason}", "not_published": f"  NOT PUBLISHED: {reason}",
                      "pending": f"  not browsable within {args.timeout:g} s (published; still in the works)",
                      }.get(row.state, "")
             print(f"{row.asset_id or '-':64s}  {printable(row.file)}{extra}")
-    # 1: some file failed or was refused; 3: some outcome did not come within the timeout
+    # 2: the broker failed part-way (each row says what became of its file); 1: some file failed or was refused;
+    # 3: some outcome did not come within the timeout
+    if any(r.state == "not_published" for r in rows):
+        print(f"damflow upload: the broker ({settings.broker_url or 'embedded'}) failed: "
+              f"{sum(r.state == 'not_published' for r in rows)} file(s) not published", file=sys.stderr)
+        return 2
     if any(r.state in ("failed", "rejected") for r in rows):
         return 1
     return 3 if any(r.state == "pending" for r in rows) else 0

@@ -14,11 +14,11 @@ from aiokafka.errors import KafkaError
 
 from consumers.progress import ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id, now
-from streams.errors import DamflowError, SchemaError, WaitTimedOut
+from streams.errors import BrokerError, DamflowError, SchemaError, WaitTimedOut
 from streams.express import ExpressClient, ExpressRequest
 from streams.kafka import producer, tail
 from streams.logs import get
-from streams.scanner import scan
+from streams.scanner import CLOSE_PATIENCE_S, printable, scan
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.upload import close_batch, display_name, publish_upload, store_original, upload_event
@@ -104,6 +104,8 @@ class UploadResult:
     file: str
     asset_id: str
     event_id: str
+    #: published, browsable, failed (tier 1 failed it), pending (no outcome within the timeout), rejected (the
+    #: file was refused: ``reason``), not_published (the broker failed on it or an earlier file: ``reason``)
     state: str = "published"
     ms_to_browsable: float | None = None
     reason: str | None = None
@@ -126,9 +128,14 @@ async def upload_files(
     timeout: float = 60.0,
 ) -> list[UploadResult]:
     """Store each file content-addressed and publish it on the interactive lane, one after the other;
-    with ``wait``, each returns once its asset is browsable (or failed), timed from the publish."""
+    with ``wait``, each returns once its asset is browsable (or failed), timed from the publish.
+
+    A broker that fails part-way ends the publishing, not the report: the file it did not take and the files
+    after it get a ``not_published`` row saying why (the ones before keep theirs), and the batch is still
+    closed with the files published, if the broker takes that (within ``CLOSE_PATIENCE_S``)."""
     batch_id, opened = f"upload-{new_id()}", now()
-    out = []
+    out: list[UploadResult] = []
+    broken: str | None = None  # why the broker took no more
     async with contextlib.AsyncExitStack() as stack:
         watcher = None
         if wait:
@@ -140,6 +147,10 @@ async def upload_files(
         prod = await stack.enter_async_context(producer(bootstrap))
         express = ExpressClient(settings) if settings.express else None
         for src in files:
+            if broken is not None:
+                out.append(UploadResult(str(src), "", "", state="not_published", batch_id=batch_id,
+                                        reason=f"not tried: the broker failed on an earlier file ({broken})"))
+                continue
             try:
                 stored = await asyncio.to_thread(store_original, settings, src)  # a copy and a sync to disk
             except DamflowError as exc:  # not an image, gone, unreadable: this file is refused, not the rest
@@ -149,7 +160,16 @@ async def upload_files(
             # registered before publishing: none missed
             outcome = await watcher.expect(event.event_id, wake=express is None) if watcher else None
             t0 = time.perf_counter()
-            record = await publish_upload(prod, topics, event)
+            try:
+                record = await publish_upload(prod, topics, event)
+            except (KafkaError, BrokerError) as exc:  # its original is stored: sending it again costs no copy
+                broken = repr(exc)
+                log.warning("upload_not_published", batch_id=batch_id, path=printable(str(src)), error=broken)
+                if watcher is not None:
+                    watcher.forget(event.event_id)
+                out.append(UploadResult(str(src), stored.asset_id, "", state="not_published", batch_id=batch_id,
+                                        reason=f"the broker did not take it: {broken}"))
+                continue
             await follow_published(express, watcher, record, event.event_id, timeout)
             row = UploadResult(str(src), stored.asset_id, event.event_id, batch_id=batch_id)
             if outcome is not None:
@@ -165,7 +185,11 @@ async def upload_files(
             out.append(row)
         published = sum(1 for row in out if row.event_id)
         if published:  # the batch is complete: its progress can finish
-            await (await close_batch(prod, topics, batch_id, published, opened))
+            try:
+                async with asyncio.timeout(CLOSE_PATIENCE_S):
+                    await (await close_batch(prod, topics, batch_id, published, opened))
+            except (KafkaError, BrokerError, TimeoutError) as exc:  # its files are published all the same
+                log.warning("upload_batch_unclosed", batch_id=batch_id, published=published, error=repr(exc))
     return out
 
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# `damflow upload` with upload_files stood in for: argv[1] is a file name as bytes (hex), the rows are made here
+# `damflow upload NAME NAME.2` with upload_files stood in for: argv[1] is the name as bytes (hex), argv[2] what
+# became of the second file
 _UPLOAD = """
 import os, sys
 import streams.cli as cli, streams.ingest as ingest
@@ -15,28 +16,46 @@ from streams.errors import UnsupportedFormat
 from streams.ingest import UploadResult
 
 async def upload_files(settings, topics, bootstrap, files, **kw):
-    [good, bad] = files
-    return [UploadResult(str(good), "ab" * 32, "e1", batch_id="upload-x"),
-            UploadResult(str(bad), "", "", state="rejected", batch_id="upload-x",
-                         reason=str(UnsupportedFormat("not a regular file (a FIFO)", path=str(bad))))]
+    [good, other] = files
+    if sys.argv[2] == "rejected":
+        second = UploadResult(str(other), "", "", state="rejected", batch_id="upload-x",
+                              reason=str(UnsupportedFormat("not a regular file (a FIFO)", path=str(other))))
+    else:
+        second = UploadResult(str(other), "cd" * 32, "", state="not_published", batch_id="upload-x",
+                              reason="the broker did not take it: KafkaConnectionError()")
+    return [UploadResult(str(good), "ab" * 32, "e1", batch_id="upload-x"), second]
 
 ingest.upload_files = upload_files
 cli.resolve_bootstrap = lambda settings: "unused:9092"
 name = os.fsdecode(bytes.fromhex(sys.argv[1]))
-sys.exit(cli.main(["upload", name, name + ".fifo"]))
+sys.exit(cli.main(["upload", name, name + ".2"]))
 """
 
 
-def test_an_upload_report_prints_a_name_that_is_not_utf8_under_a_strict_utf8_stdout(tmp_path: Path) -> None:
+def _upload(tmp_path: Path, second: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the stood-in `damflow upload` on a name that is not UTF-8; returns it and the name as printed."""
     name = os.fsencode(tmp_path) + b"/caf\xe9.png"
     env = dict(os.environ, PYTHONIOENCODING="utf-8:strict",  # stdout as under en_US.UTF-8 (C.UTF-8 escapes)
                DAMFLOW_DATA_DIR=str(tmp_path / "data"))
-    done = subprocess.run([sys.executable, "-c", _UPLOAD, name.hex()], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _UPLOAD, name.hex(), second], env=env, capture_output=True,
                           cwd=Path(__file__).parents[2], timeout=60)
     assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")[-2000:]
+    return done, os.fsdecode(tmp_path) + "/caf\\xe9.png"
+
+
+def test_an_upload_report_prints_a_name_that_is_not_utf8_under_a_strict_utf8_stdout(tmp_path: Path) -> None:
+    done, shown = _upload(tmp_path, "rejected")
     assert done.returncode == 1  # a refused file, reported as such
-    shown = os.fsdecode(tmp_path) + "/caf\\xe9.png"
     [published, rejected] = done.stdout.decode("utf-8").splitlines()
     assert published == f"{'ab' * 32}  {shown}"
-    assert rejected.startswith(f"{'-':64s}  {shown}.fifo  REJECTED: not a regular file (a FIFO)")
-    assert rejected.endswith(f"({shown}.fifo)")
+    assert rejected.startswith(f"{'-':64s}  {shown}.2  REJECTED: not a regular file (a FIFO)")
+    assert rejected.endswith(f"({shown}.2)")
+
+
+def test_an_upload_the_broker_failed_part_way_prints_every_row_and_exits_as_a_failure(tmp_path: Path) -> None:
+    done, shown = _upload(tmp_path, "broker")
+    assert done.returncode == 2
+    [published, lost] = done.stdout.decode("utf-8").splitlines()
+    assert published == f"{'ab' * 32}  {shown}"
+    assert lost == f"{'cd' * 32}  {shown}.2  NOT PUBLISHED: the broker did not take it: KafkaConnectionError()"
+    assert done.stderr.decode().strip().splitlines()[-1].endswith("failed: 1 file(s) not published")

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 import streams.ingest as ingest
+from schemas import BatchScanned, decode
 from streams.errors import BrokerError, WaitTimedOut
 from streams.scanner import ScanResult
 from streams.settings import Settings
 from streams.topics import topics_for
+from tests.images import make_png
 
 
 class _QuietProgress:
@@ -91,3 +95,55 @@ def test_a_scan_that_fails_ends_a_wait_without_a_timeout_with_its_error(
     monkeypatch.setattr(ingest, "scan", scan)
     with pytest.raises(BrokerError, match="did not take"):
         _ingest(tmp_path, timeout=None)
+
+
+# -- upload_files ------------------------------------------------------------------------------------------------
+
+
+class _BrokerGoneAfterOne:
+    """A producer whose broker takes the first upload, then fails every send; the batch's close too, if asked."""
+
+    def __init__(self, *, close_fails: bool) -> None:
+        self.taken: list[object] = []
+        self.closed: list[object] = []
+        self.close_fails = close_fails
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> SimpleNamespace:
+        if self.taken:
+            raise KafkaConnectionError("Unable to bootstrap from broker")
+        self.taken.append(decode(value))
+        return SimpleNamespace(topic=topic, partition=0, offset=0, timestamp=-1)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        if self.close_fails:
+            done.set_exception(KafkaConnectionError("Unable to bootstrap from broker"))
+        else:
+            self.closed.append(decode(value))
+            done.set_result(None)
+        return done
+
+
+@pytest.mark.parametrize("close_fails", [False, True])
+def test_a_broker_that_fails_part_way_through_uploads_leaves_a_row_for_every_file(
+    tmp_path: Path, monkeypatch, close_fails: bool,
+) -> None:
+    prod = _BrokerGoneAfterOne(close_fails=close_fails)
+
+    @contextlib.asynccontextmanager
+    async def producer(*a, **k):
+        yield prod
+
+    monkeypatch.setattr(ingest, "producer", producer)
+    settings = Settings(data_dir=tmp_path / "data", express=False, upload_fsync=False)
+    files = [make_png(tmp_path / f"{i}.png", size=(16, 16), seed=i) for i in range(3)]
+    rows = asyncio.run(ingest.upload_files(settings, topics_for(settings), "unused:9092", files))
+    # before: the broker's error ended the command with none of this said, the first file's publish included
+    assert [(r.file, r.state) for r in rows] == [(str(files[0]), "published"), (str(files[1]), "not_published"),
+                                                 (str(files[2]), "not_published")]
+    assert rows[0].event_id == prod.taken[0].event_id and not rows[1].event_id and not rows[2].event_id
+    assert "did not take it" in rows[1].reason and "KafkaConnectionError" in rows[1].reason
+    assert rows[2].reason.startswith("not tried: the broker failed on an earlier file")
+    if not close_fails:  # the batch closed with the one file published, so its progress can finish
+        [closing] = prod.closed
+        assert isinstance(closing, BatchScanned) and closing.complete and closing.found == 1
