@@ -17,7 +17,8 @@ Routes::
 An upload body is streamed to a temp file whose name this module makes up, under the data directory; the size
 limit holds while streaming, the bytes are sniffed (never the name or the declared type), and only then stored
 content-addressed and published on the interactive lane. Every request's files are received and checked before
-the first is published, so a refused request publishes nothing; the temp files go whatever the outcome.
+the first is published, so a refused request publishes nothing; the temp files go whatever the outcome. Without
+an upload token, an upload a browser sends for a page of another origin is refused (403, see ``_check_origin``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from aiohttp import MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from yarl import URL
 
 from agents.thumbnails import thumbnail_path
 from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
@@ -91,6 +93,11 @@ class Refused(PermanentError):
 class Unauthorized(Refused):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(Refused):
+    status = 403
+    code = "cross_origin"
 
 
 class NotFound(Refused):
@@ -252,6 +259,36 @@ def _check_token(request: web.Request, settings: Settings) -> None:
         raise Unauthorized("a valid bearer token is required")
 
 
+def _check_origin(request: web.Request, settings: Settings) -> None:
+    """Without a token, refuse an upload that a browser sends for a page of another origin.
+
+    A cross-site HTML form may POST multipart to any address, ``127.0.0.1`` included, with no preflight: any web
+    page open in a browser on this machine could push files into a local ``damflow up``. Browsers name the page's
+    origin in ``Origin``; clients that are not browsers (curl, scripts, ``damflow upload``) send none and are not
+    affected, nor is a page served here. With a token set, such a form cannot send it: nothing to check."""
+    if settings.upload_token and settings.upload_token.get_secret_value():
+        return
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    own = f"{request.scheme}://{request.host}"
+    if _origin_key(origin) is None or _origin_key(origin) != _origin_key(own):
+        raise Forbidden(f"an upload from a page of another origin ({origin}) is refused: this server is {own}. "
+                        "Upload from a client that sends no Origin, or set DAMFLOW_UPLOAD_TOKEN and send it")
+
+
+def _origin_key(origin: str) -> tuple[str, str, int | None] | None:
+    """``(scheme, host, port)`` of an origin, the port made explicit; None for one that names no host (``null``,
+    sent by sandboxed pages and local files)."""
+    try:
+        url = URL(origin.strip())
+    except ValueError:
+        return None
+    if not url.is_absolute() or not url.host:
+        return None
+    return url.scheme.lower(), url.host.lower(), url.port
+
+
 def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]:
     wait = request.query.get("wait", "").lower() in _TRUE
     try:
@@ -267,6 +304,7 @@ async def upload(request: web.Request) -> web.Response:
     app = request.app
     settings = app[_SETTINGS]
     _check_token(request, settings)  # before a byte of the body is read
+    _check_origin(request, settings)
     wait, timeout = _wait_params(request, settings)
     batch_id = f"upload-{new_id()}"
     ulog = log.bind(batch_id=batch_id, peer=request.remote)

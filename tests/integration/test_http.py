@@ -347,6 +347,27 @@ async def test_the_token_is_required_when_set(bare: Callable, tmp_path: Path) ->
     assert os.path.exists(event.path) and not list(spool_dir(settings).iterdir())
 
 
+async def test_without_a_token_an_upload_from_a_page_of_another_origin_is_403(bare: Callable, tmp_path: Path) -> None:
+    # a cross-site HTML form posts multipart with no preflight: any page open in a browser could upload here
+    png = make_png(tmp_path / "a.png", size=(32, 32), seed=8).read_bytes()
+    async with bare() as http:
+        for origin in ("http://evil.example", "http://evil.example:" + http.base.rsplit(":", 1)[1], "null",
+                       "https://" + http.base.split("://", 1)[1]):
+            async with http.post("/upload", data=form(("a.png", png)), headers={"Origin": origin}) as resp:
+                answer = await resp.json()
+                assert resp.status == 403 and answer["code"] == "cross_origin", (origin, answer)
+                assert origin in answer["error"] and "DAMFLOW_UPLOAD_TOKEN" in answer["error"]
+        assert leftovers(http.settings) == []
+        # a page served here (its own origin, however its host is spelled), and a client that sends no Origin
+        for headers in ({"Origin": http.base}, {"Origin": http.base.upper()}, {}):
+            async with http.post("/upload", data=form(("a.png", png)), headers=headers) as resp:
+                assert resp.status == 202, (headers, await resp.text())
+    async with bare(upload_token=SecretStr("s3cret-token")) as http:  # a form cannot send the token: not checked
+        async with http.post("/upload", data=form(("a.png", png)),
+                             headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret-token"}) as resp:
+            assert resp.status == 202
+
+
 async def test_wait_gives_up_at_its_timeout_and_keeps_the_upload(bare: Callable, tmp_path: Path) -> None:
     png = make_png(tmp_path / "a.png", size=(32, 32), seed=8).read_bytes()
     async with bare() as http:  # no workers: the upload cannot become browsable
