@@ -8,13 +8,15 @@ import contextlib
 import types
 from pathlib import Path
 
+import pytest
+
 from agents import tier1
 from agents.browse import Browsed
 from schemas import AssetBrowsable, FileDiscovered, decode, encode
 from streams.express import ExpressRequest
 from streams.retries import FailureHistory
 from streams.settings import Settings
-from streams.topics import topics_for
+from streams.topics import Topics, topics_for
 
 
 class _Topic:
@@ -99,17 +101,50 @@ class _Fetched:
         yield self
 
 
+def _registered(tmp_path: Path, *, express: bool, pool: _Pool | None = None) -> tuple[_App, _Pool, Topics]:
+    """Tier 1's agents registered on the stand-ins: (app, pool, topics)."""
+    settings = Settings(data_dir=tmp_path, express=express)
+    topics = topics_for(settings)
+    app, chosen = _App(), pool or _Pool()
+    tier1.register(app, settings, topics, types.SimpleNamespace(for_lane=lambda lane: chosen),  # type: ignore[arg-type]
+                   _Governor())
+    return app, chosen, topics
+
+
+def _upload(tmp_path: Path) -> FileDiscovered:
+    return FileDiscovered(event_id="e1", batch_id="upload-1", lane="interactive", source="upload",
+                          path=str(tmp_path / "originals/a1/x.png"), size=9, mtime_ns=1, discovered_at=1.0)
+
+
+def _scanned(tmp_path: Path) -> FileDiscovered:
+    return FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path=str(tmp_path / "a.png"),
+                          size=9, mtime_ns=1, discovered_at=1.0)
+
+
+def _published(app: _App, topics: Topics) -> list:
+    """The events sent to ``assets``, in order."""
+    return [decode(value) for name, value in app.sent if name == topics.assets]
+
+
+def _failures_recorded(app: _App) -> list[str]:
+    """The retry and dead-letter topics anything was sent to."""
+    return [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+
+
+@pytest.fixture
+def quick_redos(monkeypatch) -> None:
+    """The agent's redos after a broker refusal come at once."""
+    from agents import lanes
+
+    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
+
+
 async def test_an_upload_answered_by_express_whose_results_the_broker_refused_is_published_as_answered(
     tmp_path: Path,
 ) -> None:
     # the redo used to work the file again: its thumbnails made, it was called a duplicate, and tier 3 skipped it
-    settings = Settings(data_dir=tmp_path, express=True)
-    topics = topics_for(settings)
-    app, pool = _App(), _Pool()
-    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
-    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
-    record = FileDiscovered(event_id="e1", batch_id="upload-1", lane="interactive", source="upload",
-                            path=str(tmp_path / "originals/a1/x.png"), size=9, mtime_ns=1, discovered_at=1.0)
+    app, pool, topics = _registered(tmp_path, express=True)
+    record = _upload(tmp_path)
     request = ExpressRequest(topics.t1_interactive, 0, 5, encode(record), b"k")
 
     app.refuse_assets = 1
@@ -121,43 +156,30 @@ async def test_an_upload_answered_by_express_whose_results_the_broker_refused_is
     assert fetched.acked.is_set()
     assert pool.runs == 1  # worked on once
     assert pool.event_ids == ["e1"]  # named: a redo on a worker started since finds the thumbnails made for it
-    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    published = _published(app, topics)
     assert published[-1] == answered  # what the caller was told, as it was told
-    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+    assert not _failures_recorded(app)
 
 
 async def test_a_retry_that_finds_the_thumbnails_made_is_not_called_a_duplicate(tmp_path: Path) -> None:
     # its own earlier attempt may have made them (it failed after that): tier 3 must not skip it as a duplicate
-    settings = Settings(data_dir=tmp_path, express=False)
-    topics = topics_for(settings)
-    app, pool = _App(), _Pool(made=True)
-    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
-    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
-    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path=str(tmp_path / "a.png"),
-                            size=9, mtime_ns=1, discovered_at=1.0)
+    app, pool, topics = _registered(tmp_path, express=False, pool=_Pool(made=True))
+    record = _scanned(tmp_path)
     request = ExpressRequest(topics.t1_batch, 0, 5, encode(record), b"k")
     for attempt_headers in ({}, FailureHistory(attempts=1, first_failure_at=1.0).headers()):
         await asyncio.wait_for(app.agents["tier1-batch"](_Fetched(request, attempt_headers)), 10)
-    first, retry = [decode(value) for name, value in app.sent if name == topics.assets]
+    first, retry = _published(app, topics)
     assert first.deduplicated  # a first attempt finding them made: the content was browsed before
     assert not retry.deduplicated and retry.attempts == 2
 
 
 async def test_an_upload_whose_told_outcome_the_broker_refuses_again_on_its_redo_is_published_as_answered(
-    tmp_path: Path, monkeypatch,
+    tmp_path: Path, quick_redos: None,
 ) -> None:
     # the redo took the told outcome out of keeping before sending it: refused once more, it was lost, and the
     # refusal (a broker blip) dead-lettered a file its caller was told is browsable
-    from agents import lanes
-
-    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
-    settings = Settings(data_dir=tmp_path, express=True)
-    topics = topics_for(settings)
-    app, pool = _App(), _Pool()
-    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
-    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
-    record = FileDiscovered(event_id="e1", batch_id="upload-1", lane="interactive", source="upload",
-                            path=str(tmp_path / "originals/a1/x.png"), size=9, mtime_ns=1, discovered_at=1.0)
+    app, pool, topics = _registered(tmp_path, express=True)
+    record = _upload(tmp_path)
     request = ExpressRequest(topics.t1_interactive, 0, 5, encode(record), b"k")
 
     app.refuse_assets = 2  # the express run's send and the redo's first send
@@ -167,32 +189,24 @@ async def test_an_upload_whose_told_outcome_the_broker_refuses_again_on_its_redo
     await asyncio.wait_for(app.agents["tier1-interactive"](fetched), 10)
 
     assert fetched.acked.is_set() and app.refuse_assets == 0
-    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    published = _published(app, topics)
     assert len(published) == 3 and all(p == answered for p in published)  # the told outcome, sent until taken
     assert pool.runs == 1
-    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+    assert not _failures_recorded(app)
 
 
 async def test_a_file_whose_results_the_broker_refuses_for_now_is_worked_again_not_dead_lettered(
-    tmp_path: Path, monkeypatch,
+    tmp_path: Path, quick_redos: None,
 ) -> None:
     # the refusal was classified as the file's own (unexpected, permanent) failure: dead-lettered, its work done
-    from agents import lanes
-
-    monkeypatch.setattr(lanes, "_AGAIN_S", (0.001, 0.002))
-    settings = Settings(data_dir=tmp_path, express=False)
-    topics = topics_for(settings)
-    app, pool = _App(), _Pool()
-    pools = types.SimpleNamespace(for_lane=lambda lane: pool)
-    tier1.register(app, settings, topics, pools, _Governor())  # type: ignore[arg-type]
-    record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path=str(tmp_path / "a.png"),
-                            size=9, mtime_ns=1, discovered_at=1.0)
+    app, pool, topics = _registered(tmp_path, express=False)
+    record = _scanned(tmp_path)
     fetched = _Fetched(ExpressRequest(topics.t1_batch, 0, 5, encode(record), b"k"))
 
     app.refuse_assets = 2
     await asyncio.wait_for(app.agents["tier1-batch"](fetched), 10)
 
     assert fetched.acked.is_set() and pool.runs == 3  # worked again until its results were taken
-    published = [decode(value) for name, value in app.sent if name == topics.assets]
+    published = _published(app, topics)
     assert [type(p) for p in published] == [AssetBrowsable] * 3 and published[-1].attempts == 1
-    assert not [name for name, _ in app.sent if ".dlq" in name or ".retry." in name]
+    assert not _failures_recorded(app)

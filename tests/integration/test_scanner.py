@@ -20,14 +20,20 @@ from tests.images import make_png
 pytestmark = pytest.mark.integration
 
 
+def _folder(tmp_path: Path, files: int) -> Path:
+    """A folder of ``files`` small distinct PNGs."""
+    folder = tmp_path / "in"
+    folder.mkdir(parents=True)
+    for i in range(files):
+        make_png(folder / f"{i:02d}.png", size=(16, 16), seed=i)
+    return folder
+
+
 async def test_a_file_the_broker_did_not_take_fails_the_scan(broker: str, make_settings, tmp_path: Path) -> None:
     settings = make_settings()
     topics = topics_for(settings)
     await ensure_topics(broker, topics.all(), settings.partitions)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(3):
-        make_png(folder / f"{i}.png", size=(16, 16), seed=i)
+    folder = _folder(tmp_path, 3)
 
     async with producer(broker) as real:
 
@@ -74,10 +80,7 @@ async def _scan_of(broker: str, make_settings, tmp_path: Path, files: int):
     settings = make_settings(scan_lag_every=5)
     topics = topics_for(settings)
     await ensure_topics(broker, topics.all(), settings.partitions)
-    folder = tmp_path / "in"
-    folder.mkdir(parents=True)
-    for i in range(files):
-        make_png(folder / f"{i}.png", size=(16, 16), seed=i)
+    folder = _folder(tmp_path, files)
     async with producer(broker) as prod:
         return await scan(settings, topics, broker, prod, folder)
 
@@ -144,10 +147,7 @@ async def test_a_wait_that_times_out_while_backpressure_holds_the_scan_stops_it_
     settings = make_settings(scan_high_water=5, scan_low_water=2, scan_lag_every=1)
     topics = topics_for(settings)
     await ensure_topics(broker, topics.all(), settings.partitions)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for i in range(20):
-        make_png(folder / f"{i:02d}.png", size=(16, 16), seed=i)
+    folder = _folder(tmp_path, 20)
     t0 = time.monotonic()
     with pytest.raises(WaitTimedOut) as info:
         async with asyncio.timeout(30):  # a guard only: its TimeoutError is no WaitTimedOut
