@@ -38,10 +38,13 @@ def tansu_binary() -> str:
 class EmbeddedBroker:
     """One Tansu process on loopback with in-memory storage. Use as a context manager or start()/stop()."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_path: Path | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_path: Path | None = None,
+                 threads: int = 0) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        #: Its async runtime's worker threads (0: its own default, one per core).
+        self.threads = threads
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,7 +68,7 @@ class EmbeddedBroker:
                 self.process = subprocess.Popen(
                     [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                      "--storage-engine", "memory://tansu/"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self._env(),
                     start_new_session=True,  # Ctrl-C reaches us, not the broker: we stop it last
                     preexec_fn=die_with_parent,
                 )
@@ -79,6 +82,14 @@ class EmbeddedBroker:
             self.stop()
             self.port = 0
         raise BrokerError(f"embedded broker did not start ({last_error}); log: {self.log_path}")
+
+    def _env(self) -> dict[str, str]:
+        """The broker's environment: ours, with its runtime's threads set (tokio reads ``TOKIO_WORKER_THREADS``;
+        an empty value makes it fail to start, so an inherited one is dropped unless set here)."""
+        env = {k: v for k, v in os.environ.items() if k != "TOKIO_WORKER_THREADS"}
+        if self.threads:
+            env["TOKIO_WORKER_THREADS"] = str(self.threads)
+        return env
 
     def _await_listening(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

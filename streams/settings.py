@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     #: Loopback address and port of the embedded broker; port 0 picks a free one.
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 0
+    #: Threads the embedded broker serves requests on (its async runtime's workers; 0: one per core, its own
+    #: default). Every request wakes one of them from another: on a small machine that cross-thread wake-up was a
+    #: good part of the broker's CPU, and one thread serves a pipeline's few connections without it.
+    embedded_threads: int = Field(default=1, ge=0)
     #: Prefix of every topic name, so several pipelines (or tests) can share one broker.
     topic_prefix: str = "damflow."
     #: Partitions per topic. One worker's parallelism comes from its agents' concurrency, not from partitions;

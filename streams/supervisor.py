@@ -116,7 +116,8 @@ class Stack:
         if s.embedded:
             run_dir = s.runtime_file.parent
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.broker = EmbeddedBroker(s.embedded_host, s.embedded_port, log_path=run_dir / "broker.log")
+            self.broker = EmbeddedBroker(s.embedded_host, s.embedded_port, log_path=run_dir / "broker.log",
+                                         threads=s.embedded_threads)
             self.bootstrap = await asyncio.to_thread(self.broker.start)
             lower_priority(s.service_nice, self.broker.pid)  # type: ignore[arg-type]
             record_runtime(s, self.bootstrap)

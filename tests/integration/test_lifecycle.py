@@ -56,6 +56,24 @@ def test_embedded_broker_listens_on_loopback_and_stops(tmp_path: Path) -> None:
         socket.create_connection((host, int(port)), timeout=1).close()
 
 
+def test_the_embedded_broker_serves_on_the_threads_it_is_given_whatever_it_inherits(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    monkeypatch.setenv("TOKIO_WORKER_THREADS", "")  # inherited empty, its runtime refused to start
+    threads_seen = {}
+    for threads in (1, 0):  # one; its own default (one per core)
+        broker = EmbeddedBroker(log_path=tmp_path / f"b{threads}.log", threads=threads)
+        broker.start()
+        try:
+            environ = Path(f"/proc/{broker.pid}/environ").read_bytes().split(b"\0")
+            told = [e for e in environ if e.startswith(b"TOKIO_WORKER_THREADS=")]
+            assert told == ([b"TOKIO_WORKER_THREADS=1"] if threads else [])
+            threads_seen[threads] = len(os.listdir(f"/proc/{broker.pid}/task"))
+        finally:
+            broker.stop()
+    if len(os.sched_getaffinity(0)) > 1:
+        assert threads_seen[1] < threads_seen[0]
+
+
 def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
     code = (
         "import sys, time; from streams.broker import EmbeddedBroker\n"
