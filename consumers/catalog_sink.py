@@ -97,6 +97,15 @@ class FetchPace:
         set_fetch_pace(consumer, *self.wait_and_min_bytes(now))
 
 
+async def commit_passed_over(consumer: AIOKafkaConsumer) -> None:
+    """Commit the offsets of records that needed nothing written. A commit the broker refuses (the group
+    rebalancing meanwhile, say) is not the sink's failure: those records are read again, and need nothing."""
+    try:
+        await consumer.commit()
+    except KafkaError as exc:
+        log.info("catalog_sink_commit_deferred", error=repr(exc))
+
+
 class CatalogSink:
     """setup / write(batch) / close, as a small sink class (STYLE.md §8)."""
 
@@ -216,8 +225,8 @@ class CatalogSink:
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                     if not batches:
                         if passed_over:  # a quiet moment: their offsets too (read again, they cost nothing)
-                            await consumer.commit()
                             passed_over = False
+                            await commit_passed_over(consumer)
                         continue
                     events, unreadable = self.read_records([r for records in batches.values() for r in records])
                     if not events and not unreadable:

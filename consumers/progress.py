@@ -84,16 +84,36 @@ class ProgressBar:
             self.out.flush()
 
 
+class FollowPace:
+    """How a follower's fetches wait: ``normal_ms``, or ``prompt_ms`` while its batch is expected to finish within
+    ``within_s`` and for twice that after the last event that said so, as the catalog sink does (its
+    ``FetchPace``), so the last event is read without a long wait (on the embedded broker, which answers a
+    fraction of the wait late, a 250 ms wait cost the end about 50 ms). An event that says the end is further
+    off (a file gone to a retry's backoff) sets it back at once: a follower of a batch that stalls near its end
+    does not poll the broker every few milliseconds for as long as it waits."""
+
+    def __init__(self, normal_ms: int, prompt_ms: int, within_s: float) -> None:
+        self.normal_ms, self.prompt_ms, self.within_s = normal_ms, prompt_ms, within_s
+        self.prompt_until = float("-inf")
+        self._set: int | None = None
+
+    def seen(self, event: ProgressEvent, now: float) -> None:
+        self.prompt_until = now + 2 * self.within_s if ending(event, self.within_s) else float("-inf")
+
+    def apply(self, consumer: AIOKafkaConsumer, now: float) -> None:
+        wait = self.prompt_ms if now < self.prompt_until else self.normal_ms
+        if wait != self._set and set_fetch_pace(consumer, wait):
+            self._set = wait
+
+
 async def follow(
     consumer: AIOKafkaConsumer, batch_id: str, *, tier: int = 1, bar: ProgressBar | None = None,
-    timeout: float | None = None, prompt: tuple[int, float] | None = None,
+    timeout: float | None = None, pace: FollowPace | None = None,
 ) -> ProgressEvent:
     """Read ``progress`` until ``batch_id`` is finished in ``tier``; return its last ``ProgressEvent``.
 
     ``consumer`` must already be positioned (see :func:`streams.kafka.tail`) before the batch was published.
-    ``prompt``, (fetch wait in ms, seconds): once the batch is expected to finish within those seconds, the
-    consumer's fetches wait that long at most, so its last event is read without a long fetch wait (on the
-    embedded broker, which answers a fraction of the wait late, a 250 ms wait cost the end about 50 ms).
+    ``pace``: the consumer's fetches go prompt while the batch is about to finish (see :class:`FollowPace`).
     Raises :class:`BrokerError` once the broker has not answered for ``BROKER_GONE_S`` (the batch goes on where
     it is, if the broker comes back).
     """
@@ -102,6 +122,8 @@ async def follow(
     async def loop() -> ProgressEvent:
         answered = probed = clock()
         while True:
+            if pace is not None:
+                pace.apply(consumer, clock())
             batches = await consumer.getmany(timeout_ms=500)
             if batches:
                 answered = clock()
@@ -129,8 +151,8 @@ async def follow(
                         bar.update(event)
                     if finished(event):
                         return event
-                    if prompt is not None and ending(event, prompt[1]):
-                        set_fetch_pace(consumer, prompt[0])
+                    if pace is not None:
+                        pace.seen(event, clock())
 
     try:
         return await asyncio.wait_for(loop(), timeout)

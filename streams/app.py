@@ -267,12 +267,14 @@ class _Topic(faust.Topic):
 
     async def _get_producer(self) -> Any:
         app = self.app
-        if app.in_transaction or not getattr(app, "producer_ready", False):
+        producer = app.producer
+        # (a producer restarted since, or stopping, goes faust's way again: mode clears its started flag)
+        if app.in_transaction or not getattr(app, "producer_ready", False) or not producer._started.is_set() \
+                or producer.should_stop:
             producer = await app.maybe_start_producer()
             if not app.in_transaction:
                 app.producer_ready = True
-            return producer
-        return app.producer
+        return producer
 
 
 class DamflowApp(faust.App):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumers.progress import ProgressBar, follow
+from consumers.progress import FollowPace, ProgressBar, follow
 from schemas import AssetBrowsable, AssetFailed, ProgressEvent, decode, new_id, now
 from streams.errors import BrokerError, DamflowError, SchemaError, WaitTimedOut
 from streams.express import ExpressClient, ExpressRequest
@@ -63,9 +63,10 @@ async def ingest_folder(
             watcher = await stack.enter_async_context(
                 tail(bootstrap, topics.progress, settings, fetch_max_wait_ms=settings.sink_fetch_max_wait_ms)
             )
-            prompt = settings.sink_prompt_fetch_max_wait_ms, settings.sink_prompt_eta_s
+            pace = FollowPace(settings.sink_fetch_max_wait_ms, settings.sink_prompt_fetch_max_wait_ms,
+                              settings.sink_prompt_eta_s)
             follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout,
-                                                  prompt=prompt))
+                                                  pace=pace))
         prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
         scanning = asyncio.create_task(scan(settings, topics, bootstrap, prod, folder, lane=lane,
                                             batch_id=batch_id))

@@ -175,3 +175,21 @@ def test_a_file_dated_after_2262_becomes_browsable_and_its_batch_finishes(catalo
     assert catalog.location("/r/a.png") == (1500, future, A1)
     [tier1] = [p for p in progress if p.tier == 1]
     assert (tier1.done, tier1.in_flight, tier1.total_final) == (1, 0, True)
+
+
+async def test_a_refused_commit_of_records_that_needed_no_write_does_not_stop_the_sink() -> None:
+    # the commit at a quiet moment may meet a rebalance: it stopped the sink, which had nothing to lose
+    from aiokafka.errors import CommitFailedError
+
+    from consumers.catalog_sink import commit_passed_over
+
+    class Refusing:
+        commits = 0
+
+        async def commit(self) -> None:
+            self.commits += 1
+            raise CommitFailedError("the group rebalanced")
+
+    consumer = Refusing()
+    await commit_passed_over(consumer)  # type: ignore[arg-type]
+    assert consumer.commits == 1

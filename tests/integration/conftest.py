@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    with EmbeddedBroker(log_path=log) as b:
+    # as `damflow up` runs it (Settings.embedded_threads)
+    with EmbeddedBroker(log_path=log, threads=Settings().embedded_threads) as b:
         yield b.bootstrap
 
 

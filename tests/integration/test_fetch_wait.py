@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.catalog_sink import FetchPace
-from consumers.progress import follow
+from consumers.progress import FollowPace, follow
 from schemas import ProgressEvent, encode, new_id
 from streams.fetch_wait import QuietFetchWait
 from streams.kafka import ensure_topics, tail
@@ -130,7 +130,7 @@ async def test_the_catalog_sinks_pace_sets_the_requests_it_sends(broker: str, tm
         await consumer.stop()
 
 
-async def test_a_follower_fetches_promptly_once_its_batch_is_about_to_finish(broker: str, tmp_path) -> None:
+async def test_a_follower_fetches_promptly_only_while_its_batch_is_about_to_finish(broker: str, tmp_path) -> None:
     topic = f"test.followpace.{new_id()[:8]}"
     await ensure_topics(broker, [topic], partitions=1)
     settings = Settings(data_dir=tmp_path, fetch_max_wait_ms=IDLE_MS)
@@ -140,7 +140,7 @@ async def test_a_follower_fetches_promptly_once_its_batch_is_about_to_finish(bro
     try:
         async with tail(broker, topic, settings) as consumer:
             sent = SentWaits(consumer._fetcher)
-            following = asyncio.create_task(follow(consumer, "b", prompt=(BUSY_MS, 1.0)))
+            following = asyncio.create_task(follow(consumer, "b", pace=FollowPace(IDLE_MS, BUSY_MS, 1.0)))
             # one fetch at a time: once one is sent through the recorder, none sent before it is still out
             await asyncio.wait_for(sent.next_request(), 10)
 
@@ -161,6 +161,9 @@ async def test_a_follower_fetches_promptly_once_its_batch_is_about_to_finish(bro
             # about to finish: the next request is prompt
             index = await publish(done=9, eta_s=0.2)
             assert await asyncio.wait_for(sent.next_with(BUSY_MS, since=index + 1), 10) == index + 1
+            # the last file gone to a retry's backoff: long again at once, not prompt for as long as it waits
+            index = await publish(done=9, eta_s=60.0)
+            assert await asyncio.wait_for(sent.next_with(IDLE_MS, since=index + 1), 10) == index + 1
             # and the last event ends the follow
             await producer.send_and_wait(topic, encode(ProgressEvent(batch_id="b", tier=1, known_total=10,
                                                                      total_final=True, done=10, at=2.0)), key=b"b")

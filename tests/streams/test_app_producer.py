@@ -17,6 +17,7 @@ async def test_a_send_takes_no_turn_of_the_event_loop_once_the_producer_has_answ
     async def maybe_start_producer():  # faust's (a mode stampede) turns the loop even when the producer runs
         asked.append(True)
         await asyncio.sleep(0)
+        app.producer._started.set()  # started (here, only said to be)
         return app.producer
 
     app.maybe_start_producer = maybe_start_producer
@@ -27,3 +28,6 @@ async def test_a_send_takes_no_turn_of_the_event_loop_once_the_producer_has_answ
         assert await topic._get_producer() is app.producer
     assert not turned  # nothing else ran in between: a chunk's sends all reach the producer before it sends
     assert asked == [True]
+    app.producer._started.clear()  # restarted (mode clears the flag): faust's way again, which starts it
+    assert await topic._get_producer() is app.producer
+    assert asked == [True, True]
