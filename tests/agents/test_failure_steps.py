@@ -69,6 +69,28 @@ async def test_an_attempt_that_cannot_be_read_counts_as_the_next_step_of_its_cha
     assert (letter.attempts, letter.first_failure_at) == (2, 1000.0)
 
 
+class _AssetsRefused(_Topic):
+    """Refuses what is sent to ``assets`` while ``refusing[0]``: the broker away for now."""
+
+    def __init__(self, sent: list, name: str, refusing: list[bool]) -> None:
+        super().__init__(sent, name)
+        self.refusing = refusing
+
+    async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
+        done = await super().send(key, value, headers)
+        if self.refusing[0] and self.name.endswith("assets"):
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_exception(ConnectionError("broker away"))
+            return refused
+        return done
+
+
+def _handler_refusing_assets(sent: list, refusing: list[bool]) -> handling.EventHandler:
+    app = types.SimpleNamespace(topic=lambda name: _AssetsRefused(sent, name, refusing),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    return handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+
+
 async def test_a_result_that_cannot_be_published_after_its_express_caller_was_answered_is_done_again() -> None:
     # the caller was told browsable: recording a failure now would dead-letter a file it was told is browsable
     # (and the record's fetched copy, which waits for the ledger's outcome, would commit that failure)
@@ -76,19 +98,7 @@ async def test_a_result_that_cannot_be_published_after_its_express_caller_was_an
 
     sent: list = []
     broker_away = [True]
-
-    class _Flaky(_Topic):
-        async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
-            done = await super().send(key, value, headers)
-            if broker_away[0] and self.name.endswith("assets"):
-                failed = asyncio.get_running_loop().create_future()
-                failed.set_exception(ConnectionError("broker away"))
-                return failed
-            return done
-
-    app = types.SimpleNamespace(topic=lambda name: _Flaky(sent, name),
-                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
-    handler = handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+    handler = _handler_refusing_assets(sent, broker_away)
     record = FileDiscovered(event_id="e1", batch_id="u1", lane="interactive", source="upload", path="/o/a.png",
                             size=9, mtime_ns=1, discovered_at=1.0)
     worked = []
@@ -119,19 +129,7 @@ async def test_results_the_broker_refuses_for_now_are_raised_for_a_redo_and_the_
     # file; the same error raised by the work itself still is the file's failure, classified as before
     sent: list = []
     refuse = [True]
-
-    class _Refusing(_Topic):
-        async def send(self, key=None, value=None, headers=None) -> asyncio.Future:
-            done = await super().send(key, value, headers)
-            if refuse[0] and self.name.endswith("assets"):
-                refused = asyncio.get_running_loop().create_future()
-                refused.set_exception(ConnectionError("broker away"))
-                return refused
-            return done
-
-    app = types.SimpleNamespace(topic=lambda name: _Refusing(sent, name),
-                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
-    handler = handling.EventHandler(app, Topics("t."), Settings(), tier=1)
+    handler = _handler_refusing_assets(sent, refuse)
     record = FileDiscovered(event_id="e1", batch_id="b1", lane="batch", source="scan", path="/pics/a.png", size=9,
                             mtime_ns=1, discovered_at=1.0)
 
