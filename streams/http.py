@@ -272,7 +272,8 @@ def _check_origin(request: web.Request, settings: Settings) -> None:
     if origin is None:
         return
     own = f"{request.scheme}://{request.host}"
-    if _origin_key(origin) is None or _origin_key(origin) != _origin_key(own):
+    key = _origin_key(origin)
+    if key is None or key != _origin_key(own):
         raise Forbidden(f"an upload from a page of another origin ({origin}) is refused: this server is {own}. "
                         "Upload from a client that sends no Origin, or set DAMFLOW_UPLOAD_TOKEN and send it")
 
