@@ -263,6 +263,12 @@ async def scan(
         log.info("scan_resumed", batch_id=batch_id, lag=behind)
         await report()
 
+    async def close() -> None:
+        """Close the batch: its files all delivered, then its final count (``complete``), delivered too."""
+        await delivered()
+        await report(complete=True)
+        await delivered()
+
     async def close_stopped() -> None:
         """A scan stopped part-way (cancelled: ``ingest --wait`` timed out, Ctrl-C) closes its batch with the files
         the broker took so far, so its progress can finish rather than wait for a total that never comes; the
@@ -270,9 +276,7 @@ async def scan(
         skipped as unchanged). Bounded by ``CLOSE_PATIENCE_S``: a broker that is gone leaves the batch open."""
         try:
             async with asyncio.timeout(CLOSE_PATIENCE_S):
-                await delivered()
-                await report(complete=True)
-                await delivered()
+                await close()
         except (BrokerError, KafkaError, OSError, TimeoutError) as exc:
             log.warning("scan_stopped_unclosed", batch_id=batch_id, found=found, error=repr(exc))
         else:
@@ -319,9 +323,7 @@ async def scan(
                 if found % settings.scan_lag_every == 0:
                     await delivered()
                     await backpressure(probe)
-        await delivered()
-        await report(complete=True)
-        await delivered()
+        await close()
     except asyncio.CancelledError:
         await close_stopped()
         raise
