@@ -116,6 +116,16 @@ class Letter:
         }
 
 
+#: The ledger's rows of one letter (``_its_rows``). A row from before fingerprints (fingerprint '') is the letter's
+#: only if it was taken after the letter was written: a newer letter at the same offset is another (the broker
+#: restarted meanwhile).
+_ITS_ROWS = "topic=? AND partition=? AND offset=? AND (fingerprint=? OR (fingerprint='' AND at >= ?))"
+
+
+def _its_rows(letter: Letter) -> tuple:
+    return letter.topic, letter.partition, letter.offset, letter.fingerprint, letter.timestamp_ms / 1000
+
+
 class Ledger:
     """What was done to which letter. Several CLI runs may hold it at once: each write is one short transaction, and
     a replay claims each letter (:meth:`claim`) before sending it, so that only one of them sends it."""
@@ -154,12 +164,8 @@ class Ledger:
 
     def annotate(self, letters: Iterable[Letter]) -> None:
         for letter in letters:
-            # a row from before fingerprints (fingerprint '') is this letter's only if it was taken after the
-            # letter was written: a newer letter at the same offset is another (the broker restarted meanwhile)
             rows = self.db.execute(
-                "SELECT action, at, detail FROM letter_actions WHERE topic=? AND partition=? AND offset=?"
-                " AND (fingerprint=? OR (fingerprint='' AND at >= ?)) ORDER BY at",
-                (letter.topic, letter.partition, letter.offset, letter.fingerprint, letter.timestamp_ms / 1000),
+                f"SELECT action, at, detail FROM letter_actions WHERE {_ITS_ROWS} ORDER BY at", _its_rows(letter),
             ).fetchall()
             letter.history = [{"action": a, "at": at, "detail": d} for a, at, d in rows]
             actions = {a for a, _, _ in rows}
@@ -182,8 +188,7 @@ class Ledger:
         key = (letter.topic, letter.partition, letter.offset, letter.fingerprint)
         with self._writing():
             if self.db.execute(
-                "SELECT 1 FROM letter_actions WHERE topic=? AND partition=? AND offset=? AND action='replayed'"
-                " AND (fingerprint=? OR (fingerprint='' AND at >= ?))", (*key, letter.timestamp_ms / 1000),
+                f"SELECT 1 FROM letter_actions WHERE {_ITS_ROWS} AND action='replayed'", _its_rows(letter),
             ).fetchone():
                 return "already replayed"
             held = self.db.execute("SELECT at FROM letter_claims WHERE topic=? AND partition=? AND offset=?"
@@ -197,18 +202,16 @@ class Ledger:
         return None
 
     def release(self, letter: Letter) -> None:
-        """Give up this run's claim on ``letter``, not sent: the next replay may take it at once."""
+        """End this run's claim on ``letter``: given up unsent (the next replay may take it at once), or sent and
+        recorded (:meth:`replayed`)."""
         self.db.execute("DELETE FROM letter_claims WHERE topic=? AND partition=? AND offset=? AND fingerprint=?",
                         (letter.topic, letter.partition, letter.offset, letter.fingerprint))
 
     def replayed(self, letter: Letter, detail: str) -> None:
         """Record ``letter`` as replayed and end this run's claim on it, together: no other run can take it between."""
-        key = (letter.topic, letter.partition, letter.offset, letter.fingerprint)
         with self._writing():
-            self.db.execute("INSERT OR IGNORE INTO letter_actions VALUES (?, ?, ?, ?, 'replayed', ?, ?)",
-                            (*key, now(), detail))
-            self.db.execute("DELETE FROM letter_claims WHERE topic=? AND partition=? AND offset=? AND fingerprint=?",
-                            key)
+            self.record(letter, "replayed", detail)
+            self.release(letter)
 
     def close(self) -> None:
         self.db.close()
