@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.rss import cpu_seconds  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka import ensure_topics  # noqa: E402
-from streams.settings import Settings  # noqa: E402
 
 
 def broker_cpu(pid: int) -> float:
@@ -120,7 +119,7 @@ async def main() -> None:
     args = ap.parse_args()
     waits = [int(w) for w in args.waits.split(",")]
     steps = [int(h) for h in args.history.split(",")] if args.history else []
-    with EmbeddedBroker(threads=Settings().embedded_threads) as broker:  # as `damflow up` runs it
+    with EmbeddedBroker() as broker:  # as `damflow up` runs it
         pid = broker.pid
         assert pid is not None
         await ensure_topics(broker.bootstrap, ["idle", "trip"], 1)

@@ -192,7 +192,7 @@ def main() -> None:
         logs.configure(settings.log_level, settings.log_format)
         (run_bare if args.side == "bare" else run_damflow)(args.bootstrap, settings, args.events, args.group)
         return
-    with tempfile.TemporaryDirectory(prefix="damflow-tax-") as data_dir, EmbeddedBroker(threads=Settings().embedded_threads) as broker:
+    with tempfile.TemporaryDirectory(prefix="damflow-tax-") as data_dir, EmbeddedBroker() as broker:
         settings = Settings(data_dir=data_dir)
         topics = topics_for(settings)
         asyncio.run(ensure_topics(broker.bootstrap, topics.all(), settings.partitions))

@@ -39,12 +39,13 @@ class EmbeddedBroker:
     """One Tansu process on loopback with in-memory storage. Use as a context manager or start()/stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_path: Path | None = None,
-                 threads: int = 0) -> None:
+                 threads: int | None = None) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
-        #: Its async runtime's worker threads (0: its own default, one per core).
-        self.threads = threads
+        #: Its async runtime's worker threads (0: its own default, one per core; unsaid: as ``damflow up`` runs it,
+        #: ``Settings.embedded_threads``).
+        self.threads = Settings().embedded_threads if threads is None else threads
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    # as `damflow up` runs it (Settings.embedded_threads)
-    with EmbeddedBroker(log_path=log, threads=Settings().embedded_threads) as b:
+    with EmbeddedBroker(log_path=log) as b:
         yield b.bootstrap
 
 

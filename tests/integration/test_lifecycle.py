@@ -19,6 +19,7 @@ from bench.rss import children  # the same /proc walk the benchmarks use
 from streams.broker import EmbeddedBroker
 from streams.errors import BrokerError
 from streams.ingest import ingest_folder
+from streams.settings import Settings
 from streams.supervisor import Stack
 from tests.images import make_png
 from tests.integration.conftest import wait_until
@@ -72,6 +73,7 @@ def test_the_embedded_broker_serves_on_the_threads_it_is_given_whatever_it_inher
             broker.stop()
     if len(os.sched_getaffinity(0)) > 1:
         assert threads_seen[1] < threads_seen[0]
+    assert EmbeddedBroker().threads == Settings().embedded_threads  # unsaid: as `damflow up` runs it
 
 
 def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
