@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import signal
 import sqlite3
 import sys
@@ -438,7 +439,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         logs.configure(settings.log_level, settings.log_format)
-        return args.fn(args, settings)
+        code = args.fn(args, settings)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not as a message at the interpreter's exit
+        return code
+    except BrokenPipeError as exc:
+        if not _stdout_gone():  # a pipe of its own (a child's, a socket's) that broke: a failure as any other
+            print(f"damflow {args.command}: {exc}", file=sys.stderr)
+            return 2
+        _drop_stdout()  # the reader stopped reading (`| head`): nothing to say to it, as `git log | head`
+        return 128 + signal.SIGPIPE
     except DamflowError as exc:
         print(f"damflow {args.command}: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, TimeoutError) else 2  # a wait that ran out (WaitTimedOut) exits as any timeout
@@ -457,6 +466,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll reports an error or hang-up on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):  # no stdout, or one that has no descriptor
+        return False
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush of what is still buffered raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

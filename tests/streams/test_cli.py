@@ -59,3 +59,21 @@ def test_an_upload_the_broker_failed_part_way_prints_every_row_and_exits_as_a_fa
     assert published == f"{'ab' * 32}  {shown}"
     assert lost == f"{'cd' * 32}  {shown}.2  NOT PUBLISHED: the broker did not take it: KafkaConnectionError()"
     assert done.stderr.decode().strip().splitlines()[-1].endswith("failed: 1 file(s) not published")
+
+
+def test_a_report_to_a_reader_that_stopped_reading_ends_quietly(tmp_path: Path) -> None:
+    """`damflow status | head -1`: the pipe's reader gone, the command says nothing about it (no "Broken pipe"
+    line, no "Exception ignored" at the interpreter's exit) and exits as a process killed by SIGPIPE would."""
+    from consumers.catalog import Catalog
+
+    Catalog(tmp_path / "data" / "catalog.sqlite").close()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before a byte is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "streams.cli", "status"], stdout=write, stderr=subprocess.PIPE,
+                              env=dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data")),
+                              cwd=Path(__file__).parents[2], timeout=60)
+    finally:
+        os.close(write)
+    assert done.stderr == b""
+    assert done.returncode == 128 + 13  # SIGPIPE
