@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 # `damflow upload NAME NAME.2` with upload_files stood in for: argv[1] is the name as bytes (hex), argv[2] what
 # became of the second file
 _UPLOAD = """
@@ -77,3 +79,15 @@ def test_a_report_to_a_reader_that_stopped_reading_ends_quietly(tmp_path: Path) 
         os.close(write)
     assert done.stderr == b""
     assert done.returncode == 128 + 13  # SIGPIPE
+
+
+@pytest.mark.parametrize("limit", ["-3", "0", "x"])
+def test_reprocess_refuses_a_limit_that_is_not_a_count_of_assets(limit: str, capsys) -> None:
+    """`--limit -3` went to SQLite as LIMIT -3, which means no limit: every asset was sent to tier 2 again."""
+    from streams.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["reprocess", "--tier", "2", "--all", "--limit", limit])
+    assert exit_.value.code == 2
+    assert "--limit" in capsys.readouterr().err
+    assert build_parser().parse_args(["reprocess", "--limit", "5"]).limit == 5
