@@ -750,7 +750,8 @@ class Catalog:
         return None if row is None else (row[0], mtime_from_db(row[1]), row[2])
 
     def asset(self, ref: str) -> dict[str, Any] | None:
-        """One asset as JSON-able data, by path, full id or unique id prefix (≥ 6 hex chars).
+        """One asset as JSON-able data, by path (a location, or a file that failed after it was hashed), full id
+        or unique id prefix (≥ 6 hex chars).
 
         Raises :class:`AmbiguousId` for a prefix matching several assets or shorter than 6 characters.
         Shape: ``asset_id, size, format, width, height, thumbnails {name: relative path}, first_seen_at,
@@ -798,6 +799,9 @@ class Catalog:
         except UnicodeEncodeError:  # a path that is not UTF-8, as Python keeps it: no asset is stored under it
             return None
         row = self._db.execute("SELECT asset_id FROM locations WHERE path = ?", (ref,)).fetchone()
+        if row is None:  # a file that failed once hashed is no location, but its failure names the asset
+            row = self._db.execute("SELECT asset_id FROM failures WHERE path = ? AND asset_id IS NOT NULL "
+                                   "ORDER BY failed_at DESC LIMIT 1", (ref,)).fetchone()
         if row is not None:
             return row[0]
         ref = ref.lower()

@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_at_least_one, default=None, help="at most this many assets")
     p.add_argument("--dry-run", action="store_true", help="say how many would go, send nothing")
     p = add("show", cmd_show, "one asset: locations, per-tier state, thumbnails", json_flag=True)
-    p.add_argument("id", help="asset id (or a unique prefix of at least 6 characters)")
+    p.add_argument("id", help="asset id, a unique prefix of at least 6 characters, or a file's path")
     p = add("dlq", cmd_dlq, "dead letters: list, show, replay or purge what failed")
     dsub = p.add_subparsers(dest="action", required=True)
     for action, help_ in (("list", "letters not yet replayed or purged"), ("show", "full envelopes of IDs"),

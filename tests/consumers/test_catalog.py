@@ -321,6 +321,16 @@ def test_failure_with_asset_id_makes_a_stub_and_without_records_the_path(catalog
     assert catalog.asset(f"{ROOT}/y.png") is None  # no asset behind a path that never hashed
 
 
+def test_a_file_that_failed_once_hashed_is_shown_by_its_path(catalog: Catalog) -> None:
+    # `damflow show broken/truncated.png` said "no asset" for a dead-lettered file the catalog holds by id
+    catalog.apply([failed("e1", f"{ROOT}/x.png", asset_id=A2, reason="bad crc", at=T0 + 20),
+                   browsable("e2", f"{ROOT}/a.png", at=T0 + 30),
+                   failed("e3", f"{ROOT}/a.png", asset_id=A2, at=T0 + 10, batch="b0")])  # since a location
+    assert catalog.asset(f"{ROOT}/x.png")["asset_id"] == A2
+    assert [f["reason"] for f in catalog.asset(f"{ROOT}/x.png")["failures"]][-1] == "bad crc"
+    assert catalog.asset(f"{ROOT}/a.png")["asset_id"] == A1  # what the path holds now comes first
+
+
 def test_retry_that_succeeds_is_done_and_a_late_failure_does_not_undo_it(catalog: Catalog) -> None:
     path = f"{ROOT}/a.png"
     catalog.apply([failed("e1", path, outcome="retrying", at=T0 + 5, asset_id=A1)])
