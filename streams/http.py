@@ -245,7 +245,9 @@ async def _receive(request: web.Request, settings: Settings, spools: list[Spool]
             spool.write(chunk)
         spool.finish()
     else:
-        raise NotAnImage(f"send multipart/form-data or an image body, not {ctype}")
+        # curl --data-binary sends application/x-www-form-urlencoded unless told: say what to send instead
+        raise NotAnImage(f"a raw body is taken as image/* or application/octet-stream, not {ctype} (with curl: "
+                         "-H 'Content-Type: image/png'); or send multipart/form-data `file` fields")
 
 
 def _check_token(request: web.Request, settings: Settings) -> None:

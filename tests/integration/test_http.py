@@ -291,6 +291,19 @@ async def test_what_is_not_an_image_is_415(bare: Callable, tmp_path: Path) -> No
         assert leftovers(http.settings) == []
 
 
+async def test_a_raw_image_sent_as_curl_sends_it_by_default_is_told_what_to_send(bare: Callable, tmp_path: Path) -> None:
+    # `curl --data-binary @a.png URL` declares application/x-www-form-urlencoded: the answer said "send
+    # multipart/form-data or an image body", which is what the client had sent
+    png = make_png(tmp_path / "a.png", size=(20, 20)).read_bytes()
+    async with bare() as http:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post("/upload", data=png, headers=headers) as resp:
+            assert resp.status == 415
+            error = (await resp.json())["error"]
+        assert "image/*" in error and "application/octet-stream" in error and "Content-Type: image/png" in error
+        assert leftovers(http.settings) == []
+
+
 async def test_bad_requests_are_400(bare: Callable, tmp_path: Path) -> None:
     png = make_png(tmp_path / "a.png", size=(20, 20)).read_bytes()
     async with bare() as http:
