@@ -17,6 +17,33 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
 #: Libraries that chat at INFO; kept one step quieter than ours.
 #: ("streams.app" is where faust's service logs land for our App/transport subclasses.)
 _NOISY = ("faust", "mode", "aiokafka", "kafka", "streams.app")
+#: A library line the same as one written less than this long ago is dropped: a broker gone makes aiokafka
+#: write the same few errors dozens of times a second (800 lines before `ingest --wait` gave up after 20 s).
+REPEAT_WINDOW_S = 10.0
+
+
+class _LibraryRepeats(logging.Filter):
+    """Drops a library's line (a logger under :data:`_NOISY`) that repeats one of its lines written within
+    :data:`REPEAT_WINDOW_S`; a line of damflow's own always goes."""
+
+    _MAX_KEPT = 1000  # lines remembered: a flood of distinct lines is not held in memory
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._last: dict[tuple[str, int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_NOISY) or not isinstance(record.msg, str):  # ours come as dicts
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        last = self._last.get(key)
+        if last is not None and record.created - last < self._window_s:
+            return False
+        if len(self._last) >= self._MAX_KEPT:
+            self._last.clear()
+        self._last[key] = record.created
+        return True
 
 
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", *, stream=None) -> None:
@@ -53,6 +80,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(_LibraryRepeats())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     lvl = _LEVELS[level]

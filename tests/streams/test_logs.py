@@ -50,3 +50,29 @@ def test_a_line_below_the_level_is_dropped_before_any_processing(configured) -> 
     assert seen == [] and configured.getvalue() == ""
     log.info("import_started")
     assert seen == ["info"] and json.loads(configured.getvalue())["event"] == "import_started"
+
+
+def test_a_library_line_repeated_within_the_window_is_written_once(configured) -> None:
+    # a broker gone: aiokafka wrote the same errors ~40 times a second, 800 lines before `ingest --wait`'s reason
+    kafka = logging.getLogger("aiokafka")
+    for _ in range(50):
+        kafka.error("Unable connect to node with id %s", 111)
+        kafka.error("Unable to update metadata from [%s]", 111)
+    for _ in range(3):
+        logs.get("damflow.test.repeats").warning("broker_unreachable")  # damflow's own lines all go
+    events = [json.loads(line)["event"] for line in configured.getvalue().splitlines()]
+    assert events == ["Unable connect to node with id 111", "Unable to update metadata from [111]",
+                      *["broker_unreachable"] * 3]
+
+
+def test_a_repeated_library_line_goes_again_once_the_window_has_passed() -> None:
+    repeats = logs._LibraryRepeats(window_s=10.0)
+
+    def record(at: float, msg: str = "Unable to update metadata") -> logging.LogRecord:
+        rec = logging.LogRecord("aiokafka.consumer", logging.ERROR, __file__, 1, msg, None, None)
+        rec.created = at
+        return rec
+
+    assert [repeats.filter(record(t)) for t in (0.0, 5.0, 9.9, 10.0, 12.0, 20.5)] == [
+        True, False, False, True, False, True]
+    assert repeats.filter(record(12.0, "another line"))
