@@ -64,6 +64,8 @@ TIERS = tuple(DONE_NAMES)
 MIN_PREFIX = 6
 
 DONE, RETRYING, FAILED, DEAD_LETTERED = "done", "retrying", "failed", "dead_lettered"
+#: ``status()``'s count, per tier after the first, of assets an earlier tier's failure keeps from it
+FAILED_EARLIER = "failed_earlier"
 _HEX = re.compile(r"[0-9a-f]+")
 
 _SCHEMA = """
@@ -879,13 +881,16 @@ class Catalog:
         batches: [{batch_id, lane, root, scan_complete, scanned_total, skipped_unchanged, skipped_other,
         started_at, updated_at, tiers: {"tier1": {known_total, total_final, done, failed, retrying,
         dead_lettered, in_flight, rate, eta_s, at}, …}}]}`` — batches newest first, at most ``limit``; a batch
-        lists tier 1 and every later tier it has outcomes for.
+        lists tier 1 and every later tier it has outcomes for. A tier after the first counts as ``failed_earlier``,
+        not pending, an asset that an earlier tier's failure keeps from it.
         """
         now = time.time() if now is None else now
         counts = self.counts()
         states: dict[int, Counter[str]] = {t: Counter() for t in TIERS}
         for tier, state, n in self._db.execute("SELECT tier, state, COUNT(*) FROM asset_tiers GROUP BY tier, state"):
             states.setdefault(tier, Counter())[_shown_state(tier, state)] = n
+        for tier, n in self._failed_earlier().items():  # never to come to this tier: not pending
+            states.setdefault(tier, Counter())[FAILED_EARLIER] = n
         asset_states = {}
         for tier, counter in sorted(states.items()):
             asset_states[f"tier{tier}"] = {**counter, "pending": counts["assets"] - sum(counter.values())}
@@ -900,6 +905,19 @@ class Catalog:
         return {"at": now, "assets": counts["assets"], "locations": counts["locations"],
                 "batch_count": counts["batches"], "held_events": counts["held_events"],
                 "asset_states": asset_states, "batches": batches}
+
+    def _failed_earlier(self) -> dict[int, int]:
+        """Per tier after the first: assets with no state in it whose earlier tier failed for good (failed or
+        dead-lettered), so that none of its work is on its way (a replay of the failure may send it)."""
+        out = {}
+        for tier in TIERS[1:]:
+            (n,) = self._db.execute(
+                "SELECT COUNT(DISTINCT p.asset_id) FROM asset_tiers p WHERE p.tier < ? AND p.state IN (?, ?) "
+                "AND NOT EXISTS (SELECT 1 FROM asset_tiers t WHERE t.asset_id = p.asset_id AND t.tier = ?)",
+                (tier, FAILED, DEAD_LETTERED, tier)).fetchone()
+            if n:
+                out[tier] = n
+        return out
 
     def counts(self) -> dict[str, int]:
         """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done, ``indexed`` assets with

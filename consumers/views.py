@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 #: Order of asset states in the summary: the good news first, what needs a person last.
-_STATE_ORDER = ("browsable", "indexed", "enriched", "retrying", "failed", "dead_lettered", "pending")
+_STATE_ORDER = ("browsable", "indexed", "enriched", "retrying", "failed", "dead_lettered", "failed_earlier",
+                "pending")
+#: States whose stored name does not read as prose
+_WORDS = {"failed_earlier": "failed in an earlier tier"}
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -62,7 +65,11 @@ def render_asset(asset: dict[str, Any]) -> str:
     if asset["size"] is not None:
         lines.append(f"image       {asset['format']} {asset['width']}×{asset['height']}, {_bytes(asset['size'])}")
     tiers = sorted(k for k in asset if k.startswith("tier") and k.endswith("_state"))
-    states = [f"{k.removeprefix('tier').removesuffix('_state')} {_word(asset[k] or 'pending')}" for k in tiers]
+    states, stopped = [], False
+    for k in tiers:  # a tier after one that failed is not pending: nothing is on its way to it
+        states.append(f"{k.removeprefix('tier').removesuffix('_state')} "
+                      f"{_word(asset[k] or ('not reached' if stopped else 'pending'))}")
+        stopped = stopped or asset[k] in ("failed", "dead_lettered")
     lines.append("tiers       " + " · ".join(states))
     seen = f"first seen {_when(asset['first_seen_at'])}"
     if asset["browsable_at"] is not None:
@@ -139,7 +146,7 @@ def _number(value: float) -> str:
 
 def _word(state: str) -> str:
     """A stored state as prose: ``dead_lettered`` reads ``dead-lettered``."""
-    return state.replace("_", "-")
+    return _WORDS.get(state) or state.replace("_", "-")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -46,7 +46,7 @@ def test_status_table_shows_each_batch_and_tier(catalog: Catalog) -> None:
     assert lines[0] == "assets: 1 (1 locations)"
     assert lines[1] == "  tier 1: 1 browsable · 0 pending"
     assert lines[2] == "  tier 2: 1 dead-lettered · 0 pending"
-    assert "tier 3" not in text  # nothing to say about it
+    assert lines[3] == "  tier 3: 1 failed in an earlier tier · 0 pending"  # tier 2's failure keeps it out
     assert "batches (2 of 2, newest first):" in text
     header = next(line for line in lines if "BATCH" in line).split()
     assert header[:5] == ["BATCH", "LANE", "TIER", "DONE", "TOTAL"]
@@ -77,7 +77,7 @@ def test_asset_view_shows_what_a_person_needs(catalog: Catalog) -> None:
     text = render_asset(catalog.asset(A1))
     assert text.splitlines()[0] == f"asset       {A1}"
     assert "PNG 1024×768, 1.5 KB" in text
-    assert "tiers       1 browsable · 2 failed · 3 pending" in text
+    assert "tiers       1 browsable · 2 failed · 3 not reached" in text
     assert f"thumbs/a1/{A1}.256.webp" in text
     assert "locations (2)" in text
     assert f"  {ROOT}/a.png  (scan, batch b1" in text
@@ -91,7 +91,8 @@ def test_asset_known_only_from_a_failure_renders_without_image_facts(catalog: Ca
     catalog.apply([failed("e1", f"{ROOT}/x.png", asset_id=A2, reason="bad crc")])
     text = render_asset(catalog.asset(A2))
     assert not any(line.startswith("image") for line in text.splitlines())
-    assert "tiers       1 dead-lettered · 2 pending · 3 pending" in text
+    # `show` of the demo's broken/truncated.png said tiers 2 and 3 were pending: nothing will come to them
+    assert "tiers       1 dead-lettered · 2 not reached · 3 not reached" in text
     assert "locations (0)" in text
     assert "bad crc" in text
 
