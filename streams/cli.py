@@ -348,9 +348,13 @@ def render_dlq(rows: list[dict], action: str) -> str:
         return "no dead letters match" if action == "list" else "nothing to do"
     if action != "list":
         return "\n".join(f"{r['id']:12s} {r['result']}" + (f"  {r['path']}" if r.get("path") else "") for r in rows)
-    lines = [f"{'ID':12s} {'TIER':4s} {'ERROR':22s} {'TRIES':5s} {'REPLAYS':7s} PATH / MESSAGE"]
+    # `list --all` mixes in replayed and purged letters: then each row says which it is
+    status = any(r["status"] != "pending" for r in rows)
+    lines = [f"{'ID':12s} {'TIER':4s} " + (f"{'STATUS':8s} " if status else "")
+             + f"{'ERROR':22s} {'TRIES':5s} {'REPLAYS':7s} PATH / MESSAGE"]
     for r in rows:
-        lines.append(f"{r['id']:12s} {r['tier']:<4d} {r['error_class'][:22]:22s} {r['attempts'] or '-'!s:5s} "
+        lines.append(f"{r['id']:12s} {r['tier']:<4d} " + (f"{r['status']:8s} " if status else "")
+                     + f"{r['error_class'][:22]:22s} {r['attempts'] or '-'!s:5s} "
                      f"{r['replay_count'] if r['replay_count'] is not None else '-'!s:7s} "
                      f"{r['path'] or ''}  {(r['message'] or '')[:80]}")
     return "\n".join(lines)

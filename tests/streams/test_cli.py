@@ -91,3 +91,20 @@ def test_reprocess_refuses_a_limit_that_is_not_a_count_of_assets(limit: str, cap
     assert exit_.value.code == 2
     assert "--limit" in capsys.readouterr().err
     assert build_parser().parse_args(["reprocess", "--limit", "5"]).limit == 5
+
+
+def _letter(id_: str, status: str) -> dict:
+    return {"id": id_, "tier": 1, "status": status, "error_class": "CorruptImage", "attempts": 1,
+            "replay_count": 0, "path": f"/data/{id_}.png", "message": "truncated"}
+
+
+def test_dlq_list_all_says_which_letters_were_replayed_or_purged() -> None:
+    # `dlq list --all` showed a replayed letter exactly as a pending one: nothing told them apart
+    from streams.cli import render_dlq
+
+    header, pending, replayed, purged = render_dlq(
+        [_letter("1:0:1", "pending"), _letter("1:0:2", "replayed"), _letter("1:0:3", "purged")], "list").splitlines()
+    assert header.split()[:4] == ["ID", "TIER", "STATUS", "ERROR"]
+    assert [row.split()[2] for row in (pending, replayed, purged)] == ["pending", "replayed", "purged"]
+    header, row = render_dlq([_letter("1:0:1", "pending")], "list").splitlines()  # plain `list`: as before
+    assert header.split()[:3] == ["ID", "TIER", "ERROR"] and row.split()[2] == "CorruptImage"
