@@ -167,6 +167,8 @@ def cmd_retrier(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from streams.ingest import ingest_folder
 
+    if not args.wait and (args.tier is not None or args.timeout is not None):  # else ignored: said, not guessed
+        raise DamflowError("--tier and --timeout say what --wait waits for: give --wait too")
     folder = Path(args.folder)
     if not folder.is_dir():
         raise DamflowError(f"not a directory: {folder}")
@@ -177,7 +179,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     batch_id = new_id()
     try:
         result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
-                                           lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier,
+                                           lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier or 1,
                                            batch_id=batch_id))
     except WaitTimedOut as exc:  # which batch to follow, and whether its scan was stopped short (see ingest_folder)
         print(f"damflow ingest: {exc}", file=sys.stderr)
@@ -389,10 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "scan FOLDER and publish its images as one batch", json_flag=True)
     p.add_argument("folder")
     p.add_argument("--wait", action="store_true", help="show live progress until the batch is browsable")
-    p.add_argument("--tier", type=int, choices=[1, 2, 3], default=1,
-                   help="with --wait: wait for this tier (1 browsable, 2 searchable, 3 enriched)")
+    p.add_argument("--tier", type=int, choices=[1, 2, 3], default=None,
+                   help="with --wait: wait for this tier (1 browsable, the default; 2 searchable, 3 enriched)")
     p.add_argument("--lane", choices=["batch", "interactive"], default="batch")
-    p.add_argument("--timeout", type=_positive, default=None, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=_positive, default=None,
+                   help="with --wait: give up waiting after this many seconds")
     p = add("upload", cmd_upload, "store FILEs and publish them on the interactive lane", json_flag=True)
     p.add_argument("files", nargs="+")
     p.add_argument("--wait", action="store_true", help="return when browsable and print the time it took")

@@ -108,3 +108,13 @@ def test_dlq_list_all_says_which_letters_were_replayed_or_purged() -> None:
     assert [row.split()[2] for row in (pending, replayed, purged)] == ["pending", "replayed", "purged"]
     header, row = render_dlq([_letter("1:0:1", "pending")], "list").splitlines()  # plain `list`: as before
     assert header.split()[:3] == ["ID", "TIER", "ERROR"] and row.split()[2] == "CorruptImage"
+
+
+@pytest.mark.parametrize("extra", [["--tier", "2"], ["--timeout", "5"]])
+def test_ingest_refuses_what_only_a_wait_uses_without_wait(extra: list[str], tmp_path: Path) -> None:
+    # `damflow ingest DIR --tier 2` published the folder and returned at once: the tier asked for was ignored
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "ingest", str(tmp_path), *extra],
+                          env=dict(os.environ, DAMFLOW_DATA_DIR=str(tmp_path / "data")), capture_output=True,
+                          text=True, cwd=Path(__file__).parents[2], timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "damflow ingest: --tier and --timeout say what --wait waits for: give --wait too"
