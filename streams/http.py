@@ -298,8 +298,9 @@ def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]
         timeout = float(request.query.get("timeout", settings.http_wait_timeout_s))
     except ValueError:
         raise Refused("timeout must be a number of seconds") from None
-    if not 0 < timeout <= settings.http_wait_timeout_max_s:
-        raise Refused("timeout out of range")
+    if not 0 < timeout <= settings.http_wait_timeout_max_s:  # what the range is, for a client to mend its call
+        raise Refused(f"timeout must be above 0 and at most {settings.http_wait_timeout_max_s:g} s "
+                      f"(DAMFLOW_HTTP_WAIT_TIMEOUT_MAX_S), not {request.query.get('timeout')}")
     return wait, timeout
 
 

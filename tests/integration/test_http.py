@@ -291,7 +291,7 @@ async def test_what_is_not_an_image_is_415(bare: Callable, tmp_path: Path) -> No
         assert leftovers(http.settings) == []
 
 
-async def test_a_raw_image_sent_as_curl_sends_it_by_default_is_told_what_to_send(bare: Callable, tmp_path: Path) -> None:
+async def test_a_raw_image_sent_as_curl_sends_it_by_default_is_told_what_to_add(bare: Callable, tmp_path: Path) -> None:
     # `curl --data-binary @a.png URL` declares application/x-www-form-urlencoded: the answer said "send
     # multipart/form-data or an image body", which is what the client had sent
     png = make_png(tmp_path / "a.png", size=(20, 20)).read_bytes()
@@ -322,6 +322,9 @@ async def test_bad_requests_are_400(bare: Callable, tmp_path: Path) -> None:
         async with http.post("/upload?wait=1&timeout=soon", data=png,
                              headers={"Content-Type": "image/png"}) as resp:
             assert resp.status == 400
+        async with http.post("/upload?wait=1&timeout=9999", data=png, headers={"Content-Type": "image/png"}) as resp:
+            assert resp.status == 400  # it said "timeout out of range", not what the range is
+            assert "at most 300 s" in (await resp.json())["error"]
         async with http.get("/upload") as resp:
             assert resp.status == 405 and "error" in await resp.json()
         assert leftovers(http.settings) == []
