@@ -856,28 +856,20 @@ class Catalog:
             "SELECT parser_version, COUNT(*) FROM metadata GROUP BY parser_version ORDER BY parser_version"))
 
     def assets_needing_reparse(self, current_version: int, limit: int | None = None) -> list[dict[str, Any]]:
-        """Assets for ``reprocess --tier 2``: indexed by a parser older than ``current_version``, and browsable
-        ones never indexed, nor failed or retrying in tier 2 (``parser_version`` None): their tier-2 work was
-        lost, as when ``damflow up`` on the embedded broker stops during an import, and a new scan skips them
-        as unchanged. (One whose tier 2 is still on its way is listed too: its second run changes nothing.)
+        """Indexed assets whose ``parser_version`` is older than ``current_version``, for ``reprocess --tier 2``.
 
-        Never indexed first, then oldest parser, then by asset id (stable, so a caller can page with ``limit``).
-        Each row: ``asset_id, parser_version, metadata_path, path, size, mtime_ns, batch_id, source, lane`` — one
-        location (the last seen) and the batch that brought it there. Assets with no location left (their path
-        now holds other bytes) are not listed: there is nothing to read again.
+        Oldest parser first, then by asset id (stable, so a caller can page with ``limit``). Each row: ``asset_id,
+        parser_version, metadata_path, path, size, mtime_ns, batch_id, source, lane`` — one location (the last
+        seen) and the batch that brought it there. Assets with no location left (their path now holds other
+        bytes) are not listed: there is nothing to read again.
         """
         rows = self._db.execute(
-            "WITH due(asset_id, parser_version, metadata_path) AS ("
-            "SELECT asset_id, parser_version, metadata_path FROM metadata WHERE parser_version < ? "
-            "UNION ALL SELECT a.asset_id, NULL, NULL FROM asset_tiers a WHERE a.tier = 1 AND a.state = ? "
-            "AND NOT EXISTS (SELECT 1 FROM asset_tiers t WHERE t.asset_id = a.asset_id AND t.tier = 2) "
-            "AND NOT EXISTS (SELECT 1 FROM metadata m WHERE m.asset_id = a.asset_id)) "
-            "SELECT d.asset_id, d.parser_version, d.metadata_path, l.path, l.size, l.mtime_ns, l.batch_id, "
+            "SELECT m.asset_id, m.parser_version, m.metadata_path, l.path, l.size, l.mtime_ns, l.batch_id, "
             "l.source, b.lane "
-            "FROM due d JOIN locations l ON l.path = (SELECT path FROM locations WHERE asset_id = d.asset_id "
+            "FROM metadata m JOIN locations l ON l.path = (SELECT path FROM locations WHERE asset_id = m.asset_id "
             "ORDER BY last_seen_at DESC, path LIMIT 1) LEFT JOIN batches b ON b.batch_id = l.batch_id "
-            "ORDER BY COALESCE(d.parser_version, 0), d.asset_id LIMIT ?",
-            (current_version, DONE, -1 if limit is None else limit))
+            "WHERE m.parser_version < ? ORDER BY m.parser_version, m.asset_id LIMIT ?",
+            (current_version, -1 if limit is None else limit))
         return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"])} for r in rows]
 
     # -- overview ----------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
-    """Send assets parsed by an older tier-2 parser or never indexed (or all, with --all) through tier 2 again."""
+    """Send assets parsed by an older tier-2 parser (or all, with --all) through tier 2 again."""
     from agents.metadata.model import PARSER_VERSION
     from streams.reprocess import reprocess_tier2
 
@@ -405,8 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
             "scheduler: generator: lora: camera: file: prompt: negative: format:, -exclusions", json_flag=True)
     p.add_argument("text", nargs="+")
     p.add_argument("--limit", type=int, default=50)
-    p = add("reprocess", cmd_reprocess, "re-emit tier-2 work for assets parsed by an older parser version, or "
-            "browsable and never indexed (their tier-2 work lost, as when `damflow up` stopped mid-import)",
+    p = add("reprocess", cmd_reprocess, "re-emit tier-2 work for assets parsed by an older parser version",
             json_flag=True)
     p.add_argument("--tier", type=int, default=2, choices=[2])
     p.add_argument("--all", action="store_true", help="every indexed asset, not only older parser versions")

@@ -373,32 +373,14 @@ def test_parser_versions_and_assets_needing_reparse(library: Catalog) -> None:
                    browsable("e7", f"{ROOT}/gone.png", "e5" * 32, at=T0 + 99)])  # d4's only path now holds e5
     assert library.parser_versions() == {1: 3, 2: 1}
     rows = library.assets_needing_reparse(2)
-    never = "e5" * 32  # browsable, never indexed: first, whatever the version
-    assert [r["asset_id"] for r in rows] == [never, *sorted([A1, A3])]  # d4 has no file left to read
-    assert rows[1] == {"asset_id": A1, "parser_version": 1, "metadata_path": f"metadata/a1/{A1}.v1.json",
-                       "path": f"{ROOT}/ComfyUI_00012_.png", "size": 1500, "mtime_ns": 7, "batch_id": "b1",
-                       "source": "scan", "lane": "batch"}
-    assert [r["asset_id"] for r in library.assets_needing_reparse(2, limit=2)] == [never, A1]
-    assert [r["asset_id"] for r in library.assets_needing_reparse(1)] == [never]
-    assert len(library.assets_needing_reparse(3)) == 4
-
-
-def test_a_browsable_asset_whose_tier2_work_was_lost_needs_reparse(catalog: Catalog) -> None:
-    # `damflow up` stopped (Ctrl-C) during an import on the embedded broker: tier-2 events still on the broker
-    # are gone, a new scan skips the browsable files as unchanged, and reprocess listed only indexed assets, so
-    # nothing could make them searchable
-    catalog.apply([
-        browsable("e1", f"{ROOT}/lost.png", A1),
-        browsable("e2", f"{ROOT}/failed.png", A2), failed("e2", f"{ROOT}/failed.png", tier=2, asset_id=A2),
-        browsable("e3", f"{ROOT}/retry.png", A3),
-        failed("e3", f"{ROOT}/retry.png", tier=2, asset_id=A3, outcome="retrying"),
-        failed("e4", f"{ROOT}/broken.png", asset_id="d4" * 32),  # tier 1 dead-lettered: `dlq replay`'s
-    ])
-    [row] = catalog.assets_needing_reparse(1)
-    assert row == {"asset_id": A1, "parser_version": None, "metadata_path": None, "path": f"{ROOT}/lost.png",
-                   "size": 1500, "mtime_ns": 7, "batch_id": "b1", "source": "scan", "lane": "batch"}
-    catalog.apply([indexed(A1, event_id="e1", path=f"{ROOT}/lost.png")])
-    assert catalog.assets_needing_reparse(1) == []
+    assert [r["asset_id"] for r in rows] == sorted([A1, A3])  # d4 has no file left to read
+    first = rows[0]
+    assert first == {"asset_id": A1, "parser_version": 1, "metadata_path": f"metadata/a1/{A1}.v1.json",
+                     "path": f"{ROOT}/ComfyUI_00012_.png", "size": 1500, "mtime_ns": 7, "batch_id": "b1",
+                     "source": "scan", "lane": "batch"}
+    assert [r["asset_id"] for r in library.assets_needing_reparse(2, limit=1)] == [A1]
+    assert library.assets_needing_reparse(1) == []
+    assert len(library.assets_needing_reparse(3)) == 3
 
 
 # -- migration -------------------------------------------------------------------------------------
