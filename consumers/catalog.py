@@ -872,6 +872,52 @@ class Catalog:
             (current_version, -1 if limit is None else limit))
         return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"])} for r in rows]
 
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Files of every batch whose work stopped short: for ``damflow reconcile``, which sends each on again.
+
+        A file (a batch's event) is unfinished when no tier of it ended in a failure and either a tier of it is
+        ``retrying`` or its last done tier is not the last tier. Its work is then on the broker (in a topic, or
+        held for its retry) or was lost with it: the embedded broker keeps events in memory only, so a restart,
+        or a stop in the middle of an import, loses them, and nothing else would ever send them again (a new scan
+        skips a browsable file as unchanged). Each row: ``batch_id, event_id, lane, root, tier`` — where its work
+        resumes: 1 for a file retrying in tier 1 (``FileDiscovered`` again), else 2 (tier 2 reads the metadata
+        again, and its cost gate sends tier 3 on) — ``path, asset_id``, and for tier 2 the asset's ``size,
+        format, width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name``;
+        ``location`` None when no path holds those bytes any more: nothing is left to read). Oldest batch first.
+
+        Files the catalog never heard of (a scan's files lost before tier 1 ended for them) are not here: see
+        :meth:`unheard`.
+        """
+        rows = self._db.execute(
+            "WITH files AS (SELECT batch_id, event_id, MAX(CASE WHEN state = ? THEN tier END) AS done_to, "
+            "MIN(CASE WHEN state = ? THEN tier END) AS retrying_at, MAX(state IN (?, ?)) AS ended "
+            "FROM batch_files GROUP BY batch_id, event_id) "
+            "SELECT f.batch_id, f.event_id, b.lane, b.root, CASE WHEN f.retrying_at = 1 THEN 1 ELSE 2 END AS tier, "
+            "x.path, x.asset_id, a.size, a.format, a.width, a.height, l.path AS location, l.mtime_ns, "
+            "l.display_name FROM files f JOIN batches b ON b.batch_id = f.batch_id "
+            "JOIN batch_files x ON x.batch_id = f.batch_id AND x.event_id = f.event_id "
+            "AND x.tier = COALESCE(f.retrying_at, f.done_to) "
+            "LEFT JOIN assets a ON a.asset_id = x.asset_id "
+            # where the bytes are now: the file's own path if it still holds them, else the last place seen
+            "LEFT JOIN locations l ON l.path = COALESCE("
+            "(SELECT path FROM locations WHERE path = x.path AND asset_id = x.asset_id), "
+            "(SELECT path FROM locations WHERE asset_id = x.asset_id ORDER BY last_seen_at DESC, path LIMIT 1)) "
+            "WHERE NOT f.ended AND (f.retrying_at IS NOT NULL OR f.done_to < ?) "
+            "ORDER BY b.started_at, f.batch_id, f.event_id",
+            (DONE, RETRYING, FAILED, DEAD_LETTERED, TIERS[-1]))
+        return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"]) if r["mtime_ns"] is not None else None}
+                for r in rows]
+
+    def unheard(self) -> list[dict[str, Any]]:
+        """Batches with files the catalog never heard of: counted by their scan, with no outcome in any tier (lost
+        on the broker before tier 1 ended for them, or still on their way). Each row: ``batch_id, lane, root,
+        files`` (how many). Only the scan knew their paths: ingesting ``root`` again sends what is not browsable."""
+        rows = self._db.execute(
+            "SELECT b.batch_id, b.lane, b.root, b.scanned_total - COALESCE(t.files, 0) AS files FROM batches b "
+            "LEFT JOIN batch_tallies t ON t.batch_id = b.batch_id AND t.tier = 0 AND t.state = 'seen' "
+            "WHERE b.first_tier = 1 AND b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
+        return [dict(r) for r in rows]
+
     # -- overview ----------------------------------------------------------------------------------
 
     def status(self, *, limit: int = 20, now: float | None = None) -> dict[str, Any]:

@@ -272,6 +272,28 @@ def cmd_reprocess(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """Send on again the work the catalog shows as started but not finished (lost with the broker's events)."""
+    from streams.reconcile import reconcile
+    from streams.scanner import printable
+
+    bootstrap = "" if args.dry_run else resolve_bootstrap(settings)
+    result = asyncio.run(reconcile(settings, topics_for(settings), bootstrap, dry_run=args.dry_run))
+    if args.json:
+        _print_json(result)
+        return 0
+    verb = "would resume" if args.dry_run else "resumed"
+    print(f"{verb} {result['resumed']} files of {result['batches']} batches: {result['tier1']} at tier 1 (their "
+          f"retry), {result['tier2']} at tier 2 (tier 3 follows)")
+    for row in result["gone"]:
+        print(f"  not resumed, no path holds its bytes any more: {printable(row['path'])} (batch {row['batch_id']})")
+    for batch in result["unheard"]:
+        again = (f"`damflow ingest {printable(batch['root'])}` sends those not browsable" if batch["root"]
+                 else "their uploaders must send them again")
+        print(f"  batch {batch['batch_id']}: {batch['files']} files never reached the catalog; {again}")
+    return 0
+
+
 # -- dead letters -----------------------------------------------------------------------------------------------
 
 
@@ -411,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every indexed asset, not only older parser versions")
     p.add_argument("--limit", type=_at_least_one, default=None, help="at most this many assets")
     p.add_argument("--dry-run", action="store_true", help="say how many would go, send nothing")
+    p = add("reconcile", cmd_reconcile, "send on again the work the catalog shows unfinished (events the broker "
+            "lost; `up` does it as it starts the embedded broker)", json_flag=True)
+    p.add_argument("--dry-run", action="store_true", help="say what would go, send nothing")
     p = add("show", cmd_show, "one asset: locations, per-tier state, thumbnails", json_flag=True)
     p.add_argument("id", help="asset id, a unique prefix of at least 6 characters, or a file's path")
     p = add("dlq", cmd_dlq, "dead letters: list, show, replay or purge what failed")

@@ -1,6 +1,9 @@
 """``damflow up``: the whole pipeline on one machine — embedded broker, topics, worker processes, catalog sink,
 retrier, and the HTTP interface (uploads, asset lookup, live progress, dashboard).
 
+On a new embedded broker (empty: it keeps events in memory only) the start first sends on again whatever the
+catalog shows unfinished (:mod:`streams.reconcile`).
+
 Shutdown runs in reverse: workers first (SIGTERM, they finish and commit), then the sink, then the broker last.
 Children are started with a parent-death signal, so even a SIGKILLed supervisor leaves no orphans behind.
 
@@ -15,9 +18,13 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from consumers.catalog import Catalog
 from consumers.catalog_sink import CatalogSink
@@ -105,6 +112,8 @@ class Stack:
         self._ready_workers: set[asyncio.subprocess.Process] = set()
         self._started = False
         self._owner = DataDirLock(settings)
+        #: What the start's reconcile sent on (``streams.reconcile``'s summary), on the embedded broker.
+        self.reconciled: dict[str, Any] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -125,6 +134,8 @@ class Stack:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
         await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)  # (it waits for the broker to answer)
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
+        if s.embedded:  # a new broker, empty: what the last one held of unfinished work is sent on again
+            await self._reconcile()
         self.sink = CatalogSink(s, self.topics, self.bootstrap)
         if self.serve_http:
             await self._start_http()
@@ -136,6 +147,16 @@ class Stack:
         await asyncio.wait_for(self.sink.ready.wait(), self.ready_timeout)
         await asyncio.wait_for(self.retrier.ready.wait(), self.ready_timeout)
         self._started = True
+
+    async def _reconcile(self) -> None:
+        """Send on the catalog's unfinished work (see :mod:`streams.reconcile`). A failure is logged, not fatal:
+        the pipeline is needed either way, and ``damflow reconcile`` does the same by hand."""
+        from streams.reconcile import reconcile
+
+        try:
+            self.reconciled = await reconcile(self.settings, self.topics, self.bootstrap)
+        except (KafkaError, DamflowError, OSError, sqlite3.Error) as exc:
+            log.error("reconcile_failed", error=repr(exc), hint="run `damflow reconcile` once the stack is up")
 
     def readiness(self) -> dict[str, bool]:
         """Whether each part the pipeline needs to take work at full speed runs now (``GET /readyz``): false

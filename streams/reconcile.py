@@ -1,0 +1,118 @@
+"""Reconcile: send on again the work the catalog shows as started but not finished.
+
+The embedded broker keeps events in memory only. A restart, or a stop in the middle of an import, loses the events
+still on it — tier-2 and tier-3 work for files already browsable, retries held by the retrier — and nothing would
+send them again: a new scan skips a browsable file as unchanged. ``damflow up`` (and ``run``) on the embedded
+broker therefore reconcile as they start, when the broker is new and empty; ``damflow reconcile`` does it by hand
+(after an external broker lost data, say).
+
+Each unfinished file (see :meth:`consumers.catalog.Catalog.unfinished`) goes on from where it stopped, under its
+own batch and event ids, so its batch's progress finishes: a file retrying in tier 1 as ``FileDiscovered`` on
+``t1.<lane>``; any other as ``AssetBrowsable`` (rebuilt from the catalog: its thumbnails exist) on ``t2.<lane>``,
+whose cost gate sends tier 3 on. Every effect is keyed by asset id, so a file whose work was in fact still on its
+way is worked on twice and changes nothing. Files a scan counted that the catalog never heard of have no path
+here; they are reported, and ingesting their folder again sends them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers.catalog import Catalog
+from schemas import AssetBrowsable, FileDiscovered, encode, now
+from streams.kafka import producer
+from streams.logs import get
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get(__name__)
+
+
+@dataclass
+class Plan:
+    """What a reconcile sends (``events``: topic, key, event) and what it cannot (``lost``, ``unheard``)."""
+
+    events: list[tuple[str, bytes, FileDiscovered | AssetBrowsable]] = field(default_factory=list)
+    #: Unfinished files whose bytes no path holds any more: nothing is left to read.
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    #: Batches with files only their scan knew (``Catalog.unheard``).
+    unheard: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        by_tier = {f"tier{t}": sum(1 for _, _, e in self.events if _tier(e) == t) for t in (1, 2)}
+        return {"resumed": len(self.events), **by_tier, "batches": len({e.batch_id for _, _, e in self.events}),
+                "gone": [{"batch_id": r["batch_id"], "event_id": r["event_id"], "path": r["path"]}
+                         for r in self.lost],
+                "unheard": self.unheard}
+
+
+def _tier(event: FileDiscovered | AssetBrowsable) -> int:
+    return 1 if isinstance(event, FileDiscovered) else 2
+
+
+def plan(settings: Settings, topics: Topics) -> Plan:
+    """Read the catalog and build what to send; sends nothing. An absent catalog: nothing to do."""
+    out = Plan()
+    if not settings.catalog_path.exists():
+        return out
+    with Catalog(settings.catalog_path, readonly=True) as catalog:
+        rows, out.unheard = catalog.unfinished(), catalog.unheard()
+    at = now()
+    for row in rows:
+        lane = row["lane"] if row["lane"] in ("interactive", "batch") else "batch"
+        if row["tier"] == 1:
+            event = _discovered(row, lane, at)
+            out.events.append((topics.tier1(lane), event.path.encode(), event))
+        elif row["location"] is None or not row["asset_id"]:
+            out.lost.append(row)
+        else:
+            event = _browsable(row, lane, at)
+            out.events.append((topics.tier2(lane), event.asset_id.encode(), event))
+    return out
+
+
+def _discovered(row: dict[str, Any], lane: str, at: float) -> FileDiscovered:
+    """Tier 1 again for a file whose retry was lost: as it is now (a file gone or changed meets tier 1's checks,
+    which record what they find)."""
+    try:
+        st = os.stat(row["path"])
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+    except (OSError, ValueError):  # gone, unreadable, a name the OS refuses: tier 1 records it as such
+        size, mtime_ns = 0, 0
+    return FileDiscovered(event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile",
+                          path=row["path"], size=size, mtime_ns=mtime_ns, discovered_at=at, root=row["root"])
+
+
+def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:
+    """Tier 2 again (and through its cost gate tier 3), from the catalog's record of tier 1. Not marked a
+    duplicate: the gate must not keep from tier 3 an asset whose tier 3 was lost."""
+    return AssetBrowsable(
+        event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile",
+        asset_id=row["asset_id"], path=row["location"], size=row["size"] or 0, mtime_ns=row["mtime_ns"] or 0,
+        format=row["format"] or "", width=row["width"] or 0, height=row["height"] or 0, thumbnails={},
+        discovered_at=at, browsable_at=at, display_name=row["display_name"],
+    )
+
+
+async def send(bootstrap: str, work: Plan) -> None:
+    """Publish the plan's events (acked by the broker before this returns)."""
+    if not work.events:
+        return
+    async with producer(bootstrap, linger_ms=5) as prod:
+        for topic, key, event in work.events:
+            await prod.send(topic, encode(event), key=key)
+        await prod.flush()
+
+
+async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Plan and (unless ``dry_run``) send; returns the plan's summary, logged too."""
+    work = plan(settings, topics)
+    if not dry_run:
+        await send(bootstrap, work)
+    summary = work.summary()
+    if work.events or work.lost or work.unheard:
+        log.info("reconciled", dry_run=dry_run, resumed=summary["resumed"], batches=summary["batches"],
+                 gone=len(work.lost), unheard_files=sum(b["files"] for b in work.unheard))
+    return summary

@@ -1,0 +1,93 @@
+"""Work lost with the embedded broker is sent on again as `damflow up` starts: every batch finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+
+from consumers.catalog import Catalog
+from schemas import AssetBrowsable, AssetFailed, BatchScanned
+from streams.settings import Settings
+from streams.supervisor import Stack
+from tests.images import make_png
+from tests.integration.conftest import catalog_of, wait_until
+from tests.integration.test_tier2_search import A1111
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_000.0
+
+
+def lost_work(settings: Settings, folder: Path) -> tuple[str, Path, Path]:
+    """A catalog as a stack stopped mid-import leaves it: ``fox.png`` browsable, its tier 2 and 3 lost with the
+    broker; ``later.png`` failed once in tier 1, its retry lost. Returns the batch and both paths."""
+    fox = make_png(folder / "fox.png", size=(320, 240), text={"parameters": A1111}, seed=3)
+    later = make_png(folder / "later.png", size=(300, 200), seed=4)
+    asset = blake3(fox.read_bytes()).hexdigest()
+    batch = "b-interrupted"
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([
+            BatchScanned(batch_id=batch, lane="batch", root=str(folder), found=2, complete=True, started_at=T0,
+                         scanned_at=T0),
+            AssetBrowsable(event_id="e-fox", batch_id=batch, lane="batch", source="scan", asset_id=asset,
+                           path=str(fox), size=fox.stat().st_size, mtime_ns=fox.stat().st_mtime_ns, format="PNG",
+                           width=320, height=240, thumbnails={}, discovered_at=T0, browsable_at=T0 + 1),
+            AssetFailed(event_id="e-later", batch_id=batch, lane="batch", source="scan", tier=1, path=str(later),
+                        error_class="BrokerTimeout", error_code="timeout", reason="the broker went away",
+                        retriable=True, outcome="retrying", first_failure_at=T0, failed_at=T0),
+        ])
+    return batch, fox, later
+
+
+async def test_up_on_the_embedded_broker_finishes_what_the_last_one_lost(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    settings = make_settings(broker_url=None)  # its own embedded broker: new and empty, as after a restart
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    batch, fox, later = lost_work(settings, folder)
+    with catalog_of(settings) as catalog:
+        assert catalog.progress(batch, 3) is None or catalog.progress(batch, 3).done == 0
+
+    async with Stack(settings, serve_http=False) as stack:
+        assert stack.reconciled is not None and stack.reconciled["resumed"] == 2
+
+        def finished() -> bool:
+            with catalog_of(settings) as catalog:
+                done = catalog.progress(batch, 3)
+                return done is not None and done.done == 2
+        await wait_until(finished, timeout=90, what="the interrupted batch enriched")
+
+    with catalog_of(settings) as catalog:
+        assert [r["path"] for r in catalog.search("fox snow")] == [str(fox)]  # its lost tier 2, done
+        resumed = catalog.asset(str(later))  # its lost retry, done
+        assert (resumed["tier1_state"], resumed["tier3_state"]) == ("browsable", "enriched")
+        assert [f["outcome"] for f in resumed["failures"]] == ["recovered"]
+        for tier in (1, 2, 3):
+            p = catalog.progress(batch, tier)
+            assert (p.done, p.in_flight, p.failed + p.dead_lettered) == (2, 0, 0), (tier, p)
+        assert catalog.unfinished() == []
+
+
+def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: Callable[..., Settings],
+                                                                tmp_path: Path) -> None:
+    settings = make_settings()
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    lost_work(settings, folder)
+    env = dict(os.environ, DAMFLOW_DATA_DIR=str(settings.data_path), DAMFLOW_BROKER_URL="127.0.0.1:1",
+               DAMFLOW_TOPIC_PREFIX=settings.topic_prefix)  # no broker there: a dry run must not need one
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--dry-run", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["resumed"], result["tier1"], result["tier2"], result["batches"]) == (2, 1, 1, 1)
+    human = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--dry-run"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert human.returncode == 0 and "would resume 2 files of 1 batches" in human.stdout
