@@ -5,17 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from streams.errors import BrokerError
+from streams.errors import BrokerError, ConfigError
 from streams.settings import Settings
 
 
+def refused_topics(response: Any) -> list[tuple[str, type[KafkaError], str | None]]:
+    """The topics a CreateTopics answer refused: name, error class, the broker's message. aiokafka hands the
+    per-topic errors back in the answer and raises none of them. A topic that exists already is not refused
+    (another process made it first)."""
+    refused = []
+    for name, code, *message in response.topic_errors:
+        error = for_code(code) if code else None
+        if error is not None and error is not TopicAlreadyExistsError:
+            refused.append((name, error, message[0] if message else None))
+    return refused
+
+
 async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 20.0) -> None:
-    """Create the topics that do not exist yet (idempotent); waits for the broker to answer first."""
+    """Create the topics that do not exist yet (idempotent); waits for the broker to answer first. A topic the
+    broker refuses to create (Kafka or Redpanda: too many partitions for its memory, a replication factor above
+    its brokers, an invalid name) raises :class:`ConfigError` with the broker's reason."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -24,10 +39,10 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
             existing = set(await admin.list_topics())
             missing = [n for n in names if n not in existing]
             if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(
-                        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
-                    )
+                response = await admin.create_topics(
+                    [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                )
+                _raise_refused(bootstrap, refused_topics(response))
             return
         except KafkaError as exc:
             if asyncio.get_running_loop().time() > deadline:
@@ -36,6 +51,16 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+def _raise_refused(bootstrap: str, refused: list[tuple[str, type[KafkaError], str | None]]) -> None:
+    for _name, error, message in refused:
+        if error.retriable:  # (a request timed out, a leader moving): asked again, within the deadline
+            raise error(message)
+    if refused:
+        reasons = "; ".join(f"{name}: {error.__name__}" + (f" ({message})" if message else "")
+                            for name, error, message in refused)
+        raise ConfigError(f"broker {bootstrap} refused to create {len(refused)} topic(s): {reasons}")
 
 
 def group_consumer(
