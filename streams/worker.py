@@ -26,6 +26,9 @@ READY_LINE = "damflow-worker-ready"
 
 def run_worker(settings: Settings, bootstrap: str) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
+    # faust makes its own directory in it without parents: a worker started before anything else on a new data
+    # directory (another host, a fresh volume) exited with FileNotFoundError
+    settings.data_path.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, bootstrap)
     pools = LanePools(settings, preload=("agents.browse", "agents.index", "agents.quality"))
     pools.warm()
