@@ -300,7 +300,7 @@ def create_app(settings: Settings, bootstrap: str) -> DamflowApp:
         store="memory://",
         datadir=str(settings.data_path / "faust"),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,

@@ -27,7 +27,7 @@ from schemas import Event, new_id, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
 from streams.errors import DamflowError, WaitTimedOut
-from streams.kafka import ensure_topics, producer
+from streams.kafka import ensure_pipeline_topics, producer
 from streams.niceness import lower_priority
 from streams.settings import Settings
 from streams.topics import topics_for
@@ -124,7 +124,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import run_worker
 
     bootstrap = resolve_bootstrap(settings)
-    asyncio.run(ensure_topics(bootstrap, topics_for(settings).all(), settings.partitions))
+    asyncio.run(ensure_pipeline_topics(settings, bootstrap))
     return run_worker(settings, bootstrap)
 
 
@@ -134,7 +134,7 @@ def _run_service(settings: Settings, service: Callable) -> int:
 
     async def main() -> None:
         bootstrap, topics = resolve_bootstrap(settings), topics_for(settings)
-        await ensure_topics(bootstrap, topics.all(), settings.partitions)
+        await ensure_pipeline_topics(settings, bootstrap)
         from streams.supervisor import keep_running
 
         task = asyncio.create_task(keep_running(service.__name__, service(settings, topics, bootstrap).run))

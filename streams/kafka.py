@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.errors import BrokerError, ConfigError
 from streams.settings import Settings
+from streams.topics import topics_for
 
 
 def refused_topics(response: Any) -> list[tuple[str, type[KafkaError], str | None]]:
@@ -27,10 +28,12 @@ def refused_topics(response: Any) -> list[tuple[str, type[KafkaError], str | Non
     return refused
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 20.0) -> None:
+async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 20.0, *,
+                        replication_factor: int = 1) -> None:
     """Create the topics that do not exist yet (idempotent); waits for the broker to answer first. A topic the
     broker refuses to create (Kafka or Redpanda: too many partitions for its memory, a replication factor above
-    its brokers, an invalid name) raises :class:`ConfigError` with the broker's reason."""
+    its brokers, an invalid name) raises :class:`ConfigError` with the broker's reason. Topics that exist are
+    left as they are."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -40,7 +43,7 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
             missing = [n for n in names if n not in existing]
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                    [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in missing]
                 )
                 _raise_refused(bootstrap, refused_topics(response))
             return
@@ -51,6 +54,12 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
+    """Every topic of the pipeline, as the settings say (partitions, replicas)."""
+    await ensure_topics(bootstrap, topics_for(settings).all(), settings.partitions,
+                        replication_factor=settings.replication_factor)
 
 
 def _raise_refused(bootstrap: str, refused: list[tuple[str, type[KafkaError], str | None]]) -> None:

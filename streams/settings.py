@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     #: more partitions let more workers share a topic (docker-compose uses 12), and each costs the embedded
     #: broker CPU on every poll.
     partitions: int = Field(default=2, ge=1)
+    #: Replicas of each topic damflow creates: 1 suits the embedded broker and a one-node Redpanda; on a Kafka or
+    #: Redpanda cluster, 3 keeps every event through the loss of a broker (a broker refuses more than it has).
+    replication_factor: int = Field(default=1, ge=1)
     #: Consumer group (the Faust app id) the workers share.
     group_id: str = "damflow-workers"
     #: How long a worker's fetch may wait for data. Real Kafka answers as soon as data arrives; the embedded broker

@@ -30,7 +30,7 @@ from consumers.catalog import Catalog
 from consumers.catalog_sink import CatalogSink
 from streams.broker import EmbeddedBroker, clear_runtime, record_runtime
 from streams.errors import BrokerError, DamflowError
-from streams.kafka import ensure_topics, producer
+from streams.kafka import ensure_pipeline_topics, producer
 from streams.logs import get
 from streams.niceness import lower_priority
 from streams.ownership import DataDirLock
@@ -132,7 +132,7 @@ class Stack:
             record_runtime(s, self.bootstrap)
         else:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
-        await ensure_topics(self.bootstrap, self.topics.all(), s.partitions)  # (it waits for the broker to answer)
+        await ensure_pipeline_topics(s, self.bootstrap)  # (it waits for the broker to answer)
         log.info("broker_ready", bootstrap=self.bootstrap, embedded=s.embedded)
         if s.embedded:  # a new broker, empty: what the last one held of unfinished work is sent on again
             await self._reconcile()

@@ -7,7 +7,10 @@ from aiokafka.errors import RequestTimedOutError
 from aiokafka.protocol.admin import CreateTopicsResponse_v3
 
 from streams import kafka
+from streams.app import create_app
 from streams.errors import BrokerError, ConfigError
+from streams.settings import Settings
+from streams.topics import topics_for
 
 
 def _answer(*topic_errors: tuple[str, int, str | None]) -> CreateTopicsResponse_v3:
@@ -21,6 +24,7 @@ class _Admin:
     existing: list[str] = []
     answer: CreateTopicsResponse_v3 = _answer()
     asked: list[list[str]] = []
+    made: list = []
 
     def __init__(self, **_kw: object) -> None:
         pass
@@ -36,13 +40,14 @@ class _Admin:
 
     async def create_topics(self, topics: list) -> CreateTopicsResponse_v3:
         type(self).asked.append([t.name for t in topics])
+        type(self).made.extend(topics)
         return self.answer
 
 
 @pytest.fixture
 def admin(monkeypatch: pytest.MonkeyPatch) -> type[_Admin]:
     monkeypatch.setattr(kafka, "AIOKafkaAdminClient", _Admin)
-    _Admin.existing, _Admin.answer, _Admin.asked = [], _answer(), []
+    _Admin.existing, _Admin.answer, _Admin.asked, _Admin.made = [], _answer(), [], []
     return _Admin
 
 
@@ -72,3 +77,13 @@ async def test_a_refusal_that_may_pass_is_asked_again_until_the_deadline(admin: 
     with pytest.raises(BrokerError, match="not usable"):
         await kafka.ensure_topics("broker:9092", ["p.progress"], 2, timeout=0.25)
     assert len(admin.asked) > 1
+
+
+async def test_the_pipeline_topics_get_the_partitions_and_replicas_the_settings_ask(admin: type[_Admin],
+                                                                                   tmp_path) -> None:
+    settings = Settings(partitions=12, replication_factor=3, topic_prefix="p.", data_dir=tmp_path)
+    await kafka.ensure_pipeline_topics(settings, "broker:9092")
+    assert sorted(t.name for t in admin.made) == sorted(topics_for(settings).all())
+    assert {(t.num_partitions, t.replication_factor) for t in admin.made} == {(12, 3)}
+    # the topics faust declares itself (its assignor's) are made alike
+    assert create_app(settings, "broker:9092").conf.topic_replication_factor == 3
