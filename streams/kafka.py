@@ -29,11 +29,11 @@ def refused_topics(response: Any) -> list[tuple[str, type[KafkaError], str | Non
 
 
 async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, timeout: float = 20.0, *,
-                        replication_factor: int = 1) -> None:
+                        replication_factor: int = 1, configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """Create the topics that do not exist yet (idempotent); waits for the broker to answer first. A topic the
     broker refuses to create (Kafka or Redpanda: too many partitions for its memory, a replication factor above
-    its brokers, an invalid name) raises :class:`ConfigError` with the broker's reason. Topics that exist are
-    left as they are."""
+    its brokers, an invalid name) raises :class:`ConfigError` with the broker's reason. ``configs``: topic
+    settings by name, for the topics created now; topics that exist are left as they are."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -43,7 +43,8 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
             missing = [n for n in names if n not in existing]
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in missing]
+                    [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                              topic_configs=dict((configs or {}).get(n, {}))) for n in missing]
                 )
                 _raise_refused(bootstrap, refused_topics(response))
             return
@@ -57,9 +58,10 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, t
 
 
 async def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
-    """Every topic of the pipeline, as the settings say (partitions, replicas)."""
-    await ensure_topics(bootstrap, topics_for(settings).all(), settings.partitions,
-                        replication_factor=settings.replication_factor)
+    """Every topic of the pipeline, as the settings say (partitions, replicas), with its own settings."""
+    topics = topics_for(settings)
+    await ensure_topics(bootstrap, topics.all(), settings.partitions,
+                        replication_factor=settings.replication_factor, configs=topics.configs())
 
 
 def _raise_refused(bootstrap: str, refused: list[tuple[str, type[KafkaError], str | None]]) -> None:

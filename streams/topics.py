@@ -91,6 +91,12 @@ class Topics:
     def dlqs(self) -> list[str]:
         return [self.dlq(t) for t in TIERS]
 
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic settings beyond the broker's defaults, by topic. Dead letters stay until they are dealt with:
+        Kafka and Redpanda delete records after 7 days by default, and ``damflow dlq`` lists and replays from
+        these topics (the embedded broker keeps every record anyway)."""
+        return {name: {"retention.ms": "-1"} for name in self.dlqs()}
+
     def all(self) -> list[str]:
         """Every topic the pipeline uses, for creating them up front."""
         return [

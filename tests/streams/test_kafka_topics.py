@@ -87,3 +87,11 @@ async def test_the_pipeline_topics_get_the_partitions_and_replicas_the_settings_
     assert {(t.num_partitions, t.replication_factor) for t in admin.made} == {(12, 3)}
     # the topics faust declares itself (its assignor's) are made alike
     assert create_app(settings, "broker:9092").conf.topic_replication_factor == 3
+
+
+async def test_dead_letters_are_kept_until_dealt_with(admin: type[_Admin], tmp_path) -> None:
+    settings = Settings(topic_prefix="p.", data_dir=tmp_path)
+    await kafka.ensure_pipeline_topics(settings, "broker:9092")
+    kept = {t.name for t in admin.made if t.topic_configs.get("retention.ms") == "-1"}
+    assert kept == {"p.t1.dlq", "p.t2.dlq", "p.t3.dlq"}
+    assert all(not t.topic_configs for t in admin.made if t.name not in kept)
