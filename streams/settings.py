@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     #: ``?wait=1`` answer read from ``assets`` when express is off), and an agent's slot is held that much longer.
     producer_linger_ms: int = Field(default=0, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
-    #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout).
+    #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout). Kafka and Redpanda
+    #: refuse a join whose session timeout is below their group.min.session.timeout.ms (6 s by default): at least
+    #: that there (docker-compose.yml sets 6).
     session_timeout_s: float = Field(default=4.0, gt=0)
     #: Each heartbeat is a request the broker pays for, per consumer (worker, catalog sink, retrier); a quarter
     #: of the session timeout still leaves three beats before a member counts as gone.
