@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,10 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+#: The group session timeout used on an external broker unless one is given: Kafka's and Redpanda's default
+#: ``group.min.session.timeout.ms``; they refuse a consumer that asks for less, and no group forms.
+EXTERNAL_SESSION_TIMEOUT_S = 6.0
 
 
 class Settings(BaseSettings):
@@ -98,8 +102,8 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout). Kafka and Redpanda
-    #: refuse a join whose session timeout is below their group.min.session.timeout.ms (6 s by default): at least
-    #: that there (docker-compose.yml sets 6).
+    #: refuse a join whose session timeout is below their group.min.session.timeout.ms (6 s by default), so with
+    #: ``broker_url`` set the default is ``EXTERNAL_SESSION_TIMEOUT_S`` (a value given is kept as given).
     session_timeout_s: float = Field(default=4.0, gt=0)
     #: Each heartbeat is a request the broker pays for, per consumer (worker, catalog sink, retrier); a quarter
     #: of the session timeout still leaves three beats before a member counts as gone.
@@ -166,6 +170,14 @@ class Settings(BaseSettings):
     #: empty list was taken, and then every file of an import was dead-lettered.)
     thumbnail_sizes: tuple[Annotated[int, Field(ge=1, le=16384)], ...] = Field(default=(256, 1440), min_length=1)
     thumbnail_quality: int = Field(default=80, ge=1, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _session_timeout_for_the_broker(cls, data: object) -> object:
+        # given, as if by the caller: a child process (see settings_env) is given it as well
+        if isinstance(data, dict) and data.get("broker_url") and data.get("session_timeout_s") is None:
+            data = {**data, "session_timeout_s": EXTERNAL_SESSION_TIMEOUT_S}
+        return data
 
     @field_validator("thumbnail_sizes")
     @classmethod

@@ -188,6 +188,8 @@ class Stack:
         env.update(settings_env(self.settings))
         env["DAMFLOW_DATA_DIR"] = str(self.settings.data_path)
         env["DAMFLOW_BROKER_URL"] = self.bootstrap
+        # the stack's own, also where the children's broker URL would choose another (see Settings)
+        env["DAMFLOW_SESSION_TIMEOUT_S"] = str(self.settings.session_timeout_s)
         return env
 
     async def add_worker(self) -> asyncio.subprocess.Process:

@@ -95,3 +95,28 @@ async def test_dead_letters_are_kept_until_dealt_with(admin: type[_Admin], tmp_p
     kept = {t.name for t in admin.made if t.topic_configs.get("retention.ms") == "-1"}
     assert kept == {"p.t1.dlq", "p.t2.dlq", "p.t3.dlq"}
     assert all(not t.topic_configs for t in admin.made if t.name not in kept)
+
+
+def test_an_external_broker_gets_a_session_timeout_it_accepts_unless_one_is_given(monkeypatch) -> None:
+    from streams.settings import EXTERNAL_SESSION_TIMEOUT_S, Settings, settings_env
+    from streams.supervisor import Stack
+
+    monkeypatch.delenv("DAMFLOW_SESSION_TIMEOUT_S", raising=False)
+    assert Settings().session_timeout_s == 4.0  # the embedded broker: short, for fast recovery
+    external = Settings(broker_url="kafka:9092")
+    assert external.session_timeout_s == EXTERNAL_SESSION_TIMEOUT_S == 6.0  # Kafka's and Redpanda's minimum
+    assert settings_env(external)["DAMFLOW_SESSION_TIMEOUT_S"] == "6.0"
+    assert Settings(broker_url="kafka:9092", session_timeout_s=2.5).session_timeout_s == 2.5
+    monkeypatch.setenv("DAMFLOW_BROKER_URL", "kafka:9092")
+    assert Settings().session_timeout_s == 6.0
+    monkeypatch.setenv("DAMFLOW_SESSION_TIMEOUT_S", "9")
+    assert Settings().session_timeout_s == 9.0
+    monkeypatch.delenv("DAMFLOW_BROKER_URL")
+    monkeypatch.delenv("DAMFLOW_SESSION_TIMEOUT_S")
+    # `damflow up` on its embedded broker gives its workers the broker's URL: they keep the stack's timeout
+    stack = Stack(Settings())
+    stack.bootstrap = "127.0.0.1:9"
+    child = stack.child_env()
+    assert child["DAMFLOW_BROKER_URL"] == "127.0.0.1:9" and child["DAMFLOW_SESSION_TIMEOUT_S"] == "4.0"
+    assert Settings(broker_url=child["DAMFLOW_BROKER_URL"],
+                    session_timeout_s=child["DAMFLOW_SESSION_TIMEOUT_S"]).session_timeout_s == 4.0
