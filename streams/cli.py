@@ -26,7 +26,7 @@ from consumers.views import render_asset, render_search, render_status
 from schemas import Event, new_id, to_dict
 from streams import logs
 from streams.broker import resolve_bootstrap
-from streams.errors import DamflowError, WaitTimedOut
+from streams.errors import ConfigError, DamflowError, WaitTimedOut
 from streams.kafka import ensure_pipeline_topics, producer
 from streams.niceness import lower_priority
 from streams.settings import Settings
@@ -230,8 +230,26 @@ def _catalog(settings: Settings) -> Catalog:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     with _catalog(settings) as catalog:
         status = catalog.status()
-    _print_json(status) if args.json else print(render_status(status))
+    if args.json:
+        _print_json(status)
+        return 0
+    text = render_status(status)
+    in_flight = any(t["in_flight"] for b in status["batches"] for t in b["tiers"].values())
+    if in_flight and not _pipeline_runs(settings):  # an ETA that only grows, unless it is said why
+        text += ("\nno `damflow up` runs on this data directory: the work in flight waits for it (as it starts it "
+                 "sends on what its broker lost; `damflow reconcile --dry-run` shows what)")
+    print(text)
     return 0
+
+
+def _pipeline_runs(settings: Settings) -> bool:
+    """Whether a pipeline may be working on this data directory: a live ``damflow up``, or an external broker
+    (whose workers run elsewhere: not known here, so yes)."""
+    try:
+        resolve_bootstrap(settings)
+    except ConfigError:
+        return False
+    return True
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -118,3 +118,27 @@ def test_ingest_refuses_what_only_a_wait_uses_without_wait(extra: list[str], tmp
                           text=True, cwd=Path(__file__).parents[2], timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "damflow ingest: --tier and --timeout say what --wait waits for: give --wait too"
+
+
+def test_status_says_why_work_in_flight_does_not_move_when_no_pipeline_runs(tmp_path: Path) -> None:
+    """After `damflow run` or a stopped `up`, a batch's work stayed 'in flight' with an ETA that only grew."""
+    from consumers.catalog import Catalog
+    from streams.broker import record_runtime
+    from streams.settings import Settings
+    from tests.consumers.test_catalog import browsable, scanned
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([scanned(3, complete=True), browsable("e1", "/data/shoot/e1.png")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAMFLOW_")} | {
+        "DAMFLOW_DATA_DIR": str(settings.data_path)}
+
+    def status() -> str:
+        done = subprocess.run([sys.executable, "-m", "streams.cli", "status"], env=env, capture_output=True,
+                              text=True, cwd=Path(__file__).parents[2], timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "no `damflow up` runs on this data directory: the work in flight waits for it" in status()
+    record_runtime(settings, "127.0.0.1:9")  # as a running `damflow up` (this live process) leaves it
+    assert "no `damflow up` runs" not in status()
