@@ -513,9 +513,10 @@ async def progress(request: web.Request) -> web.StreamResponse:
         raise Busy("too many live progress streams open")
     heartbeat, patience = settings.http_sse_heartbeat_s, settings.http_sse_write_timeout_s
     slog = log.bind(batch_id=batch, peer=request.remote)
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-    })
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":  # the headers a stream would have: no tail opened, no body, no place held
+        return web.Response(headers=headers)
+    response = web.StreamResponse(headers=headers)
     clients.append(response)
     try:
         async with tail(app[_BOOTSTRAP], topics.progress, settings,

@@ -501,6 +501,22 @@ async def test_a_progress_client_that_stops_reading_is_dropped_and_frees_its_pla
             assert resp.status == 200
 
 
+async def test_a_head_request_for_progress_is_answered_with_headers_only(bare: Callable) -> None:
+    """HEAD (a probe checking the endpoint) gets the stream's headers and the end of the answer, not a stream: no
+    tail is opened for it, and no event bytes follow the headers, which would corrupt a kept-alive connection."""
+    async with bare() as http:
+        reader, writer = await raw_connection(http)
+        try:
+            writer.write(b"HEAD /progress?batch=b1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # until the server closes the connection: the answer is over
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split()[1] == b"200" and b"text/event-stream" in head and body == b""
+        assert live_streams(http.app) == 0
+
+
 async def test_a_full_disk_while_receiving_is_503_and_leaves_nothing(bare: Callable, tmp_path: Path,
                                                                      monkeypatch) -> None:
     from tests.streams.test_upload_store import spool_on_a_full_disk
