@@ -941,12 +941,10 @@ class Catalog:
         for tier, counter in sorted(states.items()):
             asset_states[f"tier{tier}"] = {**counter, "pending": counts["assets"] - sum(counter.values())}
         batches = []
-        for batch in self._db.execute("SELECT * FROM batches ORDER BY started_at DESC, batch_id LIMIT ?", (limit,)):
-            tally = self._tally(batch["batch_id"])
-            tiers = sorted({1} | set(tally.states))
+        for batch in self._newest_batches(limit):
             info: dict[str, Any] = {k: batch[k] for k in batch.keys()}
             info["scan_complete"] = bool(batch["scan_complete"])
-            info["tiers"] = {f"tier{t}": self._tier_figures(batch, t, tally, now) for t in tiers}
+            info["tiers"] = {f"tier{t}": figures for t, figures in self._batch_tiers(batch, now).items()}
             batches.append(info)
         return {"at": now, "assets": counts["assets"], "locations": counts["locations"],
                 "batch_count": counts["batches"], "held_events": counts["held_events"],
@@ -964,6 +962,26 @@ class Catalog:
             if n:
                 out[tier] = n
         return out
+
+    def progress_now(self, batch_id: str | None = None, *, limit: int = 20,
+                     now: float | None = None) -> list[ProgressEvent]:
+        """Where batches stand now: one ``ProgressEvent`` per batch and tier (tier 1 and every later tier with
+        outcomes, as :meth:`status` lists them), of ``batch_id`` (none for a batch never seen) or else of the
+        newest ``limit`` batches, oldest first (as a live stream would have sent them)."""
+        now = time.time() if now is None else now
+        batch = self._batch_row(batch_id) if batch_id is not None else None
+        batches = ([batch] if batch is not None else []) if batch_id is not None else self._newest_batches(limit)
+        return [ProgressEvent(batch_id=b["batch_id"], tier=tier, **figures)
+                for b in reversed(batches) for tier, figures in self._batch_tiers(b, now).items()]
+
+    def _newest_batches(self, limit: int) -> list[sqlite3.Row]:
+        return self._db.execute("SELECT * FROM batches ORDER BY started_at DESC, batch_id LIMIT ?",
+                                (limit,)).fetchall()
+
+    def _batch_tiers(self, batch: sqlite3.Row, now: float) -> dict[int, dict[str, Any]]:
+        """The progress figures of each tier a batch shows: tier 1, and every later tier with outcomes."""
+        tally = self._tally(batch["batch_id"])
+        return {t: self._tier_figures(batch, t, tally, now) for t in sorted({1} | set(tally.states))}
 
     def counts(self) -> dict[str, int]:
         """Row counts (assets include failure-only stubs; ``browsable`` counts tier-1 done, ``indexed`` assets with

@@ -8,7 +8,8 @@ Routes::
                               finds it; not while the catalog sink restarts or is held up by its disk)
     GET  /assets/{id}         the catalog's view of one asset (full id or unique prefix)
     GET  /thumbs/{size}/{id}  a thumbnail file (content-addressed, immutable)
-    GET  /progress            Server-Sent Events: every ``ProgressEvent`` (``?batch=`` to follow one batch)
+    GET  /progress            Server-Sent Events: where the batch (``?batch=``; else the newest batches)
+                              stands now, then every ``ProgressEvent`` as it comes
     GET  /healthz             ``{"ok": true}``: this process serves
     GET  /readyz              200 once the pipeline behind it takes work at full speed (workers in the group,
                               catalog sink, retrier, broker), else 503; either way ``{"ready": ..., <part>: ...}``
@@ -28,6 +29,7 @@ import contextlib
 import hmac
 import re
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -41,7 +43,7 @@ from aiokafka.errors import KafkaError
 from yarl import URL
 
 from agents.thumbnails import thumbnail_path
-from consumers.catalog import AmbiguousId, Catalog, CatalogUnavailable
+from consumers.catalog import AmbiguousId, Catalog, CatalogError, CatalogUnavailable
 from consumers.catalog_sink import CatalogSink
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id, now
 from streams.errors import (
@@ -526,7 +528,9 @@ async def progress(request: web.Request) -> web.StreamResponse:
             await response.write(b"retry: 2000\n: connected\n\n")
             slog.info("progress_stream_open")
             try:
-                sent = await _stream_progress(request, _Sender(response, patience), consumer, batch, heartbeat)
+                sender = _Sender(response, patience)
+                sent = await _send_progress_now(sender, app[_SETTINGS], batch)
+                sent += await _stream_progress(request, sender, consumer, batch, heartbeat)
             except ClientStalled:
                 slog.warning("progress_stream_dropped", reason=f"client took nothing for {patience:g} s")
                 _drop(request)
@@ -560,6 +564,28 @@ class _Sender:
                 await self.response.write(data)
         except TimeoutError:
             raise ClientStalled from None
+
+
+async def _send_progress_now(response: _Sender, settings: Settings, batch: str | None) -> int:
+    """Where the followed batch (or, for the dashboard, the newest batches) stands now, as the catalog holds it:
+    a client that connects after a batch's last event (a small upload is done in a blink), or reconnects after a
+    gap, is not left waiting for events that already went. Events the catalog publishes from now on follow it
+    (the tail was positioned first), so the last one a client gets is the latest."""
+    events = await asyncio.to_thread(_progress_now, settings, batch)
+    for event in events:
+        await response.write(b"event: progress\ndata: " + encode(event) + b"\n\n")
+    return len(events)
+
+
+def _progress_now(settings: Settings, batch: str | None) -> list[ProgressEvent]:
+    try:
+        with Catalog(settings.catalog_path, readonly=True) as catalog:
+            return catalog.progress_now(batch)
+    except CatalogUnavailable:
+        return []  # no catalog yet: nothing to tell
+    except (CatalogError, sqlite3.Error) as exc:  # the stream goes on: the events still come
+        log.warning("progress_snapshot_failed", batch_id=batch, error=repr(exc))
+        return []
 
 
 async def _stream_progress(request: web.Request, response: _Sender, consumer: AIOKafkaConsumer,

@@ -252,6 +252,46 @@ async def test_progress_stream_delivers_the_batch_as_it_is_ingested(stack: Stack
     assert last["known_total"] == 3 and last["failed"] == 0 and last["eta_s"] == 0.0
 
 
+async def test_a_progress_client_is_told_first_where_its_batch_stands(bare: Callable) -> None:
+    """A client that connects after a batch's last event (a small upload is done before its client can connect
+    to follow it) learns where it stands from the catalog, then gets what comes; a dashboard, the newest batches."""
+    from consumers.catalog import Catalog
+    from tests.consumers.test_catalog import T0, browsable, scanned
+
+    async def first_events(http: aiohttp.ClientSession, query: str, count: int) -> list[dict]:
+        async with http.get(f"/progress{query}") as resp, asyncio.timeout(10):
+            seen = []
+            async for event, data in sse_events(resp):
+                if event == "progress":
+                    seen.append(json.loads(data))
+                    if len(seen) == count:
+                        return seen
+                elif event == "comment" and data == "connected" and count == 0:
+                    return seen
+        raise AssertionError("the stream ended")
+
+    async with bare(http_sse_heartbeat_s=0.2) as http:
+        assert await first_events(http, "?batch=b1", 0) == []  # no catalog yet: the stream opens all the same
+        with Catalog(http.settings.catalog_path) as catalog:
+            catalog.apply([scanned(2, complete=True), browsable("e1", "/data/a.png"),
+                           browsable("e2", "/data/b.png", "b2" * 32, at=T0 + 11),
+                           scanned(1, complete=True, batch="b0", started=T0 - 60)])
+        [p] = await first_events(http, "?batch=b1", 1)
+        assert (p["batch_id"], p["tier"], p["done"], p["known_total"], p["total_final"]) == ("b1", 1, 2, 2, True)
+        newest = await first_events(http, "", 2)  # the dashboard: oldest first, so the newest ends on top
+        assert [(p["batch_id"], p["tier"]) for p in newest] == [("b0", 1), ("b1", 1)]
+        async with http.get("/progress?batch=nope") as resp, asyncio.timeout(10):  # unknown: heartbeats only
+            events = [e async for e, _ in _until_heartbeat(sse_events(resp))]
+        assert "progress" not in events
+
+
+async def _until_heartbeat(events: AsyncIterator[tuple[str, str]]) -> AsyncIterator[tuple[str, str]]:
+    async for event, data in events:
+        yield event, data
+        if event == "comment" and data == "heartbeat":
+            return
+
+
 # -- refusals: no workers needed -----------------------------------------------------------------------------
 
 
