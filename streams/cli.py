@@ -479,8 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _query_words_last(argv: list[str]) -> list[str]:
+    """``search``'s arguments with its options first and the query's words after ``--``: argparse takes ``-blurry``
+    or ``-model:sd15`` (the query language's exclusions) for unknown options, and ``-hands`` for ``-h``. Its
+    options are ``-h`` and what starts with ``--`` (abbreviated as argparse allows, ``--limit``'s value next)."""
+    if argv[:1] != ["search"]:
+        return argv
+    options, words = [], []
+    rest = iter(argv[1:])
+    for arg in rest:
+        if arg == "--":
+            words.extend(rest)
+        elif arg == "-h" or arg.startswith("--"):
+            options.append(arg)
+            if len(arg) > 2 and "--limit".startswith(arg) and (value := next(rest, None)) is not None:
+                options.append(value)
+        else:
+            words.append(arg)
+    return ["search", *options, "--", *words]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_query_words_last(sys.argv[1:] if argv is None else argv))
     try:
         settings = Settings()
     except ValidationError as exc:

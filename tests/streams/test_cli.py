@@ -142,3 +142,41 @@ def test_status_says_why_work_in_flight_does_not_move_when_no_pipeline_runs(tmp_
     assert "no `damflow up` runs on this data directory: the work in flight waits for it" in status()
     record_runtime(settings, "127.0.0.1:9")  # as a running `damflow up` (this live process) leaves it
     assert "no `damflow up` runs" not in status()
+
+
+def test_search_takes_the_query_languages_exclusions_as_words(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`damflow search koi -blurry`: argparse took `-blurry` for an unknown option (and `-hands` for `-h`), so
+    the README's exclusions only worked quoted into one argument."""
+    import json
+
+    from consumers.catalog import Catalog
+    from streams import cli
+    from tests.consumers.test_catalog import A1, A2, browsable
+    from tests.consumers.test_catalog_search import indexed
+
+    monkeypatch.setenv("DAMFLOW_DATA_DIR", str(tmp_path / "data"))
+    with Catalog(tmp_path / "data" / "catalog.sqlite") as catalog:
+        catalog.apply([browsable("e1", "/d/a.png"), browsable("e2", "/d/b.png", A2),
+                       indexed(A1, event_id="e1", positive="koi pond, blurry water", model="sdxl"),
+                       indexed(A2, event_id="e2", positive="koi pond at dawn", model="pony")])
+
+    def found(*argv: str) -> list[str]:
+        assert cli.main(["search", *argv]) == 0
+        return [row["asset_id"] for row in json.loads(capsys.readouterr().out)]
+
+    assert found("koi", "-blurry", "--json") == [A2]
+    assert found("-model:pony", "--limit", "5", "koi", "--json") == [A1]
+    assert found("--json", "koi", "-hands") == found("--json", "koi") != []
+    assert found("--json", "--", "koi", "-water") == [A2]
+
+
+def test_search_options_are_taken_wherever_they_are_and_abbreviated() -> None:
+    from streams.cli import _query_words_last, build_parser
+
+    def parsed(*argv: str) -> tuple[list[str], int, bool]:
+        args = build_parser().parse_args(_query_words_last(["search", *argv]))
+        return args.text, args.limit, args.json
+
+    assert parsed("koi", "-blurry", "--li", "5", "-model:x") == (["koi", "-blurry", "-model:x"], 5, False)
+    assert parsed("--limit=7", "-hands", "--js", "koi") == (["-hands", "koi"], 7, True)
+    assert parsed("koi", "--", "--json", "-h") == (["koi", "--json", "-h"], 50, False)
