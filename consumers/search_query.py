@@ -111,7 +111,9 @@ def parse(query: str) -> list[Term]:
     if (last.field is None and not last.quoted and not last.negated and not query[-1].isspace()
             and _long_enough(last.text)):
         terms[-1] = replace(last, prefix=True)  # search as you type
-    return terms
+    # A term twice means it once, and each costs a pass over its matches (a one-letter prefix merges every word
+    # it starts: 16 times "a*" took 6 s on 150,000 assets)
+    return list(dict.fromkeys(terms))
 
 
 def _scan(query: str) -> list[Term]:

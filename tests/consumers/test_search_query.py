@@ -28,6 +28,11 @@ def test_exclusion_of_words_phrases_and_fields() -> None:
         Term("sd15", "model", prefix=True, negated=True), Term("3", "seed", negated=True)]
 
 
+def test_a_term_given_twice_is_matched_once() -> None:
+    assert parse("a* cat a* -dog cat -dog ") == [Term("a", prefix=True), Term("cat"), Term("dog", negated=True)]
+    assert parse("cat cat") == [Term("cat"), Term("cat", prefix=True)]  # the last is a prefix: another term
+
+
 def test_a_lone_dash_is_not_an_exclusion() -> None:
     assert parse("cat - dog ") == [Term("cat"), Term("dog")]  # "-" alone has no word: dropped
 
