@@ -26,7 +26,9 @@ from agents.metadata.generators.coerce import parse_size, parser_id, to_float, t
 from agents.metadata.model import Containers, Generation, LoRA, SamplerPass
 
 _KEY = re.compile(r"(\w[\w \-/]*?):\s*")
-_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
+#: A tag ends at its ``>`` and never spans a ``<``: with ``[^>]*`` alone, every unclosed ``<lora:`` scanned to the
+#: end of the text (quadratic: a 200-KB prompt of them took minutes, past the pool's time limit).
+_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 _CORE_KEYS = frozenset({"Steps", "Seed", "Sampler", "Size", "CFG scale", "Model", "Model hash"})
 _MAPPED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Model hash", "VAE",

@@ -24,6 +24,8 @@ MAX_DEPTH = 64
 _TEXT_KEYS = ("populated_text", "text", "string", "value", "prompt", "text_g", "t5xxl", "clip_g", "clip_l",
               "text_l", "texts", "wildcard_text", "positive", "str", "string_field", "text_positive")
 _CONCAT_PART = re.compile(r"^(?:string|text|str|input|prompt)[ _]?(?:\d+|[a-h])$", re.IGNORECASE)
+#: ``<lora:name:weight...>`` in tag loaders' text; never spanning a ``<`` (see ``a1111._LORA_TAG``).
+_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?[^<>]*>")
 _COND_KEY = re.compile(r"^(?:cond(?:itioning)?)(?:_|\d|$)", re.IGNORECASE)
 _DELIMITER_KEYS = ("delimiter", "separator", "join_with", "sep")
 _LOADER_KEYS = ("ckpt_name", "unet_name", "model_path", "base_ckpt_name", "gguf_name", "checkpoint")
@@ -251,7 +253,7 @@ class Graph:
                                     clip_weight=to_float(value.get("strengthTwo", value.get("strength")))))
         if "lora" in self.cls(nid).lower() and isinstance(ins.get("text"), (str, list)):
             tags = self.text(ins.get("text"), set(seen), depth + 1) or ""
-            for tname, weight in re.findall(r"<lora:([^:>]+)(?::([^:>]*))?[^>]*>", tags):
+            for tname, weight in _LORA_TAG.findall(tags):
                 out.append(LoRA(name=tname, weight=to_float(weight), clip_weight=to_float(weight)))
         stack = self.target(ins.get("lora_stack"))
         if stack is not None and stack[0] not in seen and depth < MAX_DEPTH:

@@ -628,3 +628,16 @@ def test_a_settings_line_of_endless_junk_is_read_in_one_pass() -> None:
     pairs = a1111.split_settings("Steps: 20, " + "a, " * 2_000_000 + 'Sampler: "Euler, a"')
     assert [k for k, _ in pairs] == ["Steps", "Sampler"] and pairs[1][1] == "Euler, a"
     assert pairs[0][1] == "20" + ", a" * 2_000_000
+
+
+@pytest.mark.timeout(60)  # each unclosed tag was scanned to the end of the text: these prompts took ~20 s each
+def test_unclosed_lora_tags_are_read_in_linear_time() -> None:
+    unclosed = "<lora:a:b:" * 10_000 + " a cat"
+    graph = {"1": _n("CheckpointLoaderSimple", ckpt_name="m"), "2": _n("LoraTagLoader", text=unclosed, model=["1", 0]),
+             "3": _n("KSampler", seed=1, steps=2, model=["2", 0])}
+    start = time.perf_counter()
+    assert a1111.loras_from(unclosed, {}) == []
+    assert comfyui.generation_from_graph(graph, None, "png:prompt").loras == []
+    assert time.perf_counter() - start < 2
+    # a tag is what lies between one "<lora:" and its ">", never across another tag's "<"
+    assert [(x.name, x.weight) for x in a1111.loras_from("<lora:a:b: x <lora:kept:0.5>", {})] == [("kept", 0.5)]
