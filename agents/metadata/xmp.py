@@ -15,7 +15,9 @@ from xml.etree import ElementTree
 
 _RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
-_PACKET = re.compile(r"<x:xmpmeta\b.*?</x:xmpmeta\s*>|<rdf:RDF\b.*?</rdf:RDF\s*>", re.DOTALL)
+#: Where a packet's XML starts, and how each kind of start ends (the first such end after it).
+_OPEN = re.compile(r"<(x:xmpmeta|rdf:RDF)\b")
+_CLOSE = {"x:xmpmeta": re.compile(r"</x:xmpmeta\s*>"), "rdf:RDF": re.compile(r"</rdf:RDF\s*>")}
 _NAMESPACE = re.compile(r"""xmlns:([\w.-]+)\s*=\s*["']([^"']*)["']""")
 #: exiv2's prefixes for namespaces whose packets often use others.
 _KNOWN_PREFIXES = {"http://ns.adobe.com/xap/1.0/": "xmp", "http://purl.org/dc/elements/1.1/": "dc"}
@@ -41,13 +43,13 @@ def parse_packet(packet: bytes) -> dict[str, Any] | None:
     Documents with a DOCTYPE are refused (entity expansion is not something a metadata reader should do).
     """
     text = decode_packet(packet)
-    match = _PACKET.search(text)
-    if match is None or "<!DOCTYPE" in text or "<!ENTITY" in text:
+    xml = _packet_xml(text)
+    if xml is None or "<!DOCTYPE" in text or "<!ENTITY" in text:
         return None
     prefixes = {uri: prefix for prefix, uri in _NAMESPACE.findall(text)}
     prefixes.update(_KNOWN_PREFIXES)
     try:
-        root = ElementTree.fromstring(match.group(0))
+        root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
         return None
     result: dict[str, Any] = {}
@@ -56,6 +58,24 @@ def parse_packet(packet: bytes) -> dict[str, Any] | None:
         for description in document.iterfind(f"{{{_RDF}}}Description"):
             _properties(description, "Xmp.", prefixes, result)
     return result
+
+
+def _packet_xml(text: str) -> str | None:
+    """The first ``<x:xmpmeta>...</x:xmpmeta>`` or ``<rdf:RDF>...</rdf:RDF>`` in ``text``. Each kind's end is
+    looked for once at most: a lazy ``.*?`` regex scanned to the end of the text from every unclosed start, and
+    a packet of them (hundreds of thousands in a few kilobytes of zTXt) outlasted the pool's time limit."""
+    unclosed: set[str] = set()
+    for start in _OPEN.finditer(text):
+        kind = start.group(1)
+        if kind in unclosed:
+            continue  # no end after an earlier start of this kind: none after this one either
+        end = _CLOSE[kind].search(text, start.end())
+        if end is not None:
+            return text[start.start() : end.end()]
+        unclosed.add(kind)
+        if len(unclosed) == len(_CLOSE):
+            return None
+    return None
 
 
 def _properties(node: ElementTree.Element, base: str, prefixes: dict[str, str], out: dict[str, Any]) -> None:

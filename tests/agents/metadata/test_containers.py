@@ -382,6 +382,17 @@ def test_fallback_xmp_parser_reads_what_exiv2_rejects() -> None:
     assert parse_packet(b'<!DOCTYPE x [<!ENTITY a "b">]><rdf:RDF/>') is None
 
 
+@pytest.mark.timeout(60)  # every unclosed start was scanned to the end of the packet: this file took ~20 s
+def test_a_packet_of_unclosed_xmp_starts_is_refused_in_linear_time(tmp_path: Path) -> None:
+    junk = ("<x:xmpmeta " * 8000 + "<rdf:RDF " * 8000).encode()
+    png = make_png(tmp_path / "plain.png").read_bytes()
+    start = time.perf_counter()
+    c = read_containers(_write(tmp_path, "junk.png", _before_iend(png, _chunk(
+        b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(junk)))))
+    assert time.perf_counter() - start < 2
+    assert c.xmp == {} and "xmp: 1 packet(s) present but not readable XML" in c.warnings
+
+
 def test_gps_missing_or_invalid_is_none(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x010F] = "Maker"
