@@ -298,7 +298,12 @@ def _first(ins: dict[str, Any], *keys: str) -> Any:
 
 
 def _natural(key: str) -> tuple[str, int, str]:
-    """Sort string_2 before string_10."""
-    m = re.match(r"^(.*?)(\d+)$", key)
-    return (m.group(1), int(m.group(2)), "") if m else (key, -1, key)
+    """Sort string_2 before string_10: by the text before the trailing digits, then by their value (the count
+    of significant digits, then the digits). Neither a regex (``^(.*?)(\\d+)$`` took quadratic time on a long key
+    of digits) nor ``int`` (which refuses more than 4300 digits) is given a hostile key's length."""
+    head = key.rstrip("0123456789")
+    if len(head) == len(key):
+        return key, -1, key
+    digits = key[len(head):].lstrip("0")
+    return head, len(digits), digits
 

@@ -641,3 +641,16 @@ def test_unclosed_lora_tags_are_read_in_linear_time() -> None:
     assert time.perf_counter() - start < 2
     # a tag is what lies between one "<lora:" and its ">", never across another tag's "<"
     assert [(x.name, x.weight) for x in a1111.loras_from("<lora:a:b: x <lora:kept:0.5>", {})] == [("kept", 0.5)]
+
+
+@pytest.mark.timeout(60)
+def test_hostile_conditioning_input_names_are_ordered_quickly_and_never_raise() -> None:
+    long_key, many_digits = "conditioning_" + "1" * 30_000 + "x", "conditioning_" + "9" * 5000
+    graph = {"1": _n("CheckpointLoaderSimple", ckpt_name="m"),
+             "2": _n("ConditioningCombine", **{long_key: ["3", 0], many_digits: ["4", 0]}),
+             "3": _n("CLIPTextEncode", text="a", clip=["1", 1]), "4": _n("CLIPTextEncode", text="b", clip=["1", 1]),
+             "5": _n("KSampler", seed=1, steps=2, model=["1", 0], positive=["2", 0])}
+    start = time.perf_counter()  # a regex took ~15 s over the long name; int() refuses the 5000 digits
+    gen = comfyui.generation_from_graph(graph, None, "png:prompt")
+    assert time.perf_counter() - start < 2
+    assert gen.positive == "b\na" and gen.model == "m"
