@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 
-from agents.metadata.generators.coerce import parse_size, parser_id, to_float, to_int
+from agents.metadata.generators.coerce import parse_size, parser_id, to_float, to_int, without_surrogates
 from agents.metadata.model import Containers, Generation, LoRA, SamplerPass
 
 _KEY = re.compile(r"(\w[\w \-/]*?):\s*")
@@ -46,7 +46,7 @@ def _read_value(line: str, i: int) -> tuple[str, int]:
             j += 2 if line[j] == "\\" else 1
         raw = line[i : j + 1]
         try:
-            value = json.loads(raw)
+            value = without_surrogates(json.loads(raw))  # "\\ud800" would fail the event's encoding
         except ValueError:
             value = raw.strip('"')
         k = line.find(",", j + 1)
@@ -165,8 +165,8 @@ def loras_from(prompt: str | None, settings: dict[str, str]) -> list[LoRA]:
 def _extra_value(key: str, value: str) -> object:
     if value[:1] in "[{":
         try:
-            return json.loads(value)
-        except ValueError:
+            return without_surrogates(json.loads(value))
+        except (ValueError, RecursionError):  # not JSON; JSON nested deeper than Python recurses
             return value
     return value
 

@@ -88,12 +88,14 @@ def load_json(text: Any) -> Any:
     try:
         # what msgspec refuses but Python writers produce: NaN, Infinity, and escapes of lone surrogates
         # (``"\ud800"``), which no UTF-8 output can hold: those become U+FFFD
-        return _without_surrogates(json.loads(s))
+        return without_surrogates(json.loads(s))
     except ValueError:
         return None
 
 
-def _without_surrogates(v: Any) -> Any:
+def without_surrogates(v: Any) -> Any:
+    """``v`` (JSON-decoded) with lone surrogates, which Python's ``json`` makes of escapes like ``"\\ud800"`` and
+    which no UTF-8 output (an event, the catalog) can hold, replaced by U+FFFD."""
     if isinstance(v, str):
         try:
             v.encode()
@@ -101,9 +103,9 @@ def _without_surrogates(v: Any) -> Any:
             return v.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
         return v
     if isinstance(v, dict):
-        return {_without_surrogates(k): _without_surrogates(x) for k, x in v.items()}
+        return {without_surrogates(k): without_surrogates(x) for k, x in v.items()}
     if isinstance(v, list):
-        return [_without_surrogates(x) for x in v]
+        return [without_surrogates(x) for x in v]
     return v
 
 

@@ -654,3 +654,19 @@ def test_hostile_conditioning_input_names_are_ordered_quickly_and_never_raise() 
     gen = comfyui.generation_from_graph(graph, None, "png:prompt")
     assert time.perf_counter() - start < 2
     assert gen.positive == "b\na" and gen.model == "m"
+
+
+def test_a1111_values_that_decode_to_lone_surrogates_or_nest_too_deep_are_kept_safely() -> None:
+    from agents.index import summarise
+    from schemas import AssetIndexed, decode, encode
+
+    text = ('a cat\nSteps: 20, Seed: 1, Sampler: "Euler \\ud800", Lora hashes: "x\\udfff: 1", '
+            'Model: m, Deep: ' + "[" * 5000 + "]" * 5000)
+    c = Containers(format="PNG", text={"parameters": text})
+    gen = detect(c)
+    assert gen is not None and gen.generator == "a1111" and gen.sampler.encode()
+    assert gen.sampler.startswith("Euler \ufffd") and gen.loras[0].name.startswith("x\ufffd")
+    assert gen.extra["Deep"].startswith("[[")
+    event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id="a", path="p",
+                         parser_version=PARSER_VERSION, metadata_path="m", indexed_at=1.0, **summarise(c, gen))
+    assert decode(encode(event), AssetIndexed).sampler == gen.sampler  # encoding raised UnicodeEncodeError
