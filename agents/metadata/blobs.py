@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 #: so an unknown 100-KB vendor segment does not bloat every event about the file.
 RAW_INLINE_BYTES = 2048
 
-#: Cap on the inflated size of one compressed text chunk; zTXt/iTXt decompression bombs stop here.
+#: Cap on inflated text: what a PNG's compressed text chunks (zTXt/iTXt) inflate to, all together (decompression
+#: bombs stop here), and one stealth payload.
 MAX_INFLATED_BYTES = 16 * 1024 * 1024
 
 

@@ -42,6 +42,15 @@ _RAW_PROFILE = "Raw profile type "
 
 
 @dataclass
+class _Inflation:
+    """What is left of one file's allowance of inflated text: :data:`MAX_INFLATED_BYTES` for all its compressed
+    chunks together. Capping each chunk alone let a 600-KB file of 40 zTXt bombs inflate 600 MB of text, and its
+    metadata document several times that: 3 GB, the pool's memory limit."""
+
+    left: int
+
+
+@dataclass
 class PngLayout:
     """Where the pixels are, for the stealth-metadata probe (which must not decode a whole image to say no)."""
 
@@ -57,6 +66,7 @@ class PngLayout:
 def walk_png(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> PngLayout:
     """Read the chunks of the PNG open in ``source`` (``size`` bytes) into ``out`` and ``blobs``."""
     layout = PngLayout()
+    inflation = _Inflation(MAX_INFLATED_BYTES)
     pos = len(SIGNATURE)
     source.seek(pos)
     first = True
@@ -98,7 +108,7 @@ def walk_png(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> PngL
             crc = source.read(4)
             if zlib.crc32(kind + data) != int.from_bytes(crc, "big"):
                 out.warnings.append(f"png: bad CRC in {name} chunk at offset {pos}")
-            _chunk(kind, data, out, blobs, layout)
+            _chunk(kind, data, out, blobs, layout, inflation)
         else:
             if kind not in _KNOWN:
                 out.raw[_unique(out.raw, f"png:{name}")] = f"omitted:{length} bytes"
@@ -112,14 +122,15 @@ def walk_png(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> PngL
     return layout
 
 
-def _chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, layout: PngLayout) -> None:
+def _chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, layout: PngLayout,
+           inflation: _Inflation) -> None:
     if kind == b"IHDR":
         if len(data) >= 13:
             (layout.width, layout.height, layout.bit_depth, layout.color_type, _, _,
              layout.interlace) = struct.unpack(">IIBBBBB", data[:13])
             out.width, out.height = layout.width, layout.height
     elif kind in _TEXT:
-        _text_chunk(kind, data, out, blobs)
+        _text_chunk(kind, data, out, blobs, inflation)
     elif kind == b"eXIf":
         blobs.exif.append(data[6:] if data.startswith(b"Exif\x00") else data)
     elif kind == b"acTL":
@@ -135,20 +146,20 @@ def _chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, layout: PngL
         out.raw[_unique(out.raw, f"png:{kind.decode('ascii')}")] = raw_value(data)
 
 
-def _text_chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs) -> None:
+def _text_chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, inflation: _Inflation) -> None:
     keyword_bytes, _, rest = data.partition(b"\x00")
     keyword = keyword_bytes.decode("latin-1")
     what = f"png: {kind.decode('ascii')} {keyword[:80]!r}"  # a keyword is 1-79 bytes; a hostile one, megabytes
     if kind == b"tEXt":
         body: bytes | None = rest
     elif kind == b"zTXt":
-        body = _inflate(rest[1:], what, out)
+        body = _inflate(rest[1:], what, out, inflation)
     else:  # iTXt: compression flag, method, language tag, translated keyword, text (UTF-8)
         flag = rest[:1]  # the method byte after it has one defined value (zlib); inflate judges the stream
         _language, _, rest = rest[2:].partition(b"\x00")
         _translated, _, body = rest.partition(b"\x00")
         if flag == b"\x01":
-            body = _inflate(body, what, out)
+            body = _inflate(body, what, out, inflation)
     if body is None:
         return
     # tEXt/zTXt are Latin-1 by the letter of the spec, but many writers put UTF-8 there; valid UTF-8 is never
@@ -189,17 +200,25 @@ def _imagemagick_profile(profile: str, text: str, out: Containers, blobs: Blobs)
         out.flags["icc"] = True
 
 
-def _inflate(data: bytes, what: str, out: Containers) -> bytes | None:
-    """zlib-inflate at most :data:`MAX_INFLATED_BYTES`; a bomb or broken stream is a warning, not a crash."""
+def _inflate(data: bytes, what: str, out: Containers, inflation: _Inflation) -> bytes | None:
+    """zlib-inflate at most what is left of the file's :data:`MAX_INFLATED_BYTES`; a bomb or broken stream is a
+    warning, not a crash."""
+    too_much = f"{what}: inflates beyond {MAX_INFLATED_BYTES} bytes"
+    if inflation.left < MAX_INFLATED_BYTES:
+        too_much += " with the file's compressed text before it"
+    if inflation.left <= 0:  # (to zlib, a max_length of 0 is no limit at all)
+        out.warnings.append(f"{too_much}; dropped")
+        return None
     inflater = zlib.decompressobj()
     try:
-        result = inflater.decompress(data, MAX_INFLATED_BYTES)
+        result = inflater.decompress(data, inflation.left)
     except zlib.error as exc:
         out.warnings.append(f"{what}: cannot inflate ({exc})")
         return None
     if inflater.unconsumed_tail:
-        out.warnings.append(f"{what}: inflates beyond {MAX_INFLATED_BYTES} bytes; dropped")
+        out.warnings.append(f"{too_much}; dropped")
         return None
+    inflation.left -= len(result)
     if not inflater.eof:
         out.warnings.append(f"{what}: compressed text is truncated")
     return result

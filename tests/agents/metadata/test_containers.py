@@ -186,6 +186,18 @@ def test_png_text_bomb_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert any("inflates beyond" in w for w in c.warnings)
 
 
+def test_png_text_bombs_are_capped_for_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # capped chunk by chunk, 40 bombs of 15 MB in a 600-KB file ran a pool process into its 3-GB memory limit
+    monkeypatch.setattr(png_chunks, "MAX_INFLATED_BYTES", 1000)
+    chunks = [_chunk(b"zTXt", name + b"\x00\x00" + zlib.compress(b"A" * 600)) for name in (b"a", b"b", b"c")]
+    chunks.append(_chunk(b"iTXt", b"d\x00\x01\x00\x00\x00" + zlib.compress(b"B" * 300)))
+    chunks.append(_chunk(b"tEXt", b"plain\x00" + b"C" * 900))  # as stored: its size is the file's own
+    c = read_containers(_write(tmp_path, "bombs.png", _before_iend(_png_bytes(pattern((8, 8))), *chunks)))
+
+    assert c.text == {"a": "A" * 600, "d": "B" * 300, "plain": "C" * 900}
+    assert sum("inflates beyond 1000 bytes with the file's compressed text" in w for w in c.warnings) == 2
+
+
 def test_png_exif_chunk_xmp_and_imagemagick_raw_profile(tmp_path: Path) -> None:
     exif = _camera_exif()
     xmp = PngImagePlugin.PngInfo()
