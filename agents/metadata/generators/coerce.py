@@ -85,11 +85,13 @@ def load_json(text: Any) -> Any:
         return msgspec.json.decode(s)  # about twice as fast as json on the 50-120 KB ComfyUI documents
     except msgspec.DecodeError:
         pass
+    except RecursionError:  # nested deeper than Python recurses: no generator writes that
+        return None
     try:
         # what msgspec refuses but Python writers produce: NaN, Infinity, and escapes of lone surrogates
         # (``"\ud800"``), which no UTF-8 output can hold: those become U+FFFD
         return without_surrogates(json.loads(s))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

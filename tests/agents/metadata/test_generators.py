@@ -670,3 +670,15 @@ def test_a1111_values_that_decode_to_lone_surrogates_or_nest_too_deep_are_kept_s
     event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id="a", path="p",
                          parser_version=PARSER_VERSION, metadata_path="m", indexed_at=1.0, **summarise(c, gen))
     assert decode(encode(event), AssetIndexed).sampler == gen.sampler  # encoding raised UnicodeEncodeError
+
+
+def test_json_nested_deeper_than_python_recurses_is_no_json_and_names_no_generator() -> None:
+    from agents.metadata.generators.coerce import load_json
+
+    deep = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert load_json(deep) is None and load_json('{"a": ' + "[" * 900 + "]" * 900 + "}") is not None
+    # it raised RecursionError: every JSON parser failed, and the file was indexed as "swarmui" (the first)
+    assert detect(Containers(format="PNG", text={"parameters": deep})) is None
+    workflow = {"nodes": [{"id": 1, "type": "KSampler", "widgets_values": [7, "fixed", 20, 8, "euler", "normal", 1]}]}
+    gen = detect(Containers(format="PNG", text={"prompt": deep, "workflow": json.dumps(workflow)}))
+    assert gen is not None and gen.generator == "comfyui" and gen.seed == 7 and "parser_errors" not in gen.extra
