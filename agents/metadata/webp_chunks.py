@@ -34,7 +34,9 @@ def walk_webp(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
         if fourcc in _HEADER_ONLY:
             _header_chunk(fourcc, source.read(min(length, _HEADER_BYTES)), out)
         else:
-            data = source.read(length)
+            # no more than the file holds: read(n) allocates n bytes first, and a declared 4 GiB is a MemoryError
+            # under the pool's memory limit that stopped the walk and lost what the chunk does hold
+            data = source.read(min(length, size - data_at))
             if fourcc == b"EXIF":
                 blobs.exif.append(data[6:] if data.startswith(b"Exif\x00") else data)
             elif fourcc == b"XMP ":

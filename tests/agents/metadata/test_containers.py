@@ -449,6 +449,33 @@ def test_webp_exif_xmp_icc_and_comfyui_prompt_in_ifd0(tmp_path: Path) -> None:
     assert c.flags["icc"] and c.flags["exif"] and c.flags["xmp"]
 
 
+class _Reads(io.BytesIO):
+    """A file that remembers the largest read asked of it."""
+
+    largest = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.largest = max(self.largest, size or 0)
+        return super().read(size)
+
+
+def test_webp_chunk_declaring_more_than_the_file_is_read_as_far_as_it_goes() -> None:
+    from agents.metadata.blobs import Blobs
+    from agents.metadata.model import Containers
+    from agents.metadata.webp_chunks import walk_webp
+
+    out, blobs = io.BytesIO(), Blobs()
+    pattern((8, 8)).save(out, "WEBP")
+    tiff = _camera_exif().tobytes()
+    body = out.getvalue()[12:] + b"EXIF" + struct.pack("<I", 0xFFFFFFF0) + tiff  # cut off: ~4 GiB declared
+    source = _Reads(b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body)
+    c = Containers(format="WEBP")
+    walk_webp(source, len(source.getvalue()), c, blobs)
+    # read(4 GiB) allocates it first: a MemoryError under the pool's limit, which stopped the walk
+    assert source.largest <= len(source.getvalue())
+    assert blobs.exif == [tiff.removeprefix(b"Exif\x00\x00")] and any("cut off" in w for w in c.warnings)
+
+
 def test_heif_stub_and_other_formats_do_not_crash(tmp_path: Path) -> None:
     heif = _write(tmp_path, "x.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100))
     assert read_containers(heif).format == "HEIF"
