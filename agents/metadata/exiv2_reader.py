@@ -20,6 +20,7 @@ from typing import Any
 import pyexiv2
 
 from agents.metadata.blobs import decode_text
+from agents.metadata.exif import decode_user_comment
 
 _LOG_ERRORS, _LOG_MUTE = 3, 4
 _lock = threading.Lock()
@@ -30,6 +31,8 @@ _BINARY_TYPES = frozenset({"Undefined", "Byte", "SByte"})
 #: Windows XP* tags: UCS-2LE stored as bytes.
 _UCS2 = frozenset({"Exif.Image.XPTitle", "Exif.Image.XPComment", "Exif.Image.XPAuthor", "Exif.Image.XPKeywords",
                    "Exif.Image.XPSubject"})
+#: UserComment, in the Exif IFD or (ComfyUI JPEG savers) IFD0.
+_USER_COMMENTS = frozenset({"Exif.Photo.UserComment", "Exif.Image.0x9286"})
 _LANG_SPLIT = re.compile(r'(?:^|, )lang="([^"]+)" ')
 
 
@@ -105,7 +108,9 @@ def _exif(rows: list[dict[str, Any]]) -> dict[str, str]:
             continue
         raw = row["value"]
         kind = row.get("typeName", "")
-        if kind in _BINARY_TYPES and len(raw) > _MAX_BINARY_CHARS:
+        if key in _USER_COMMENTS and kind in _BINARY_TYPES:
+            value = _comment(raw)
+        elif kind in _BINARY_TYPES and len(raw) > _MAX_BINARY_CHARS:
             value = f"omitted:{raw.count(b' ') + 1} bytes"
         elif key in _UCS2:
             value = _ucs2(raw)
@@ -115,6 +120,17 @@ def _exif(rows: list[dict[str, Any]]) -> dict[str, str]:
                 value = value.split("\x00", 1)[0]
         exif[key] = value
     return exif
+
+
+def _comment(raw: bytes) -> str:
+    """A UserComment stored as Byte/Undefined that exiv2 prints as numbers (it gives its ``charset=...`` text only
+    to the Comment type): decoded from those bytes as the containers' walkers decode it, whatever its length (a
+    generator's parameters are kilobytes; summarised as binary they were lost). Files we do not walk (TIFF,
+    HEIF, AVIF...) have no other reading of it."""
+    try:
+        return decode_user_comment(bytes(int(n) for n in raw.split())) or ""
+    except ValueError:
+        return decode_text(raw)
 
 
 def _ucs2(raw: bytes) -> str:

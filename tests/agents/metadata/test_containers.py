@@ -476,6 +476,24 @@ def test_webp_chunk_declaring_more_than_the_file_is_read_as_far_as_it_goes() -> 
     assert blobs.exif == [tiff.removeprefix(b"Exif\x00\x00")] and any("cut off" in w for w in c.warnings)
 
 
+def test_user_comment_of_a_format_read_by_exiv2_alone_is_decoded(tmp_path: Path) -> None:
+    from agents.metadata.generators import detect
+
+    # Pillow stores UserComment as Byte: exiv2 prints it as numbers ("85 78 73 ..."), and past 16 KB of those
+    # it was summarised as binary; a TIFF (or HEIF, AVIF) has no walker of ours to read the raw bytes instead
+    text = "a cat, " * 400 + "\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, Seed: 42, Size: 16x16"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+    path = tmp_path / "a1111.tif"
+    pattern((16, 16)).save(path, "TIFF", exif=exif.tobytes())
+
+    c = read_containers(path)
+
+    assert c.format == "TIFF" and c.user_comment == text and c.exif["Exif.Photo.UserComment"] == text
+    gen = detect(c)
+    assert gen is not None and (gen.generator, gen.seed, gen.negative) == ("a1111", 42, "dog")
+
+
 def test_heif_stub_and_other_formats_do_not_crash(tmp_path: Path) -> None:
     heif = _write(tmp_path, "x.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100))
     assert read_containers(heif).format == "HEIF"
