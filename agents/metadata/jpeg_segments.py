@@ -38,6 +38,10 @@ _SOI, _EOI, _SOS, _COM = 0xD8, 0xD9, 0xDA, 0xFE
 _QUIET = frozenset({b"JFIF", b"JFXX", b"Adobe"})
 #: How far junk between segments is skipped looking for the next marker before giving up.
 _RESYNC_LIMIT = 65536
+#: How many stray pieces (runs of junk, markers without a segment: RSTn, TEM, stuffed 0xFF00) the walk steps over
+#: before the image data; real files have a handful. Each costs a few microseconds of Python (a run of junk a
+#: 4-KB read), so a file of nothing else ("a\xff\x00" a million times) took seconds per megabyte.
+MAX_STRAYS = 4096
 
 
 def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> None:
@@ -49,7 +53,11 @@ def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
     extended: dict[bytes, dict[int, bytes]] = {}
     mp_images = 0
     junk_reported = False
+    strays = 0
     while True:
+        if strays > MAX_STRAYS:
+            out.warnings.append(f"jpeg: more than {MAX_STRAYS} stray bytes or markers between segments; stopped")
+            break
         byte = source.read(1)
         if not byte:
             out.warnings.append("jpeg: file ends before the image data (no SOS)")
@@ -58,6 +66,7 @@ def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
             if not junk_reported:
                 out.warnings.append(f"jpeg: junk bytes between segments at offset {pos}")
                 junk_reported = True
+            strays += 1
             skipped = _skip_to_marker(source)
             if skipped is None:
                 out.warnings.append("jpeg: no marker found after junk; stopped")
@@ -72,6 +81,7 @@ def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
             break
         code = marker[0]
         if code in _STANDALONE or code == _SOI or code == 0x00:
+            strays += 1
             pos = source.tell()
             continue
         if code == _EOI or code == _SOS:

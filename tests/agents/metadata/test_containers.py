@@ -429,6 +429,20 @@ def test_broken_jpeg_structures_warn_and_never_raise(tmp_path: Path) -> None:
         assert c.warnings or name == "garbage-exif.jpg", name
 
 
+@pytest.mark.timeout(60)
+def test_jpeg_walk_gives_up_on_endless_stray_markers(tmp_path: Path) -> None:
+    jpeg = _jpeg(comment="before")
+    first_end = 4 + int.from_bytes(jpeg[4:6], "big")
+    a_few = jpeg[:first_end] + b"junk\xff\x00\xff\xd0" * 10 + _segment(0xFE, b"kept") + jpeg[first_end:]
+    assert read_containers(_write(tmp_path, "few.jpg", a_few)).comments == ["kept", "before"]
+
+    endless = jpeg[:first_end] + b"a\xff\x00" * 1_000_000 + _segment(0xFE, b"never seen") + jpeg[first_end:]
+    start = time.perf_counter()
+    c = read_containers(_write(tmp_path, "endless.jpg", endless))
+    assert time.perf_counter() - start < 2  # ~8 s walking it byte by byte
+    assert c.comments == [] and any("stray" in w for w in c.warnings)
+
+
 # -- WebP and others ---------------------------------------------------------------------------------
 
 
