@@ -198,6 +198,17 @@ def test_png_text_bombs_are_capped_for_the_whole_file(tmp_path: Path, monkeypatc
     assert sum("inflates beyond 1000 bytes with the file's compressed text" in w for w in c.warnings) == 2
 
 
+@pytest.mark.timeout(60)
+def test_png_walk_gives_up_on_endless_small_chunks(tmp_path: Path) -> None:
+    png = _png_bytes(pattern((8, 8), seed=1))
+    endless = [_chunk(b"abCd", b"")] * 200_000 + [_chunk(b"tEXt", b"late\x00never read")]
+    start = time.perf_counter()
+    c = read_containers(_write(tmp_path, "endless.png", _before_iend(png, _chunk(b"tEXt", b"early\x00kept"), *endless)))
+    assert time.perf_counter() - start < 2  # ~6 s, chunk by chunk
+    assert c.text == {"early": "kept"} and c.width == 8
+    assert any(f"more than {png_chunks.MAX_CHUNKS} chunks" in w for w in c.warnings)
+
+
 def test_png_exif_chunk_xmp_and_imagemagick_raw_profile(tmp_path: Path) -> None:
     exif = _camera_exif()
     xmp = PngImagePlugin.PngInfo()
