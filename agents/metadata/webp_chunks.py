@@ -15,6 +15,9 @@ from agents.metadata.model import Containers
 #: Chunks read only as far as their first bytes (sizes, flags) and then seeked over; every other chunk is read whole.
 _HEADER_ONLY = frozenset({b"VP8 ", b"VP8L", b"VP8X", b"ANMF", b"ALPH", b"ANIM", b"ICCP"})
 _HEADER_BYTES = 30
+#: Chunks besides animation frames (ANMF) walked before giving up, as for PNG (:data:`.png_chunks.MAX_CHUNKS`):
+#: 100,000 tiny EXIF or XMP chunks in 1 MB each went to the fallback parsers one by one (~1 s per MB).
+MAX_CHUNKS = 10_000
 
 
 def walk_webp(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> None:
@@ -26,8 +29,13 @@ def walk_webp(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
         out.warnings.append(f"webp: RIFF says {riff_size + 8} bytes, the file has {size}")
     pos = 12
     source.seek(pos)
+    others = 0
     while pos + 8 <= end_of_riff:
         fourcc, length = struct.unpack("<4sI", source.read(8))
+        others += fourcc != b"ANMF"
+        if others > MAX_CHUNKS:
+            out.warnings.append(f"webp: more than {MAX_CHUNKS} chunks besides the frames; stopped at offset {pos}")
+            break
         data_at = pos + 8
         if data_at + length > end_of_riff:
             out.warnings.append(f"webp: {fourcc!r} chunk at offset {pos} is cut off by the end of the file")

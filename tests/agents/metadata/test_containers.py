@@ -519,6 +519,17 @@ def test_user_comment_of_a_format_read_by_exiv2_alone_is_decoded(tmp_path: Path)
     assert gen is not None and (gen.generator, gen.seed, gen.negative) == ("a1111", 42, "dog")
 
 
+def test_webp_walk_gives_up_on_endless_small_chunks(tmp_path: Path) -> None:
+    from agents.metadata import webp_chunks
+
+    out = io.BytesIO()
+    pattern((8, 8)).save(out, "WEBP")
+    body = out.getvalue()[12:] + b"EXIF\x00\x00\x00\x00" * 100_000 + b"XMP " + struct.pack("<I", 4) + b"late"
+    c = read_containers(_write(tmp_path, "endless.webp", b"RIFF" + struct.pack("<I", len(body) + 4) + b"WEBP" + body))
+    assert c.width == 8 and any(f"more than {webp_chunks.MAX_CHUNKS} chunks" in w for w in c.warnings)
+    assert not any("xmp" in w for w in c.warnings)  # the XMP packet past the cap was not read
+
+
 def test_heif_stub_and_other_formats_do_not_crash(tmp_path: Path) -> None:
     heif = _write(tmp_path, "x.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100))
     assert read_containers(heif).format == "HEIF"
