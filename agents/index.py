@@ -61,8 +61,9 @@ def _text(value: Any) -> str | None:
     """pyexiv2 values come as str, list (repeatable) or dict (lang-alt); flatten to one string."""
     if value is None:
         return None
-    if isinstance(value, dict):
-        value = value.get('lang="x-default"') or next(iter(value.values()), None)
+    if isinstance(value, dict):  # language -> text: "x-default" (ours) or 'lang="x-default"' (pyexiv2's own)
+        value = next((text for lang, text in value.items() if "x-default" in str(lang)), None) or next(
+            iter(value.values()), None)
     if isinstance(value, list):
         value = ", ".join(str(v) for v in value if v)
     text = str(value).strip()

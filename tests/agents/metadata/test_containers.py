@@ -416,6 +416,19 @@ def test_a_packet_of_unclosed_xmp_starts_is_refused_in_linear_time(tmp_path: Pat
     assert c.xmp == {} and "xmp: 1 packet(s) present but not readable XML" in c.warnings
 
 
+def test_searchable_caption_is_the_default_language_wherever_it_stands(tmp_path: Path) -> None:
+    from agents.index import camera_fields
+
+    # exiv2 refuses the packet (a duplicated property): the fallback parser keeps the document's order
+    packet = XMP_PACKET.replace('xmp:CreatorTool="Draw Things">', 'xmp:CreatorTool="Draw Things">'
+                                "<xmp:Rating>1</xmp:Rating><xmp:Rating>2</xmp:Rating>").replace(
+        '<rdf:li xml:lang="x-default">a cat\nSteps: 20</rdf:li>',
+        '<rdf:li xml:lang="de">eine Katze</rdf:li><rdf:li xml:lang="x-default">a cat</rdf:li>')
+    c = read_containers(_write(tmp_path, "alt.jpg", _jpeg(xmp=packet.encode())))
+    assert c.xmp["Xmp.dc.description"] == {"de": "eine Katze", "x-default": "a cat"}
+    assert camera_fields(c)["description"] == "a cat"  # was the first language's, "eine Katze"
+
+
 def test_gps_missing_or_invalid_is_none(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x010F] = "Maker"
