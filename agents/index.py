@@ -9,15 +9,18 @@ atomically), and returns the searchable summary that travels in ``AssetIndexed``
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agents.atomic_write import write_atomically
+from agents.hashing import hash_file, source_error
 from agents.metadata.containers import read_containers
 from agents.metadata.generators import detect
 from agents.metadata.model import PARSER_VERSION, Containers, Generation
+from streams.errors import SourceChanged
 
 #: Camera / authoring fields for search and display: summary name -> where to look, first found wins.
 CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -108,9 +111,15 @@ def metadata_relpath(asset_id: str) -> str:
     return f"metadata/{asset_id[:2]}/{asset_id}.v{PARSER_VERSION}.json"
 
 
-def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
-    """Read, normalise and keep the metadata of the file at ``path`` (whose content hash is ``asset_id``)."""
+def index_file(path: str, asset_id: str, data_dir: str, seen: tuple[int, int] | None = None) -> Indexed:
+    """Read, normalise and keep the metadata of the file at ``path`` (whose content hash is ``asset_id``).
+
+    ``seen``: the file's (size, mtime_ns) when its asset was hashed. A file that no longer has them is hashed
+    again, and one that no longer holds the asset's bytes (edited or replaced since tier 1) is a
+    :class:`SourceChanged`: its metadata is another content's, and would be searched for as this asset's."""
     started = time.perf_counter()
+    if seen is not None:
+        _check_unchanged(path, asset_id, seen)
     containers = read_containers(path)
     generation = detect(containers)
     rel = metadata_relpath(asset_id)
@@ -124,6 +133,15 @@ def index_file(path: str, asset_id: str, data_dir: str) -> Indexed:
         document_bytes = _document(asset_id, path, containers, generation)
     write_atomically(Path(data_dir) / rel, document_bytes, what="metadata")
     return Indexed(rel, summarise(containers, generation), (time.perf_counter() - started) * 1000)
+
+
+def _check_unchanged(path: str, asset_id: str, seen: tuple[int, int]) -> None:
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise source_error(exc, path) from exc
+    if (info.st_size, info.st_mtime_ns) != tuple(seen) and hash_file(path)[0] != asset_id:
+        raise SourceChanged(f"the file no longer holds asset {asset_id} (changed since it was hashed)", path=path)
 
 
 def _document(asset_id: str, path: str, containers: Containers, generation: Generation | None) -> bytes:

@@ -40,7 +40,8 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     data_dir = str(settings.data_path)
 
     async def index(record: AssetBrowsable, attempt: int) -> None:
-        result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir,
+        seen = (record.size, record.mtime_ns) if record.mtime_ns else None  # 0: not known (a reprocess)
+        result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir, seen,
                                                         reads=record.path, level=level_of(2, record.lane), tier=2)
         indexed = AssetIndexed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
 
+import pytest
 from PIL import Image, PngImagePlugin
 
+from agents.hashing import hash_file
 from agents.index import CAMERA_FIELDS, index_file, summarise
 from agents.metadata.model import Containers, Generation, LoRA
 from agents.metadata.generators.coerce import to_float
 from schemas import AssetIndexed, decode, encode
+from streams.errors import SourceChanged
 
 ASSET = "ab" * 32
 
@@ -100,3 +104,20 @@ def test_the_event_fits_one_request_even_at_every_bound_in_its_costliest_charact
     event = AssetIndexed(event_id="e", batch_id="b", lane="batch", source="scan", asset_id=ASSET, path="/p",
                          parser_version=1, metadata_path="m.json", indexed_at=1.0, **summarise(c, g))
     assert len(encode(event)) < 700_000  # the producer's requests take 1 MB, envelope and headers included
+
+
+def test_a_file_changed_since_it_was_hashed_is_not_indexed_as_the_old_asset(tmp_path: Path) -> None:
+    path = tmp_path / "out.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, Seed: 1")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    asset_id, _ = hash_file(path)
+    seen = (path.stat().st_size, path.stat().st_mtime_ns)
+    os.utime(path, ns=(seen[1] + 10**9, seen[1] + 10**9))  # touched, same bytes: still this asset
+    assert index_file(str(path), asset_id, str(tmp_path), seen).summary["positive"] == "a cat"
+
+    info = PngImagePlugin.PngInfo()  # saved again over it (a ComfyUI temp preview, an edit) before tier 2 ran
+    info.add_text("parameters", "a dog\nSteps: 20, Sampler: Euler, Seed: 2")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(SourceChanged):  # it indexed the dog as the cat's asset
+        index_file(str(path), asset_id, str(tmp_path), seen)
