@@ -67,7 +67,8 @@ class LanePools:
         self.batch = WorkPool(settings.pool_size, nice=settings.batch_nice, idle_class=settings.batch_idle_class,
                               freezable=settings.preempt_batch, **common)
         self.batch_chunks = ChunkedPool(self.batch, max_chunk=settings.batch_chunk, read_ahead=settings.read_ahead,
-                                        idle_only_from=LEVELS[(3, "background")])
+                                        idle_only_from=LEVELS[(3, "background")],
+                                        drop_after_bytes=settings.drop_read_pages_after_bytes)
         #: Tier 3 (and odd lanes) share the batch pool's chunks, at their own level: after the batch lane's calls,
         #: and only on a process with nothing else to do.
         self.background = self.batch_chunks

@@ -175,10 +175,11 @@ class WorkPool:
             log.warning("pool_warm_incomplete", size=self.size, started=len(seen))
         return seen
 
-    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, level: int = 1,
-                  tier: int = 0, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads), ``level`` (the lane
-        governor's priority level of the work) and ``tier`` are the pool's own keywords, not passed on to ``fn``,
+    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, read_bytes: int = 0,
+                  level: int = 1, tier: int = 0, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a pool process. ``reads`` (the file it reads) and ``read_bytes`` (its size),
+        ``level`` (the lane governor's priority level of the work) and ``tier`` are the pool's own keywords, not
+        passed on to ``fn``,
         there for callers that do not know which pool they have: a lone call has no call before it to read ahead
         during, and one queue no order to keep (see agents.chunking, agents.priority_pool)."""
         return await self.call(fn, args, kwargs)

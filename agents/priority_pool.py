@@ -32,10 +32,11 @@ class PriorityPool:
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future]] = []
         self._arrivals = itertools.count()
 
-    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, level: int = 0,
-                  tier: int = 0, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, reads: str | None = None, read_bytes: int = 0,
+                  level: int = 0, tier: int = 0, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a pool process once one is free and no more urgent call waits; ``reads``,
-        ``level`` (the lane governor's) and ``tier`` are this pool's keywords, not passed on to ``fn``."""
+        ``read_bytes``, ``level`` (the lane governor's) and ``tier`` are this pool's keywords, not passed on to
+        ``fn``."""
         await self._enter((level, tier))
         try:
             return await self.pool.run(fn, *args, **kwargs)

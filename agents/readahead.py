@@ -47,3 +47,27 @@ def read_ahead(path: str, nbytes: int = READ_AHEAD_BYTES) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
+def drop_from_cache(path: str) -> bool:
+    """Tell the kernel the file at ``path`` will not be read again soon (``POSIX_FADV_DONTNEED``): its clean pages
+    leave the page cache now, instead of pushing out what other programs cached. Whether it was told; like
+    :func:`read_ahead`, nothing here raises and only a regular file is opened."""
+    if _DONTNEED is None:
+        return False
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return False
+    try:
+        os.posix_fadvise(fd, 0, 0, _DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

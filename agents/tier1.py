@@ -56,7 +56,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
                 browse_file, record.path, data_dir,
                 sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
                 max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-                faults=settings.fault_injection, event_id=record.event_id, reads=record.path,
+                faults=settings.fault_injection, event_id=record.event_id, reads=record.path, read_bytes=record.size,
                 level=level_of(1, record.lane), tier=1,
             )
             browsable = AssetBrowsable(

@@ -42,7 +42,8 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     async def index(record: AssetBrowsable, attempt: int) -> None:
         seen = (record.size, record.mtime_ns) if record.mtime_ns else None  # 0: not known (a reprocess)
         result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir, seen,
-                                                        reads=record.path, level=level_of(2, record.lane), tier=2)
+                                                        reads=record.path, read_bytes=record.size,
+                                                        level=level_of(2, record.lane), tier=2)
         indexed = AssetIndexed(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, parser_version=PARSER_VERSION,

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     #: While a chunk's process works on one file, ask the kernel to read the next file of the chunk (see
     #: agents.readahead): an import from a cold disk does not wait for the disk file by file.
     read_ahead: bool = True
+    #: Once an import has read this many MiB without a pause, each of its files leaves the page cache as soon as
+    #: its work is done (``POSIX_FADV_DONTNEED``, see agents.chunking): a big import neither pushes out what other
+    #: programs cached nor has the kernel reclaim under them; a smaller one's files stay cached for tier 2, which
+    #: reads a file from the disk for more CPU. Default: an eighth of the machine's memory; 0: never.
+    drop_read_pages_after_mb: int | None = Field(default=None, ge=0)
     #: Files one worker keeps in flight per lane of tier 1. Default for batch: enough for a full chunk per pool
     #: process and one waiting (at least twice the pool size), so the pool never idles while finished files
     #: are being published.
@@ -296,6 +301,15 @@ class Settings(BaseSettings):
     @property
     def tier3_batch_concurrency(self) -> int:
         return self.tier3_concurrency or self.batch_concurrency
+
+    @property
+    def drop_read_pages_after_bytes(self) -> int:
+        if self.drop_read_pages_after_mb is not None:
+            return self.drop_read_pages_after_mb * 1024 * 1024
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+        except (ValueError, OSError):  # not known here: never
+            return 0
 
     @cached_property
     def data_path(self) -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 from agents import chunking
 from agents.chunking import ChunkedPool, run_calls
-from agents.readahead import read_ahead
+from agents.readahead import drop_from_cache, read_ahead
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(os, "posix_fadvise"),
                                 reason="posix_fadvise and mincore are Linux's")
@@ -143,7 +143,7 @@ async def test_chunked_calls_hand_their_files_to_the_chunk(enabled: bool) -> Non
     rest = [asyncio.ensure_future(chunked.run(str.upper, p, reads=f"/{p}")) for p in "abcd"]
     assert await asyncio.gather(first, *rest) == ["X", "A", "B", "C", "D"]
     chunk = next(args for fn, args in pool.tasks if fn is run_calls)
-    assert chunk[1:] == ((["/a", "/b", "/c", "/d"],) if enabled else ())
+    assert chunk[1:] == ((["/a", "/b", "/c", "/d"], False) if enabled else ())  # (reads, drop)
 
 
 def test_the_setting_reaches_the_batch_lanes_chunks(tmp_path: Path) -> None:
@@ -157,3 +157,82 @@ def test_the_setting_reaches_the_batch_lanes_chunks(tmp_path: Path) -> None:
             assert pools.for_lane("batch").read_ahead is enabled  # type: ignore[union-attr]
         finally:
             pools.shutdown()
+
+
+def _warm_file(tmp_path: Path, name: str, mb: int = 2) -> Path:
+    f = tmp_path / name
+    f.write_bytes(os.urandom(mb * 1024 * 1024))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped: written back first, as an import's files long are
+    finally:
+        os.close(fd)
+    f.read_bytes()
+    if _resident(f) < 0.99:
+        pytest.skip(f"the page cache does not keep {tmp_path}'s files read: nothing to drop")
+    return f
+
+
+def _read(path: str) -> int:
+    return len(Path(path).read_bytes())
+
+
+@linux_only
+def test_a_file_dropped_leaves_the_page_cache_and_a_bad_path_is_left_alone(tmp_path: Path) -> None:
+    f = _warm_file(tmp_path, "read.bin")
+    assert drop_from_cache(str(f)) and _resident(f) < 0.01
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for path in ("missing.png", "dir", "fifo", "nul\x00byte.png", "lone\ud800surrogate.png"):
+        assert drop_from_cache(str(tmp_path / path)) is False
+    assert drop_from_cache("/dev/zero") is False
+
+
+@linux_only
+@pytest.mark.parametrize("drop", [True, False])
+def test_a_chunk_told_to_drops_each_file_once_its_call_is_done(tmp_path: Path, drop: bool) -> None:
+    files = [_warm_file(tmp_path, f"{i}.bin") for i in range(3)]
+    out = run_calls([(_read, (str(f),), {}) for f in files], [str(f) for f in files], drop)
+    assert out == [(True, 2 * 1024 * 1024)] * 3  # each read its whole file first
+    assert [_resident(f) < 0.01 for f in files] == [drop] * 3
+
+
+async def test_files_are_dropped_once_a_streak_passes_its_bytes_and_a_pause_starts_a_new_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = _InProcessPool()
+    chunked = ChunkedPool(pool, max_chunk=2, drop_after_bytes=5000)  # type: ignore[arg-type]
+
+    async def burst(*sizes: int) -> list[bool]:
+        pool.tasks.clear()
+        await asyncio.gather(*(chunked.run(str.upper, f"f{i}", reads=f"/f{i}", read_bytes=n)
+                               for i, n in enumerate(sizes)))
+        return [args[2] if fn is run_calls else fn is chunking.call_then_drop for fn, args in pool.tasks]
+
+    # (this pool's one process is free for every call: each goes alone)
+    assert await burst(2000, 2000) == [False, False]  # 4000 so far: kept for tier 2
+    assert await burst(2000, 2000) == [True, True]  # 6000, 8000 without a pause: dropped
+    clock = [time.monotonic() + chunking._DROP_STREAK_IDLE_S + 1]
+    monkeypatch.setattr(chunking.time, "monotonic", lambda: clock[0])
+    assert await burst(2000) == [False]  # after a pause: another import, counted from nothing
+    assert await burst(2000, 2000) == [False, True]  # 4000, 6000
+    assert ChunkedPool(pool, max_chunk=2)._dropping([]) is False  # type: ignore[arg-type]  # 0: never
+
+
+@linux_only
+async def test_the_batch_pool_drops_what_it_read_in_chunks_and_alone(tmp_path: Path) -> None:
+    """Through the real pool processes, past a streak of one byte."""
+    from agents.pool import WorkPool
+
+    pool = WorkPool(1, timeout_s=10, memory_mb=1024)
+    try:
+        chunked = ChunkedPool(pool, max_chunk=4, drop_after_bytes=1)
+        files = [_warm_file(tmp_path, f"{i}.bin") for i in range(5)]
+        sizes = await asyncio.gather(*(chunked.run(_read, str(f), reads=str(f), read_bytes=f.stat().st_size)
+                                       for f in files))
+        assert sizes == [2 * 1024 * 1024] * 5 and chunked.chunk_sizes[1] >= 1 and max(chunked.chunk_sizes) > 1
+        assert all(_resident(f) < 0.01 for f in files)  # the first alone, the others in a chunk: all dropped
+        kept = _warm_file(tmp_path, "kept.bin")
+        await ChunkedPool(pool, max_chunk=4).run(_read, str(kept), reads=str(kept), read_bytes=1 << 30)
+        assert _resident(kept) > 0.99  # 0 (the default here): never
+    finally:
+        pool.shutdown()
