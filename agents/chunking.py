@@ -75,14 +75,14 @@ class _Call:
 
 def run_calls(
     calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]], reads: Sequence[str | None] = (),
-    drop: bool = False,
+    drop: bool = False, ahead: bool = True,
 ) -> list[tuple[bool, Any]]:
     """In a pool process: run each call in turn; ``(True, result)`` or ``(False, exception)`` per call.
-    ``reads[i]``: the file call ``i`` reads (or ``None``), read ahead while the call before it runs, and with
-    ``drop`` dropped from the page cache once the call is done (see :class:`ChunkedPool`)."""
+    ``reads[i]``: the file call ``i`` reads (or ``None``), read ahead while the call before it runs (unless not
+    ``ahead``), and with ``drop`` dropped from the page cache once the call is done (see :class:`ChunkedPool`)."""
     out: list[tuple[bool, Any]] = []
     for i, (fn, args, kwargs) in enumerate(calls):
-        if i + 1 < len(reads) and reads[i + 1] is not None:
+        if ahead and i + 1 < len(reads) and reads[i + 1] is not None:
             with contextlib.suppress(Exception):  # a hint: whatever it meets is the next call's own to report
                 read_ahead(reads[i + 1])
         # handed back to its own caller, as a lone task would; one outcome that cannot be sent back must not
@@ -139,7 +139,7 @@ class ChunkedPool:
             return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()
         self._pending.setdefault(level, []).append(
-            _Call(fn, args, kwargs, future, reads if self.read_ahead else None, size=read_bytes))
+            _Call(fn, args, kwargs, future, reads, size=read_bytes))
         self._dispatch()
         return await future
 
@@ -196,9 +196,11 @@ class ChunkedPool:
             timeout = self.pool.timeout_s * min(len(chunk), CHUNK_LIMITS) if self.pool.timeout_s else None
             try:
                 calls = [(c.fn, c.args, c.kwargs) for c in chunk]
+                # the files: to read ahead (``read_ahead``) and to drop (``drop``), each without the other
                 reads = [c.reads for c in chunk]
-                outcomes = await self.pool.call(run_calls, (calls, reads, drop) if any(reads) else (calls,), {},
-                                                timeout_s=timeout)
+                told = any(reads) and (self.read_ahead or drop)
+                outcomes = await self.pool.call(
+                    run_calls, (calls, reads, drop, self.read_ahead) if told else (calls,), {}, timeout_s=timeout)
             except (DecoderCrashed, DecoderTimeout) as exc:
                 # one of them crashed or hung its process: find out which, one call per task. They go back to the
                 # front of their level's queue, each to be sent alone as a slot frees (this one, in a moment): a

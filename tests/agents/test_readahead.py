@@ -143,7 +143,7 @@ async def test_chunked_calls_hand_their_files_to_the_chunk(enabled: bool) -> Non
     rest = [asyncio.ensure_future(chunked.run(str.upper, p, reads=f"/{p}")) for p in "abcd"]
     assert await asyncio.gather(first, *rest) == ["X", "A", "B", "C", "D"]
     chunk = next(args for fn, args in pool.tasks if fn is run_calls)
-    assert chunk[1:] == ((["/a", "/b", "/c", "/d"], False) if enabled else ())  # (reads, drop)
+    assert chunk[1:] == ((["/a", "/b", "/c", "/d"], False, True) if enabled else ())  # (reads, drop, ahead)
 
 
 def test_the_setting_reaches_the_batch_lanes_chunks(tmp_path: Path) -> None:
@@ -236,3 +236,29 @@ async def test_the_batch_pool_drops_what_it_read_in_chunks_and_alone(tmp_path: P
         assert _resident(kept) > 0.99  # 0 (the default here): never
     finally:
         pool.shutdown()
+
+
+@linux_only
+async def test_files_are_dropped_also_with_read_ahead_off(tmp_path: Path) -> None:
+    """DAMFLOW_READ_AHEAD=false took the calls' files away from the chunks, and with them the dropping: a big
+    import flooded the page cache whatever DAMFLOW_DROP_READ_PAGES_AFTER_MB said."""
+    from agents.pool import WorkPool
+
+    pool = WorkPool(1, timeout_s=10, memory_mb=1024)
+    try:
+        chunked = ChunkedPool(pool, max_chunk=4, read_ahead=False, drop_after_bytes=1)
+        files = [_warm_file(tmp_path, f"{i}.bin") for i in range(5)]
+        sizes = await asyncio.gather(*(chunked.run(_read, str(f), reads=str(f), read_bytes=f.stat().st_size)
+                                       for f in files))
+        assert sizes == [2 * 1024 * 1024] * 5 and max(chunked.chunk_sizes) > 1
+        assert [_resident(f) < 0.01 for f in files] == [True] * 5  # alone and in a chunk
+    finally:
+        pool.shutdown()
+
+
+def test_a_chunk_with_read_ahead_off_reads_nothing_ahead_but_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(chunking, "read_ahead", lambda path: asked.append(("ahead", path)))
+    monkeypatch.setattr(chunking, "drop_from_cache", lambda path: asked.append(("drop", path)))
+    assert run_calls([(str.upper, (p,), {}) for p in "ab"], ["/a", "/b"], True, False) == [(True, "A"), (True, "B")]
+    assert asked == [("drop", "/a"), ("drop", "/b")]
