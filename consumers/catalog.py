@@ -883,7 +883,9 @@ class Catalog:
         resumes: 1 for a file retrying in tier 1 (``FileDiscovered`` again), else 2 (tier 2 reads the metadata
         again, and its cost gate sends tier 3 on) — ``path, asset_id``, and for tier 2 the asset's ``size,
         format, width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name``;
-        ``location`` None when no path holds those bytes any more: nothing is left to read). Oldest batch first.
+        ``location`` None when no path holds those bytes any more: nothing is left to read), the batch's
+        ``first_tier`` and whether the asset has tier-3 results already (``enriched``: from another of its files).
+        Oldest batch first.
 
         Files the catalog never heard of (a scan's files lost before tier 1 ended for them) are not here: see
         :meth:`unheard`.
@@ -894,7 +896,8 @@ class Catalog:
             "FROM batch_files GROUP BY batch_id, event_id) "
             "SELECT f.batch_id, f.event_id, b.lane, b.root, CASE WHEN f.retrying_at = 1 THEN 1 ELSE 2 END AS tier, "
             "x.path, x.asset_id, a.size, a.format, a.width, a.height, l.path AS location, l.mtime_ns, "
-            "l.display_name FROM files f JOIN batches b ON b.batch_id = f.batch_id "
+            "l.display_name, b.first_tier, EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
+            "AS enriched FROM files f JOIN batches b ON b.batch_id = f.batch_id "
             "JOIN batch_files x ON x.batch_id = f.batch_id AND x.event_id = f.event_id "
             "AND x.tier = COALESCE(f.retrying_at, f.done_to) "
             "LEFT JOIN assets a ON a.asset_id = x.asset_id "
@@ -905,8 +908,8 @@ class Catalog:
             "WHERE NOT f.ended AND (f.retrying_at IS NOT NULL OR f.done_to < ?) "
             "ORDER BY b.started_at, f.batch_id, f.event_id",
             (DONE, RETRYING, FAILED, DEAD_LETTERED, TIERS[-1]))
-        return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"]) if r["mtime_ns"] is not None else None}
-                for r in rows]
+        return [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"]) if r["mtime_ns"] is not None else None,
+                           "enriched": bool(r["enriched"])} for r in rows]
 
     def unheard(self) -> list[dict[str, Any]]:
         """Batches with files the catalog never heard of: counted by their scan, with no outcome in any tier (lost

@@ -86,12 +86,15 @@ def _discovered(row: dict[str, Any], lane: str, at: float) -> FileDiscovered:
 
 
 def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:
-    """Tier 2 again (and through its cost gate tier 3), from the catalog's record of tier 1. Not marked a
-    duplicate: the gate must not keep from tier 3 an asset whose tier 3 was lost."""
+    """Tier 2 again (and through its cost gate tier 3), from the catalog's record of tier 1. A duplicate for the
+    gate as the original was one: a reprocess's file (tier 2 again, its tier 3 left as it is) and an asset whose
+    tier 3 another of its files did already. Not otherwise: the gate must not keep from tier 3 an asset whose
+    tier 3 was lost."""
     return AssetBrowsable(
         event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile",
         asset_id=row["asset_id"], path=row["location"], size=row["size"] or 0, mtime_ns=row["mtime_ns"] or 0,
         format=row["format"] or "", width=row["width"] or 0, height=row["height"] or 0, thumbnails={},
+        deduplicated=bool(row["enriched"]) or row["first_tier"] == 2,
         discovered_at=at, browsable_at=at, display_name=row["display_name"],
     )
 

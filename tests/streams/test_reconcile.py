@@ -54,3 +54,30 @@ def test_no_catalog_no_work(tmp_path: Path) -> None:
     work = plan(settings, topics_for(settings))
     assert work.events == [] and work.lost == [] and work.unheard == []
     assert not settings.catalog_path.exists()  # a plan opens nothing into being
+
+
+def test_what_the_cost_gate_kept_from_tier_3_as_a_duplicate_is_resent_as_one(tmp_path: Path) -> None:
+    """A resent file was never a duplicate for tier 2's cost gate: tier 3 ran again on every file of an
+    interrupted reprocess (which sends its files as duplicates, to leave their tier 3 be) and on every copy of an
+    asset already enriched (a re-import of a copied folder)."""
+    from schemas.events import AssetEnriched, BatchScanned
+    from tests.consumers.test_catalog import ROOT, T0
+    from tests.consumers.test_catalog_search import indexed
+
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    a3 = "c3" * 32
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([
+            browsable("e0", f"{ROOT}/a.png", A1, batch="b0"), indexed(A1, event_id="e0", batch="b0"),
+            AssetEnriched(event_id="e0", batch_id="b0", lane="batch", source="scan", asset_id=A1,
+                          path=f"{ROOT}/a.png", quality={"score": 0.5}, enriched_at=T0 + 40),  # A1's tier 3 done
+            browsable("e1", f"{ROOT}/copy-of-a.png", A1, at=T0 + 50),  # a copy: its tier 2 lost
+            browsable("e2", f"{ROOT}/b.png", A2, at=T0 + 50),  # not a copy: its tier 2 lost
+            BatchScanned(batch_id="reprocess-1", lane="batch", root="", found=1, complete=True, started_at=T0 + 60,
+                         scanned_at=T0 + 60, first_tier=2),
+            browsable("e3", f"{ROOT}/c.png", a3, at=T0 + 55),
+            failed("e4", f"{ROOT}/c.png", tier=2, asset_id=a3, outcome="retrying", batch="reprocess-1", at=T0 + 61),
+        ])
+    sent = {event.event_id: event for _, _, event in plan(settings, topics_for(settings)).events}
+    assert {e: sent[e].deduplicated for e in ("e1", "e2", "e3", "e4")} == {
+        "e1": True, "e2": False, "e3": False, "e4": True}
