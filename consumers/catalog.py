@@ -913,12 +913,13 @@ class Catalog:
 
     def unheard(self) -> list[dict[str, Any]]:
         """Batches with files the catalog never heard of: counted by their scan, with no outcome in any tier (lost
-        on the broker before tier 1 ended for them, or still on their way). Each row: ``batch_id, lane, root,
-        files`` (how many). Only the scan knew their paths: ingesting ``root`` again sends what is not browsable."""
+        on the broker before their first tier ended for them, or still on their way). Each row: ``batch_id, lane,
+        root, first_tier, files`` (how many). Only the scan knew their paths: ingesting ``root`` again sends what
+        is not browsable; a reprocess's (``first_tier`` 2) go again with the next ``damflow reprocess``."""
         rows = self._db.execute(
-            "SELECT b.batch_id, b.lane, b.root, b.scanned_total - COALESCE(t.files, 0) AS files FROM batches b "
-            "LEFT JOIN batch_tallies t ON t.batch_id = b.batch_id AND t.tier = 0 AND t.state = 'seen' "
-            "WHERE b.first_tier = 1 AND b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
+            "SELECT b.batch_id, b.lane, b.root, b.first_tier, b.scanned_total - COALESCE(t.files, 0) AS files "
+            "FROM batches b LEFT JOIN batch_tallies t ON t.batch_id = b.batch_id AND t.tier = 0 AND t.state = 'seen' "
+            "WHERE b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
         return [dict(r) for r in rows]
 
     # -- overview ----------------------------------------------------------------------------------

@@ -306,8 +306,11 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     for row in result["gone"]:
         print(f"  not resumed, no path holds its bytes any more: {printable(row['path'])} (batch {row['batch_id']})")
     for batch in result["unheard"]:
-        again = (f"`damflow ingest {printable(batch['root'])}` sends those not browsable" if batch["root"]
-                 else "their uploaders must send them again")
+        if batch["first_tier"] > 1:  # a reprocess's: its assets still have the older parser's results
+            again = "`damflow reprocess` (with --all if it was) sends them again"
+        else:
+            again = (f"`damflow ingest {printable(batch['root'])}` sends those not browsable" if batch["root"]
+                     else "their uploaders must send them again")
         print(f"  batch {batch['batch_id']}: {batch['files']} files never reached the catalog; {again}")
     return 0
 

@@ -59,7 +59,19 @@ def test_batches_with_files_the_catalog_never_heard_of(catalog: Catalog) -> None
                    failed("e2", f"{ROOT}/e2.png"),
                    scanned(2, complete=True, batch="b2"), browsable("e3", f"{ROOT}/e3.png", A2, batch="b2"),
                    failed("e4", f"{ROOT}/e4.png", batch="b2")])
-    assert catalog.unheard() == [{"batch_id": "b1", "lane": "batch", "root": ROOT, "files": 3}]
+    assert catalog.unheard() == [{"batch_id": "b1", "lane": "batch", "root": ROOT, "first_tier": 1, "files": 3}]
+
+
+def test_a_reprocess_whose_files_the_catalog_never_heard_of_is_reported_too(catalog: Catalog) -> None:
+    """A reprocess batch whose tier-2 events were all lost with the broker stayed in flight for ever, and neither
+    `damflow reconcile` nor its --dry-run (which `damflow status` points to) said a word about it."""
+    from schemas.events import BatchScanned
+
+    catalog.apply([BatchScanned(batch_id="reprocess-1", lane="batch", root="", found=3, complete=True,
+                                started_at=T0, scanned_at=T0 + 1, first_tier=2),
+                   failed("e1", f"{ROOT}/e1.png", tier=2, asset_id=A1, batch="reprocess-1")])
+    assert catalog.unheard() == [{"batch_id": "reprocess-1", "lane": "batch", "root": "", "first_tier": 2,
+                                  "files": 2}]
 
 
 def test_a_finished_catalog_has_nothing_unfinished(catalog: Catalog) -> None:

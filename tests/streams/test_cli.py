@@ -180,3 +180,20 @@ def test_search_options_are_taken_wherever_they_are_and_abbreviated() -> None:
     assert parsed("koi", "-blurry", "--li", "5", "-model:x") == (["koi", "-blurry", "-model:x"], 5, False)
     assert parsed("--limit=7", "-hands", "--js", "koi") == (["-hands", "koi"], 7, True)
     assert parsed("koi", "--", "--json", "-h") == (["koi", "--json", "-h"], 50, False)
+
+
+def test_reconcile_tells_how_a_reprocess_whose_files_were_lost_goes_again(tmp_path: Path) -> None:
+    from consumers.catalog import Catalog
+    from schemas.events import BatchScanned
+    from streams.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([BatchScanned(batch_id="reprocess-1", lane="batch", root="", found=2, complete=True,
+                                    started_at=1.0, scanned_at=2.0, first_tier=2)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAMFLOW_")} | {
+        "DAMFLOW_DATA_DIR": str(settings.data_path)}
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--dry-run"], env=env,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "batch reprocess-1: 2 files never reached the catalog; `damflow reprocess`" in done.stdout
