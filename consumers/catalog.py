@@ -880,9 +880,10 @@ class Catalog:
         held for its retry) or was lost with it: the embedded broker keeps events in memory only, so a restart,
         or a stop in the middle of an import, loses them, and nothing else would ever send them again (a new scan
         skips a browsable file as unchanged). Each row: ``batch_id, event_id, lane, root, tier`` — where its work
-        resumes: 1 for a file retrying in tier 1 (``FileDiscovered`` again), else 2 (tier 2 reads the metadata
-        again, and its cost gate sends tier 3 on) — ``path, asset_id``, and for tier 2 the asset's ``size,
-        format, width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name``;
+        resumes: 1 for a file retrying in tier 1 (``FileDiscovered`` again), 3 for one whose tier 2 is done
+        (tier 3 again, from the asset's metadata row: ``parser_version, metadata_path``), else 2 (tier 2 reads the
+        metadata again, and its cost gate sends tier 3 on) — ``path, asset_id``, the asset's ``size, format,
+        width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name``;
         ``location`` None when no path holds those bytes any more: nothing is left to read), the batch's
         ``first_tier`` and whether the asset has tier-3 results already (``enriched``: from another of its files).
         Oldest batch first.
@@ -894,13 +895,16 @@ class Catalog:
             "WITH files AS (SELECT batch_id, event_id, MAX(CASE WHEN state = ? THEN tier END) AS done_to, "
             "MIN(CASE WHEN state = ? THEN tier END) AS retrying_at, MAX(state IN (?, ?)) AS ended "
             "FROM batch_files GROUP BY batch_id, event_id) "
-            "SELECT f.batch_id, f.event_id, b.lane, b.root, CASE WHEN f.retrying_at = 1 THEN 1 ELSE 2 END AS tier, "
+            "SELECT f.batch_id, f.event_id, b.lane, b.root, CASE WHEN f.retrying_at = 1 THEN 1 "
+            # tier 2 done (its tier 3 lost, or its retry): tier 3 again, from the metadata row tier 2 left
+            "WHEN COALESCE(f.retrying_at, f.done_to + 1) = 3 AND m.metadata_path IS NOT NULL THEN 3 ELSE 2 END "
+            "AS tier, "
             "x.path, x.asset_id, a.size, a.format, a.width, a.height, l.path AS location, l.mtime_ns, "
             "l.display_name, b.first_tier, EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
-            "AS enriched FROM files f JOIN batches b ON b.batch_id = f.batch_id "
+            "AS enriched, m.parser_version, m.metadata_path FROM files f JOIN batches b ON b.batch_id = f.batch_id "
             "JOIN batch_files x ON x.batch_id = f.batch_id AND x.event_id = f.event_id "
             "AND x.tier = COALESCE(f.retrying_at, f.done_to) "
-            "LEFT JOIN assets a ON a.asset_id = x.asset_id "
+            "LEFT JOIN assets a ON a.asset_id = x.asset_id LEFT JOIN metadata m ON m.asset_id = x.asset_id "
             # where the bytes are now: the file's own path if it still holds them, else the last place seen
             "LEFT JOIN locations l ON l.path = COALESCE("
             "(SELECT path FROM locations WHERE path = x.path AND asset_id = x.asset_id), "

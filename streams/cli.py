@@ -302,7 +302,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     verb = "would resume" if args.dry_run else "resumed"
     print(f"{verb} {result['resumed']} files of {result['batches']} batches: {result['tier1']} at tier 1 (their "
-          f"retry), {result['tier2']} at tier 2 (tier 3 follows)")
+          f"retry), {result['tier2']} at tier 2 (tier 3 follows), {result['tier3']} at tier 3")
     for row in result["gone"]:
         print(f"  not resumed, no path holds its bytes any more: {printable(row['path'])} (batch {row['batch_id']})")
     for batch in result["unheard"]:

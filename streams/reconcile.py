@@ -8,20 +8,24 @@ broker therefore reconcile as they start, when the broker is new and empty; ``da
 
 Each unfinished file (see :meth:`consumers.catalog.Catalog.unfinished`) goes on from where it stopped, under its
 own batch and event ids, so its batch's progress finishes: a file retrying in tier 1 as ``FileDiscovered`` on
-``t1.<lane>``; any other as ``AssetBrowsable`` (rebuilt from the catalog: its thumbnails exist) on ``t2.<lane>``,
-whose cost gate sends tier 3 on. Every effect is keyed by asset id, so a file whose work was in fact still on its
+``t1.<lane>``; one whose tier 2 is done as tier 2 left it for tier 3 (through the same cost gate); any other as
+``AssetBrowsable`` (rebuilt from the catalog: its thumbnails exist) on ``t2.<lane>``, whose cost gate sends tier 3
+on. Every effect is keyed by asset id, so a file whose work was in fact still on its
 way is worked on twice and changes nothing. Files a scan counted that the catalog never heard of have no path
 here; they are reported, and ingesting their folder again sends them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from consumers.catalog import Catalog
-from schemas import AssetBrowsable, FileDiscovered, encode, now
+from agents.tier2 import cost_gate
+from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, FileDiscovered, encode, now
+from streams.errors import BrokerError
 from streams.kafka import producer
 from streams.logs import get
 from streams.settings import Settings
@@ -34,22 +38,23 @@ log = get(__name__)
 class Plan:
     """What a reconcile sends (``events``: topic, key, event) and what it cannot (``lost``, ``unheard``)."""
 
-    events: list[tuple[str, bytes, FileDiscovered | AssetBrowsable]] = field(default_factory=list)
+    events: list[tuple[str, bytes, FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched]] = field(
+        default_factory=list)
     #: Unfinished files whose bytes no path holds any more: nothing is left to read.
     lost: list[dict[str, Any]] = field(default_factory=list)
     #: Batches with files only their scan knew (``Catalog.unheard``).
     unheard: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        by_tier = {f"tier{t}": sum(1 for _, _, e in self.events if _tier(e) == t) for t in (1, 2)}
+        by_tier = {f"tier{t}": sum(1 for _, _, e in self.events if _tier(e) == t) for t in (1, 2, 3)}
         return {"resumed": len(self.events), **by_tier, "batches": len({e.batch_id for _, _, e in self.events}),
                 "gone": [{"batch_id": r["batch_id"], "event_id": r["event_id"], "path": r["path"]}
                          for r in self.lost],
                 "unheard": self.unheard}
 
 
-def _tier(event: FileDiscovered | AssetBrowsable) -> int:
-    return 1 if isinstance(event, FileDiscovered) else 2
+def _tier(event: FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched) -> int:
+    return 1 if isinstance(event, FileDiscovered) else 2 if isinstance(event, AssetBrowsable) else 3
 
 
 def plan(settings: Settings, topics: Topics) -> Plan:
@@ -67,10 +72,31 @@ def plan(settings: Settings, topics: Topics) -> Plan:
             out.events.append((topics.tier1(lane), event.path.encode(), event))
         elif row["location"] is None or not row["asset_id"]:
             out.lost.append(row)
+        elif row["tier"] == 3:
+            out.events.append(_tier3(settings, topics, row, lane, at))
         else:
             event = _browsable(row, lane, at)
             out.events.append((topics.tier2(lane), event.asset_id.encode(), event))
     return out
+
+
+def _tier3(settings: Settings, topics: Topics, row: dict[str, Any], lane: str,
+           at: float) -> tuple[str, bytes, AssetIndexed | AssetEnriched]:
+    """Tier 3 again, for a file whose tier 2 is done, through tier 2's cost gate as tier 2 applied it: to
+    ``t3.background`` as tier 2's ``AssetIndexed`` (tier 3 needs its ids and path), or, for a file the gate keeps
+    out, the ``AssetEnriched`` saying why that tier 2 would have sent to ``assets``. (Sent to tier 2 again, every
+    file that a stopped ``damflow run`` left short of tier 3 queued ahead of the next run's own tier 2.)"""
+    browsable = _browsable(row, lane, at)
+    key = row["asset_id"].encode()
+    skipped = cost_gate(settings, browsable)
+    if skipped:
+        return topics.assets, key, AssetEnriched(
+            event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile",
+            asset_id=row["asset_id"], path=row["location"], enriched_at=at, skipped=skipped)
+    return topics.t3_background, key, AssetIndexed(
+        event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile", asset_id=row["asset_id"],
+        path=row["location"], parser_version=row["parser_version"], metadata_path=row["metadata_path"],
+        indexed_at=at)
 
 
 def _discovered(row: dict[str, Any], lane: str, at: float) -> FileDiscovered:
@@ -100,13 +126,17 @@ def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:
 
 
 async def send(bootstrap: str, work: Plan) -> None:
-    """Publish the plan's events (acked by the broker before this returns)."""
+    """Publish the plan's events, each acked by the broker before this returns; :class:`BrokerError` if the broker
+    refused any (a flush does not say: each send's own delivery does)."""
     if not work.events:
         return
     async with producer(bootstrap, linger_ms=5) as prod:
-        for topic, key, event in work.events:
-            await prod.send(topic, encode(event), key=key)
+        sent = [await prod.send(topic, encode(event), key=key) for topic, key, event in work.events]
         await prod.flush()
+        refused = [exc for exc in await asyncio.gather(*sent, return_exceptions=True) if isinstance(exc, Exception)]
+    if refused:
+        raise BrokerError(f"the broker did not take {len(refused)} of the {len(sent)} events sent on: "
+                          f"{refused[0]!r}")
 
 
 async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False) -> dict[str, Any]:

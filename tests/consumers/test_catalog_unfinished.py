@@ -33,7 +33,8 @@ def test_each_file_resumes_at_the_tier_it_stopped_in_and_finished_or_failed_file
         enriched(A1, event_id="e7", skipped="duplicate"),  # done: the gate settled its tier 3
     ])
     rows = by_event(catalog.unfinished())
-    assert {e: r["tier"] for e, r in rows.items()} == {"e1": 2, "e2": 2, "e4": 1, "e6": 2}
+    assert {e: r["tier"] for e, r in rows.items()} == {"e1": 2, "e2": 3, "e4": 1, "e6": 2}
+    assert (rows["e2"]["parser_version"], rows["e2"]["metadata_path"]) == (1, f"metadata/{A2[:2]}/{A2}.v1.json")
     assert rows["e4"]["path"] == f"{ROOT}/e4.png" and rows["e4"]["asset_id"] is None
     one = rows["e1"]
     assert (one["batch_id"], one["lane"], one["root"], one["asset_id"]) == ("b1", "batch", ROOT, A1)

@@ -13,7 +13,7 @@ import pytest
 from blake3 import blake3
 
 from consumers.catalog import Catalog
-from schemas import AssetBrowsable, AssetFailed, BatchScanned
+from schemas import AssetBrowsable, AssetFailed, AssetIndexed, BatchScanned
 from streams.settings import Settings
 from streams.supervisor import Stack
 from tests.images import make_png
@@ -27,15 +27,24 @@ T0 = 1_700_000_000.0
 
 def lost_work(settings: Settings, folder: Path) -> tuple[str, Path, Path]:
     """A catalog as a stack stopped mid-import leaves it: ``fox.png`` browsable, its tier 2 and 3 lost with the
-    broker; ``later.png`` failed once in tier 1, its retry lost. Returns the batch and both paths."""
+    broker; ``later.png`` failed once in tier 1, its retry lost; ``indexed.png`` indexed, its tier 3 lost. Returns the
+    batch and the first two paths (the third is ``folder / "indexed.png"``)."""
     fox = make_png(folder / "fox.png", size=(320, 240), text={"parameters": A1111}, seed=3)
     later = make_png(folder / "later.png", size=(300, 200), seed=4)
-    asset = blake3(fox.read_bytes()).hexdigest()
+    indexed = make_png(folder / "indexed.png", size=(256, 256), seed=5)
+    asset, done2 = blake3(fox.read_bytes()).hexdigest(), blake3(indexed.read_bytes()).hexdigest()
     batch = "b-interrupted"
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([
-            BatchScanned(batch_id=batch, lane="batch", root=str(folder), found=2, complete=True, started_at=T0,
+            BatchScanned(batch_id=batch, lane="batch", root=str(folder), found=3, complete=True, started_at=T0,
                          scanned_at=T0),
+            # tier 2 done, its tier 3 lost (as `damflow run` leaves every file: it stops once searchable)
+            AssetBrowsable(event_id="e-indexed", batch_id=batch, lane="batch", source="scan", asset_id=done2,
+                           path=str(indexed), size=indexed.stat().st_size, mtime_ns=indexed.stat().st_mtime_ns,
+                           format="PNG", width=256, height=256, thumbnails={}, discovered_at=T0, browsable_at=T0 + 1),
+            AssetIndexed(event_id="e-indexed", batch_id=batch, lane="batch", source="scan", asset_id=done2,
+                         path=str(indexed), parser_version=2, metadata_path=f"metadata/{done2[:2]}/{done2}.v2.json",
+                         indexed_at=T0 + 2),
             AssetBrowsable(event_id="e-fox", batch_id=batch, lane="batch", source="scan", asset_id=asset,
                            path=str(fox), size=fox.stat().st_size, mtime_ns=fox.stat().st_mtime_ns, format="PNG",
                            width=320, height=240, thumbnails={}, discovered_at=T0, browsable_at=T0 + 1),
@@ -56,12 +65,13 @@ async def test_up_on_the_embedded_broker_finishes_what_the_last_one_lost(
         assert catalog.progress(batch, 3) is None or catalog.progress(batch, 3).done == 0
 
     async with Stack(settings, serve_http=False) as stack:
-        assert stack.reconciled is not None and stack.reconciled["resumed"] == 2
+        assert stack.reconciled is not None
+        assert [stack.reconciled[k] for k in ("resumed", "tier1", "tier2", "tier3")] == [3, 1, 1, 1]
 
         def finished() -> bool:
             with catalog_of(settings) as catalog:
                 done = catalog.progress(batch, 3)
-                return done is not None and done.done == 2
+                return done is not None and done.done == 3
         await wait_until(finished, timeout=90, what="the interrupted batch enriched")
 
     with catalog_of(settings) as catalog:
@@ -71,8 +81,9 @@ async def test_up_on_the_embedded_broker_finishes_what_the_last_one_lost(
         assert [f["outcome"] for f in resumed["failures"]] == ["recovered"]
         for tier in (1, 2, 3):
             p = catalog.progress(batch, tier)
-            assert (p.done, p.in_flight, p.failed + p.dead_lettered) == (2, 0, 0), (tier, p)
+            assert (p.done, p.in_flight, p.failed + p.dead_lettered) == (3, 0, 0), (tier, p)
         assert catalog.unfinished() == []
+        assert catalog.asset(str(folder / "indexed.png"))["tier3_state"] == "enriched"  # by tier 3 alone
 
 
 def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: Callable[..., Settings],
@@ -87,7 +98,7 @@ def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: C
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert (result["resumed"], result["tier1"], result["tier2"], result["batches"]) == (2, 1, 1, 1)
+    assert (result["resumed"], result["tier1"], result["tier2"], result["tier3"], result["batches"]) == (3, 1, 1, 1, 1)
     human = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--dry-run"], env=env,
                            capture_output=True, text=True, timeout=60)
-    assert human.returncode == 0 and "would resume 2 files of 1 batches" in human.stdout
+    assert human.returncode == 0 and "would resume 3 files of 1 batches" in human.stdout

@@ -81,3 +81,100 @@ def test_what_the_cost_gate_kept_from_tier_3_as_a_duplicate_is_resent_as_one(tmp
     sent = {event.event_id: event for _, _, event in plan(settings, topics_for(settings)).events}
     assert {e: sent[e].deduplicated for e in ("e1", "e2", "e3", "e4")} == {
         "e1": True, "e2": False, "e3": False, "e4": True}
+
+
+def test_a_file_whose_tier_2_is_done_goes_on_at_tier_3_through_the_cost_gate(tmp_path: Path) -> None:
+    """Sent to tier 2 again, every file a stopped `damflow run` left short of tier 3 queued ahead of the next
+    run's own tier 2; tier 3 alone (background) waits behind it instead."""
+    from schemas.events import AssetEnriched, AssetIndexed
+    from tests.consumers.test_catalog import ROOT, T0
+    from tests.consumers.test_catalog_search import indexed
+
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    topics = topics_for(settings)
+    small = "c3" * 32
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([
+            browsable("e1", f"{ROOT}/a.png", A1), indexed(A1, event_id="e1", path=f"{ROOT}/a.png", parser=2),
+            browsable("e2", f"{ROOT}/icon.png", small, at=T0 + 20),
+            indexed(small, event_id="e2", path=f"{ROOT}/icon.png"),
+            failed("e3", f"{ROOT}/b.png", tier=3, asset_id=A2, outcome="retrying", at=T0 + 50),  # its retry lost
+        ])
+        catalog.apply([browsable("e3", f"{ROOT}/b.png", A2, at=T0 + 30), indexed(A2, event_id="e3", at=T0 + 40)])
+        catalog._db.execute("UPDATE assets SET width = 16, height = 16 WHERE asset_id = ?", (small,))
+        catalog._db.commit()
+    work = plan(settings, topics)
+    sent = {event.event_id: (topic, key, event) for topic, key, event in work.events}
+    topic, key, event = sent["e1"]
+    assert (topic, key) == (topics.t3_background, A1.encode()) and isinstance(event, AssetIndexed)
+    assert (event.batch_id, event.path, event.parser_version, event.metadata_path) == (
+        "b1", f"{ROOT}/a.png", 2, f"metadata/{A1[:2]}/{A1}.v2.json")
+    assert decode(encode(event)) == event
+    topic, _, event = sent["e2"]  # too small for tier 3: settled as tier 2 would have, with no work
+    assert topic == topics.assets and isinstance(event, AssetEnriched) and event.skipped == "small"
+    assert sent["e3"][0] == topics.t3_background  # a lost tier-3 retry: tier 3 again
+    assert work.summary()["tier3"] == 3
+
+
+async def test_events_the_broker_did_not_take_fail_the_reconcile(tmp_path: Path, monkeypatch) -> None:
+    """`flush()` raises nothing for a refused record: each send's delivery says. A reconcile whose events were all
+    refused (the broker frozen) was logged as done and printed "resumed N files"."""
+    import asyncio
+    import contextlib
+
+    import pytest
+    from aiokafka.errors import RequestTimedOutError
+
+    from streams import reconcile as module
+    from streams.errors import BrokerError
+
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([browsable("e1", "/data/shoot/a.png", A1), browsable("e2", "/data/shoot/b.png", A2)])
+
+    class Refusing:
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            done = asyncio.get_running_loop().create_future()
+            done.set_exception(RequestTimedOutError()) if key == A2.encode() else done.set_result(None)
+            return done
+
+        async def flush(self) -> None:
+            return None
+
+    @contextlib.asynccontextmanager
+    async def producer(bootstrap: str, *, linger_ms: int = 0):
+        yield Refusing()
+
+    monkeypatch.setattr(module, "producer", producer)
+    with pytest.raises(BrokerError, match="did not take 1 of the 2"):
+        await module.reconcile(settings, topics_for(settings), "127.0.0.1:9")
+
+
+async def test_a_reprocess_whose_assets_the_broker_did_not_take_fails(tmp_path: Path, monkeypatch) -> None:
+    import asyncio
+    import contextlib
+
+    import pytest
+    from aiokafka.errors import NotLeaderForPartitionError
+
+    from streams import reprocess as module
+    from streams.errors import BrokerError
+
+    class Refusing:
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            done = asyncio.get_running_loop().create_future()
+            done.set_exception(NotLeaderForPartitionError())
+            return done
+
+        async def flush(self) -> None:
+            return None
+
+    @contextlib.asynccontextmanager
+    async def producer(bootstrap: str, *, linger_ms: int = 0):
+        yield Refusing()
+
+    monkeypatch.setattr(module, "producer", producer)
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    rows = [{"asset_id": A1, "path": "/data/a.png"}]
+    with pytest.raises(BrokerError, match="did not take 1 of the 1"):  # it said "1 assets sent to tier 2"
+        await module.reprocess_tier2(settings, topics_for(settings), "127.0.0.1:9", rows)
