@@ -145,7 +145,7 @@ async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_r
     if not dry_run:
         await send(bootstrap, work)
     summary = work.summary()
-    if work.events or work.lost or work.unheard:
-        log.info("reconciled", dry_run=dry_run, resumed=summary["resumed"], batches=summary["batches"],
+    if not dry_run and (work.events or work.lost or work.unheard):  # (a dry run's caller shows the summary)
+        log.info("reconciled", resumed=summary["resumed"], batches=summary["batches"],
                  gone=len(work.lost), unheard_files=sum(b["files"] for b in work.unheard))
     return summary

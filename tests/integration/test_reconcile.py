@@ -102,3 +102,4 @@ def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: C
     human = subprocess.run([sys.executable, "-m", "streams.cli", "reconcile", "--dry-run"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert human.returncode == 0 and "would resume 3 files of 1 batches" in human.stdout
+    assert "reconciled" not in human.stderr  # a dry run's summary is its output, not also a log line
