@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.errors import RequestTimedOutError
 
 from consumers.catalog import Catalog
 from schemas import decode, encode
 from schemas.events import AssetBrowsable, FileDiscovered
+from streams.errors import BrokerError
 from streams.reconcile import plan
 from streams.settings import Settings
 from streams.topics import topics_for
@@ -116,64 +124,48 @@ def test_a_file_whose_tier_2_is_done_goes_on_at_tier_3_through_the_cost_gate(tmp
     assert work.summary()["tier3"] == 3
 
 
+class _Refusing:
+    """A producer whose broker refuses the records keyed ``refused`` (all, with None): its sends' deliveries fail,
+    and its flush, like aiokafka's, says nothing of it."""
+
+    def __init__(self, refused: bytes | None) -> None:
+        self.refused = refused
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        if self.refused is None or key == self.refused:
+            done.set_exception(RequestTimedOutError())
+        else:
+            done.set_result(None)
+        return done
+
+    async def flush(self) -> None:
+        return None
+
+    def as_producer(self) -> Callable[..., Any]:
+        @contextlib.asynccontextmanager
+        async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[_Refusing]:
+            yield self
+        return producer
+
+
 async def test_events_the_broker_did_not_take_fail_the_reconcile(tmp_path: Path, monkeypatch) -> None:
     """`flush()` raises nothing for a refused record: each send's delivery says. A reconcile whose events were all
     refused (the broker frozen) was logged as done and printed "resumed N files"."""
-    import asyncio
-    import contextlib
-
-    import pytest
-    from aiokafka.errors import RequestTimedOutError
-
     from streams import reconcile as module
-    from streams.errors import BrokerError
 
     settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([browsable("e1", "/data/shoot/a.png", A1), browsable("e2", "/data/shoot/b.png", A2)])
-
-    class Refusing:
-        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
-            done = asyncio.get_running_loop().create_future()
-            done.set_exception(RequestTimedOutError()) if key == A2.encode() else done.set_result(None)
-            return done
-
-        async def flush(self) -> None:
-            return None
-
-    @contextlib.asynccontextmanager
-    async def producer(bootstrap: str, *, linger_ms: int = 0):
-        yield Refusing()
-
-    monkeypatch.setattr(module, "producer", producer)
+    monkeypatch.setattr(module, "producer", _Refusing(A2.encode()).as_producer())
     with pytest.raises(BrokerError, match="did not take 1 of the 2"):
         await module.reconcile(settings, topics_for(settings), "127.0.0.1:9")
 
 
 async def test_a_reprocess_whose_assets_the_broker_did_not_take_fails(tmp_path: Path, monkeypatch) -> None:
-    import asyncio
-    import contextlib
-
-    import pytest
-    from aiokafka.errors import NotLeaderForPartitionError
-
     from streams import reprocess as module
-    from streams.errors import BrokerError
 
-    class Refusing:
-        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
-            done = asyncio.get_running_loop().create_future()
-            done.set_exception(NotLeaderForPartitionError())
-            return done
-
-        async def flush(self) -> None:
-            return None
-
-    @contextlib.asynccontextmanager
-    async def producer(bootstrap: str, *, linger_ms: int = 0):
-        yield Refusing()
-
-    monkeypatch.setattr(module, "producer", producer)
+    monkeypatch.setattr(module, "producer", _Refusing(None).as_producer())
     settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
     rows = [{"asset_id": A1, "path": "/data/a.png"}]
     with pytest.raises(BrokerError, match="did not take 1 of the 1"):  # it said "1 assets sent to tier 2"
