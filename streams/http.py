@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import re
 import socket
@@ -47,7 +48,8 @@ from consumers.catalog import AmbiguousId, Catalog, CatalogError, CatalogUnavail
 from consumers.catalog_sink import CatalogSink
 from schemas import AssetBrowsable, ProgressEvent, decode, encode, new_id, now
 from streams.errors import (
-    DamflowError, PermanentError, SchemaError, StorageUnavailable, UploadNotAnImage, UploadRejected, UploadTooLarge,
+    ConfigError, DamflowError, PermanentError, SchemaError, StorageUnavailable, UploadNotAnImage, UploadRejected,
+    UploadTooLarge,
 )
 from streams.express import ExpressClient
 from streams.ingest import OutcomeWatcher, follow_published
@@ -708,6 +710,12 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:  # said as what to change, not as "[Errno 98] ..." alone
+            raise ConfigError(f"http {host}:{port} is in use by another program (another `damflow up`?): set "
+                              "DAMFLOW_HTTP_PORT to a free port, or 0 for any") from exc
+        raise
     except BaseException:
         await runner.cleanup()
         raise

@@ -272,3 +272,16 @@ def test_a_second_ctrl_c_stops_damflow_up_at_once_and_its_children_with_it(tmp_p
     finally:
         if up.poll() is None:
             up.kill()
+
+
+async def test_an_http_port_in_use_is_a_one_line_reason_that_names_the_setting(make_settings) -> None:
+    """A second program on the port gave `OSError: [Errno 98] ... address already in use` and no hint."""
+    from streams.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*DAMFLOW_HTTP_PORT"):
+            async with Stack(make_settings(http_port=port), workers=0):
+                pass
