@@ -713,7 +713,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:  # said as what to change, not as "[Errno 98] ..." alone
-            raise ConfigError(f"http {host}:{port} is in use by another program (another `damflow up`?): set "
+            raise ConfigError(f"http {host}:{port}: address already in use (another `damflow up`?): set "
                               "DAMFLOW_HTTP_PORT to a free port, or 0 for any") from exc
         raise
     except BaseException:

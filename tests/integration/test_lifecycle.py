@@ -282,6 +282,6 @@ async def test_an_http_port_in_use_is_a_one_line_reason_that_names_the_setting(m
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is in use.*DAMFLOW_HTTP_PORT"):
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: address already in use.*DAMFLOW_HTTP_PORT"):
             async with Stack(make_settings(http_port=port), workers=0):
                 pass
