@@ -22,6 +22,7 @@ import stat
 READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 _WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
 
 
 def read_ahead(path: str, nbytes: int = READ_AHEAD_BYTES) -> bool:
@@ -30,7 +31,19 @@ def read_ahead(path: str, nbytes: int = READ_AHEAD_BYTES) -> bool:
     disk's queue is full, or on a hung network mount, as any read there would). Nothing here raises: a path that
     is gone, unreadable, malformed or not a regular file is left alone, for its own work to meet and report, and
     a FIFO or device is never opened (a FIFO would wait for a writer)."""
-    if _WILLNEED is None:  # not Linux: the reads simply wait for the disk
+    return _advise(path, nbytes, _WILLNEED)  # not Linux (no advice): the reads simply wait for the disk
+
+
+def drop_from_cache(path: str) -> bool:
+    """Tell the kernel the file at ``path`` will not be read again soon (``POSIX_FADV_DONTNEED``): its clean pages
+    leave the page cache now, instead of pushing out what other programs cached. Whether it was told; like
+    :func:`read_ahead`, nothing here raises and only a regular file is opened."""
+    return _advise(path, 0, _DONTNEED)
+
+
+def _advise(path: str, nbytes: int, advice: int | None) -> bool:
+    """``posix_fadvise`` the first ``nbytes`` (0: all) of the regular file at ``path``; whether it was done."""
+    if advice is None:
         return False
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -41,31 +54,7 @@ def read_ahead(path: str, nbytes: int = READ_AHEAD_BYTES) -> bool:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the stat
             return False
-        os.posix_fadvise(fd, 0, nbytes, _WILLNEED)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
-
-
-def drop_from_cache(path: str) -> bool:
-    """Tell the kernel the file at ``path`` will not be read again soon (``POSIX_FADV_DONTNEED``): its clean pages
-    leave the page cache now, instead of pushing out what other programs cached. Whether it was told; like
-    :func:`read_ahead`, nothing here raises and only a regular file is opened."""
-    if _DONTNEED is None:
-        return False
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
-        return False
-    try:
-        os.posix_fadvise(fd, 0, 0, _DONTNEED)
+        os.posix_fadvise(fd, 0, nbytes, advice)
         return True
     except OSError:
         return False
