@@ -74,6 +74,14 @@ def _raise_refused(bootstrap: str, refused: list[tuple[str, type[KafkaError], st
         raise ConfigError(f"broker {bootstrap} refused to create {len(refused)} topic(s): {reasons}")
 
 
+async def check_delivered(sent: list[asyncio.Future], what: str) -> None:
+    """After a producer's flush: :class:`BrokerError` if the broker refused any of the sends ``sent`` (their
+    deliveries), naming how many of ``what``. A flush says nothing of a refused record: each send's delivery does."""
+    refused = [exc for exc in await asyncio.gather(*sent, return_exceptions=True) if isinstance(exc, Exception)]
+    if refused:
+        raise BrokerError(f"the broker did not take {len(refused)} of the {len(sent)} {what}: {refused[0]!r}")
+
+
 def group_consumer(
     settings: Settings, bootstrap: str, group: str, *topics: str, rare: bool = False
 ) -> AIOKafkaConsumer:

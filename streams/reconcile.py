@@ -17,16 +17,14 @@ here; they are reported, and ingesting their folder again sends them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumers.catalog import Catalog
 from agents.tier2 import cost_gate
+from consumers.catalog import Catalog
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, FileDiscovered, encode, now
-from streams.errors import BrokerError
-from streams.kafka import producer
+from streams.kafka import check_delivered, producer
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
@@ -133,10 +131,7 @@ async def send(bootstrap: str, work: Plan) -> None:
     async with producer(bootstrap, linger_ms=5) as prod:
         sent = [await prod.send(topic, encode(event), key=key) for topic, key, event in work.events]
         await prod.flush()
-        refused = [exc for exc in await asyncio.gather(*sent, return_exceptions=True) if isinstance(exc, Exception)]
-    if refused:
-        raise BrokerError(f"the broker did not take {len(refused)} of the {len(sent)} events sent on: "
-                          f"{refused[0]!r}")
+        await check_delivered(sent, "events sent on")
 
 
 async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False) -> dict[str, Any]:

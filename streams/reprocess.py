@@ -6,11 +6,8 @@ in a batch of its own with ``source="reprocess"``, so progress and the catalog c
 
 from __future__ import annotations
 
-import asyncio
-
 from schemas import AssetBrowsable, encode, new_id, now
-from streams.errors import BrokerError
-from streams.kafka import producer
+from streams.kafka import check_delivered, producer
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.upload import close_batch
@@ -30,11 +27,7 @@ async def reprocess_tier2(settings: Settings, topics: Topics, bootstrap: str, ro
             )
             sent.append(await prod.send(topics.t2_batch, encode(event), key=row["asset_id"].encode()))
         await prod.flush()
-        # a flush says nothing of a refused record: each send's delivery does
-        refused = [exc for exc in await asyncio.gather(*sent, return_exceptions=True) if isinstance(exc, Exception)]
-        if refused:
-            raise BrokerError(f"the broker did not take {len(refused)} of the {len(sent)} assets sent to tier 2: "
-                              f"{refused[0]!r}")
+        await check_delivered(sent, "assets sent to tier 2")
         # a batch that enters at tier 2, complete: its progress finishes (tier 1 has nothing of it)
         await (await close_batch(prod, topics, batch_id, len(rows), started, lane="batch", first_tier=2))
     return {"batch_id": batch_id, "published": len(rows)}
