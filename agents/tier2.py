@@ -40,7 +40,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     data_dir = str(settings.data_path)
 
     async def index(record: AssetBrowsable, attempt: int) -> None:
-        seen = (record.size, record.mtime_ns) if record.mtime_ns else None  # 0: not known (a reprocess)
+        seen = (record.size, record.mtime_ns) if record.mtime_ns else None  # 0: not known
         result = await pools.for_lane(record.lane).run(index_file, record.path, record.asset_id, data_dir, seen,
                                                         reads=record.path, read_bytes=record.size,
                                                         level=level_of(2, record.lane), tier=2)

@@ -977,8 +977,10 @@ class Catalog:
         outcomes, as :meth:`status` lists them), of ``batch_id`` (none for a batch never seen) or else of the
         newest ``limit`` batches, oldest first (as a live stream would have sent them)."""
         now = time.time() if now is None else now
-        batch = self._batch_row(batch_id) if batch_id is not None else None
-        batches = ([batch] if batch is not None else []) if batch_id is not None else self._newest_batches(limit)
+        if batch_id is None:
+            batches = self._newest_batches(limit)
+        else:
+            batches = [row] if (row := self._batch_row(batch_id)) is not None else []
         return [ProgressEvent(batch_id=b["batch_id"], tier=tier, **figures)
                 for b in reversed(batches) for tier, figures in self._batch_tiers(b, now).items()]
 
