@@ -210,7 +210,7 @@ class CatalogSink:
         self._catalog = catalog
         try:
             await consumer.start()
-            async with producer(self.bootstrap) as prod:
+            async with producer(self.bootstrap, compression=self.settings.compression_type) as prod:
 
                 async def report(progress: list[ProgressEvent]) -> None:
                     sent = [await prod.send(self.topics.progress, encode(p), key=p.batch_id.encode())

@@ -314,7 +314,8 @@ def create_app(settings: Settings, bootstrap: str) -> DamflowApp:
         # bounded records per fetch: with the batch topics' bounded buffers (Settings.batch_buffer), what is
         # fetched for the batch lane never piles up in the worker
         broker_max_poll_records=settings.batch_buffer,
-        producer_linger=settings.producer_linger_ms / 1000,  # > 0: a chunk's results share a batch (see Settings)
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_compression_type=settings.compression_type,  # > 0: a chunk's results share a batch (see Settings)
         stream_wait_empty=False,
     )
     app.conf.fetch_max_wait_ms = settings.fetch_max_wait_ms

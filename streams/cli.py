@@ -372,7 +372,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             if args.action == "purge":
                 return dlq.purge(chosen, ledger, dry_run=args.dry_run) + unknown
             await dlq.read_back(resolve_bootstrap(settings), chosen)  # the whole of any message a letter cut
-            async with producer(resolve_bootstrap(settings)) as prod:
+            async with producer(resolve_bootstrap(settings), compression=settings.compression_type) as prod:
                 return await dlq.replay(chosen, prod, ledger, settings, topics, dry_run=args.dry_run,
                                         rate=args.rate) + unknown
         finally:

@@ -67,7 +67,7 @@ async def ingest_folder(
                               settings.sink_prompt_eta_s)
             follower = asyncio.create_task(follow(watcher, batch_id, tier=tier, bar=bar, timeout=timeout,
                                                   pace=pace))
-        prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5))
+        prod = await stack.enter_async_context(producer(bootstrap, linger_ms=5, compression=settings.compression_type))
         scanning = asyncio.create_task(scan(settings, topics, bootstrap, prod, folder, lane=lane,
                                             batch_id=batch_id))
         tasks = {scanning, follower} - {None}
@@ -145,7 +145,7 @@ async def upload_files(
                 express_patience_s=settings.express_patience_s)
             reader = asyncio.create_task(watcher.run())
             stack.callback(reader.cancel)
-        prod = await stack.enter_async_context(producer(bootstrap))
+        prod = await stack.enter_async_context(producer(bootstrap, compression=settings.compression_type))
         express = ExpressClient(settings) if settings.express else None
         for src in files:
             if broken is not None:

@@ -111,8 +111,13 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap: s
 
 
 @contextlib.asynccontextmanager
-async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[AIOKafkaProducer]:
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
+async def producer(
+    bootstrap: str, *, linger_ms: int = 0, compression: str | None = None,
+) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer whose sends are acked by every replica; ``compression``: its record batches' codec
+    (``Settings.compression_type``), none when unsaid."""
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
+                            compression_type=compression)
     await start_client(prod, bootstrap)
     try:
         yield prod

@@ -123,12 +123,12 @@ def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:
     )
 
 
-async def send(bootstrap: str, work: Plan) -> None:
+async def send(bootstrap: str, work: Plan, *, compression: str | None = None) -> None:
     """Publish the plan's events, each acked by the broker before this returns; :class:`BrokerError` if the broker
     refused any (a flush does not say: each send's own delivery does)."""
     if not work.events:
         return
-    async with producer(bootstrap, linger_ms=5) as prod:
+    async with producer(bootstrap, linger_ms=5, compression=compression) as prod:
         sent = [await prod.send(topic, encode(event), key=key) for topic, key, event in work.events]
         await prod.flush()
         await check_delivered(sent, "events sent on")
@@ -138,7 +138,7 @@ async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_r
     """Plan and (unless ``dry_run``) send; returns the plan's summary, logged too."""
     work = plan(settings, topics)
     if not dry_run:
-        await send(bootstrap, work)
+        await send(bootstrap, work, compression=settings.compression_type)
     summary = work.summary()
     if not dry_run and (work.events or work.lost or work.unheard):  # (a dry run's caller shows the summary)
         log.info("reconciled", resumed=summary["resumed"], batches=summary["batches"],

@@ -16,7 +16,7 @@ from streams.upload import close_batch
 async def reprocess_tier2(settings: Settings, topics: Topics, bootstrap: str, rows: list[dict]) -> dict:
     batch_id, started = f"reprocess-{new_id()}", now()
     sent = []
-    async with producer(bootstrap, linger_ms=5) as prod:
+    async with producer(bootstrap, linger_ms=5, compression=settings.compression_type) as prod:
         for row in rows:
             at = now()
             event = AssetBrowsable(

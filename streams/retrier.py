@@ -52,7 +52,7 @@ class Retrier:
 
         try:
             await consumer.start()
-            async with producer(self.bootstrap) as prod:
+            async with producer(self.bootstrap, compression=self.settings.compression_type) as prod:
                 self.ready.set()
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=500)

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     #: letter and its ``AssetFailed``, one after the other; an upload's hops to searchable and enriched; a
     #: ``?wait=1`` answer read from ``assets`` when express is off), and an agent's slot is held that much longer.
     producer_linger_ms: int = Field(default=0, ge=0)
+    #: Codec of the record batches every damflow producer sends; consumers decompress whatever they are sent.
+    #: The embedded broker keeps each batch as it was sent, in memory, so this is what its memory grows by per
+    #: file: records of one batch share their keys, paths and ids, and compress to a fourth or less. Measured,
+    #: one ``damflow up``, broker RSS growth through tier 3 (21 MB of records at 5000 files): 500 files 5.7 /
+    #: 2.7 / 2.2 MB with none / lz4 / zstd; 5000 files 47 / 19 / 14 MB; the processes' CPU the same within the
+    #: noise. Kafka and Redpanda keep the batches compressed on disk as well. ``none`` for a third-party consumer
+    #: of damflow's topics whose client lacks zstd (every Java and librdkafka client has it, Kafka >= 2.1).
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout). Kafka and Redpanda
     #: refuse a join whose session timeout is below their group.min.session.timeout.ms (6 s by default), so with
@@ -289,6 +297,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+    @property
+    def compression_type(self) -> str | None:
+        """``compression`` as the Kafka client takes it."""
+        return None if self.compression == "none" else self.compression
 
     @property
     def batch_concurrency(self) -> int:

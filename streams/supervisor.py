@@ -176,7 +176,8 @@ class Stack:
     async def _start_http(self) -> None:
         from streams import http
 
-        prod = await self._exit_stack.enter_async_context(producer(self.bootstrap))
+        prod = await self._exit_stack.enter_async_context(
+            producer(self.bootstrap, compression=self.settings.compression_type))
         app = http.create_app(self.settings, self.topics, self.bootstrap, prod, catalog=self.sink,
                               readiness=self.readiness)
         self._http_runner = await http.serve(app, self.settings.http_host, self.settings.http_port)

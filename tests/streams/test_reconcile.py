@@ -144,7 +144,8 @@ class _Refusing:
 
     def as_producer(self) -> Callable[..., Any]:
         @contextlib.asynccontextmanager
-        async def producer(bootstrap: str, *, linger_ms: int = 0) -> AsyncIterator[_Refusing]:
+        async def producer(bootstrap: str, *, linger_ms: int = 0, compression: str | None = None,
+                           ) -> AsyncIterator[_Refusing]:
             yield self
         return producer
 
