@@ -162,7 +162,8 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
     http_ms: dict[str, float] = {}  # event id -> the upload's round trip, as the client saw it
     timing: dict[str, dict] = {}  # event id -> the upload's stamps, from the reply
     submitted = 0
-    async with aiohttp.ClientSession() as http, producer(stack.bootstrap) as prod:
+    async with aiohttp.ClientSession() as http, \
+            producer(stack.bootstrap, compression=settings.compression_type) as prod:
         if mode == "priority":  # the client's connection open and warm, as a DAM back-end's would be
             async with http.post(f"{stack.http_url}/upload", params={"wait": "1"},
                                  data=urgent[-1].read_bytes(), headers={"Content-Type": "image/png"}) as resp:

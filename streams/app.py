@@ -46,7 +46,9 @@ def hand_back(consumer: aiokafka.AIOKafkaConsumer, records: Mapping[Any, list[An
     return moved
 
 
-#: Per partition and per request fetch sizes of the worker consumer: about a hundred events per partition.
+#: Per partition and per request fetch sizes of the worker consumer, in bytes as sent: about a hundred events per
+#: partition uncompressed, several hundred compressed (``Settings.compression``). What a fetch hands the worker's
+#: streams is bounded by records all the same (``broker_max_poll_records``, ``Settings.batch_buffer``).
 FETCH_PARTITION_BYTES = 64 * 1024
 FETCH_REQUEST_BYTES = 256 * 1024
 
@@ -314,8 +316,8 @@ def create_app(settings: Settings, bootstrap: str) -> DamflowApp:
         # bounded records per fetch: with the batch topics' bounded buffers (Settings.batch_buffer), what is
         # fetched for the batch lane never piles up in the worker
         broker_max_poll_records=settings.batch_buffer,
-        producer_linger=settings.producer_linger_ms / 1000,
-        producer_compression_type=settings.compression_type,  # > 0: a chunk's results share a batch (see Settings)
+        producer_linger=settings.producer_linger_ms / 1000,  # > 0: a chunk's results share a batch (see Settings)
+        producer_compression_type=settings.compression_type,
         stream_wait_empty=False,
     )
     app.conf.fetch_max_wait_ms = settings.fetch_max_wait_ms

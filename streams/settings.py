@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     #: of the wait after data arrives, so the catalog lags by some 50 ms. bench A/B, 500-file import, together
     #: with the heartbeat below: services' CPU 12.2 -> 10.3 % of the pool's (100 ms and 0.5 s before).
     sink_fetch_max_wait_ms: int = Field(default=250, ge=0)
-    #: ... and the bytes such a consumer lets pile up before a fetch returns (within that wait): during an import
-    #: the catalog sink then takes the results in a few fetches a second instead of one or two events per fetch.
+    #: ... and the bytes (as sent: compressed, see ``compression``) such a consumer lets pile up before a fetch
+    #: returns (within that wait): during an import the catalog sink then takes the results in a few fetches a
+    #: second instead of one or two events per fetch.
     sink_fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
     #: ... but while a batch's tier is about to finish (expected within ``sink_prompt_eta_s``), the catalog sink
     #: fetches with this wait and no byte minimum, until twice that long after the last write that said so: the
@@ -105,8 +106,10 @@ class Settings(BaseSettings):
     #: file: records of one batch share their keys, paths and ids, and compress to a fourth or less. Measured,
     #: one ``damflow up``, broker RSS growth through tier 3 (21 MB of records at 5000 files): 500 files 5.7 /
     #: 2.7 / 2.2 MB with none / lz4 / zstd; 5000 files 47 / 19 / 14 MB; the processes' CPU the same within the
-    #: noise. Kafka and Redpanda keep the batches compressed on disk as well. ``none`` for a third-party consumer
-    #: of damflow's topics whose client lacks zstd (every Java and librdkafka client has it, Kafka >= 2.1).
+    #: noise. Kafka and Redpanda keep the batches compressed on disk as well. Every reader needs the codec: the Java
+    #: client has zstd from Kafka 2.1 (brokers too), librdkafka when built with it, Python clients with an extra
+    #: package (damflow's own: cramjam, since this setting). ``none`` (or ``lz4``) for such a reader, and while a
+    #: damflow from before this setting still reads the same topics. (``gzip`` is compressed at level 9: slow.)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     #: Group membership timeouts: short, so a dead worker's partitions move on quickly and a joining worker
     #: gets partitions fast (the embedded broker holds a join for about the rebalance timeout). Kafka and Redpanda

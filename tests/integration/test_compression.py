@@ -18,7 +18,8 @@ from tests.images import make_png
 
 pytestmark = pytest.mark.integration
 
-CODEC = {"none": DefaultRecordBatch.CODEC_NONE, "lz4": DefaultRecordBatch.CODEC_LZ4,
+CODEC = {"none": DefaultRecordBatch.CODEC_NONE, "gzip": DefaultRecordBatch.CODEC_GZIP,
+         "snappy": DefaultRecordBatch.CODEC_SNAPPY, "lz4": DefaultRecordBatch.CODEC_LZ4,
          "zstd": DefaultRecordBatch.CODEC_ZSTD}
 
 
@@ -60,7 +61,7 @@ async def _read(bootstrap: str, topic: str, settings, count: int, monkeypatch) -
     return values, set(codecs)
 
 
-@pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
+@pytest.mark.parametrize("codec", sorted(CODEC))
 async def test_the_scanner_sends_its_batches_in_the_codec_set(
     broker: str, make_settings, tmp_path: Path, monkeypatch, codec: str,
 ) -> None:

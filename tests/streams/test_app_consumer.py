@@ -314,6 +314,13 @@ async def test_the_assignment_is_converted_once_per_assignment_and_follows_every
     assert thread.assignment() == {TP("t1.batch", 1)} and len(conversions) == 3
 
 
+def test_the_worker_producer_compresses_as_set(tmp_path) -> None:
+    for codec, expected in (("zstd", "zstd"), ("lz4", "lz4"), ("none", None)):
+        app = create_app(Settings(data_dir=tmp_path, compression=codec), "127.0.0.1:9")  # never connects
+        assert app.producer._settings_default()["compression_type"] == expected
+    assert Settings(data_dir=tmp_path).compression_type == "zstd"
+
+
 def test_the_worker_producer_lingers_as_set(tmp_path) -> None:
     # faust takes its linger in seconds and hands aiokafka milliseconds; a unit slip either way would send every
     # result alone (0) or hold each for seconds
