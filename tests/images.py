@@ -69,6 +69,14 @@ def make_png(
     return Path(path)
 
 
+def make_png_folder(folder: Path, files: int, size: tuple[int, int] = (16, 16)) -> Path:
+    """``folder`` (made) holding ``files`` small distinct PNGs, ``00.png`` on."""
+    folder.mkdir(parents=True)
+    for i in range(files):
+        make_png(folder / f"{i:02d}.png", size=size, seed=i)
+    return folder
+
+
 def make_jpeg(
     path: Path | str,
     size: tuple[int, int] = (64, 48),

@@ -14,7 +14,7 @@ from streams.ingest import ingest_folder
 from streams.kafka import tail
 from streams.supervisor import Stack
 from streams.topics import topics_for
-from tests.images import make_png
+from tests.images import make_png_folder
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,7 @@ CODEC = {"none": DefaultRecordBatch.CODEC_NONE, "gzip": DefaultRecordBatch.CODEC
 
 
 def _folder(tmp_path: Path, files: int) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir(parents=True)
-    for i in range(files):
-        make_png(folder / f"{i:02d}.png", size=(32, 32), seed=i)
-    return folder
+    return make_png_folder(tmp_path / "in", files, size=(32, 32))
 
 
 class _Noting:

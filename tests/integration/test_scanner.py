@@ -15,18 +15,13 @@ from streams.ingest import ingest_folder
 from streams.kafka import ensure_topics, producer, tail
 from streams.scanner import scan
 from streams.topics import topics_for
-from tests.images import make_png
+from tests.images import make_png_folder
 
 pytestmark = pytest.mark.integration
 
 
 def _folder(tmp_path: Path, files: int) -> Path:
-    """A folder of ``files`` small distinct PNGs."""
-    folder = tmp_path / "in"
-    folder.mkdir(parents=True)
-    for i in range(files):
-        make_png(folder / f"{i:02d}.png", size=(16, 16), seed=i)
-    return folder
+    return make_png_folder(tmp_path / "in", files)
 
 
 async def test_a_file_the_broker_did_not_take_fails_the_scan(broker: str, make_settings, tmp_path: Path) -> None:
