@@ -10,8 +10,8 @@ Each unfinished file (see :meth:`consumers.catalog.Catalog.unfinished`) goes on 
 own batch and event ids, so its batch's progress finishes: a file retrying in tier 1 as ``FileDiscovered`` on
 ``t1.<lane>``; one whose tier 2 is done as tier 2 left it for tier 3 (through the same cost gate); any other as
 ``AssetBrowsable`` (rebuilt from the catalog: its thumbnails exist) on ``t2.<lane>``, whose cost gate sends tier 3
-on. Every effect is keyed by asset id, so a file whose work was in fact still on its
-way is worked on twice and changes nothing. Files a scan counted that the catalog never heard of have no path
+on. Every effect is keyed by asset id, so a file whose work was in fact still on its way is worked on twice and
+changes nothing. Files a scan counted that the catalog never heard of have no path
 here; they are reported, and ingesting their folder again sends them.
 """
 
@@ -32,12 +32,16 @@ from streams.topics import Topics
 log = get(__name__)
 
 
+#: What a reconcile sends for a file: the event its next tier takes, or the ``AssetEnriched`` tier 2's cost gate
+#: sends in tier 3's place.
+Resumed = FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched
+
+
 @dataclass
 class Plan:
     """What a reconcile sends (``events``: topic, key, event) and what it cannot (``lost``, ``unheard``)."""
 
-    events: list[tuple[str, bytes, FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched]] = field(
-        default_factory=list)
+    events: list[tuple[str, bytes, Resumed]] = field(default_factory=list)
     #: Unfinished files whose bytes no path holds any more: nothing is left to read.
     lost: list[dict[str, Any]] = field(default_factory=list)
     #: Batches with files only their scan knew (``Catalog.unheard``).
@@ -51,7 +55,7 @@ class Plan:
                 "unheard": self.unheard}
 
 
-def _tier(event: FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched) -> int:
+def _tier(event: Resumed) -> int:
     return 1 if isinstance(event, FileDiscovered) else 2 if isinstance(event, AssetBrowsable) else 3
 
 
