@@ -28,6 +28,9 @@ While a chunk's process works on one call, the file the next call reads (``reads
 Once a streak of files bigger than ``drop_after_bytes`` has gone through the pool, each file leaves the page cache
 as soon as its call is done: a big import does not flood it (see :meth:`ChunkedPool._dropping`).
 
+With ``max_chunk`` 1 every call is a task of its own, still sent in this order (the lowest level first, background
+calls only to an idle process) and still dropped from the page cache past the streak.
+
 Isolation is kept per file: a chunk whose process died or ran past its time limit is run again one call per
 task (each taking a slot as any chunk does, ahead of the calls of its level still waiting), so only the file that
 crashed or hung fails; the others are worked on again, which is safe because the
@@ -135,8 +138,6 @@ class ChunkedPool:
         """``fn(*args, **kwargs)`` in a pool process; the pool's own keywords, not passed on to ``fn``: ``reads``,
         the file it reads, to be read ahead, and ``read_bytes`` its size; ``level``, its priority (lower first);
         ``tier`` (the level says)."""
-        if self.max_chunk <= 1:
-            return await self.pool.run(fn, *args, **kwargs)
         future = asyncio.get_running_loop().create_future()
         self._pending.setdefault(level, []).append(
             _Call(fn, args, kwargs, future, reads, size=read_bytes))
@@ -158,7 +159,8 @@ class ChunkedPool:
         if self._idle_since is not None and now - self._idle_since > _DROP_STREAK_IDLE_S:
             self._streak_bytes = 0  # a pause: what comes now is another import
         self._idle_since = None
-        self._streak_bytes += sum(c.size for c in chunk)
+        # a call sent again alone (its chunk lost its process) was counted with its chunk
+        self._streak_bytes += sum(c.size for c in chunk if not c.alone)
         return self._streak_bytes > self.drop_after_bytes
 
     def chunk_size(self, level: int = 1) -> int:

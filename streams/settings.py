@@ -235,8 +235,8 @@ class Settings(BaseSettings):
     #: now), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's CPU per file
     #: grew 0.95 ms for every 1000 files held (3.1 -> 6.4 ms; 5.2 on average); now 0.15-0.35 (3.3 on average).
     #: Tier-3 chunks start only on an idle batch process (never queued there): an import that starts meanwhile
-    #: waits at most for the chunks already running. (With ``batch_chunk`` 1 there are no chunks, and no levels:
-    #: every call goes to the pool's queue in turn.)
+    #: waits at most for the chunks already running. (With ``batch_chunk`` 1 every call is a task of its own, in
+    #: the same order and under the same rule.)
     tier3_concurrency: int | None = Field(default=None, ge=1)
     #: Cost gate to tier 3 (embeddings, quality, sessions): what is worth the background work.
     tier3_enabled: bool = True

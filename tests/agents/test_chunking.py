@@ -136,10 +136,36 @@ async def test_a_cancelled_caller_is_left_out(one_process: WorkPool) -> None:
     assert chunked.chunk_sizes == {1: 1, 3: 1}
 
 
-async def test_chunk_of_one_means_the_plain_pool(one_process: WorkPool) -> None:
+async def test_chunks_of_one_keep_the_levels_order(one_process: WorkPool) -> None:
+    # DAMFLOW_BATCH_CHUNK=1 sent every call straight to the pool's own queue, in the order they came: tier-2 and
+    # tier-3 files in flight ahead of an import's tier-1 files (and no file of a big import left the page cache)
     chunked = ChunkedPool(one_process, max_chunk=1)
-    assert await asyncio.gather(*(chunked.run(pool_jobs.double, i) for i in range(3))) == [0, 2, 4]
-    assert chunked.chunk_sizes == {}
+    finished: list[str] = []
+
+    def run(label: str, level: int, *args) -> asyncio.Future:
+        future = asyncio.ensure_future(chunked.run(*args, level=level))
+        future.add_done_callback(lambda _: finished.append(label))
+        return future
+
+    busy = run("busy", 1, pool_jobs.double_later, 0, 0.3)
+    await asyncio.sleep(0)
+    later = [run(f"tier2-{i}", 2, pool_jobs.double, i) for i in range(3)]
+    sooner = [run(f"tier1-{i}", 1, pool_jobs.double, i) for i in range(2)]
+    assert await asyncio.gather(busy, *later, *sooner) == [0, 0, 2, 4, 0, 2]
+    # the first tier-2 call took the queued slot while it was the only one waiting
+    assert finished == ["busy", "tier2-0", "tier1-0", "tier1-1", "tier2-1", "tier2-2"]
+    assert chunked.chunk_sizes == {1: 6}
+
+
+async def test_a_chunk_run_again_alone_counts_its_bytes_into_the_streak_once(one_process: WorkPool) -> None:
+    chunked = ChunkedPool(one_process, max_chunk=3, drop_after_bytes=1 << 40)
+    calls = [chunked.run(pool_jobs.double, 0, read_bytes=100),  # alone: the process was free
+             chunked.run(pool_jobs.double, 1, read_bytes=10), chunked.run(pool_jobs.crash, read_bytes=20),
+             chunked.run(pool_jobs.double, 2, read_bytes=30)]  # a chunk of three, run again one call at a time
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:2] == [0, 2] and isinstance(results[2], DecoderCrashed) and results[3] == 4
+    assert chunked.chunk_sizes == {1: 1 + 3, 3: 1}
+    assert chunked._streak_bytes == 160  # not 220: the chunk's 60 counted again with its calls sent alone
 
 
 async def test_an_outcome_that_cannot_come_back_fails_its_own_call_only(one_process: WorkPool) -> None:

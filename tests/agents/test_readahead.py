@@ -197,10 +197,11 @@ def test_a_chunk_told_to_drops_each_file_once_its_call_is_done(tmp_path: Path, d
     assert [_resident(f) < 0.01 for f in files] == [drop] * 3
 
 
+@pytest.mark.parametrize("max_chunk", [1, 2])
 async def test_files_are_dropped_once_a_streak_passes_its_bytes_and_a_pause_starts_a_new_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, max_chunk: int) -> None:
     pool = _InProcessPool()
-    chunked = ChunkedPool(pool, max_chunk=2, drop_after_bytes=5000)  # type: ignore[arg-type]
+    chunked = ChunkedPool(pool, max_chunk=max_chunk, drop_after_bytes=5000)  # type: ignore[arg-type]
 
     async def burst(*sizes: int) -> list[bool]:
         pool.tasks.clear()
