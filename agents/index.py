@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,27 +23,35 @@ from agents.metadata.generators import detect
 from agents.metadata.model import PARSER_VERSION, Containers, Generation
 from streams.errors import SourceChanged
 
-#: Camera / authoring fields for search and display: summary name -> where to look, first found wins.
+#: Camera / authoring fields for search and display: summary name -> where to look, first found wins. ``png``:
+#: the PNG text keywords of the PNG specification (whatever their case: ImageMagick writes them in lower case);
+#: ``XP*``: what Windows' file properties write into EXIF.
 CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "make": (("exif", "Exif.Image.Make"),),
     "model": (("exif", "Exif.Image.Model"),),
     "lens": (("exif", "Exif.Photo.LensModel"), ("exif", "Exif.Photo.LensMake")),
     "datetime_original": (("exif", "Exif.Photo.DateTimeOriginal"), ("exif", "Exif.Image.DateTime")),
-    "software": (("exif", "Exif.Image.Software"), ("xmp", "Xmp.xmp.CreatorTool")),
-    "artist": (("exif", "Exif.Image.Artist"), ("iptc", "Iptc.Application2.Byline"), ("xmp", "Xmp.dc.creator")),
+    "software": (("exif", "Exif.Image.Software"), ("xmp", "Xmp.xmp.CreatorTool"), ("png", "software")),
+    "artist": (("exif", "Exif.Image.Artist"), ("iptc", "Iptc.Application2.Byline"), ("xmp", "Xmp.dc.creator"),
+               ("png", "author"), ("exif", "Exif.Image.XPAuthor")),
     "description": (("xmp", "Xmp.dc.description"), ("iptc", "Iptc.Application2.Caption"),
-                    ("exif", "Exif.Image.ImageDescription")),
-    "keywords": (("iptc", "Iptc.Application2.Keywords"), ("xmp", "Xmp.dc.subject")),
-    "title": (("iptc", "Iptc.Application2.ObjectName"), ("xmp", "Xmp.dc.title")),
+                    ("exif", "Exif.Image.ImageDescription"), ("png", "description"), ("exif", "Exif.Image.XPSubject")),
+    "keywords": (("iptc", "Iptc.Application2.Keywords"), ("xmp", "Xmp.dc.subject"), ("exif", "Exif.Image.XPKeywords")),
+    "title": (("iptc", "Iptc.Application2.ObjectName"), ("xmp", "Xmp.dc.title"), ("png", "title"),
+              ("exif", "Exif.Image.XPTitle")),
     "city": (("xmp", "Xmp.photoshop.City"), ("iptc", "Iptc.Application2.City")),
 }
 #: ComfyUI WebP savers put JSON into Make/Model: that is not a camera.
 _NOT_A_CAMERA = ("prompt:", "workflow:", "{")
+#: A generator's record kept as ``name: {json}`` (ComfyUI's "prompt:", InvokeAI's "invokeai_graph: " in JPEG COM).
+_NAMED_RECORD = re.compile(r"[\w-]+:\s*[{\[]")
+#: Text a generator keeps its parameters in, as A1111 writes them (its parser's own test for a JPEG comment).
+_A1111_MARK = "Steps: "
 
 #: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
 #: an event must fit in one produce request (1 MB), or tier 2 fails for good on a readable file. In characters,
 #: sized for the worst case of 6 bytes each (a control character, escaped in JSON): prompts 2 x 24 Ki, warnings
-#: 20 x 500, LoRA names 100 x 200, the camera's 10 fields x 2000 and 6 other names x 500 make at most ~0.6 MB.
+#: 20 x 500, LoRA names 100 x 200, the camera's 11 fields x 2000 and 6 other names x 500 make at most ~0.6 MB.
 PROMPT_CHARS = 24 * 1024
 FIELD_CHARS = 500
 WARNINGS = 20
@@ -73,16 +82,44 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def camera_fields(c: Containers) -> dict[str, str]:
+def camera_fields(c: Containers, g: Generation | None = None) -> dict[str, str]:
+    """The camera and authoring fields (:data:`CAMERA_FIELDS`) and ``comment`` (:func:`comment_text`), each
+    without what the generator ``g`` keeps its parameters in: a NovelAI PNG's ``Description`` is its prompt, and
+    is searched for as the prompt already."""
     out: dict[str, str] = {}
-    sources = {"exif": c.exif, "iptc": c.iptc, "xmp": c.xmp}
+    sources = {"exif": c.exif, "iptc": c.iptc, "xmp": c.xmp, "png": {k.lower(): v for k, v in c.text.items()}}
     for name, places in CAMERA_FIELDS.items():
         for source, key in places:
             value = _text(sources[source].get(key))
-            if value and not value.startswith(_NOT_A_CAMERA):
+            if value and not value.startswith(_NOT_A_CAMERA) and not _generators_own(value, g):
                 out[name] = value[:CAMERA_CHARS]
                 break
+    comment = comment_text(c, g)
+    if comment:
+        out["comment"] = comment
     return out
+
+
+def comment_text(c: Containers, g: Generation | None = None) -> str | None:
+    """What people and tools left as a comment, for search: PNG ``Comment`` text chunks (GIMP writes "Created with
+    GIMP", ImageMagick and exiftool a lower-case ``comment``), every JPEG COM segment, EXIF UserComment and Windows'
+    XPComment, each once, in that order; less a generator's records (:func:`_generators_own`). ``None``: none."""
+    pieces = [text for key, text in c.text.items() if key.lower() == "comment"]
+    pieces += [*c.comments, c.user_comment or "", _text(c.exif.get("Exif.Image.XPComment")) or ""]
+    kept: list[str] = []
+    for piece in pieces:
+        text = piece.replace("\x00", "").strip()
+        if text and text not in kept and not _generators_own(text, g):
+            kept.append(text)
+    return "\n".join(kept)[:CAMERA_CHARS] or None
+
+
+def _generators_own(text: str, g: Generation | None) -> bool:
+    """Whether ``text`` is where a generator keeps its parameters: JSON (or ``name: {json}``), A1111's text, or,
+    for a file with generation parameters, text holding its prompt."""
+    if text.startswith(("{", "[")) or _NAMED_RECORD.match(text) or _A1111_MARK in text:
+        return True
+    return g is not None and any(p and p.strip() and p.strip() in text for p in (g.positive, g.negative))
 
 
 def _cap(text: str | None, limit: int = FIELD_CHARS) -> str | None:
@@ -93,7 +130,7 @@ def summarise(c: Containers, g: Generation | None) -> dict[str, Any]:
     """The ``AssetIndexed`` fields for one file (pixels' size, not the generator's claimed size), each bounded
     (a hostile file's megabytes of prompt or warnings stay in its metadata document)."""
     summary: dict[str, Any] = {
-        "camera": camera_fields(c), "gps": c.gps, "width": c.width, "height": c.height, "format": _cap(c.format),
+        "camera": camera_fields(c, g), "gps": c.gps, "width": c.width, "height": c.height, "format": _cap(c.format),
         "warnings": [_cap(w) for w in c.warnings[:WARNINGS]],
     }
     if g is not None:

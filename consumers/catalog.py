@@ -1053,8 +1053,8 @@ def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
     if not (_finite(lat) is not None and _finite(lon) is not None and abs(lat) <= 90 and abs(lon) <= 180):
         lat = lon = None
     camera_text = " ".join(camera[k] for k in ("make", "model", "lens") if k in camera)
-    photo_text = "\n".join(camera[k] for k in ("title", "description", "keywords", "artist", "city", "software")
-                           if k in camera)
+    photo_text = "\n".join(camera[k] for k in ("title", "description", "keywords", "artist", "city", "software",
+                                                "comment") if k in camera)
     return (
         e.parser_version, _clean(e.generator), _clean(e.model),
         json.dumps([_clean(name) for name in e.loras if isinstance(name, str)], ensure_ascii=False),

@@ -85,10 +85,13 @@ def make_jpeg(
     exif_make: str | None = None,
     seed: int = 0,
     quality: int = 90,
+    comment: str | None = None,
 ) -> Path:
-    """A JPEG (mode RGB, L or CMYK — Pillow writes CMYK Adobe-inverted) with optional EXIF Orientation/Make."""
+    """A JPEG (mode RGB, L or CMYK — Pillow writes CMYK Adobe-inverted) with optional EXIF Orientation/Make and a
+    COM segment (``comment``)."""
     image = _in_mode(pattern(size, seed=seed), mode)
-    image.save(path, "JPEG", quality=quality, exif=_exif(orientation, exif_make))
+    extra = {"comment": comment} if comment is not None else {}
+    image.save(path, "JPEG", quality=quality, exif=_exif(orientation, exif_make), **extra)
     return Path(path)
 
 

@@ -96,8 +96,10 @@ def test_megabytes_of_metadata_give_an_event_that_fits_one_request(tmp_path: Pat
 def test_the_event_fits_one_request_even_at_every_bound_in_its_costliest_characters() -> None:
     worst = "\x01" * 100_000  # 6 bytes each in JSON (\u0001)
     c = Containers(format=worst, warnings=[worst] * 50, gps=(1.0, 2.0))
-    c.exif = {key: worst for places in CAMERA_FIELDS.values() for source, key in places if source == "exif"}
-    c.xmp = {key: worst for places in CAMERA_FIELDS.values() for source, key in places if source == "xmp"}
+    other = "\x02" * 100_000  # as costly, and not the prompt (which is left out of the camera's fields)
+    c.exif = {key: other for places in CAMERA_FIELDS.values() for source, key in places if source == "exif"}
+    c.xmp = {key: other for places in CAMERA_FIELDS.values() for source, key in places if source == "xmp"}
+    c.text, c.comments, c.user_comment = {"Comment": other}, [other + str(i) for i in range(50)], other + "!"
     g = Generation(generator=worst, source="png:parameters", parser="a1111/1", model=worst, vae=worst,
                    sampler=worst, scheduler=worst, positive=worst, negative="\U0001f600" * 100_000,
                    loras=[LoRA(name=worst)] * 500)

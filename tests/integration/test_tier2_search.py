@@ -33,8 +33,9 @@ async def test_generation_metadata_becomes_searchable(stack: Stack, tmp_path: Pa
     folder.mkdir()
     for i in range(3):
         comfy_like_png(folder / f"ComfyUI_{i:05d}_.png", seed=7 + i, size=(320, 320))
-    make_png(folder / "fox.png", size=(320, 240), text={"parameters": A1111}, seed=3)
-    make_jpeg(folder / "photo.jpg", size=(200, 150), exif_make="Canon", seed=4)
+    make_png(folder / "fox.png", size=(320, 240), text={"parameters": A1111, "Comment": "from the winter series"},
+             seed=3)
+    make_jpeg(folder / "photo.jpg", size=(200, 150), exif_make="Canon", seed=4, comment="harbour lights at dusk")
     s = stack.settings
 
     result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, tier=2, timeout=90)
@@ -47,6 +48,9 @@ async def test_generation_metadata_becomes_searchable(stack: Stack, tmp_path: Pa
         assert len(catalog.search("model:sd_xl")) == 3  # the ComfyUI renders' checkpoint
         assert [r["seed"] for r in catalog.search("seed:8")] == [8]
         assert [Path(r["path"]).name for r in catalog.search("camera:canon")] == ["photo.jpg"]
+        # comments a person or a tool left (a JPEG COM segment, a PNG Comment chunk beside a generator's text)
+        assert [Path(r["path"]).name for r in catalog.search("harbour dusk")] == ["photo.jpg"]
+        assert [Path(r["path"]).name for r in catalog.search("winter series")] == ["fox.png"]
         meta = catalog.asset(os.path.realpath(folder / "ComfyUI_00000_.png"))["metadata"]
     assert meta["generator"] == "comfyui" and meta["seed"] == 7 and meta["sampler"] == "euler"
     document = json.loads((s.data_path / meta["metadata_path"]).read_text())
