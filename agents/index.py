@@ -51,12 +51,14 @@ _A1111_MARK = "Steps: "
 #: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
 #: an event must fit in one produce request (1 MB), or tier 2 fails for good on a readable file. In characters,
 #: sized for the worst case of 6 bytes each (a control character, escaped in JSON): prompts 2 x 24 Ki, warnings
-#: 20 x 500, LoRA names 100 x 200, the camera's 11 fields x 2000 and 6 other names x 500 make at most ~0.6 MB.
+#: 20 x 500, LoRA names 100 x 200, model names 20 x 500, the camera's 11 fields x 2000 and 6 other names x 500 make
+#: at most ~0.7 MB.
 PROMPT_CHARS = 24 * 1024
 FIELD_CHARS = 500
 WARNINGS = 20
 LORAS = 100
 LORA_CHARS = 200
+MODELS = 20
 CAMERA_CHARS = 2000
 
 
@@ -136,12 +138,25 @@ def summarise(c: Containers, g: Generation | None) -> dict[str, Any]:
     if g is not None:
         summary |= {
             "generator": _cap(g.generator), "model": _cap(g.model),
+            "models": [_cap(name) for name in all_models(g)[:MODELS]],
             "loras": [_cap(lora.name, LORA_CHARS) for lora in g.loras[:LORAS]], "vae": _cap(g.vae), "seed": g.seed,
             "steps": g.steps, "cfg": g.cfg, "sampler": _cap(g.sampler), "scheduler": _cap(g.scheduler),
             "denoise": g.denoise, "positive": _cap(g.positive, PROMPT_CHARS),
             "negative": _cap(g.negative, PROMPT_CHARS),
         }
     return summary
+
+
+def all_models(g: Generation) -> list[str]:
+    """Every model the generation names, each once, the main one first: each sampling pass's (an SDXL refiner, a
+    hires fix's checkpoint, a detailer's) and A1111's ``Refiner``. Searched with ``model:``; the catalog shows the
+    main one."""
+    names = [g.model, *(p.model for p in g.passes), *_listed(g.extra.get("models")), g.extra.get("Refiner")]
+    return list(dict.fromkeys(n.strip() for n in names if isinstance(n, str) and n.strip()))
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def metadata_relpath(asset_id: str) -> str:

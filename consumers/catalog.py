@@ -55,8 +55,9 @@ from streams.errors import PermanentError
 #: Bumped when the tables change, with a step in ``_MIGRATIONS``; a catalog written by newer code is refused
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
 #: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
-#: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``).
-CATALOG_VERSION = 7
+#: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``); 8: ``metadata.models``
+#: indexed in the place of ``model``.
+CATALOG_VERSION = 8
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -111,8 +112,33 @@ CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) an
 ) WITHOUT ROWID;
 """
 
-_FTS_NEW = ", ".join(f"new.{c}" for c in FTS_COLUMNS)
-_FTS_OLD = ", ".join(f"old.{c}" for c in FTS_COLUMNS)
+
+
+def _fts_index(columns: tuple[str, ...]) -> str:
+    """The full-text index of ``metadata`` over ``columns`` (external content: it reads them from the table), and the
+    triggers that keep it in step with the table."""
+    names = ", ".join(columns)
+    new, old = ", ".join(f"new.{c}" for c in columns), ", ".join(f"old.{c}" for c in columns)
+    changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns)
+    return f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS metadata_fts USING fts5 (
+    {names},
+    content = 'metadata', content_rowid = 'doc_id',
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
+);
+CREATE TRIGGER IF NOT EXISTS metadata_fts_insert AFTER INSERT ON metadata BEGIN
+    INSERT INTO metadata_fts (rowid, {names}) VALUES (new.doc_id, {new});
+END;
+CREATE TRIGGER IF NOT EXISTS metadata_fts_delete AFTER DELETE ON metadata BEGIN
+    INSERT INTO metadata_fts (metadata_fts, rowid, {names}) VALUES ('delete', old.doc_id, {old});
+END;
+CREATE TRIGGER IF NOT EXISTS metadata_fts_update AFTER UPDATE ON metadata
+WHEN old.doc_id IS NOT new.doc_id OR {changed} BEGIN
+    INSERT INTO metadata_fts (metadata_fts, rowid, {names}) VALUES ('delete', old.doc_id, {old});
+    INSERT INTO metadata_fts (rowid, {names}) VALUES (new.doc_id, {new});
+END;
+"""
+
 
 # Version 2: tier 2. ``asset_id`` is the key (UNIQUE; upserts conflict on it); ``doc_id`` is the rowid alias the
 # external-content index needs — an explicit INTEGER PRIMARY KEY, because VACUUM may renumber a hidden rowid —
@@ -129,22 +155,8 @@ CREATE TABLE IF NOT EXISTS metadata (
 );
 CREATE INDEX IF NOT EXISTS metadata_by_seed ON metadata (seed);
 CREATE INDEX IF NOT EXISTS metadata_by_parser ON metadata (parser_version, asset_id);
-CREATE VIRTUAL TABLE IF NOT EXISTS metadata_fts USING fts5 (
-    {", ".join(FTS_COLUMNS)},
-    content = 'metadata', content_rowid = 'doc_id',
-    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
-);
-CREATE TRIGGER IF NOT EXISTS metadata_fts_insert AFTER INSERT ON metadata BEGIN
-    INSERT INTO metadata_fts (rowid, {", ".join(FTS_COLUMNS)}) VALUES (new.doc_id, {_FTS_NEW});
-END;
-CREATE TRIGGER IF NOT EXISTS metadata_fts_delete AFTER DELETE ON metadata BEGIN
-    INSERT INTO metadata_fts (metadata_fts, rowid, {", ".join(FTS_COLUMNS)}) VALUES ('delete', old.doc_id, {_FTS_OLD});
-END;
-CREATE TRIGGER IF NOT EXISTS metadata_fts_update AFTER UPDATE ON metadata
-WHEN old.doc_id IS NOT new.doc_id OR {" OR ".join(f"old.{c} IS NOT new.{c}" for c in FTS_COLUMNS)} BEGIN
-    INSERT INTO metadata_fts (metadata_fts, rowid, {", ".join(FTS_COLUMNS)}) VALUES ('delete', old.doc_id, {_FTS_OLD});
-    INSERT INTO metadata_fts (rowid, {", ".join(FTS_COLUMNS)}) VALUES (new.doc_id, {_FTS_NEW});
-END;
+{_fts_index(("positive", "negative", "model", "loras", "sampler", "generator", "file_names", "camera_text",
+             "photo_text"))}
 """
 _SCHEMA_V3 = """
 CREATE TABLE enrichments (
@@ -225,9 +237,24 @@ UPDATE asset_tiers SET attempts = COALESCE((
 WHERE state <> 'done';
 """
 
+# v8: ``models``, every model the generation names (a refiner's, a hires fix's, a detailer's), indexed in the
+# place of the main one (``model``, still what is shown): the index is made again over the new columns, and an
+# asset indexed before has its main model there. (A later change of ``FTS_COLUMNS`` writes them out here, as v2
+# does its own.)
+_SCHEMA_V8 = f"""
+DROP TRIGGER metadata_fts_insert;
+DROP TRIGGER metadata_fts_delete;
+DROP TRIGGER metadata_fts_update;
+DROP TABLE metadata_fts;
+ALTER TABLE metadata ADD COLUMN models TEXT NOT NULL DEFAULT '';
+UPDATE metadata SET models = COALESCE(model, '');
+{_fts_index(FTS_COLUMNS)}
+INSERT INTO metadata_fts (metadata_fts) VALUES ('rebuild');
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
 _MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
-               6: _SCHEMA_V7}
+               6: _SCHEMA_V7, 7: _SCHEMA_V8}
 
 
 def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
@@ -330,7 +357,7 @@ ON CONFLICT (batch_id) DO UPDATE SET
 _METADATA_COLS = ("parser_version", "generator", "model", "loras", "vae", "seed", "steps", "cfg", "sampler",
                   "scheduler", "denoise", "positive", "negative", "camera", "camera_make", "camera_model", "lens",
                   "datetime_original", "gps_lat", "gps_lon", "metadata_path", "indexed_at", "camera_text",
-                  "photo_text", "file_names")
+                  "photo_text", "models", "file_names")
 # The newest parser's result wins, then the later run of it; an equal key is a replay and changes nothing.
 # The winner brings its ``doc_id`` (the update trigger moves the index row with it).
 _UPSERT_METADATA = f"""
@@ -761,7 +788,8 @@ class Catalog:
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
         failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome (failed | retrying |
         dead_lettered | recovered: retried, then done), attempts, failed_at}], metadata``: ``None`` until tier 2
-        has indexed the asset, else ``{parser_version, generator, model, loras [str], vae, seed, steps, cfg,
+        has indexed the asset, else ``{parser_version, generator, model, models [str: every model the generation
+        names, the main one first], loras [str], vae, seed, steps, cfg,
         sampler, scheduler, denoise, positive, negative, camera {field: text}, camera_make, camera_model, lens,
         datetime_original, gps_lat, gps_lon, metadata_path, indexed_at}``.
         """
@@ -1020,7 +1048,7 @@ class Catalog:
         return self._db.execute(sql).fetchone()[0]
 
 
-_METADATA_SHOWN = ("parser_version", "generator", "model", "loras", "vae", "seed", "steps", "cfg", "sampler",
+_METADATA_SHOWN = ("parser_version", "generator", "model", "models", "loras", "vae", "seed", "steps", "cfg", "sampler",
                    "scheduler", "denoise", "positive", "negative", "camera", "camera_make", "camera_model", "lens",
                    "datetime_original", "gps_lat", "gps_lon", "metadata_path", "indexed_at")
 
@@ -1028,6 +1056,7 @@ _METADATA_SHOWN = ("parser_version", "generator", "model", "loras", "vae", "seed
 def _shown_metadata(row: sqlite3.Row) -> dict[str, Any]:
     meta = dict(row)
     meta["loras"] = json.loads(meta["loras"])
+    meta["models"] = [name for name in meta["models"].split("\n") if name]
     meta["camera"] = json.loads(meta["camera"])
     meta["seed"] = seed_from_db(meta["seed"])
     return meta
@@ -1062,6 +1091,8 @@ def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
         _finite(e.denoise), _clean(e.positive), _clean(e.negative), json.dumps(camera, ensure_ascii=False),
         camera.get("make"), camera.get("model"), camera.get("lens"), camera.get("datetime_original"), lat, lon,
         _clean(e.metadata_path), e.indexed_at, camera_text, photo_text,
+        # every model, one per line; an event of a parser before 3 names only the main one
+        "\n".join(_clean(name) or "" for name in e.models if isinstance(name, str)) or _clean(e.model) or "",
     )
 
 

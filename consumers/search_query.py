@@ -13,7 +13,8 @@ Pure: text in, ``(sql, params)`` out; :meth:`consumers.catalog.Catalog.search` r
     model:"sd xl base"     a quoted value is an exact phrase in that field
     -blurry  -model:sd15   exclusion of a word, phrase or field match
 
-Fields: ``prompt`` (positive prompt only), ``negative``, ``model``, ``lora``, ``sampler``, ``generator``,
+Fields: ``prompt`` (positive prompt only), ``negative``, ``model`` (any the generation names: base, refiner,
+hires, detailer), ``lora``, ``sampler``, ``generator``,
 ``camera`` (make, model, lens), ``file`` (file names, including upload names) — matched in the full-text index;
 ``seed`` (exact whole number), ``scheduler`` (prefix, e.g. ``scheduler:karras``; exact when quoted), ``format``
 (png, jpeg/jpg, webp, …) — matched on columns.
@@ -40,16 +41,17 @@ from typing import Any
 from streams.errors import PermanentError
 
 #: The full-text index's columns, in order (the catalog creates the index from this; bm25 weights follow it).
-FTS_COLUMNS = ("positive", "negative", "model", "loras", "sampler", "generator", "file_names", "camera_text",
+#: ``models``: every model the generation names (the catalog's ``model`` is the main one, shown).
+FTS_COLUMNS = ("positive", "negative", "models", "loras", "sampler", "generator", "file_names", "camera_text",
                "photo_text")
 #: A match in a short, deliberate field (a model, a LoRA, a file name) says more than one word of a long prompt.
-_WEIGHTS = {"positive": 1.0, "negative": 0.5, "model": 2.0, "loras": 2.0, "sampler": 1.0, "generator": 1.0,
+_WEIGHTS = {"positive": 1.0, "negative": 0.5, "models": 2.0, "loras": 2.0, "sampler": 1.0, "generator": 1.0,
             "file_names": 2.0, "camera_text": 2.0, "photo_text": 1.0}
 RANK = f"bm25({', '.join(str(_WEIGHTS[c]) for c in FTS_COLUMNS)})"
 #: Where free words are looked for: every indexed column but the negative prompt.
 FREE_COLUMNS = tuple(c for c in FTS_COLUMNS if c != "negative")
 #: Fields matched in the index: name -> column.
-TEXT_FIELDS = {"prompt": "positive", "negative": "negative", "model": "model", "lora": "loras",
+TEXT_FIELDS = {"prompt": "positive", "negative": "negative", "model": "models", "lora": "loras",
                "sampler": "sampler", "generator": "generator", "camera": "camera_text", "file": "file_names"}
 #: Fields matched on columns.
 COLUMN_FIELDS = ("seed", "scheduler", "format")

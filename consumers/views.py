@@ -98,7 +98,9 @@ def _metadata_lines(meta: dict[str, Any]) -> list[str]:
     """Tier 2's summary: how it was made (generator, model, sampling, prompts), or the camera that took it."""
     made = meta["generator"] or "no generation parameters"
     lines = [f"metadata    {made} (parser v{meta['parser_version']}, indexed {_when(meta['indexed_at'])})"]
-    rows = [("model", meta["model"]), ("loras", ", ".join(meta["loras"])), ("vae", meta["vae"])]
+    others = [name for name in meta.get("models", ()) if name != meta["model"]]  # a refiner's, a hires fix's
+    rows = [("model", meta["model"]), ("also", ", ".join(others)), ("loras", ", ".join(meta["loras"])),
+            ("vae", meta["vae"])]
     sampling = [f"{name} {_number(meta[key])}" for name, key in
                 (("seed", "seed"), ("steps", "steps"), ("cfg", "cfg"), ("denoise", "denoise"))
                 if meta[key] is not None]
@@ -109,7 +111,8 @@ def _metadata_lines(meta: dict[str, Any]) -> list[str]:
     rows.append(("camera", " · ".join(v for v in (camera.get("make"), camera.get("model"), camera.get("lens")) if v)))
     rows += [("taken", meta["datetime_original"]),
              ("gps", None if meta["gps_lat"] is None else f"{meta['gps_lat']:.5f}, {meta['gps_lon']:.5f}")]
-    rows += [(name, camera.get(name)) for name in ("title", "description", "keywords", "artist") if camera.get(name)]
+    rows += [(name, camera.get(name)) for name in ("title", "description", "keywords", "artist", "comment")
+             if camera.get(name)]
     lines.extend(f"  {name:<9} {_clip(value, 300)}" for name, value in rows if value)
     lines.append(f"  {'document':<9} {meta['metadata_path']}")
     return lines

@@ -106,6 +106,8 @@ class AssetIndexed(Event, frozen=True, kw_only=True):
     #: "comfyui", "a1111", ... or None when the file carries no generation parameters.
     generator: str | None = None
     model: str | None = None
+    #: Every model the generation names, the main one (``model``) first: a refiner's, a hires fix's, a detailer's.
+    models: list[str] = []
     loras: list[str] = []
     vae: str | None = None
     seed: int | None = None

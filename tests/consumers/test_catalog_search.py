@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from consumers import search_query
-from consumers.catalog import CATALOG_VERSION, BadQuery, Catalog, CatalogUnavailable
+from consumers.catalog import _MIGRATIONS, CATALOG_VERSION, BadQuery, Catalog, CatalogUnavailable
 from consumers.views import render_asset, render_search
 from schemas.events import AssetIndexed
 from tests.consumers.test_catalog import A1, A2, ROOT, T0, browsable, dump, failed, scanned
 
 A3 = "c3" * 32
-COMFY = dict(generator="comfyui", model="juggernautXL_v9Rundiffusionphoto2.safetensors", loras=["add_detail"],
+COMFY = dict(generator="comfyui", model="juggernautXL_v9Rundiffusionphoto2.safetensors",
+             models=["juggernautXL_v9Rundiffusionphoto2.safetensors", "sd_xl_refiner_1.0.safetensors"],
+             loras=["add_detail"],
              seed=123456789, steps=30, cfg=7.0, sampler="dpmpp_2m_sde", scheduler="karras", denoise=1.0,
              positive="a lighthouse on a cliff at golden hour, dramatic sky, masterpiece",
              negative="blurry, watermark, bad hands")
@@ -229,7 +231,9 @@ def test_case_and_diacritics_do_not_matter(library: Catalog) -> None:
 @pytest.mark.parametrize(("query", "expected"), [
     ("model:juggernautxl", {A1}),
     ('model:"pony diffusion"', set()),
-    ("model:pony", {A3}),
+    ("model:pony", {A3}),  # (an event of a parser before 3: its main model only)
+    ("model:refiner", {A1}),  # every model the generation names, not only the main one
+    ("refiner", {A1}),
     ("seed:123456789", {A1}),
     (f"seed:{2 ** 64 - 1}", {A3}),
     ("seed:5", set()),
@@ -252,7 +256,7 @@ def test_case_and_diacritics_do_not_matter(library: Catalog) -> None:
     ("negative:hands", {A1}),
     ("watermark", set()),  # free words do not look in the negative prompt
     ("(rain:1.2)", {A3}),
-    ("sd_xl", set()),
+    ("sd_xl", {A1}),  # its refiner, sd_xl_refiner_1.0
 ])
 def test_field_filters(library: Catalog, query: str, expected: set[str]) -> None:
     assert set(ids(library.search(query))) == expected
@@ -457,11 +461,28 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 8
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op
         assert again.parser_versions() == {1: 1}
+
+
+def test_a_version_7_catalog_indexes_its_models_once_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v7.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(" ".join(_MIGRATIONS[v] for v in range(7)) + "PRAGMA user_version = 7;")
+    db.execute("INSERT INTO metadata (doc_id, asset_id, parser_version, model, positive, metadata_path, indexed_at) "
+               "VALUES (1, ?, 2, 'juggernautXL_v9.safetensors', 'a lighthouse', 'm.json', ?)", (A1, T0))
+    db.commit()
+    db.close()
+    with Catalog(path) as cat:
+        assert ids(cat.search("model:juggernaut")) == ids(cat.search("lighthouse")) == [A1]
+        assert cat.search("lighthouse")[0]["model"] == "juggernautXL_v9.safetensors"  # the main one, shown
+        cat.apply([indexed(A1, parser=3, generator="comfyui", model="base.safetensors",
+                           models=["base.safetensors", "refiner.safetensors"], positive="a harbour")])
+        assert ids(cat.search("model:refiner")) == [A1] and cat.search("model:juggernaut") == []
+    check_index(path)
 
 
 def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Path) -> None:
@@ -555,6 +576,7 @@ def test_render_asset_shows_tier2_metadata(library: Catalog) -> None:
     text = render_asset(library.asset(A1))
     assert "metadata    comfyui (parser v1, indexed" in text
     assert "  model     juggernautXL_v9Rundiffusionphoto2.safetensors" in text
+    assert "  also      sd_xl_refiner_1.0.safetensors" in text  # the other models it names
     assert "  sampling  seed 123456789 · steps 30 · cfg 7 · denoise 1 · sampler dpmpp_2m_sde (karras)" in text
     assert "  prompt    a lighthouse on a cliff" in text and "  negative  blurry, watermark" in text
     assert "  loras     add_detail" in text

@@ -145,7 +145,7 @@ def test_phrases_are_fts5_strings_with_quotes_doubled() -> None:
 def test_free_words_skip_the_negative_prompt_and_fields_pick_their_column() -> None:
     _, params = compile_search("cat negative:blurry prompt:dog ")
     match = params[0]
-    assert match.startswith("{positive model loras sampler generator file_names camera_text photo_text} : ")
+    assert match.startswith("{positive models loras sampler generator file_names camera_text photo_text} : ")
     assert '{negative} : "blurry" *' in match and '{positive} : "dog" *' in match
 
 

@@ -1,4 +1,5 @@
-"""Comments and PNG's own text keywords become searchable authoring text, a generator's records do not."""
+"""What tier 2's summary makes searchable: comments and PNG's own text keywords as authoring text (a generator's
+records not), every model a generation names."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agents.index import camera_fields, comment_text, summarise
+from agents.index import all_models, camera_fields, comment_text, summarise
 from agents.metadata.containers import read_containers
-from agents.metadata.generators import detect
 from agents.metadata.model import Containers, Generation
 from consumers.catalog import metadata_row
 from schemas import AssetIndexed
+from agents.metadata.generators import a1111, comfyui, detect
+from tests.agents.metadata.test_generators import base_refiner_graph
 from tests.images import make_jpeg, make_png
 
 A1111 = "a red fox in snow\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, Seed: 1, Model: foxXL"
@@ -75,3 +77,16 @@ def test_the_catalog_searches_comments_with_the_photo_text(tmp_path: Path) -> No
                          **_summary(path))
     assert event.camera == {"comment": "from the winter series"} and event.positive == "a red fox in snow"
     assert "from the winter series" in metadata_row(event)  # photo_text, indexed for search
+
+
+def test_every_model_a_generation_names_is_summarised_the_main_one_first() -> None:
+    gen = comfyui.generation_from_graph(base_refiner_graph(), None, "png:prompt")
+    assert all_models(gen) == ["base.safetensors", "refiner.safetensors"]
+    text = ("a fox\nSteps: 20, Sampler: Euler, Seed: 1, Model: foxXL, Denoising strength: 0.4, Hires upscale: 2, "
+            "Hires checkpoint: foxXL_hires, Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8")
+    gen = a1111.generation_from_text(text, "png:parameters")
+    assert gen is not None and gen.model == "foxXL"
+    assert all_models(gen) == ["foxXL", "foxXL_hires", "sd_xl_refiner_1.0 [7440042bbd]"]
+    summary = summarise(Containers(), gen)
+    assert summary["model"] == "foxXL" and summary["models"] == all_models(gen)
+    assert all_models(Generation(generator="x", source="y", parser="x/3")) == []
