@@ -184,6 +184,7 @@ class EventHandler:
             error_code=code, reason=str(exc)[:_MESSAGE_LIMIT], retriable=retriable,
             outcome="retrying" if retry else "dead_lettered", attempts=attempts,
             first_failure_at=history.first_failure_at, replay_count=getattr(record, "replay_count", 0), failed_at=at,
+            display_name=getattr(record, "display_name", None),
         )
         await self.emit(failed, asset_id or record.path)
         return failed

@@ -56,7 +56,7 @@ from streams.errors import PermanentError
 #: rather than misread. 1: tier-1 projection; 2: tier-2 ``metadata`` and its full-text index; 3: tier-3
 #: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
 #: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``); 8: ``metadata.models``
-#: indexed in the place of ``model``.
+#: indexed in the place of ``model``, ``failures.display_name``.
 CATALOG_VERSION = 8
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
@@ -240,8 +240,9 @@ WHERE state <> 'done';
 # v8: ``models``, every model the generation names (a refiner's, a hires fix's, a detailer's), indexed in the
 # place of the main one (``model``, still what is shown): the index is made again over the new columns, and an
 # asset indexed before has its main model there. (A later change of ``FTS_COLUMNS`` writes them out here, as v2
-# does its own.)
+# does its own.) And a failure's display name (an upload's), for a reconcile to send a lost tier-1 retry with.
 _SCHEMA_V8 = f"""
+ALTER TABLE failures ADD COLUMN display_name TEXT;
 DROP TRIGGER metadata_fts_insert;
 DROP TRIGGER metadata_fts_delete;
 DROP TRIGGER metadata_fts_update;
@@ -325,15 +326,16 @@ ON CONFLICT (path) DO UPDATE SET
 # A path keeps its latest failure per tier (e.g. "retrying" at attempt 1 gives way to "dead_lettered" at 3).
 _UPSERT_FAILURE = f"""
 INSERT INTO failures (path, tier, asset_id, batch_id, event_id, error_class, error_code, reason, outcome,
-                      chain_at, replays, attempts, failed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      chain_at, replays, attempts, failed_at, display_name)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path, tier) DO UPDATE SET
     -- all of the winner's: another event's failure of the path starts its count again
     {_newer_wins("failures", _later_failure("failures", "failed_at"),
                  ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome", *_CHAIN, "failed_at"))},
     asset_id = CASE WHEN {_later_failure("failures", "failed_at")}
                     THEN COALESCE(excluded.asset_id, failures.asset_id)
-                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END
+                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
+    display_name = COALESCE(excluded.display_name, failures.display_name)
 """
 _TOUCH_BATCH = """
 INSERT INTO batches (batch_id, lane, started_at, updated_at) VALUES (?, ?, ?, ?)
@@ -700,7 +702,7 @@ class Catalog:
         # its retry chain and the step in it: what orders it among the row's failures
         step = (e.first_failure_at or 0.0, e.replay_count, e.attempts)  # 0: a chain whose start is unknown
         db.execute(_UPSERT_FAILURE, (e.path, e.tier, e.asset_id, e.batch_id, e.event_id, e.error_class,
-                                     e.error_code, e.reason, e.outcome, *step, e.failed_at))
+                                     e.error_code, e.reason, e.outcome, *step, e.failed_at, e.display_name))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,
                                         e.failed_at))
         if e.asset_id:
@@ -911,7 +913,8 @@ class Catalog:
         resumes: 1 for a file retrying in tier 1 (``FileDiscovered`` again), 3 for one whose tier 2 is done
         (tier 3 again, from the asset's metadata row: ``parser_version, metadata_path``), else 2 (tier 2 reads the
         metadata again, and its cost gate sends tier 3 on) — ``path, asset_id``, the asset's ``size, format,
-        width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name``;
+        width, height`` and a location that holds it now (``location``, ``mtime_ns``, ``display_name`` — for a
+        file retrying in tier 1, the name its failure carried;
         ``location`` None when no path holds those bytes any more: nothing is left to read), the batch's
         ``first_tier`` and whether the asset has tier-3 results already (``enriched``: from another of its files).
         Oldest batch first.
@@ -928,7 +931,9 @@ class Catalog:
             "WHEN COALESCE(f.retrying_at, f.done_to + 1) = 3 AND m.metadata_path IS NOT NULL THEN 3 ELSE 2 END "
             "AS tier, "
             "x.path, x.asset_id, a.size, a.format, a.width, a.height, l.path AS location, l.mtime_ns, "
-            "l.display_name, b.first_tier, EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
+            # a tier-1 retry's file is no location yet: the name its failure carried
+            "CASE WHEN f.retrying_at = 1 THEN (SELECT display_name FROM failures WHERE path = x.path AND tier = 1) "
+            "ELSE l.display_name END AS display_name, b.first_tier, EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
             "AS enriched, m.parser_version, m.metadata_path FROM files f JOIN batches b ON b.batch_id = f.batch_id "
             "JOIN batch_files x ON x.batch_id = f.batch_id AND x.event_id = f.event_id "
             "AND x.tier = COALESCE(f.retrying_at, f.done_to) "

@@ -175,6 +175,9 @@ class AssetFailed(Event, frozen=True, kw_only=True):
     first_failure_at: float | None = None
     replay_count: int = 0
     failed_at: float
+    #: The failed record's display name (an upload's client-side name): a retry the broker lost is sent again by
+    #: ``damflow reconcile`` from the catalog, which keeps it from here.
+    display_name: str | None = None
 
 
 class BatchScanned(Event, frozen=True, kw_only=True):

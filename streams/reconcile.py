@@ -110,7 +110,8 @@ def _discovered(row: dict[str, Any], lane: str, at: float) -> FileDiscovered:
     except (OSError, ValueError):  # gone, unreadable, a name the OS refuses: tier 1 records it as such
         size, mtime_ns = 0, 0
     return FileDiscovered(event_id=row["event_id"], batch_id=row["batch_id"], lane=lane, source="reconcile",
-                          path=row["path"], size=size, mtime_ns=mtime_ns, discovered_at=at, root=row["root"])
+                          path=row["path"], size=size, mtime_ns=mtime_ns, discovered_at=at, root=row["root"],
+                          display_name=row["display_name"])
 
 
 def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from agents.handling import EventHandler, _with_payload
-from schemas import AssetFailed, AssetIndexed, DeadLetter, decode, encode
+from schemas import AssetFailed, AssetIndexed, DeadLetter, FileDiscovered, decode, encode
 from streams.errors import DamflowError, PermanentError, TransientError
 from streams.settings import Settings
 from streams.topics import topics_for
@@ -92,3 +92,27 @@ async def test_a_tier3_failure_for_good_is_dead_lettered_and_accounted(error: Da
     dead = decode(sent[0][1], DeadLetter)
     assert (dead.tier, dead.file_path, dead.file_hash, dead.file_size) == (3, "/r/a.png", "ab" * 32, None)
     assert decode(sent[1][1], AssetFailed) == failed
+
+
+async def test_an_uploads_failure_carries_its_display_name() -> None:
+    # reconcile sends a tier-1 retry the broker lost again from the catalog, which keeps the name from here: it
+    # was sent without one, and the upload's client-side name was lost
+    settings = Settings(max_attempts=3)
+    topics = topics_for(settings)
+    sent: list = []
+    app = types.SimpleNamespace(topic=lambda name, **_kw: _Topic(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = EventHandler(app, topics, settings, tier=1, expected=FileDiscovered)
+    record = FileDiscovered(event_id="e1", batch_id="b1", lane="interactive", source="upload",
+                            path="/d/originals/ab/ab.png", size=10, mtime_ns=1, discovered_at=1.0,
+                            display_name="Neon Fox.png")
+    message = types.SimpleNamespace(topic=topics.t1_interactive, partition=0, offset=3, key=b"k", headers=[],
+                                    timestamp=1.0, value=encode(record))
+
+    async def work(_record, _attempt):
+        raise TransientError("disk busy")
+
+    failed = await handler.process(types.SimpleNamespace(value=encode(record), message=message), work)
+
+    assert isinstance(failed, AssetFailed) and failed.outcome == "retrying"
+    assert failed.display_name == "Neon Fox.png" and decode(sent[-1][1], AssetFailed) == failed

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiokafka.errors import RequestTimedOutError
 
@@ -28,6 +29,7 @@ def test_the_plan_resumes_each_file_under_its_own_ids_and_says_what_it_cannot(tm
     root.mkdir()
     retried = root / "retried.png"
     retried.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 100)
+    upload = tmp_path / "originals" / "ab" / "ab.png"
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([
             scanned(5, complete=True),
@@ -35,11 +37,14 @@ def test_the_plan_resumes_each_file_under_its_own_ids_and_says_what_it_cannot(tm
             failed("e2", str(retried), outcome="retrying"),  # its tier-1 retry lost
             failed("e3", str(root / "vanished.png"), outcome="retrying"),
             browsable("e4", str(root / "b.png"), A2), browsable("e5", str(root / "b.png"), A1, at=2e9),  # A2 gone
+            # an upload's tier-1 retry lost: sent again under its client-side name
+            msgspec.structs.replace(failed("e6", str(upload), outcome="retrying", batch="up-1"),
+                                    display_name="Neon Fox.png"),
         ])
     work = plan(settings, topics)
 
     sent = {event.event_id: (topic, key, event) for topic, key, event in work.events}
-    assert set(sent) == {"e1", "e2", "e3", "e5"}
+    assert set(sent) == {"e1", "e2", "e3", "e5", "e6"}
     topic, key, event = sent["e1"]
     assert (topic, key) == (topics.t2_batch, A1.encode())
     assert isinstance(event, AssetBrowsable) and decode(encode(event)) == event  # a valid record
@@ -51,9 +56,10 @@ def test_the_plan_resumes_each_file_under_its_own_ids_and_says_what_it_cannot(tm
     assert isinstance(event, FileDiscovered)
     assert (event.batch_id, event.path, event.size, event.root) == ("b1", str(retried), 108, "/data/shoot")
     assert sent["e3"][2].size == 0  # gone: tier 1 finds that out and records it
+    assert sent["e2"][2].display_name is None and sent["e6"][2].display_name == "Neon Fox.png"
     assert [r["event_id"] for r in work.lost] == ["e4"]
     summary = work.summary()
-    assert (summary["resumed"], summary["tier1"], summary["tier2"], summary["batches"]) == (4, 2, 2, 1)
+    assert (summary["resumed"], summary["tier1"], summary["tier2"], summary["batches"]) == (5, 3, 2, 2)
     assert summary["unheard"] == []  # the scan's five files are all known
 
 
