@@ -933,7 +933,8 @@ class Catalog:
             "x.path, x.asset_id, a.size, a.format, a.width, a.height, l.path AS location, l.mtime_ns, "
             # a tier-1 retry's file is no location yet: the name its failure carried
             "CASE WHEN f.retrying_at = 1 THEN (SELECT display_name FROM failures WHERE path = x.path AND tier = 1) "
-            "ELSE l.display_name END AS display_name, b.first_tier, EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
+            "ELSE l.display_name END AS display_name, b.first_tier, "
+            "EXISTS (SELECT 1 FROM enrichments e WHERE e.asset_id = x.asset_id) "
             "AS enriched, m.parser_version, m.metadata_path FROM files f JOIN batches b ON b.batch_id = f.batch_id "
             "JOIN batch_files x ON x.batch_id = f.batch_id AND x.event_id = f.event_id "
             "AND x.tier = COALESCE(f.retrying_at, f.done_to) "
