@@ -23,21 +23,25 @@ from agents.metadata.generators import detect
 from agents.metadata.model import PARSER_VERSION, Containers, Generation
 from streams.errors import SourceChanged
 
-#: Camera / authoring fields for search and display: summary name -> where to look, first found wins. ``png``:
-#: the PNG text keywords of the PNG specification (whatever their case: ImageMagick writes them in lower case);
-#: ``XP*``: what Windows' file properties write into EXIF.
+#: Camera / authoring fields for search and display: summary name -> where to look, first found wins. Where EXIF,
+#: IPTC and XMP overlap they are read as the Metadata Working Group's guidance says (as exiftool's MWG tags do):
+#: EXIF first, then XMP, then IPTC — IPTC before XMP when the file's IPTC digest says that IPTC was edited after
+#: the XMP was written (see :func:`_places`). ``png``: the PNG text keywords of the PNG specification (whatever
+#: their case: ImageMagick writes them in lower case); ``XP*``: what Windows' file properties write into EXIF.
 CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "make": (("exif", "Exif.Image.Make"),),
     "model": (("exif", "Exif.Image.Model"),),
     "lens": (("exif", "Exif.Photo.LensModel"), ("exif", "Exif.Photo.LensMake")),
     "datetime_original": (("exif", "Exif.Photo.DateTimeOriginal"), ("exif", "Exif.Image.DateTime")),
     "software": (("exif", "Exif.Image.Software"), ("xmp", "Xmp.xmp.CreatorTool"), ("png", "software")),
-    "artist": (("exif", "Exif.Image.Artist"), ("iptc", "Iptc.Application2.Byline"), ("xmp", "Xmp.dc.creator"),
+    "artist": (("exif", "Exif.Image.Artist"), ("xmp", "Xmp.dc.creator"), ("iptc", "Iptc.Application2.Byline"),
                ("png", "author"), ("exif", "Exif.Image.XPAuthor")),
-    "description": (("xmp", "Xmp.dc.description"), ("iptc", "Iptc.Application2.Caption"),
-                    ("exif", "Exif.Image.ImageDescription"), ("png", "description"), ("exif", "Exif.Image.XPSubject")),
-    "keywords": (("iptc", "Iptc.Application2.Keywords"), ("xmp", "Xmp.dc.subject"), ("exif", "Exif.Image.XPKeywords")),
-    "title": (("iptc", "Iptc.Application2.ObjectName"), ("xmp", "Xmp.dc.title"), ("png", "title"),
+    "description": (("exif", "Exif.Image.ImageDescription"), ("xmp", "Xmp.dc.description"),
+                    ("iptc", "Iptc.Application2.Caption"), ("png", "description"), ("exif", "Exif.Image.XPSubject")),
+    "copyright": (("exif", "Exif.Image.Copyright"), ("xmp", "Xmp.dc.rights"), ("iptc", "Iptc.Application2.Copyright"),
+                  ("png", "copyright")),
+    "keywords": (("xmp", "Xmp.dc.subject"), ("iptc", "Iptc.Application2.Keywords"), ("exif", "Exif.Image.XPKeywords")),
+    "title": (("xmp", "Xmp.dc.title"), ("iptc", "Iptc.Application2.ObjectName"), ("png", "title"),
               ("exif", "Exif.Image.XPTitle")),
     "city": (("xmp", "Xmp.photoshop.City"), ("iptc", "Iptc.Application2.City")),
 }
@@ -51,7 +55,7 @@ _A1111_MARK = "Steps: "
 #: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
 #: an event must fit in one produce request (1 MB), or tier 2 fails for good on a readable file. In characters,
 #: sized for the worst case of 6 bytes each (a control character, escaped in JSON): prompts 2 x 24 Ki, warnings
-#: 20 x 500, LoRA names 100 x 200, model names 20 x 500, the camera's 11 fields x 2000 and 6 other names x 500 make
+#: 20 x 500, LoRA names 100 x 200, model names 20 x 500, the camera's 12 fields x 2000 and 6 other names x 500 make
 #: at most ~0.7 MB.
 PROMPT_CHARS = 24 * 1024
 FIELD_CHARS = 500
@@ -90,8 +94,9 @@ def camera_fields(c: Containers, g: Generation | None = None) -> dict[str, str]:
     is searched for as the prompt already."""
     out: dict[str, str] = {}
     sources = {"exif": c.exif, "iptc": c.iptc, "xmp": c.xmp, "png": {k.lower(): v for k, v in c.text.items()}}
+    iptc_first = c.flags.get("iptc_edited_since_xmp", False)
     for name, places in CAMERA_FIELDS.items():
-        for source, key in places:
+        for source, key in _places(places, iptc_first):
             value = _text(sources[source].get(key))
             if value and not value.startswith(_NOT_A_CAMERA) and not _generators_own(value, g):
                 out[name] = value[:CAMERA_CHARS]
@@ -100,6 +105,18 @@ def camera_fields(c: Containers, g: Generation | None = None) -> dict[str, str]:
     if comment:
         out["comment"] = comment
     return out
+
+
+def _places(places: tuple[tuple[str, str], ...], iptc_first: bool) -> tuple[tuple[str, str], ...]:
+    """``places`` with its IPTC place before its XMP place when ``iptc_first``: a program that knows nothing of
+    XMP edited the IPTC last (its digest no longer matches), so the XMP holds the older text."""
+    kinds = [source for source, _ in places]
+    if not (iptc_first and "xmp" in kinds and "iptc" in kinds):
+        return places
+    i, j = kinds.index("xmp"), kinds.index("iptc")
+    swapped = list(places)
+    swapped[i], swapped[j] = places[j], places[i]
+    return tuple(swapped)
 
 
 def comment_text(c: Containers, g: Generation | None = None) -> str | None:

@@ -1089,7 +1089,7 @@ def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
         lat = lon = None
     camera_text = " ".join(camera[k] for k in ("make", "model", "lens") if k in camera)
     photo_text = "\n".join(camera[k] for k in ("title", "description", "keywords", "artist", "city", "software",
-                                                "comment") if k in camera)
+                                                "copyright", "comment") if k in camera)
     return (
         e.parser_version, _clean(e.generator), _clean(e.model),
         json.dumps([_clean(name) for name in e.loras if isinstance(name, str)], ensure_ascii=False),

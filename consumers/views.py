@@ -111,8 +111,8 @@ def _metadata_lines(meta: dict[str, Any]) -> list[str]:
     rows.append(("camera", " · ".join(v for v in (camera.get("make"), camera.get("model"), camera.get("lens")) if v)))
     rows += [("taken", meta["datetime_original"]),
              ("gps", None if meta["gps_lat"] is None else f"{meta['gps_lat']:.5f}, {meta['gps_lon']:.5f}")]
-    rows += [(name, camera.get(name)) for name in ("title", "description", "keywords", "artist", "comment")
-             if camera.get(name)]
+    rows += [(name, camera.get(name)) for name in ("title", "description", "keywords", "artist", "copyright",
+                                                   "comment") if camera.get(name)]
     lines.extend(f"  {name:<9} {_clip(value, 300)}" for name, value in rows if value)
     lines.append(f"  {'document':<9} {meta['metadata_path']}")
     return lines

@@ -7,9 +7,12 @@ exiv2 refuses, producing the same ``Iptc.<Record>.<Dataset>`` keys for the datas
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 _IPTC_RESOURCE = 0x0404
+#: The MD5 of the IPTC-IIM block as it was when a Metadata Working Group aware program last wrote the XMP too.
+_IPTC_DIGEST_RESOURCE = 0x0425
 
 _ENVELOPE = {
     0: "ModelVersion", 5: "Destination", 20: "FileFormat", 22: "FileVersion", 30: "ServiceId", 40: "EnvelopeNumber",
@@ -52,6 +55,17 @@ def photoshop_resources(block: bytes) -> dict[int, bytes]:
 def iim_from_photoshop(block: bytes) -> bytes | None:
     """The IPTC-IIM bytes held in a Photoshop resource block, if any."""
     return photoshop_resources(block).get(_IPTC_RESOURCE) or None
+
+
+def iptc_edited_since_xmp(block: bytes) -> bool | None:
+    """Whether the IPTC-IIM in a Photoshop resource block was changed after the XMP was last written beside it,
+    by a program that does not keep the two in step: its digest (resource 0x0425) no longer matches it. The
+    Metadata Working Group's guidance then reads IPTC before XMP. ``None``: no IPTC or no digest to tell."""
+    resources = photoshop_resources(block)
+    iim, digest = resources.get(_IPTC_RESOURCE), resources.get(_IPTC_DIGEST_RESOURCE)
+    if iim is None or digest is None:
+        return None
+    return hashlib.md5(iim, usedforsecurity=False).digest() != digest
 
 
 def parse_iim(data: bytes) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from agents.metadata.blobs import (
     identifier,
     raw_value,
 )
-from agents.metadata.iptc import iim_from_photoshop
+from agents.metadata.iptc import iim_from_photoshop, iptc_edited_since_xmp
 from agents.metadata.model import Containers
 
 _XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -105,6 +105,9 @@ def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
         iim = iim_from_photoshop(bytes(photoshop))
         if iim:
             blobs.iptc.append(iim)
+        edited = iptc_edited_since_xmp(bytes(photoshop))
+        if edited is not None:
+            out.flags["iptc_edited_since_xmp"] = edited
     if extended:
         out.flags["extended_xmp"] = True
         for guid, parts in extended.items():

@@ -44,7 +44,8 @@ class Containers:
     user_comment: str | None = None
     #: Decimal GPS (lat, lon) with the sign taken from the Ref tags, when present and valid.
     gps: tuple[float, float] | None = None
-    #: Presence flags: "icc", "c2pa", "mpf", "extended_xmp", "exif", "xmp", "iptc", "stealth" ...
+    #: Presence flags: "icc", "c2pa", "mpf", "extended_xmp", "exif", "xmp", "iptc", "stealth" ...; and
+    #: "iptc_edited_since_xmp" where a JPEG's IPTC digest says whether it was (see :mod:`.iptc`).
     flags: dict[str, bool] = field(default_factory=dict)
     #: Verbatim pieces: "png:<keyword>", "jpeg:APP1#2", "webp:EXIF", "exif:0x010f"... -> text (or "base64:..." for
     #: binary). Everything a parser did not understand is here, so a newer parser can use it later.

@@ -90,3 +90,11 @@ def test_every_model_a_generation_names_is_summarised_the_main_one_first() -> No
     summary = summarise(Containers(), gen)
     assert summary["model"] == "foxXL" and summary["models"] == all_models(gen)
     assert all_models(Generation(generator="x", source="y", parser="x/3")) == []
+
+
+def test_exiftools_mwg_test_image_reads_the_right_values(corpus: Path) -> None:
+    # exiftool's Metadata Working Group test image: the values its guidance picks say RIGHT, the others WRONG
+    camera = _summary(corpus / "camera" / "exiftool_MWG.jpg")["camera"]
+    assert {k: camera[k] for k in ("description", "artist", "keywords", "copyright")} == {
+        "description": "RIGHT-EXIF-Description", "artist": "RIGHT1of2-EXIF-Creator; RIGHT2of2-EXIF-Creator",
+        "keywords": "RIGHT1of2-XMP-Keywords, RIGHT2of2-XMP-Keywords", "copyright": "RIGHT-XMP-Copyright"}
