@@ -113,7 +113,6 @@ CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) an
 """
 
 
-
 def _fts_index(columns: tuple[str, ...]) -> str:
     """The full-text index of ``metadata`` over ``columns`` (external content: it reads them from the table), and the
     triggers that keep it in step with the table."""
