@@ -334,7 +334,9 @@ ON CONFLICT (path, tier) DO UPDATE SET
     asset_id = CASE WHEN {_later_failure("failures", "failed_at")}
                     THEN COALESCE(excluded.asset_id, failures.asset_id)
                     ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
-    display_name = COALESCE(excluded.display_name, failures.display_name)
+    display_name = CASE WHEN {_later_failure("failures", "failed_at")}
+                        THEN COALESCE(excluded.display_name, failures.display_name)
+                        ELSE COALESCE(failures.display_name, excluded.display_name) END
 """
 _TOUCH_BATCH = """
 INSERT INTO batches (batch_id, lane, started_at, updated_at) VALUES (?, ?, ?, ?)

@@ -42,7 +42,8 @@ def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1"
 
 def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: float = T0 + 20, batch: str = "b1",
            tier: int = 1, asset_id: str | None = None, attempts: int = 1, reason: str = "truncated",
-           replays: int = 0, first: float | None = None, chain_known: bool = True) -> AssetFailed:
+           replays: int = 0, first: float | None = None, chain_known: bool = True,
+           display_name: str | None = None) -> AssetFailed:
     """A failure; its retry chain began at ``first`` (default: ``at``, a first attempt), unless not known (sent
     by a worker from before the chain's start was carried)."""
     first = (at if first is None else first) if chain_known else None
@@ -50,6 +51,7 @@ def failed(event_id: str, path: str, *, outcome: str = "dead_lettered", at: floa
         event_id=event_id, batch_id=batch, lane="batch", source="scan", tier=tier, path=path, asset_id=asset_id,
         error_class="CorruptImage", error_code="corrupt_image", reason=reason, retriable=outcome == "retrying",
         outcome=outcome, attempts=attempts, replay_count=replays, first_failure_at=first, failed_at=at,
+        display_name=display_name,
     )
 
 
@@ -431,8 +433,10 @@ def test_failures_of_two_events_and_a_skewed_chain_agree_in_every_delivery_order
     path = f"{ROOT}/a.png"
     events = [failed("eA", path, outcome="retrying", at=T0 + 110, attempts=1, asset_id=A1),  # chain A: 110
               failed("eA", path, outcome="retrying", at=T0 + 101, attempts=2, asset_id=A1, first=T0 + 110),
-              failed("eA", path, at=T0 + 102, attempts=3, asset_id=A1, first=T0 + 110, reason="chain A"),
-              failed("eB", path, at=T0 + 105, asset_id=A1, batch="b2", reason="event B")]
+              failed("eA", path, at=T0 + 102, attempts=3, asset_id=A1, first=T0 + 110, reason="chain A",
+                     display_name="A.png"),
+              # (the same bytes uploaded again under another name: an upload's path is its content's)
+              failed("eB", path, at=T0 + 105, asset_id=A1, batch="b2", reason="event B", display_name="B.png")]
     dumps = []
     for n, order in enumerate(itertools.permutations(events)):
         cat = make_catalog(f"order-{n}.sqlite")
@@ -440,6 +444,7 @@ def test_failures_of_two_events_and_a_skewed_chain_agree_in_every_delivery_order
             cat.apply([event])
         dumps.append(dump(cat.path))
         assert [(f["reason"], f["attempts"]) for f in cat.asset(A1)["failures"]] == [("chain A", 3)]
+        assert [r[0] for r in cat._db.execute("SELECT display_name FROM failures")] == ["A.png"]  # the winner's
     assert all(d == dumps[0] for d in dumps)
 
 
