@@ -48,9 +48,14 @@ CAMERA_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 #: ComfyUI WebP savers put JSON into Make/Model: that is not a camera.
 _NOT_A_CAMERA = ("prompt:", "workflow:", "{")
 #: A generator's record kept as ``name: {json}`` (ComfyUI's "prompt:", InvokeAI's "invokeai_graph: " in JPEG COM).
-_NAMED_RECORD = re.compile(r"[\w-]+:\s*[{\[]")
-#: Text a generator keeps its parameters in, as A1111 writes them (its parser's own test for a JPEG comment).
-_A1111_MARK = "Steps: "
+_NAMED_RECORD = re.compile(r"[\w-]+:\s*(?=[{\[])")
+#: Text a generator keeps its parameters in, as A1111 writes them: "Steps: 20, Sampler: ..."
+_A1111_MARK = re.compile(r"\bSteps: \d+,")
+#: Free-text fields, where a generator may keep a copy of its prompt (NovelAI's Description is its prompt).
+_FREE_TEXT = frozenset({"description", "title"})
+#: A prompt shorter than this is taken for a copy only when the whole text is the prompt: "a cat" in a caption
+#: about a cat is the person's words.
+_PROMPT_COPY_MIN = 20
 
 #: Bounds of the ``AssetIndexed`` event, whatever the file holds (the whole of it is in the metadata document):
 #: an event must fit in one produce request (1 MB), or tier 2 fails for good on a readable file. In characters,
@@ -98,7 +103,7 @@ def camera_fields(c: Containers, g: Generation | None = None) -> dict[str, str]:
     for name, places in CAMERA_FIELDS.items():
         for source, key in _places(places, iptc_first):
             value = _text(sources[source].get(key))
-            if value and not value.startswith(_NOT_A_CAMERA) and not _generators_own(value, g):
+            if value and not value.startswith(_NOT_A_CAMERA) and not (name in _FREE_TEXT and _generators_own(value, g)):
                 out[name] = value[:CAMERA_CHARS]
                 break
     comment = comment_text(c, g)
@@ -134,11 +139,26 @@ def comment_text(c: Containers, g: Generation | None = None) -> str | None:
 
 
 def _generators_own(text: str, g: Generation | None) -> bool:
-    """Whether ``text`` is where a generator keeps its parameters: JSON (or ``name: {json}``), A1111's text, or,
-    for a file with generation parameters, text holding its prompt."""
-    if text.startswith(("{", "[")) or _NAMED_RECORD.match(text) or _A1111_MARK in text:
+    """Whether ``text`` is where a generator keeps its parameters: JSON (alone, or as ``name: {json}``), A1111's
+    text, or, for a file with generation parameters, a copy of its prompt (the whole text, or holding a prompt of
+    at least ``_PROMPT_COPY_MIN`` characters). "[draft] needs crop" or a caption about "a cat" stays."""
+    named = _NAMED_RECORD.match(text)
+    if _is_json(text[named.end():] if named else text) or _A1111_MARK.search(text):
         return True
-    return g is not None and any(p and p.strip() and p.strip() in text for p in (g.positive, g.negative))
+    if g is None:
+        return False
+    prompts = [p.strip() for p in (g.positive, g.negative) if p and p.strip()]
+    return any(text == p or (len(p) >= _PROMPT_COPY_MIN and p in text) for p in prompts)
+
+
+def _is_json(text: str) -> bool:
+    """Whether ``text`` is a JSON object or array (a record, not words)."""
+    if not text.startswith(("{", "[")):
+        return False
+    try:
+        return isinstance(json.loads(text), dict | list)
+    except ValueError:
+        return False
 
 
 def _cap(text: str | None, limit: int = FIELD_CHARS) -> str | None:

@@ -9,10 +9,10 @@ import pytest
 
 from agents.index import all_models, camera_fields, comment_text, summarise
 from agents.metadata.containers import read_containers
+from agents.metadata.generators import a1111, comfyui, detect
 from agents.metadata.model import Containers, Generation
 from consumers.catalog import metadata_row
 from schemas import AssetIndexed
-from agents.metadata.generators import a1111, comfyui, detect
 from tests.agents.metadata.test_generators import base_refiner_graph
 from tests.images import make_jpeg, make_png
 
@@ -64,10 +64,22 @@ def test_text_holding_the_prompt_is_left_to_the_prompt(tmp_path: Path) -> None:
     summary = _summary(path)
     assert summary["generator"] == "novelai" and summary["positive"] == "a cat in space, icon"
     assert summary["camera"] == {"title": "AI generated image", "software": "NovelAI"}
-    g = Generation(generator="a1111", source="png:parameters", parser="a1111/3", positive="a red fox")
-    c = Containers(comments=["a red fox, by the river", "my favourite"])
+    g = Generation(generator="a1111", source="png:parameters", parser="a1111/3",
+                   positive="a red fox in fresh snow, golden hour", negative="text, watermark")
+    c = Containers(comments=["a red fox in fresh snow, golden hour, by the river", "my favourite"])
     assert comment_text(c, g) == "my favourite"
     assert camera_fields(Containers(), g) == {}
+
+
+def test_short_prompts_and_words_that_look_like_records_leave_a_persons_text_alone() -> None:
+    # a prompt of a few characters is found in any text: only the whole text being it makes it a copy
+    g = Generation(generator="a1111", source="png:parameters", parser="a1111/3", positive="a", negative="cat")
+    c = Containers(exif={"Exif.Image.Make": "Canon", "Exif.Image.Artist": "Ana Lima",
+                         "Exif.Image.ImageDescription": "A black cat at night"},
+                   comments=["Note: [draft] needs crop", "[draft] needs crop", "cat", "Steps: climb the hill"])
+    camera = camera_fields(c, g)
+    assert (camera["make"], camera["artist"], camera["description"]) == ("Canon", "Ana Lima", "A black cat at night")
+    assert camera["comment"] == "Note: [draft] needs crop\n[draft] needs crop\nSteps: climb the hill"
 
 
 def test_the_catalog_searches_comments_with_the_photo_text(tmp_path: Path) -> None:
