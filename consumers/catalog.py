@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from agents.atomic_write import sync_to_disk
-from consumers.search_query import FTS_COLUMNS, SEED_RANGE, BadQuery, compile_search
+from consumers.search_query import SEED_RANGE, BadQuery, compile_search
 from schemas.codec import claimed, encode
 from schemas.events import AssetBrowsable, AssetEnriched, AssetFailed, AssetIndexed, BatchScanned, Event, ProgressEvent
 from streams.errors import PermanentError
@@ -115,7 +115,8 @@ CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) an
 
 def _fts_index(columns: tuple[str, ...]) -> str:
     """The full-text index of ``metadata`` over ``columns`` (external content: it reads them from the table), and the
-    triggers that keep it in step with the table."""
+    triggers that keep it in step with the table. Part of the v2 and v8 steps: a change here is a new step, with
+    an index made again, never an edit (catalogs already past a step keep what it made)."""
     names = ", ".join(columns)
     new, old = ", ".join(f"new.{c}" for c in columns), ", ".join(f"old.{c}" for c in columns)
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns)
@@ -236,10 +237,10 @@ UPDATE asset_tiers SET attempts = COALESCE((
 WHERE state <> 'done';
 """
 
-# v8: ``models``, every model the generation names (a refiner's, a hires fix's, a detailer's), indexed in the
-# place of the main one (``model``, still what is shown): the index is made again over the new columns, and an
-# asset indexed before has its main model there. (A later change of ``FTS_COLUMNS`` writes them out here, as v2
-# does its own.) And a failure's display name (an upload's), for a reconcile to send a lost tier-1 retry with.
+# v8: ``models``, every model the generation names (a refiner's, a hires fix's, a detailer's), one per line,
+# indexed in the place of the main one (``model``, still what is shown): the index is made again over the new
+# columns, and an asset indexed before has its main model there. And a failure's display name (an upload's), for
+# a reconcile to send a lost tier-1 retry with. (``FTS_COLUMNS`` must name the index's columns: see the tests.)
 _SCHEMA_V8 = f"""
 ALTER TABLE failures ADD COLUMN display_name TEXT;
 DROP TRIGGER metadata_fts_insert;
@@ -248,7 +249,8 @@ DROP TRIGGER metadata_fts_update;
 DROP TABLE metadata_fts;
 ALTER TABLE metadata ADD COLUMN models TEXT NOT NULL DEFAULT '';
 UPDATE metadata SET models = COALESCE(model, '');
-{_fts_index(FTS_COLUMNS)}
+{_fts_index(("positive", "negative", "models", "loras", "sampler", "generator", "file_names", "camera_text",
+             "photo_text"))}
 INSERT INTO metadata_fts (metadata_fts) VALUES ('rebuild');
 """
 
@@ -1099,7 +1101,8 @@ def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
         camera.get("make"), camera.get("model"), camera.get("lens"), camera.get("datetime_original"), lat, lon,
         _clean(e.metadata_path), e.indexed_at, camera_text, photo_text,
         # every model, one per line; an event of a parser before 3 names only the main one
-        "\n".join(_clean(name) or "" for name in e.models if isinstance(name, str)) or _clean(e.model) or "",
+        "\n".join((_clean(name) or "").replace("\n", " ") for name in e.models if isinstance(name, str))
+        or _clean(e.model) or "",
     )
 
 

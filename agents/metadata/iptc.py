@@ -65,7 +65,10 @@ def iptc_edited_since_xmp(block: bytes) -> bool | None:
     iim, digest = resources.get(_IPTC_RESOURCE), resources.get(_IPTC_DIGEST_RESOURCE)
     if iim is None or digest is None:
         return None
-    return hashlib.md5(iim, usedforsecurity=False).digest() != digest
+    # some writers pad the IPTC with up to 3 zero bytes that their digest leaves out (Adobe's DNG SDK checks both)
+    unpadded = iim.rstrip(b"\x00")
+    candidates = {iim[: len(unpadded) + pad] for pad in range(min(3, len(iim) - len(unpadded)) + 1)} | {iim}
+    return all(hashlib.md5(c, usedforsecurity=False).digest() != digest for c in candidates)
 
 
 def parse_iim(data: bytes) -> dict[str, list[str]]:

@@ -485,6 +485,18 @@ def test_a_version_7_catalog_indexes_its_models_once_migrated(tmp_path: Path) ->
     check_index(path)
 
 
+def test_the_search_names_the_columns_the_index_has(tmp_path: Path) -> None:
+    # the index is made by the migration steps, the search from FTS_COLUMNS: a change of one without the other
+    # (a new step that makes the index again) would search columns the index does not have
+    Catalog(tmp_path / "fresh.sqlite").close()
+    db = sqlite3.connect(tmp_path / "fresh.sqlite")
+    try:
+        columns = tuple(row[1] for row in db.execute("PRAGMA table_info(metadata_fts)"))
+    finally:
+        db.close()
+    assert columns == search_query.FTS_COLUMNS
+
+
 def test_a_version_1_catalog_opened_readonly_asks_for_the_upgrade(v1_catalog: Path) -> None:
     with pytest.raises(CatalogUnavailable, match="predates.*upgrade"):
         Catalog(v1_catalog, readonly=True)

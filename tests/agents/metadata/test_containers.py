@@ -388,9 +388,10 @@ def test_iptc_split_over_two_app13_segments_is_joined(tmp_path: Path) -> None:
     assert c.flags["iptc"]
 
 
-def _photoshop_iptc(caption: bytes, digest_of: bytes | None) -> bytes:
-    """An APP13 segment: IPTC with a caption, and an IPTC digest (resource 0x0425) of ``digest_of`` if given."""
-    iim = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+def _photoshop_iptc(caption: bytes, digest_of: bytes | None, pad: int = 0) -> bytes:
+    """An APP13 segment: IPTC with a caption (and ``pad`` zero bytes after it), and an IPTC digest (resource
+    0x0425) of ``digest_of`` if given."""
+    iim = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption + b"\x00" * pad
 
     def resource(rid: int, data: bytes) -> bytes:
         return b"8BIM" + struct.pack(">H", rid) + b"\x00\x00" + struct.pack(">I", len(data)) + data + b"\x00" * (
@@ -400,13 +401,14 @@ def _photoshop_iptc(caption: bytes, digest_of: bytes | None) -> bytes:
     return _segment(0xED, b"Photoshop 3.0\x00" + resource(0x0404, iim) + digest)
 
 
-@pytest.mark.parametrize(("digest_of", "edited", "caption"), [
-    (None, None, "from xmp"),  # no digest: XMP, as the Metadata Working Group reads it
-    ("same", False, "from xmp"),  # the digest matches: IPTC and XMP were written together
-    ("older", True, "from iptc"),  # IPTC edited since by a program that does not write XMP
-], ids=["no-digest", "digest-matches", "digest-differs"])
+@pytest.mark.parametrize(("digest_of", "pad", "edited", "caption"), [
+    (None, 0, None, "from xmp"),  # no digest: XMP, as the Metadata Working Group reads it
+    ("same", 0, False, "from xmp"),  # the digest matches: IPTC and XMP were written together
+    ("same", 2, False, "from xmp"),  # ... leaving out the zero bytes the IPTC was padded with
+    ("older", 0, True, "from iptc"),  # IPTC edited since by a program that does not write XMP
+], ids=["no-digest", "digest-matches", "digest-matches-unpadded", "digest-differs"])
 def test_a_caption_in_iptc_and_xmp_is_read_as_the_mwg_guidance_says(
-    tmp_path: Path, digest_of: str | None, edited: bool | None, caption: str
+    tmp_path: Path, digest_of: str | None, pad: int, edited: bool | None, caption: str
 ) -> None:
     from agents.index import camera_fields
 
@@ -416,14 +418,14 @@ def test_a_caption_in_iptc_and_xmp_is_read_as_the_mwg_guidance_says(
               '<rdf:li xml:lang="x-default">from xmp</rdf:li></rdf:Alt></dc:description></rdf:Description>'
               '</rdf:RDF></x:xmpmeta>').encode()
     digested = {None: None, "same": iim, "older": b"\x1c\x02\x78\x00\x03old"}[digest_of]
-    data = _after_soi(_jpeg(xmp=packet), _photoshop_iptc(b"from iptc", digested))
+    data = _after_soi(_jpeg(xmp=packet), _photoshop_iptc(b"from iptc", digested, pad))
     c = read_containers(_write(tmp_path, "mwg.jpg", data))
     assert c.iptc["Iptc.Application2.Caption"] == ["from iptc"] and c.flags.get("iptc_edited_since_xmp") is edited
     assert camera_fields(c)["description"] == caption
     exif = Image.Exif()
     exif[0x010E] = "from exif"  # ImageDescription: EXIF comes first whatever the digest says
     c = read_containers(_write(tmp_path, "mwg-exif.jpg", _after_soi(_jpeg(exif, xmp=packet),
-                                                                     _photoshop_iptc(b"from iptc", digested))))
+                                                                     _photoshop_iptc(b"from iptc", digested, pad))))
     assert camera_fields(c)["description"] == "from exif"
 
 
