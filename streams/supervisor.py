@@ -90,6 +90,11 @@ class Stack:
     def __init__(
         self, settings: Settings, *, workers: int = 1, ready_timeout: float = 60.0, serve_http: bool = True
     ) -> None:
+        if settings.embedded and workers and "partitions" not in settings.model_fields_set:
+            # a new broker each time, whose topics only these workers share: one partition each (settings_env
+            # hands the number on to them). Each partition costs the broker CPU on every poll and a record
+            # batch per topic per chunk of results, and holds those batches in memory for as long as it runs.
+            settings = settings.model_copy(update={"partitions": workers})
         self.settings = settings
         self.topics = topics_for(settings)
         self.n_workers = workers

@@ -49,5 +49,6 @@ def test_tier_two_batch_files_in_flight_fill_the_batch_pools_chunks_and_its_inte
     # 4, chunks of one or two formed and nearly every result was a record batch of its own on the broker
     settings = Settings(pool_size=2, batch_chunk=8)
     assert settings.tier2_batch_concurrency == settings.batch_concurrency == 24
+    assert Settings(pool_size=2).batch_concurrency == 48  # chunks of 16 by default
     assert settings.tier2_interactive_concurrency == 4  # shares the interactive pool with urgent files' tier 1
     assert Settings(tier2_concurrency=6).tier2_batch_concurrency == 6
