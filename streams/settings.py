@@ -171,7 +171,10 @@ class Settings(BaseSettings):
     #: once per chunk, which leaves that CPU to the pool. 1 sends every file alone. 16 with one partition per
     #: topic, against 8 with two: a tier-1 import of 500 files left 141 record batches on the broker instead of
     #: 333, and its services took 0.086 of the pool's CPU instead of 0.103 (medians of four interleaved runs,
-    #: 2 cores; neither change alone showed through the noise).
+    #: 2 cores; neither change alone showed through the noise). A chunk's time limit is two files' worth
+    #: (``agents.chunking.CHUNK_LIMITS``): a library whose files take over ``decode_timeout_s`` / 8 each (7.5 s
+    #: at the defaults: hundred-megapixel scans) has its chunks time out and run again one file per task, so
+    #: set this lower there.
     batch_chunk: int = Field(default=16, ge=1)
     #: While a chunk's process works on one file, ask the kernel to read the next file of the chunk (see
     #: agents.readahead): an import from a cold disk does not wait for the disk file by file.
