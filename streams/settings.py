@@ -240,8 +240,9 @@ class Settings(BaseSettings):
     #: not idle while a file's results wait for the broker's ack, and a chunk's results share a record batch.
     #: At the pool's size (the default before) every file was a pool task and a batch of its own on ``assets``:
     #: 500 files to the end of tier 3 left 1,042 record batches from the worker, 712 on ``assets`` (630 and 303
-    #: now), and over eight such imports on one ``damflow up`` (bench/long_session.py) the broker's CPU per file
-    #: grew 0.95 ms for every 1000 files held (3.1 -> 6.4 ms; 5.2 on average); now 0.15-0.35 (3.3 on average).
+    #: in chunks of 8 on two partitions, 200 and 119 in chunks of 16 on one), and over eight such imports on one
+    #: ``damflow up`` (bench/long_session.py) the broker's CPU per file grew 0.95 ms for every 1000 files held
+    #: (3.1 -> 6.4 ms; 5.2 on average); 0.15-0.35 in chunks of 8 (3.3 on average).
     #: Tier-3 chunks start only on an idle batch process (never queued there): an import that starts meanwhile
     #: waits at most for the chunks already running. (With ``batch_chunk`` 1 every call is a task of its own, in
     #: the same order and under the same rule.)
