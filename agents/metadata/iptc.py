@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 
 _IPTC_RESOURCE = 0x0404
 #: The MD5 of the IPTC-IIM block as it was when a Metadata Working Group aware program last wrote the XMP too.
@@ -54,14 +55,19 @@ def photoshop_resources(block: bytes) -> dict[int, bytes]:
 
 def iim_from_photoshop(block: bytes) -> bytes | None:
     """The IPTC-IIM bytes held in a Photoshop resource block, if any."""
-    return photoshop_resources(block).get(_IPTC_RESOURCE) or None
+    return iim_among(photoshop_resources(block))
 
 
-def iptc_edited_since_xmp(block: bytes) -> bool | None:
-    """Whether the IPTC-IIM in a Photoshop resource block was changed after the XMP was last written beside it,
-    by a program that does not keep the two in step: its digest (resource 0x0425) no longer matches it. The
-    Metadata Working Group's guidance then reads IPTC before XMP. ``None``: no IPTC or no digest to tell."""
-    resources = photoshop_resources(block)
+def iim_among(resources: Mapping[int, bytes]) -> bytes | None:
+    """The IPTC-IIM bytes among Photoshop resources (:func:`photoshop_resources`), if any."""
+    return resources.get(_IPTC_RESOURCE) or None
+
+
+def iptc_edited_since_xmp(resources: Mapping[int, bytes]) -> bool | None:
+    """Whether the IPTC-IIM among Photoshop resources (:func:`photoshop_resources`) was changed after the XMP was
+    last written beside it, by a program that does not keep the two in step: its digest (resource 0x0425) no
+    longer matches it. The Metadata Working Group's guidance then reads IPTC before XMP. ``None``: no IPTC or no
+    digest to tell."""
     iim, digest = resources.get(_IPTC_RESOURCE), resources.get(_IPTC_DIGEST_RESOURCE)
     if iim is None or digest is None:
         return None

@@ -21,7 +21,7 @@ from agents.metadata.blobs import (
     identifier,
     raw_value,
 )
-from agents.metadata.iptc import iim_from_photoshop, iptc_edited_since_xmp
+from agents.metadata.iptc import iim_among, iptc_edited_since_xmp, photoshop_resources
 from agents.metadata.model import Containers
 
 _XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -102,10 +102,11 @@ def walk_jpeg(source: BinaryIO, size: int, out: Containers, blobs: Blobs) -> Non
             break
         pos = source.tell()
     if photoshop:
-        iim = iim_from_photoshop(bytes(photoshop))
+        resources = photoshop_resources(bytes(photoshop))
+        iim = iim_among(resources)
         if iim:
             blobs.iptc.append(iim)
-        edited = iptc_edited_since_xmp(bytes(photoshop))
+        edited = iptc_edited_since_xmp(resources)
         if edited is not None:
             out.flags["iptc_edited_since_xmp"] = edited
     if extended:
