@@ -72,9 +72,9 @@ def iptc_edited_since_xmp(resources: Mapping[int, bytes]) -> bool | None:
     if iim is None or digest is None:
         return None
     # some writers pad the IPTC with up to 3 zero bytes that their digest leaves out (Adobe's DNG SDK checks both)
-    unpadded = iim.rstrip(b"\x00")
-    candidates = {iim[: len(unpadded) + pad] for pad in range(min(3, len(iim) - len(unpadded)) + 1)} | {iim}
-    return all(hashlib.md5(c, usedforsecurity=False).digest() != digest for c in candidates)
+    padding = min(3, len(iim) - len(iim.rstrip(b"\x00")))
+    return all(hashlib.md5(iim[: len(iim) - cut], usedforsecurity=False).digest() != digest
+               for cut in range(padding + 1))
 
 
 def parse_iim(data: bytes) -> dict[str, list[str]]:

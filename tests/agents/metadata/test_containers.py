@@ -429,6 +429,16 @@ def test_a_caption_in_iptc_and_xmp_is_read_as_the_mwg_guidance_says(
     assert camera_fields(c)["description"] == "from exif"
 
 
+@pytest.mark.parametrize(("cut", "edited"), [(0, False), (1, False), (3, False), (4, True)])
+def test_an_iptc_digest_may_leave_out_up_to_three_zero_bytes_of_padding(cut: int, edited: bool) -> None:
+    from agents.metadata.iptc import iptc_edited_since_xmp
+
+    iim = b"\x1c\x02\x78\x00\x05hello" + b"\x00" * 5
+    digest = hashlib.md5(iim[: len(iim) - cut]).digest()
+    assert iptc_edited_since_xmp({0x0404: iim, 0x0425: digest}) is edited
+    assert iptc_edited_since_xmp({0x0404: iim}) is None  # no digest: nothing to tell
+
+
 def test_utf16_and_nul_padded_xmp_packets(tmp_path: Path) -> None:
     utf16 = XMP_PACKET.encode("utf-16")  # BOM + UTF-16, as exiftool's XMP.jpg
     padded = XMP_PACKET.encode() + b"\x00" * 100
