@@ -98,7 +98,7 @@ def _metadata_lines(meta: dict[str, Any]) -> list[str]:
     """Tier 2's summary: how it was made (generator, model, sampling, prompts), or the camera that took it."""
     made = meta["generator"] or "no generation parameters"
     lines = [f"metadata    {made} (parser v{meta['parser_version']}, indexed {_when(meta['indexed_at'])})"]
-    others = [name for name in meta.get("models", ()) if name != meta["model"]]  # a refiner's, a hires fix's
+    others = [name for name in meta["models"] if name != meta["model"]]  # a refiner's, a hires fix's
     rows = [("model", meta["model"]), ("also", ", ".join(others)), ("loras", ", ".join(meta["loras"])),
             ("vae", meta["vae"])]
     sampling = [f"{name} {_number(meta[key])}" for name, key in
