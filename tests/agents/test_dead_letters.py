@@ -62,6 +62,23 @@ class _Topic:
         return done
 
 
+async def _fail(settings: Settings, tier: int, record: AssetIndexed | FileDiscovered, topic: str,
+                error: DamflowError) -> tuple[AssetFailed | None, list]:
+    """``record``, fetched from ``topic``, failing with ``error`` in the tier's handler (``expected`` as the tier's
+    agents give it); what the handler returned and what it sent, (topic, value) each."""
+    sent: list = []
+    app = types.SimpleNamespace(topic=lambda name, **_kw: _Topic(sent, name),
+                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
+    handler = EventHandler(app, topics_for(settings), settings, tier=tier, expected=type(record))
+    message = types.SimpleNamespace(topic=topic, partition=0, offset=3, key=b"k", headers=[], timestamp=1.0,
+                                    value=encode(record))
+
+    async def work(_record, _attempt):
+        raise error
+
+    return await handler.process(types.SimpleNamespace(value=encode(record), message=message), work), sent
+
+
 @pytest.mark.parametrize(("error", "max_attempts"), [
     (PermanentError("thumbnail source gone"), 3),
     (TransientError("disk busy"), 1),  # transient, but its last attempt
@@ -69,22 +86,10 @@ class _Topic:
 async def test_a_tier3_failure_for_good_is_dead_lettered_and_accounted(error: DamflowError, max_attempts: int) -> None:
     # tier 3's records (AssetIndexed) have no size: reading one in the failure handler raised there, so the
     # letter and the AssetFailed were both lost and the batch's tier-3 progress never finished
-    settings = Settings(max_attempts=max_attempts)
-    topics = topics_for(settings)
-    sent: list = []
-    app = types.SimpleNamespace(topic=lambda name, **_kw: _Topic(sent, name),
-                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
-    handler = EventHandler(app, topics, settings, tier=3, expected=AssetIndexed)  # as agents/tier3.py does
     record = AssetIndexed(event_id="e1", batch_id="b1", lane="batch", source="scan", asset_id="ab" * 32,
                           path="/r/a.png", parser_version=1, metadata_path="m.json", indexed_at=1.0)
-    message = types.SimpleNamespace(topic=topics.t3_background, partition=0, offset=3, key=b"k", headers=[],
-                                    timestamp=1.0, value=encode(record))
-    event = types.SimpleNamespace(value=encode(record), message=message)
-
-    async def work(_record, _attempt):
-        raise error
-
-    failed = await handler.process(event, work)
+    topics = topics_for(Settings())
+    failed, sent = await _fail(Settings(max_attempts=max_attempts), 3, record, topics.t3_background, error)
 
     assert isinstance(failed, AssetFailed)
     assert (failed.outcome, failed.tier, failed.batch_id, failed.path) == ("dead_lettered", 3, "b1", "/r/a.png")
@@ -97,22 +102,11 @@ async def test_a_tier3_failure_for_good_is_dead_lettered_and_accounted(error: Da
 async def test_an_uploads_failure_carries_its_display_name() -> None:
     # reconcile sends a tier-1 retry the broker lost again from the catalog, which keeps the name from here: it
     # was sent without one, and the upload's client-side name was lost
-    settings = Settings(max_attempts=3)
-    topics = topics_for(settings)
-    sent: list = []
-    app = types.SimpleNamespace(topic=lambda name, **_kw: _Topic(sent, name),
-                                conf=types.SimpleNamespace(producer_max_request_size=1 << 20))
-    handler = EventHandler(app, topics, settings, tier=1, expected=FileDiscovered)
     record = FileDiscovered(event_id="e1", batch_id="b1", lane="interactive", source="upload",
                             path="/d/originals/ab/ab.png", size=10, mtime_ns=1, discovered_at=1.0,
                             display_name="Neon Fox.png")
-    message = types.SimpleNamespace(topic=topics.t1_interactive, partition=0, offset=3, key=b"k", headers=[],
-                                    timestamp=1.0, value=encode(record))
-
-    async def work(_record, _attempt):
-        raise TransientError("disk busy")
-
-    failed = await handler.process(types.SimpleNamespace(value=encode(record), message=message), work)
+    topics = topics_for(Settings())
+    failed, sent = await _fail(Settings(max_attempts=3), 1, record, topics.t1_interactive, TransientError("disk busy"))
 
     assert isinstance(failed, AssetFailed) and failed.outcome == "retrying"
     assert failed.display_name == "Neon Fox.png" and decode(sent[-1][1], AssetFailed) == failed
