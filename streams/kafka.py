@@ -112,10 +112,11 @@ async def start_client(client: AIOKafkaProducer | AIOKafkaConsumer, bootstrap: s
 
 @contextlib.asynccontextmanager
 async def producer(
-    bootstrap: str, *, linger_ms: int = 0, compression: str | None = None,
+    bootstrap: str, *, compression: str | None, linger_ms: int = 0,
 ) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer whose sends are acked by every replica; ``compression``: its record batches' codec
-    (``Settings.compression_type``), none when unsaid."""
+    """A started producer whose sends are acked by every replica; ``compression``: its record batches' codec,
+    ``Settings.compression_type`` (``None``: uncompressed). It has no default, so that no call site forgets the
+    setting: the embedded broker keeps every record batch in memory, uncompressed ones about three times larger."""
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
                             compression_type=compression)
     await start_client(prod, bootstrap)

@@ -128,7 +128,7 @@ def _browsable(row: dict[str, Any], lane: str, at: float) -> AssetBrowsable:
     )
 
 
-async def send(bootstrap: str, work: Plan, *, compression: str | None = None) -> None:
+async def send(bootstrap: str, work: Plan, *, compression: str | None) -> None:
     """Publish the plan's events, each acked by the broker before this returns; :class:`BrokerError` if the broker
     refused any (a flush does not say: each send's own delivery does)."""
     if not work.events:

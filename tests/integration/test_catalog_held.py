@@ -73,7 +73,7 @@ async def test_the_sinks_own_progress_events_read_back_need_no_write_and_are_com
     await group.start()
     running = asyncio.create_task(sink.run())
     try:
-        async with producer(settings.broker_url) as prod, \
+        async with producer(settings.broker_url, compression=None) as prod, \
                 tail(settings.broker_url, topics.progress, settings, from_beginning=True) as progress:
             await prod.send_and_wait(topics.progress, encode(scanned(1, complete=True, batch="own")), key=b"own")
             await prod.send_and_wait(topics.assets, encode(browsable("e1", "/r/a.png", batch="own")), key=b"a")

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 @contextlib.asynccontextmanager
 async def http_app(settings: Settings, topics: Topics, bootstrap: str) -> AsyncIterator[aiohttp.ClientSession]:
     """The app on a free port with its own producer; yields a client session rooted at it."""
-    async with producer(bootstrap) as prod:
+    async with producer(bootstrap, compression=None) as prod:
         app = create_app(settings, topics, bootstrap, prod)
         runner = await serve(app, "127.0.0.1", 0)
         try:
@@ -526,7 +526,7 @@ async def test_a_progress_client_that_stops_reading_is_dropped_and_frees_its_pla
                 assert resp.status == 503  # its one place is taken
             # large progress events, far more than the sockets' buffers hold, and the client reads none of them
             big = ProgressEvent(batch_id="b" * 400_000, tier=1, known_total=1, total_final=True, done=0, at=1.0)
-            async with producer(http.bootstrap) as prod:
+            async with producer(http.bootstrap, compression=None) as prod:
                 for _ in range(20):
                     await prod.send(http.topics.progress, encode(big), key=b"b")
             await wait_until(lambda: live_streams(http.app) == 0, 30, "the stalled stream to be dropped")

@@ -28,7 +28,7 @@ async def watching(settings: Settings, **kw) -> AsyncIterator[tuple[OutcomeWatch
     topics = topics_for(settings)
     await ensure_topics(settings.broker_url, [topics.assets], settings.partitions)
     async with tail(settings.broker_url, topics.assets, settings) as consumer, \
-            producer(settings.broker_url) as prod:
+            producer(settings.broker_url, compression=None) as prod:
         watcher = OutcomeWatcher(consumer, **kw)
         reader = asyncio.create_task(watcher.run())
         try:

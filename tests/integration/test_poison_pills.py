@@ -22,7 +22,7 @@ async def test_random_bytes_go_to_the_dlq_and_the_worker_keeps_running(stack: St
     pills = [rng.randbytes(rng.randrange(1, 400)) for _ in range(200)]
     pills[0] = b""  # an empty value too
     pills[1] = b'{"type": "FileDiscovered", "schema": 1}'  # valid JSON, invalid event
-    async with producer(stack.bootstrap, linger_ms=5) as prod:
+    async with producer(stack.bootstrap, compression=None, linger_ms=5) as prod:
         for i, pill in enumerate(pills):
             topic = stack.topics.t1_batch if i % 2 else stack.topics.t1_interactive
             await prod.send(topic, pill, key=f"pill-{i}".encode())
@@ -59,7 +59,7 @@ async def test_random_bytes_go_to_the_dlq_and_the_worker_keeps_running(stack: St
 ])
 async def test_a_pill_too_large_to_dead_letter_whole_keeps_its_head_and_is_read_back_whole(
         stack: Stack, key: bytes, pill: bytes) -> None:
-    async with producer(stack.bootstrap) as prod:
+    async with producer(stack.bootstrap, compression=None) as prod:
         await (await prod.send(stack.topics.t1_batch, pill, key=key))
     async with tail(stack.bootstrap, stack.topics.dlq(1), stack.settings, from_beginning=True) as dlq:
         letter = None
@@ -91,7 +91,7 @@ async def test_an_unreadable_record_that_names_its_file_is_counted_so_its_batch_
 
     newer = {"type": "FileDiscovered", "schema": 99, "event_id": "e-newer", "batch_id": "b-newer",
              "lane": "batch", "source": "scan", "path": "/imports/newer.png", "size": 1, "mtime_ns": 1}
-    async with producer(stack.bootstrap) as prod:
+    async with producer(stack.bootstrap, compression=None) as prod:
         await prod.send_and_wait(stack.topics.t1_batch, json.dumps(newer).encode(), key=b"/imports/newer.png")
         await prod.send_and_wait(stack.topics.progress, encode(BatchScanned(
             batch_id="b-newer", lane="batch", root="/imports", found=1, complete=True, started_at=time.time(),

@@ -30,7 +30,7 @@ async def test_a_file_the_broker_did_not_take_fails_the_scan(broker: str, make_s
     await ensure_topics(broker, topics.all(), settings.partitions)
     folder = _folder(tmp_path, 3)
 
-    async with producer(broker) as real:
+    async with producer(broker, compression=None) as real:
 
         class Refusing:
             """The real producer, but the second file's delivery fails (as aiokafka reports it: in the
@@ -76,7 +76,7 @@ async def _scan_of(broker: str, make_settings, tmp_path: Path, files: int):
     topics = topics_for(settings)
     await ensure_topics(broker, topics.all(), settings.partitions)
     folder = _folder(tmp_path, files)
-    async with producer(broker) as prod:
+    async with producer(broker, compression=None) as prod:
         return await scan(settings, topics, broker, prod, folder)
 
 
@@ -118,7 +118,7 @@ async def test_the_lag_probe_finds_a_topic_made_after_it_started(broker: str, ma
     async with LagProbe(broker, settings.group_id, topic) as probe:
         assert await probe.lag() == 0
         await ensure_topics(broker, [topic], settings.partitions)
-        async with producer(broker) as prod:
+        async with producer(broker, compression=None) as prod:
             for i in range(3):
                 await prod.send_and_wait(topic, b"{}", key=str(i).encode())
         assert await probe.lag() >= 2  # the embedded broker's end offsets may read one batch short

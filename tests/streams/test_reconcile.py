@@ -150,7 +150,7 @@ class _Refusing:
 
     def as_producer(self) -> Callable[..., Any]:
         @contextlib.asynccontextmanager
-        async def producer(bootstrap: str, *, linger_ms: int = 0, compression: str | None = None,
+        async def producer(bootstrap: str, *, compression: str | None, linger_ms: int = 0,
                            ) -> AsyncIterator[_Refusing]:
             yield self
         return producer
