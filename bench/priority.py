@@ -45,6 +45,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -224,6 +225,7 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         import_end = result["started_at"] + result["seconds"]
         urgent_in_import = sum(1 for e in published if e in done and done[e] <= import_end)
     rss = snapshot(stack.proc.pid)
+    held = await records_held(stack.bootstrap, settings.topic_prefix)
     # where an urgent file's time goes: receiving the body (and hashing it), storing and publishing it (until the
     # broker acked), waiting to be worked on (the hand-over to the worker, its pool, the result back), the work
     # itself, and getting the result back to the client (and into the catalog)
@@ -251,9 +253,34 @@ async def _run_import(stack: Up, folder: Path, urgent: list[Path], *, mode: str,
         # and closed its consumer and producer)
         "end_latency_s": result["started_at"] + elapsed - last if last else None,
         "done": p.get("done", 0), "failed": p.get("failed", 0) + p.get("dead_lettered", 0),
-        "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss,
+        "urgent_n": len(urgent_ms), "urgent_ms": urgent_ms, "rss_mb": rss, "broker_records": held,
+        "uploads": len(http_ms),
         "urgent_parts": parts, "urgent_detail": detail, "cpu_s": cpu, "machine": machine,
     }
+
+
+async def records_held(bootstrap: str, prefix: str) -> dict[str, int]:
+    """How many records the broker holds per topic (names less ``prefix``): the embedded broker keeps every one
+    in memory, so its RSS follows these, not the scanner's read-ahead."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if t.startswith(prefix)]
+        parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
+        # the embedded broker's end offset is its last record batch's first offset + 1: that batch, read,
+        # says where the partition really ends (a fetch hands over whole batches)
+        consumer.assign([tp for tp in parts if ends[tp]])
+        for tp in consumer.assignment():
+            consumer.seek(tp, ends[tp] - 1)
+            records = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
+            ends[tp] = max([ends[tp]] + [r.offset + 1 for r in records])
+    finally:
+        await consumer.stop()
+    held: dict[str, int] = {}
+    for tp in parts:
+        held[tp.topic[len(prefix):]] = held.get(tp.topic[len(prefix):], 0) + ends[tp] - starts[tp]
+    return {t: n for t, n in sorted(held.items()) if n}
 
 
 def _rusage() -> tuple[float, float]:
@@ -329,7 +356,8 @@ def summary(run: dict, limit: float, limits: list[float]) -> dict:
         "end_latency_s": round(run["end_latency_s"], 3) if run.get("end_latency_s") is not None else None,
         "urgent_n": run["urgent_n"],
         **{f"urgent_p{q}_ms": round(pct(u, q), 1) if u else None for q in (50, 95, 99)},
-        "rss_mb": run["rss_mb"], "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"],
+        "rss_mb": run["rss_mb"], "broker_records": run["broker_records"], "uploads": run["uploads"],
+        "cpu_s": run["cpu_s"], "machine_pct": run["machine"], "failed": run["failed"],
         "repeats": run.get("repeats", 1),
         "work_floor_ms": round(run["work_floor_ms"], 1) if run.get("work_floor_ms") else None,
         "urgent_p50_over_floor_ms": round(pct(u, 50) - run["work_floor_ms"], 1)
@@ -447,6 +475,14 @@ def main() -> None:
         small, large = rows[0]["rss_mb"], rows[2]["rss_mb"]
         growth = {k: round(large[k] / small[k], 3) for k in small if k in large and small[k]}
         print("RSS growth big/small: " + ", ".join(f"{k} {v:.2f}×" for k, v in sorted(growth.items())))
+        # the embedded broker keeps every record: its growth is the log it holds (the import's files and the
+        # uploads made meanwhile, one every --interval for as long as the import runs), not read-ahead
+        held = [sum(r["broker_records"].values()) for r in (rows[0], rows[2])]
+        if "broker" in small and "broker" in large and held[1] > held[0]:
+            print(f"broker: {held[0]} -> {held[1]} records held, those of {rows[0]['uploads']} -> "
+                  f"{rows[2]['uploads']} uploads among them; "
+                  f"{(large['broker'] - small['broker']) * 1024 / (held[1] - held[0]):.2f} KB of RSS per record "
+                  "more. Held at the end: " + ", ".join(f"{k} {v}" for k, v in rows[2]["broker_records"].items()))
     details = {f"{r['mode']}-{r['files']}": r.pop("urgent_detail") for r in rows}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
