@@ -18,6 +18,12 @@ _STATE_ORDER = ("browsable", "indexed", "enriched", "retrying", "failed", "dead_
 _WORDS = {"failed_earlier": "failed in an earlier tier"}
 
 
+#: From this much memory held by the embedded broker on, ``damflow status`` says what to do about it.
+BROKER_ADVICE_BYTES = 512 * 2**20
+BROKER_ADVICE = ("; a restart of `damflow up` frees it (unfinished work is sent on again), and for a library that "
+                 "grows for weeks Kafka or Redpanda (DAMFLOW_BROKER_URL) keep events on disk")
+
+
 def render_status(status: dict[str, Any]) -> str:
     """A compact overview: asset counts per tier state, then one table row per batch and tier."""
     lines = [f"assets: {status['assets']:,} ({status['locations']:,} locations)"]
@@ -26,6 +32,10 @@ def render_status(status: dict[str, Any]) -> str:
         if shown or tier == "tier1":
             parts = [f"{n:,} {_word(s)}" for s, n in shown] + [f"{states.get('pending', 0):,} pending"]
             lines.append(f"  tier {tier.removeprefix('tier')}: " + " · ".join(parts))
+    rss = status.get("embedded_broker_rss_bytes")
+    if rss is not None:  # (the catalog's own status has none: `damflow status` adds it)
+        lines.append(f"  embedded broker: {rss / 2**20:,.0f} MB in memory, every event since `damflow up` started"
+                     + (BROKER_ADVICE if rss >= BROKER_ADVICE_BYTES else ""))
     if status["held_events"]:
         lines.append(f"  {status['held_events']:,} events held back: the catalog could not take them (see the "
                      "sink's catalog_event_held and catalog_record_unreadable logs); tried again at every start "

@@ -25,7 +25,7 @@ from consumers.progress import ProgressBar
 from consumers.views import render_asset, render_search, render_status
 from schemas import Event, new_id, to_dict
 from streams import logs
-from streams.broker import resolve_bootstrap
+from streams.broker import embedded_broker_rss, resolve_bootstrap
 from streams.errors import ConfigError, DamflowError, WaitTimedOut
 from streams.kafka import ensure_pipeline_topics, producer
 from streams.niceness import lower_priority
@@ -230,6 +230,7 @@ def _catalog(settings: Settings) -> Catalog:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     with _catalog(settings) as catalog:
         status = catalog.status()
+    status["embedded_broker_rss_bytes"] = embedded_broker_rss(settings)
     if args.json:
         _print_json(status)
         return 0

@@ -134,7 +134,7 @@ class Stack:
                                          threads=s.embedded_threads)
             self.bootstrap = await asyncio.to_thread(self.broker.start)
             lower_priority(s.service_nice, self.broker.pid)  # type: ignore[arg-type]
-            record_runtime(s, self.bootstrap)
+            record_runtime(s, self.bootstrap, self.broker.pid)
         else:
             self.bootstrap = s.broker_url.removeprefix("kafka://")  # type: ignore[union-attr]
         await ensure_pipeline_topics(s, self.bootstrap)  # (it waits for the broker to answer)

@@ -61,6 +61,17 @@ def test_status_table_shows_each_batch_and_tier(catalog: Catalog) -> None:
         next(line for line in lines if "batch-on" in line))  # newest first
 
 
+def test_status_says_how_much_memory_the_embedded_broker_holds_and_past_a_point_what_to_do(catalog: Catalog) -> None:
+    status = catalog.status()
+    assert "embedded broker" not in render_status(status)  # none runs, or an external broker: nothing to say
+    small = render_status({**status, "embedded_broker_rss_bytes": 24 * 2**20})
+    assert "  embedded broker: 24 MB in memory, every event since `damflow up` started" in small.splitlines()
+    assert "Kafka" not in small
+    big = render_status({**status, "embedded_broker_rss_bytes": 3 * 2**30})
+    assert "embedded broker: 3,072 MB in memory" in big and "a restart of `damflow up` frees it" in big \
+        and "Kafka or Redpanda" in big
+
+
 def test_status_eta_is_shown_as_a_duration(catalog: Catalog) -> None:
     catalog.apply([scanned(10)] + [browsable(f"e{i}", f"{ROOT}/{i}.png", f"{i:02d}" * 32) for i in range(5)])
     text = render_status(catalog.status(now=T0 + 100))  # 5 done in 100 s, 5 to go: ~100 s

@@ -216,6 +216,13 @@ async def test_a_second_pipeline_on_the_same_data_directory_is_refused_and_leave
     assert first.data_path == second.data_path
     async with Stack(first, workers=0, serve_http=False):
         record = first.runtime_file.read_text()
+        # `damflow status` says what the embedded broker holds in memory
+        env = {**os.environ, "DAMFLOW_DATA_DIR": str(first.data_path)}
+        env.pop("DAMFLOW_BROKER_URL", None)
+        status = subprocess.run([sys.executable, "-m", "streams.cli", "status", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["embedded_broker_rss_bytes"] > 1_000_000
         with pytest.raises(DataDirInUse, match=f"pid {os.getpid()}"):
             async with Stack(second, workers=0, serve_http=False):
                 pass
