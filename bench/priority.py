@@ -45,7 +45,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,7 +53,7 @@ from agents.browse import browse_file  # noqa: E402
 from bench.corpus import generated_pngs, in_page_cache, urgent_pngs, variant_pngs  # noqa: E402
 from bench.rss import cpu_seconds, cpu_used, machine_seconds, process_cpu_seconds, snapshot  # noqa: E402
 from bench.tier1_throughput import compute_limit  # noqa: E402
-from streams.kafka import producer  # noqa: E402
+from streams.kafka import partitions_of, producer  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.broker import free_port, resolve_bootstrap  # noqa: E402
 from streams.topics import topics_for  # noqa: E402
@@ -266,11 +266,11 @@ async def records_held(bootstrap: str, prefix: str) -> dict[str, int]:
     await consumer.start()
     try:
         topics = [t for t in await consumer.topics() if t.startswith(prefix)]
-        parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        parts = [tp for t in topics for tp in await partitions_of(consumer, t)]
         ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
         # the embedded broker's end offset is its last record batch's first offset + 1: that batch, read,
         # says where the partition really ends (a fetch hands over whole batches)
-        consumer.assign([tp for tp in parts if ends[tp]])
+        consumer.assign([tp for tp in parts if ends[tp] > starts[tp]])
         for tp in consumer.assignment():
             consumer.seek(tp, ends[tp] - 1)
             records = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
@@ -476,7 +476,7 @@ def main() -> None:
         growth = {k: round(large[k] / small[k], 3) for k in small if k in large and small[k]}
         print("RSS growth big/small: " + ", ".join(f"{k} {v:.2f}×" for k, v in sorted(growth.items())))
         # the embedded broker keeps every record: its growth is the log it holds (the import's files and the
-        # uploads made meanwhile, one every --interval for as long as the import runs), not read-ahead
+        # uploads made meanwhile, one every --interval at most, up to 400, while it runs), not read-ahead
         held = [sum(r["broker_records"].values()) for r in (rows[0], rows[2])]
         if "broker" in small and "broker" in large and held[1] > held[0]:
             print(f"broker: {held[0]} -> {held[1]} records held, those of {rows[0]['uploads']} -> "

@@ -34,7 +34,8 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  tier {tier.removeprefix('tier')}: " + " · ".join(parts))
     rss = status.get("embedded_broker_rss_bytes")
     if rss is not None:  # (the catalog's own status has none: `damflow status` adds it)
-        lines.append(f"  embedded broker: {rss / 2**20:,.0f} MB in memory, every event since `damflow up` started"
+        lines.append(f"  embedded broker: {rss / 2**20:,.0f} MB in memory (it keeps every event since `damflow up` "
+                     "started)"
                      + (BROKER_ADVICE if rss >= BROKER_ADVICE_BYTES else ""))
     if status["held_events"]:
         lines.append(f"  {status['held_events']:,} events held back: the catalog could not take them (see the "

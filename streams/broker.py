@@ -167,14 +167,16 @@ def record_runtime(settings: Settings, bootstrap: str, broker_pid: int | None = 
 def embedded_broker_rss(settings: Settings) -> int | None:
     """Bytes of memory the embedded broker of the ``damflow up`` running on this data directory holds (resident),
     or ``None`` when none runs or this system cannot tell (``/proc``: Linux). It keeps every event in memory
-    since it started, so this only grows (README: about 0.75 KB per imported file, 11 KB per upload)."""
+    since it started, so this only grows (README: about 0.75 KB per file imported to tier 1, 2 KB through tier 3,
+    11 KB per upload)."""
     try:
         info = json.loads(settings.runtime_file.read_text())
-        broker_pid = int(info["broker_pid"])
+        pid, broker_pid = info["pid"], info["broker_pid"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not (_alive(int(info.get("pid", 0)), info.get("started"))
-            and _alive(broker_pid, info.get("broker_started"))):
+    if not all(type(p) is int for p in (pid, broker_pid)):  # (not a bool either) a file no damflow wrote
+        return None
+    if not (_alive(pid, info.get("started")) and _alive(broker_pid, info.get("broker_started"))):
         return None
     try:
         with open(f"/proc/{broker_pid}/status") as f:

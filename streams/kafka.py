@@ -116,7 +116,7 @@ async def producer(
 ) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer whose sends are acked by every replica; ``compression``: its record batches' codec,
     ``Settings.compression_type`` (``None``: uncompressed). It has no default, so that no call site forgets the
-    setting: the embedded broker keeps every record batch in memory, uncompressed ones about three times larger."""
+    setting: the embedded broker keeps every record batch in memory, uncompressed ones over three times larger."""
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all",
                             compression_type=compression)
     await start_client(prod, bootstrap)

@@ -65,7 +65,8 @@ def test_status_says_how_much_memory_the_embedded_broker_holds_and_past_a_point_
     status = catalog.status()
     assert "embedded broker" not in render_status(status)  # none runs, or an external broker: nothing to say
     small = render_status({**status, "embedded_broker_rss_bytes": 24 * 2**20})
-    assert "  embedded broker: 24 MB in memory, every event since `damflow up` started" in small.splitlines()
+    assert "  embedded broker: 24 MB in memory (it keeps every event since `damflow up` started)" \
+        in small.splitlines()
     assert "Kafka" not in small
     big = render_status({**status, "embedded_broker_rss_bytes": 3 * 2**30})
     assert "embedded broker: 3,072 MB in memory" in big and "a restart of `damflow up` frees it" in big \

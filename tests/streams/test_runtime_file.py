@@ -33,6 +33,7 @@ def test_a_recorder_that_is_gone_is_not_trusted(tmp_path: Path, change: dict) ->
         resolve_bootstrap(settings)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 def test_the_embedded_brokers_memory_is_read_while_it_and_its_recorder_run(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert embedded_broker_rss(settings) is None  # no `damflow up`
@@ -46,3 +47,6 @@ def test_the_embedded_brokers_memory_is_read_while_it_and_its_recorder_run(tmp_p
     assert embedded_broker_rss(settings) is None
     settings.runtime_file.write_text(json.dumps(info | {"started": 1}))  # its `damflow up` is gone
     assert embedded_broker_rss(settings) is None
+    for odd in ({"pid": "x"}, {"broker_pid": True}):  # a file no damflow wrote: nothing to read, no error
+        settings.runtime_file.write_text(json.dumps(info | odd))
+        assert embedded_broker_rss(settings) is None
