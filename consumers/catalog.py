@@ -264,6 +264,13 @@ def _newer_wins(table: str, newer: str, cols: tuple[str, ...]) -> str:
     return ",\n    ".join(f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE {table}.{c} END" for c in cols)
 
 
+def _newer_known(table: str, newer: str, cols: tuple[str, ...]) -> str:
+    """``SET`` clauses taking each column from the winning row (the incoming one when ``newer`` holds) where it
+    knows the value, else from the other: what only one of them learnt is kept."""
+    return ",\n    ".join(f"{c} = CASE WHEN {newer} THEN COALESCE(excluded.{c}, {table}.{c}) "
+                           f"ELSE COALESCE({table}.{c}, excluded.{c}) END" for c in cols)
+
+
 #: What orders two failure outcomes of a row (with its time column last): see the module's docstring.
 _CHAIN = ("chain_at", "replays", "attempts")
 
@@ -333,12 +340,7 @@ ON CONFLICT (path, tier) DO UPDATE SET
     -- all of the winner's: another event's failure of the path starts its count again
     {_newer_wins("failures", _later_failure("failures", "failed_at"),
                  ("batch_id", "event_id", "error_class", "error_code", "reason", "outcome", *_CHAIN, "failed_at"))},
-    asset_id = CASE WHEN {_later_failure("failures", "failed_at")}
-                    THEN COALESCE(excluded.asset_id, failures.asset_id)
-                    ELSE COALESCE(failures.asset_id, excluded.asset_id) END,
-    display_name = CASE WHEN {_later_failure("failures", "failed_at")}
-                        THEN COALESCE(excluded.display_name, failures.display_name)
-                        ELSE COALESCE(failures.display_name, excluded.display_name) END
+    {_newer_known("failures", _later_failure("failures", "failed_at"), ("asset_id", "display_name"))}
 """
 _TOUCH_BATCH = """
 INSERT INTO batches (batch_id, lane, started_at, updated_at) VALUES (?, ?, ?, ?)
