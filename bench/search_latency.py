@@ -5,8 +5,8 @@ events, one ``AssetBrowsable`` and one ``AssetIndexed`` per asset — from a see
 prompts (quality tags, subjects, lighting, styles, artists, Zipf-weighted, plus a long tail of rare words),
 20 models, LoRAs, 14 samplers, 7 schedulers, 64-bit seeds, and one asset in ten a camera photo with make, model,
 lens and a caption. Then a mixed set of queries (single common and rare words, phrases, prefixes, every field
-filter, combinations, exclusions) runs once to warm the page cache and once timed, end to end through
-``Catalog.search`` (compile, execute, rows to dicts).
+filter, combinations, exclusions, common words with a format or scheduler few or no assets have) runs once to
+warm the page cache and once timed, end to end through ``Catalog.search`` (compile, execute, rows to dicts).
 
     python bench/search_latency.py [--assets 100000] [--batch 1000] [--seed 7]
 
@@ -197,6 +197,11 @@ class Corpus:
                 f'prompt:"{rng.choice(phrases)}" negative:watermark',
                 f"{rng.choice(common)} {rng.choice(self.rare)}"]),
             "exclusion": lambda: f"{rng.choice(words)} -{rng.choice(words)} -{rng.choice(common)}",
+            # a common word in a format few assets have (photos are JPEG) or none has; a scheduler none used
+            "word + rare filter": lambda: rng.choice([
+                f"{rng.choice(common)} format:{rng.choice(['jpg', 'gif', 'tiff'])}",
+                f"{rng.choice(common)} scheduler:{rng.choice(['zzz', 'align_your_steps'])}",
+                f"format:{rng.choice(['gif', 'tiff', 'heic'])}"]),
         }
         per_kind = max(1, n // len(makers))
         out: list[tuple[str, str]] = []

@@ -31,10 +31,10 @@ A2 = "b2" * 32
 
 
 def browsable(event_id: str, path: str, asset_id: str = A1, *, batch: str = "b1", at: float = T0 + 10,
-              size: int = 1500, mtime_ns: int = 7, **kw) -> AssetBrowsable:
+              size: int = 1500, mtime_ns: int = 7, format: str = "PNG", **kw) -> AssetBrowsable:
     return AssetBrowsable(
         event_id=event_id, batch_id=batch, lane="batch", source="scan", asset_id=asset_id, path=path, size=size,
-        mtime_ns=mtime_ns, format="PNG", width=1024, height=768,
+        mtime_ns=mtime_ns, format=format, width=1024, height=768,
         thumbnails={"256": f"thumbs/{asset_id[:2]}/{asset_id}.256.webp"}, discovered_at=at - 1, browsable_at=at,
         **kw,
     )

@@ -277,6 +277,36 @@ def test_combinations(library: Catalog) -> None:
     assert ids(library.search("city scheduler:normal -lisbon")) == [A3]
 
 
+def test_a_format_filter_finds_what_a_word_has_in_that_format_and_nothing_else(catalog: Catalog) -> None:
+    # format: and scheduler: narrow the search in the index (its facets column): a common word in a format
+    # nothing has, or few have, is not checked match by match; the answers are those of the column filters
+    formats = {A1: "PNG", A2: "JPEG", A3: "WEBP"}
+    catalog.apply([browsable(f"e{i}", f"{ROOT}/{i}.x", asset, format=fmt, at=T0 + i)
+                   for i, (asset, fmt) in enumerate(formats.items())] + [
+        indexed(A1, event_id="e0", scheduler="karras", positive="cat in the rain"),
+        indexed(A2, event_id="e1", at=T0 + 31, positive="a cat, png on a jpeg"),
+        indexed(A3, event_id="e2", at=T0 + 32, scheduler="sgm_uniform", positive="cat"),
+    ])
+    assert ids(catalog.search("cat format:jpg")) == ids(catalog.search("cat format:.JPEG")) == [A2]
+    assert ids(catalog.search("cat format:webp scheduler:sgm_u")) == [A3]
+    assert catalog.search("cat format:gif") == [] and catalog.search("format:gif") == []
+    assert ids(catalog.search("format:webp")) == [A3]
+    assert ids(catalog.search("scheduler:karras")) == ids(catalog.search('cat scheduler:"KARRAS"')) == [A1]
+    assert catalog.search('scheduler:"karr"') == [] and catalog.search("scheduler:uniform") == []
+    assert set(ids(catalog.search("cat -format:png"))) == {A2, A3}
+    # the facets are not text: free words and text fields never find them
+    assert ids(catalog.search("png")) == ids(catalog.search("jpeg")) == [A2]
+    assert catalog.search("fmtpng") == [] and catalog.search("karras") == [] and catalog.search("uniform") == []
+
+
+def test_a_format_known_after_indexing_is_found_by_its_filter(catalog: Catalog) -> None:
+    catalog.apply([indexed(A1, positive="a fox")])  # tier 2's event first: the format is not known yet
+    assert catalog.search("fox format:png") == [] and ids(catalog.search("fox")) == [A1]
+    catalog.apply([browsable("e1", f"{ROOT}/fox.png")])
+    assert ids(catalog.search("fox format:png")) == ids(catalog.search("format:png")) == [A1]
+    check_index(catalog.path)
+
+
 def test_filters_only_list_newest_first_and_respect_limit(library: Catalog) -> None:
     assert ids(library.search("format:png")) == [A3, A2, A1]
     assert ids(library.search("format:png", limit=2)) == [A3, A2]
@@ -461,7 +491,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 8
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 9
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op
@@ -483,6 +513,28 @@ def test_a_version_7_catalog_indexes_its_models_once_migrated(tmp_path: Path) ->
                            models=["base.safetensors", "refiner.safetensors"], positive="a harbour")])
         assert ids(cat.search("model:refiner")) == [A1] and cat.search("model:juggernaut") == []
     check_index(path)
+
+
+def test_a_version_8_catalog_filters_by_format_and_scheduler_in_the_index_once_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v8.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(" ".join(_MIGRATIONS[v] for v in range(8)) + "PRAGMA user_version = 8;")
+    db.executescript(f"""
+        INSERT INTO assets (asset_id, format, first_seen_at) VALUES ('{A1}', 'PNG', {T0}), ('{A2}', 'JPEG', {T0});
+        INSERT INTO metadata (doc_id, asset_id, parser_version, scheduler, positive, metadata_path, indexed_at)
+        VALUES (1, '{A1}', 3, 'karras', 'a lighthouse', 'm1.json', {T0}),
+               (2, '{A2}', 3, NULL, 'a lighthouse', 'm2.json', {T0});
+    """)
+    db.close()
+    with Catalog(path) as cat:
+        assert ids(cat.search("lighthouse format:jpg")) == ids(cat.search("format:jpg")) == [A2]
+        assert ids(cat.search("lighthouse scheduler:karr")) == ids(cat.search("format:png")) == [A1]
+        assert cat.search("format:gif") == []
+    check_index(path)
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT asset_id, facets FROM metadata")) == {
+        A1: search_query.facets_text("PNG", "karras"), A2: search_query.facets_text("JPEG", None)}
+    db.close()
 
 
 def test_the_search_names_the_columns_the_index_has(tmp_path: Path) -> None:

@@ -165,11 +165,38 @@ def test_broad_queries_rank_a_window_of_the_newest_matches(monkeypatch) -> None:
 
 def test_format_aliases() -> None:
     _, params = compile_search("format:jpg")
-    assert params[0] == "JPEG"
+    assert params[:2] == ['{facets} : "fmtjpeg"', "JPEG"]
     _, params = compile_search("format:.webp")
-    assert params[0] == "WEBP"
+    assert params[:2] == ['{facets} : "fmtwebp"', "WEBP"]
 
 
 def test_scheduler_like_pattern_escapes_wildcards() -> None:
     _, params = compile_search("scheduler:sgm_un%")
-    assert params[0] == "sgm\\_un\\%%"
+    assert params[1] == "sgm\\_un\\%%"
+
+
+@pytest.mark.parametrize(("query", "facets"), [
+    # each narrows in the index: the scheduler at the column's start (its words a prefix, unless quoted), the
+    # format as one word
+    ("cat format:jpg", ['{facets} : "fmtjpeg"']),
+    ("cat scheduler:dpmpp_2m", ['{facets} : ^"dpmpp_2m" *']),
+    ('cat scheduler:"Karras" format:PNG', ['{facets} : ^"Karras"', '{facets} : "fmtpng"']),
+    # none where it would not narrow, or cost more than it saves: the column filter alone decides
+    ("cat -format:png -scheduler:karras", []),
+    ("cat scheduler:k", []),  # a one-letter prefix merges every word it starts
+    ("cat scheduler:_ format:...", []),
+    (f"cat seed:{2 ** 64 - 1} format:png", []),  # the seed's own index narrows more
+])
+def test_column_filters_narrow_in_the_facets_column(query: str, facets: list[str]) -> None:
+    _, params = compile_search(query)
+    found = [p for p in params if isinstance(p, str) and "{facets}" in p]
+    assert all(f in found[0] for f in facets) if facets else found == []
+
+
+def test_a_facet_phrase_doubles_the_quotes_of_its_value() -> None:
+    assert search_query._facet(Term('say "x"', "scheduler", quoted=True)) == '{facets} : ^"say ""x"""'
+
+
+def test_facets_text_puts_the_scheduler_first_and_the_format_in_one_word() -> None:
+    assert search_query.facets_text("JPEG", "dpmpp_2m") == "dpmpp_2m fmtjpeg"
+    assert search_query.facets_text(None, None).split() == []
