@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from consumers.catalog import Catalog
 from consumers.progress import ProgressBar
@@ -510,6 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         print(f"damflow: bad setting DAMFLOW_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a list or mapping setting whose value is not JSON: raised before validation
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"DAMFLOW_{field[1].upper()}" if field else "a DAMFLOW_ variable"
+        print(f"damflow: bad setting {name}: not JSON ({exc.__cause__ or exc}); write a list as JSON, "
+              "e.g. [256, 1440]", file=sys.stderr)
         return 2
     try:
         logs.configure(settings.log_level, settings.log_format)

@@ -289,11 +289,11 @@ def _origin_key(origin: str) -> tuple[str, str, int | None] | None:
     sent by sandboxed pages and local files)."""
     try:
         url = URL(origin.strip())
-    except ValueError:
+        if not url.is_absolute() or not url.host:  # yarl decodes the host when asked: a bad IDNA label raises
+            return None
+        return url.scheme.lower(), url.host.lower(), url.port
+    except ValueError:  # UnicodeError included
         return None
-    if not url.is_absolute() or not url.host:
-        return None
-    return url.scheme.lower(), url.host.lower(), url.port
 
 
 def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]:
@@ -707,8 +707,10 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 0) ->
     """
     runner = web.AppRunner(app, access_log=None,
                            shutdown_timeout=app[_SETTINGS].http_shutdown_timeout_s)
-    await runner.setup()
     try:
+        # a startup step that fails (the spool directory) after one that started (the outcome watcher's
+        # consumer) is undone by the cleanup below
+        await runner.setup()
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()

@@ -408,7 +408,8 @@ async def test_without_a_token_an_upload_from_a_page_of_another_origin_is_403(ba
     png = make_png(tmp_path / "a.png", size=(32, 32), seed=8).read_bytes()
     async with bare() as http:
         for origin in ("http://evil.example", "http://evil.example:" + http.base.rsplit(":", 1)[1], "null",
-                       "https://" + http.base.split("://", 1)[1]):
+                       "https://" + http.base.split("://", 1)[1],
+                       "http://xn--zz.example"):  # a host yarl cannot decode (IDNA): was a 500 and a traceback
             async with http.post("/upload", data=form(("a.png", png)), headers={"Origin": origin}) as resp:
                 answer = await resp.json()
                 assert resp.status == 403 and answer["code"] == "cross_origin", (origin, answer)
@@ -422,6 +423,22 @@ async def test_without_a_token_an_upload_from_a_page_of_another_origin_is_403(ba
         async with http.post("/upload", data=form(("a.png", png)),
                              headers={"Origin": "http://evil.example", "Authorization": "Bearer s3cret-token"}) as resp:
             assert resp.status == 202
+
+
+async def test_a_server_that_cannot_start_leaves_nothing_running(make_settings: Callable[..., Settings],
+                                                                  broker: str) -> None:
+    # its spool directory cannot be made (a file is in its place) after the outcome watcher started: the
+    # watcher's task and consumer were left running
+    settings = make_settings()
+    await ensure_topics(broker, topics_for(settings).all(), settings.partitions)
+    spool_dir(settings).parent.mkdir(parents=True, exist_ok=True)
+    spool_dir(settings).write_text("in the way")
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    async with producer(broker, compression=None) as prod:
+        with pytest.raises(OSError):
+            await serve(create_app(settings, topics_for(settings), broker, prod), "127.0.0.1", 0)
+    left = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
+    assert [t.get_name() for t in left] == []
 
 
 async def test_wait_gives_up_at_its_timeout_and_keeps_the_upload(bare: Callable, tmp_path: Path) -> None:

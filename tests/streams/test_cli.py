@@ -81,6 +81,18 @@ def test_a_report_to_a_reader_that_stopped_reading_ends_quietly(tmp_path: Path) 
     assert done.returncode == 128 + 13  # SIGPIPE
 
 
+@pytest.mark.parametrize(("name", "value"), [("DAMFLOW_THUMBNAIL_SIZES", "256,1440"),
+                                             ("DAMFLOW_THUMBNAIL_SIZES", "[256, 0]"), ("DAMFLOW_HTTP_PORT", "x")])
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(name: str, value: str, monkeypatch, capsys) -> None:
+    """A list setting that is not JSON raised pydantic-settings' SettingsError past the check: a traceback."""
+    from streams.cli import main
+
+    monkeypatch.setenv(name, value)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"damflow: bad setting {name}") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("limit", ["-3", "0", "x"])
 def test_reprocess_refuses_a_limit_that_is_not_a_count_of_assets(limit: str, capsys) -> None:
     """`--limit -3` went to SQLite as LIMIT -3, which means no limit: every asset was sent to tier 2 again."""
