@@ -511,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        print(f"damflow: bad setting DAMFLOW_{str(first['loc'][0]).upper()}: {first['msg']}", file=sys.stderr)
+        name = f" DAMFLOW_{str(first['loc'][0]).upper()}" if first["loc"] else ""  # none: a pair of them
+        print(f"damflow: bad setting{name}: {first['msg']}", file=sys.stderr)
         return 2
     except SettingsError as exc:  # a list or mapping setting whose value is not JSON: raised before validation
         field = re.search(r'field "(\w+)"', str(exc))

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     #: Loopback address and port of the embedded broker; port 0 picks a free one.
     embedded_host: str = "127.0.0.1"
-    embedded_port: int = 0
+    embedded_port: int = Field(default=0, ge=0, le=65535)
     #: Threads the embedded broker serves requests on (its async runtime's workers; 0: one per core, its own
     #: default). Every request wakes one of them from another: on a small machine that cross-thread wake-up was a
     #: good part of the broker's CPU, and one thread serves a pipeline's few connections without it.
@@ -202,6 +202,18 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and data.get("broker_url") and data.get("session_timeout_s") is None:
             data = {**data, "session_timeout_s": EXTERNAL_SESSION_TIMEOUT_S}
         return data
+
+    @model_validator(mode="after")
+    def _pairs_that_work_together(self) -> Settings:
+        # each accepted alone, they broke what they set together: a low-water mark at or above the high one
+        # never held the scan back; a heartbeat no shorter than the session had workers counted as gone
+        if self.scan_low_water >= self.scan_high_water:
+            raise ValueError(f"DAMFLOW_SCAN_LOW_WATER ({self.scan_low_water}) must be below "
+                             f"DAMFLOW_SCAN_HIGH_WATER ({self.scan_high_water})")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(f"DAMFLOW_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}) must be below "
+                             f"DAMFLOW_SESSION_TIMEOUT_S ({self.session_timeout_s}), a third of it or less")
+        return self
 
     @field_validator("thumbnail_sizes")
     @classmethod

@@ -82,7 +82,8 @@ def test_a_report_to_a_reader_that_stopped_reading_ends_quietly(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("name", "value"), [("DAMFLOW_THUMBNAIL_SIZES", "256,1440"),
-                                             ("DAMFLOW_THUMBNAIL_SIZES", "[256, 0]"), ("DAMFLOW_HTTP_PORT", "x")])
+                                             ("DAMFLOW_THUMBNAIL_SIZES", "[256, 0]"), ("DAMFLOW_HTTP_PORT", "x"),
+                                             ("DAMFLOW_SCAN_HIGH_WATER", "100"), ("DAMFLOW_EMBEDDED_PORT", "70000")])
 def test_a_bad_setting_is_one_line_naming_it_and_exit_2(name: str, value: str, monkeypatch, capsys) -> None:
     """A list setting that is not JSON raised pydantic-settings' SettingsError past the check: a traceback."""
     from streams.cli import main
@@ -90,7 +91,7 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(name: str, value: str, m
     monkeypatch.setenv(name, value)
     assert main(["status"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"damflow: bad setting {name}") and err.count("\n") == 1, err
+    assert err.startswith("damflow: bad setting") and name in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("limit", ["-3", "0", "x"])

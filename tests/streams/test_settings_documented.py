@@ -52,3 +52,13 @@ def test_tier_two_batch_files_in_flight_fill_the_batch_pools_chunks_and_its_inte
     assert Settings(pool_size=2).batch_concurrency == 48  # chunks of 16 by default
     assert settings.tier2_interactive_concurrency == 4  # shares the interactive pool with urgent files' tier 1
     assert Settings(tier2_concurrency=6).tier2_batch_concurrency == 6
+
+
+@pytest.mark.parametrize("pair", [dict(scan_high_water=100), dict(scan_high_water=5, scan_low_water=5),
+                                  dict(heartbeat_interval_s=4.0), dict(session_timeout_s=1.0)])
+def test_settings_that_undo_each_other_are_refused(pair: dict) -> None:
+    # accepted before: a low-water mark of 500 under a high one of 100 never held the scan back (every check sent
+    # a paused and a resumed event), a heartbeat as long as the session had workers counted as gone
+    with pytest.raises(ValidationError, match="must be below"):
+        Settings(**pair)
+    Settings(scan_high_water=100, scan_low_water=50, heartbeat_interval_s=0.5, session_timeout_s=1.0)
