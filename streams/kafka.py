@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed, TopicAlreadyExistsError, for_code
 
 from streams.errors import BrokerError, ConfigError
 from streams.settings import Settings
@@ -142,10 +143,17 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
 
 def passes(exc: BaseException) -> bool:
     """Whether a broker error may pass by itself: the broker unreachable or busy (a retriable Kafka error, a lost
-    connection, a timeout). Anything else (a message too large for the broker, a bug) would fail the same way for
-    ever."""
+    connection, a timeout: aiokafka's own too, which it marks not retriable, raised when a send waited out its
+    topic's metadata or room in a full batch), or the producer closed under a stopping worker. Anything else (a
+    message too large for the broker, a bug) would fail the same way for ever.
+
+    faust raises a send that could not even be queued (those timeouts) as its own ``ProducerSendError``: judged
+    by the error it wraps. (Taken for a lasting fault, a failure's record refused so was acked unrecorded.)"""
     if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False))
+        return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError | ProducerClosed)
+    faust_errors = sys.modules.get("faust.exceptions")  # not loaded: no faust error to meet
+    if faust_errors is not None and isinstance(exc, faust_errors.ProducerSendError) and exc.__cause__ is not None:
+        return passes(exc.__cause__)
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
