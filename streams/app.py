@@ -179,7 +179,10 @@ class _Consumer(faust_aiokafka.Consumer):
             return records, set()
         assigned = self.assignment()
         delivered = {tp for tp in records if tp in assigned}
-        for tp in delivered:
+        # Not once the flow stopped: a revoke came while this fetch was on its way back (faust drops its records,
+        # read again from the commit if the partition comes back); its offsets taken as where processing starts
+        # let a commit pass a record still in work after the partition came back.
+        for tp in delivered if self.flow_active else ():
             if tp not in self._first_fetched and records[tp]:
                 self._first_fetched[tp] = records[tp][0].offset
         return records, delivered

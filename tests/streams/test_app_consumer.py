@@ -193,6 +193,25 @@ async def _drain_gap(consumer, tp: TP, read_offset: int | None, offset: int) -> 
         await consumer._add_gap(tp, read_offset + 1, offset)
 
 
+async def test_a_fetch_that_returns_after_a_revoke_does_not_say_where_processing_starts(tmp_path) -> None:
+    # its offsets (40-42) were taken as the first fetched after the revoke cleared them: once the partition came
+    # back and was read again from the commit (10), 11 and 12 done committed 13 while 10 was still in work
+    consumer = _consumer(tmp_path, {BATCH, URGENT})
+    consumer._committed_offset[BATCH] = 10
+
+    def revoke_during_fetch(c) -> None:
+        c._first_fetched.clear()  # the revoke's handler, then faust's App stopping the flow
+        c.stop_flow()
+
+    await _deliver(consumer, _fetched(BATCH, range(40, 43)), during_fetch=revoke_during_fetch)
+    assert consumer._first_fetched == {}
+    consumer.resume_flow()  # the partition back, read again from the commit
+    _ack(consumer, BATCH, 11, 12)
+    assert consumer._new_offset(BATCH) is None
+    _ack(consumer, BATCH, 10)
+    assert consumer._new_offset(BATCH) == 13
+
+
 async def test_records_gone_before_the_first_fetch_do_not_hold_commits_back(tmp_path) -> None:
     consumer = _consumer(tmp_path, {BATCH})
     consumer._committed_offset[BATCH] = 10  # the group's commit; retention has removed offsets 10-49 since
