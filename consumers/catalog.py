@@ -316,7 +316,8 @@ def _state_upsert(table: str, key: tuple[str, ...], extra: tuple[str, ...] = (),
     sets.append(f"updated_at = CASE WHEN {table}.state = 'done' AND excluded.state = 'done' "
                 f"THEN MIN({table}.updated_at, excluded.updated_at) "
                 f"WHEN {wins} THEN excluded.updated_at ELSE {table}.updated_at END")
-    sets += [f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in fill]
+    if fill:  # the winner's, where it knows it: a losing step's (another content hashed) does not stay
+        sets.append(_newer_known(table, wins, fill))
     return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})\n"
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET\n    " + ",\n    ".join(sets))
 
@@ -735,10 +736,19 @@ class Catalog:
                                      e.error_code, e.reason, e.outcome, *step, e.failed_at, e.display_name))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,
                                         e.failed_at))
-        if e.asset_id:
-            # A stub row, so `damflow show ID` explains an asset that never became browsable.
-            db.execute(_STUB_ASSET, (e.asset_id, e.failed_at))
-            db.execute(_UPSERT_ASSET_TIER, (e.asset_id, e.tier, *step, state, e.failed_at))
+        # The asset's state in the tier is the file's winning step, whatever order the steps came in, for the asset
+        # this event names and the one an earlier step named (a later attempt that failed before hashing, the
+        # file gone, names none: its asset stayed "retrying" for good).
+        won = db.execute("SELECT asset_id, state, chain_at, replays, attempts, updated_at FROM batch_files "
+                         "WHERE batch_id = ? AND event_id = ? AND tier = ?", (e.batch_id, e.event_id, e.tier)).fetchone()
+        for asset_id in {e.asset_id, won["asset_id"]} - {None}:
+            if asset_id == e.asset_id:  # a stub row, so `damflow show ID` explains an asset never browsable
+                db.execute(_STUB_ASSET, (asset_id, e.failed_at))
+            if won["state"] == DONE:  # done is sticky: this failure only counts where the asset is not done
+                db.execute(_UPSERT_ASSET_TIER, (asset_id, e.tier, *step, state, e.failed_at))
+            else:
+                db.execute(_UPSERT_ASSET_TIER, (asset_id, e.tier, won["chain_at"], won["replays"], won["attempts"],
+                                                won["state"], won["updated_at"]))
 
     # -- progress ----------------------------------------------------------------------------------
 

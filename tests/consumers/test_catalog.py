@@ -653,3 +653,32 @@ def test_a_file_time_past_what_is_kept_is_clamped_and_the_file_still_browsable(c
                    browsable("e2", f"{ROOT}/early.png", mtime_ns=-(1 << 63))])
     assert catalog.location(f"{ROOT}/late.png") == (1500, MTIME_NS_MAX, A1)
     assert catalog.location(f"{ROOT}/early.png") == (1500, MTIME_NS_MIN, A1)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "success first"])
+def test_a_file_whose_content_changed_between_attempts_keeps_the_asset_it_became(make_catalog, reverse: bool) -> None:
+    # attempt 1 hashed the file mid-copy (A1) and timed out, attempt 2 made it browsable as A2: on different
+    # partitions, so either may be applied first. Success first, the file's row kept A1, and a reconcile resumed
+    # its tier 2 from an asset with no location: "gone", never sent again
+    steps = [failed("e1", f"{ROOT}/x.png", outcome="retrying", asset_id=A1, at=T0 + 5),
+             browsable("e1", f"{ROOT}/x.png", A2)]
+    cat = make_catalog()
+    cat.apply([scanned(1, complete=True)])
+    for event in reversed(steps) if reverse else steps:
+        cat.apply([event])
+    assert [tuple(r) for r in cat._db.execute("SELECT asset_id, state FROM batch_files")] == [(A2, "done")]
+    assert [(u["tier"], u["asset_id"], u["location"]) for u in cat.unfinished()] == [(2, A2, f"{ROOT}/x.png")]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "last step first"])
+def test_an_asset_takes_its_files_last_step_also_when_that_step_could_not_name_it(make_catalog, reverse: bool) -> None:
+    # the retry found the file gone (no bytes, no asset id) and dead-lettered it: the asset that attempt 1
+    # hashed stayed "retrying" for good (in `status`, in `show`, pending in tiers 2 and 3)
+    steps = [failed("e1", f"{ROOT}/x.png", outcome="retrying", asset_id=A1, at=T0 + 5, attempts=1, first=T0 + 5),
+             failed("e1", f"{ROOT}/x.png", outcome="dead_lettered", at=T0 + 40, attempts=2, first=T0 + 5)]
+    cat = make_catalog()
+    cat.apply([scanned(1, complete=True)])
+    for event in reversed(steps) if reverse else steps:
+        cat.apply([event])
+    assert cat.asset(A1)["tier1_state"] == "dead_lettered"
+    assert cat.status(now=T0 + 100)["asset_states"]["tier1"] == {"dead_lettered": 1, "pending": 0}
