@@ -740,7 +740,8 @@ class Catalog:
         # this event names and the one an earlier step named (a later attempt that failed before hashing, the
         # file gone, names none: its asset stayed "retrying" for good).
         won = db.execute("SELECT asset_id, state, chain_at, replays, attempts, updated_at FROM batch_files "
-                         "WHERE batch_id = ? AND event_id = ? AND tier = ?", (e.batch_id, e.event_id, e.tier)).fetchone()
+                         "WHERE batch_id = ? AND event_id = ? AND tier = ?",
+                         (e.batch_id, e.event_id, e.tier)).fetchone()
         for asset_id in {e.asset_id, won["asset_id"]} - {None}:
             if asset_id == e.asset_id:  # a stub row, so `damflow show ID` explains an asset never browsable
                 db.execute(_STUB_ASSET, (asset_id, e.failed_at))
