@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
@@ -68,6 +69,19 @@ async def _until_signal() -> None:
     await _on_signal()()
 
 
+async def _sigterm_cancels(coro: Awaitable[Any]) -> Any:
+    """Await ``coro``; SIGTERM (``kill``, ``timeout``, systemd, a container's stop) cancels it as Ctrl-C does, so
+    a scan closes its batch with what the broker took (see streams.scanner) instead of the process dying with the
+    batch open for good. The caller exits 143 on the ``CancelledError``."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _stop_now() -> None:
     print("damflow: stopping now, without waiting", file=sys.stderr, flush=True)
     os._exit(130)
@@ -108,7 +122,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return {**_jsonable(result.to_dict()), "seconds": round(time.monotonic() - t0, 2),
                     "data_dir": str(settings.data_path)}
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(_sigterm_cancels(main()))
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
     if args.json:
         _print_json(report)
     else:
@@ -180,9 +197,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     bar = ProgressBar() if args.wait and not args.json else None
     batch_id = new_id()
     try:
-        result = asyncio.run(ingest_folder(settings, topics_for(settings), bootstrap, folder, wait=args.wait,
-                                           lane=args.lane, timeout=args.timeout, bar=bar, tier=args.tier or 1,
-                                           batch_id=batch_id))
+        result = asyncio.run(_sigterm_cancels(ingest_folder(
+            settings, topics_for(settings), bootstrap, folder, wait=args.wait, lane=args.lane,
+            timeout=args.timeout, bar=bar, tier=args.tier or 1, batch_id=batch_id)))
+    except asyncio.CancelledError:  # SIGTERM: the scan closed its batch with what the broker took
+        print(f"damflow ingest: stopped (batch {batch_id})", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except WaitTimedOut as exc:  # which batch to follow, and whether its scan was stopped short (see ingest_folder)
         print(f"damflow ingest: {exc}", file=sys.stderr)
         return 3

@@ -25,10 +25,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -86,10 +87,14 @@ class Unreadable:
 Found = tuple[str, os.stat_result | Unreadable]
 
 
-def walk(root: Path) -> Iterator[Found]:
+def walk(root: Path, *, skip: Iterable[Path] = ()) -> Iterator[Found]:
     """Yield (path, stat) of every regular file under ``root``, following links only within ``root``; and
     (path, ``Unreadable``) of each directory or entry that exists but cannot be read. What vanished meanwhile
-    (between listing and looking) is not there to find: it is logged only.
+    (between listing and looking) is not there to find: it is logged only. The directories in ``skip`` are not
+    walked: damflow's data directory, should it lie under the root (``damflow up`` started in the folder, which
+    is then ingested), held thumbnails that became new assets at every ingest, each with thumbnails of its own.
+    A link to a file inside the root is not followed either: the walk finds the file itself (it was published
+    twice).
 
     Memory stays flat however many files a folder holds: a directory's listing is read as it is walked, in the
     file system's order, never held whole (sorting it held 25 MB for a flat folder of 100k files before the
@@ -98,12 +103,20 @@ def walk(root: Path) -> Iterator[Found]:
     resumed but done again, what became browsable meanwhile skipped as unchanged."""
     real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
+    skipped: set[tuple[int, int]] = set()
+    for directory in skip:
+        with contextlib.suppress(OSError):  # none yet: nothing to skip
+            st = os.stat(directory)
+            skipped.add((st.st_dev, st.st_ino))
     stack = [real_root]
     while stack:
         directory = stack.pop()
         try:
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            if (st.st_dev, st.st_ino) in skipped:
+                log.info("scan_skipped_data_dir", path=printable(directory))
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
             listing = os.scandir(directory)
@@ -137,6 +150,8 @@ def _look_at(entry: os.DirEntry, real_root: str, subdirs: list[str]) -> Iterator
             target = os.path.realpath(path)
             if not _inside(target, real_root):
                 log.info("scan_link_outside_root", path=path, target=target)
+                return
+            if os.path.isfile(target):  # the walk finds it under its own name (unless in a directory skipped)
                 return
             path = target
         if entry.is_dir(follow_symlinks=True):
@@ -286,7 +301,14 @@ async def scan(
     try:
         await report()
         async with LagProbe(bootstrap, settings.group_id, topic) as probe:
-            for path, st in walk(root):
+            for path, st in walk(root, skip=(settings.data_path,)):
+                if time.monotonic() - last_report > _REPORT_INTERVAL_S:
+                    # the walk is synchronous (listings, stats, sniffs, catalog lookups): over a long run of
+                    # skipped files, nothing else awaited, a Ctrl-C or a timeout waited for the walk's end and the
+                    # running total stood still
+                    await asyncio.sleep(0)
+                    await report()
+                    last_report = time.monotonic()
                 failure: DamflowError | None = None  # found, but recorded as failed right here
                 if isinstance(st, Unreadable):
                     if st.kind in ("file", "special") and not _named_like_image(path):
@@ -317,7 +339,7 @@ async def scan(
                     )
                     await send(topic, encode(event), path.encode())
                 found += 1  # once sent: a scan stopped inside a send closes its batch without that file
-                if found % settings.scan_report_every == 0 or time.monotonic() - last_report > _REPORT_INTERVAL_S:
+                if found % settings.scan_report_every == 0:
                     await report()
                     last_report = time.monotonic()
                 if found % settings.scan_lag_every == 0:

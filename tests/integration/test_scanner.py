@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from streams.errors import BrokerError, WaitTimedOut
 from streams.ingest import ingest_folder
 from streams.kafka import ensure_topics, producer, tail
 from streams.scanner import scan
+from streams.settings import settings_env
 from streams.topics import topics_for
 from tests.images import make_png_folder
 
@@ -153,3 +157,38 @@ async def test_a_wait_that_times_out_while_backpressure_holds_the_scan_stops_it_
     assert 5 <= len(discovered) < 20  # the walk stopped where backpressure held it
     # closed with what was published, so its progress can finish
     assert scanned[-1].complete and scanned[-1].found == len(discovered)
+
+
+async def test_sigterm_stops_an_ingest_and_its_batch_is_closed(broker: str, make_settings, tmp_path: Path) -> None:
+    # SIGTERM (`kill`, `timeout`, systemd, a container's stop) ended the process at once: its batch was never
+    # closed, so its progress never finished and `ingest --wait` followers waited for good
+    settings = make_settings(scan_high_water=3, scan_low_water=1, scan_lag_every=1)
+    topics = topics_for(settings)
+    await ensure_topics(broker, topics.all(), settings.partitions)
+    folder = _folder(tmp_path, 10)
+    env = dict(os.environ) | settings_env(settings) | {"DAMFLOW_LOG_LEVEL": "warn"}
+    async with tail(broker, topics.progress, settings, from_beginning=True) as progress:
+
+        async def scanned(wanted) -> BatchScanned:
+            while True:
+                for records in (await progress.getmany(timeout_ms=1000)).values():
+                    for event in (decode(r.value) for r in records):
+                        if isinstance(event, BatchScanned) and wanted(event):
+                            return event
+
+        # no worker takes the lane's backlog: backpressure holds the walk at 3 files
+        ingest = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streams.cli", "ingest", str(folder), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(60):
+                paused = await scanned(lambda e: e.paused)
+                ingest.send_signal(signal.SIGTERM)
+                _, err = await ingest.communicate()
+                closed = await scanned(lambda e: e.complete)
+        finally:
+            if ingest.returncode is None:
+                ingest.kill()
+                await ingest.wait()
+    assert ingest.returncode == 128 + signal.SIGTERM and f"stopped (batch {paused.batch_id})" in err.decode()
+    assert (closed.batch_id, closed.found) == (paused.batch_id, 3)

@@ -56,8 +56,46 @@ def test_links_inside_the_root_and_loops_are_walked_once(tmp_path: Path) -> None
     (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     (tmp_path / "alias.png").symlink_to(tmp_path / "a" / "x.png")
     found = [p for p, _ in walk(tmp_path)]
-    # the alias resolves to the real file: same path twice at most, never an endless loop
-    assert set(found) == {os.path.realpath(tmp_path / "a" / "x.png")}
+    # the file once, under its own name (the alias made it twice in one batch), and never an endless loop
+    assert found == [os.path.realpath(tmp_path / "a" / "x.png")]
+
+
+def test_the_data_directory_under_the_root_is_not_walked(tmp_path: Path, monkeypatch) -> None:
+    # `damflow up` started in the folder keeps its thumbnails there: each ingest of the folder made them new
+    # assets (a thumbnail re-encoded is new bytes), with thumbnails of their own
+    make_png(tmp_path / "a.png", size=(8, 8))
+    settings = Settings(data_dir=tmp_path / "damflow-data")
+    _mk(settings.thumbs_dir / "ab")
+    make_png(settings.thumbs_dir / "ab" / "x.256.webp", size=(8, 8))
+    assert _paths(tmp_path) == {"a.png", os.path.join("damflow-data", "thumbs", "ab", "x.256.webp")}
+    assert {os.path.basename(p) for p, _ in walk(tmp_path, skip=(settings.data_path,))} == {"a.png"}
+    monkeypatch.setattr(scanner, "LagProbe", _NoLag)
+    result = asyncio.run(scan(settings, topics_for(settings), "unused:9092", _Delivered(),  # type: ignore[arg-type]
+                              tmp_path))
+    assert (result.found, result.skipped_other) == (1, 0)
+
+
+def test_a_long_run_of_skipped_files_reports_and_can_be_stopped(tmp_path: Path, monkeypatch) -> None:
+    # nothing was awaited while files were skipped (not images, unchanged): a Ctrl-C or a timeout waited for the
+    # walk's end, and the running total stood still
+    for i in range(50):
+        (tmp_path / f"{i}.txt").write_text("notes")
+    settings = Settings(data_dir=tmp_path / "data")
+    monkeypatch.setattr(scanner, "LagProbe", _NoLag)
+    monkeypatch.setattr(scanner, "_REPORT_INTERVAL_S", 0.0)  # a report at every chance
+    prod = _Delivered()
+
+    async def stop_at_the_fifth_report() -> None:
+        task = asyncio.create_task(scan(settings, topics_for(settings), "unused:9092", prod,  # type: ignore[arg-type]
+                                        tmp_path))
+        while prod.sent.count(topics_for(settings).progress) < 5:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_at_the_fifth_report())
+    assert 5 <= prod.sent.count(topics_for(settings).progress) < 50  # stopped part-way, its batch closed
 
 
 def test_images_are_recognised_by_content_not_extension(tmp_path: Path) -> None:
