@@ -8,6 +8,7 @@ the same thumbnail files, and a second run only notices they exist.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from agents.hashing import hash_file
 from agents.thumbnails import (
     DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails, thumbnail_path,
 )
-from streams.errors import DamflowError
+from streams.errors import DamflowError, SourceInFlux
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ def browse_file(
     started = time.perf_counter()
     if faults:
         inject(path)
+    before = _state(path)
     asset_id, size = hash_file(path, max_bytes=max_file_bytes)
     thumbs_dir = Path(data_dir) / "thumbs"
     try:
@@ -72,9 +74,11 @@ def browse_file(
             path, asset_id, thumbs_dir, sizes=sizes, quality=quality, max_pixels=max_pixels, maker=event_id
         )
     except DamflowError as exc:
+        _holds_still(path, before, exc)  # a partial file does not decode: not the file's fault, if it moved
         exc.asset_id = asset_id  # type: ignore[attr-defined]
         exc.size = size  # type: ignore[attr-defined]
         raise
+    _holds_still(path, before)  # else the hash (one read) and the thumbnails (another) may be of two contents
     # found made: another copy of the content was browsed before, unless they were made for this very event
     redone = (not thumbs.created and event_id is not None
               and made_for(thumbnail_path(thumbs_dir, asset_id, sizes[0])) == event_id)
@@ -88,3 +92,20 @@ def browse_file(
         deduplicated=not thumbs.created and not redone,
         work_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def _state(path: str) -> tuple[int, int] | None:
+    """Size and modification time of the file at ``path``; None where it cannot be looked at (hashing says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _holds_still(path: str, before: tuple[int, int] | None, cause: BaseException | None = None) -> None:
+    """Raise :class:`SourceInFlux` if the file at ``path`` changed since ``before``: it is being written, and
+    what was read of it is a mix of contents, or a part (decoded, a truncated image: dead-lettered for good)."""
+    if before is not None and _state(path) not in (before, None):
+        raise SourceInFlux("the file changed while it was read (still being written?): it is read again later",
+                           path=path) from cause

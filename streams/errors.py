@@ -101,6 +101,13 @@ class SourceUnreadable(TransientError):
     code = "source_unreadable"
 
 
+class SourceInFlux(TransientError):
+    """The file changed while it was being read: still being written (a render saved to its final name as it is
+    made, a copy in progress). Read again later, once it holds still."""
+
+    code = "source_in_flux"
+
+
 class UnsupportedFormat(PermanentError):
     """The bytes are not an image format damflow can decode (or not an image at all)."""
 

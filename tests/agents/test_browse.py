@@ -16,7 +16,9 @@ from PIL import Image
 from agents.browse import Browsed, browse_file
 from agents.hashing import hash_bytes
 from agents.thumbnails import made_for
-from streams.errors import CorruptImage, DamflowError, PermanentError, SourceMissing, UnsupportedFormat
+from streams.errors import (
+    CorruptImage, DamflowError, PermanentError, SourceInFlux, SourceMissing, UnsupportedFormat,
+)
 from tests.conftest import CORPUS
 from tests.images import comfy_like_png, make_jpeg, make_png, write_garbage, write_truncated
 
@@ -163,3 +165,33 @@ def test_corpus_failures_are_typed_and_named_by_hash(corpus: Path, tmp_path: Pat
         assert exc.size == len(content)  # type: ignore[attr-defined]
     else:
         assert (result.asset_id, result.size) == (hash_bytes(content), len(content))
+
+
+@pytest.mark.parametrize("decodes", [True, False], ids=["read whole", "read part"])
+def test_a_file_written_while_it_is_read_is_read_again_later(tmp_path: Path, monkeypatch, decodes: bool) -> None:
+    # a render saved under its final name as it is made: hashed in one read, thumbnailed in another, its asset
+    # was two contents; caught part-way it did not decode and was dead-lettered for good (CorruptImage)
+    import agents.browse as browse
+
+    path = make_png(tmp_path / "render.png", size=(64, 64), seed=3)
+    real = browse.make_thumbnails
+
+    def written_meanwhile(*args, **kwargs):
+        with open(path, "ab") as f:
+            f.write(b"more of it")
+        if not decodes:
+            raise CorruptImage("image file is truncated", path=str(path))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(browse, "make_thumbnails", written_meanwhile)
+    with pytest.raises(SourceInFlux) as info:
+        browse_file(str(path), str(tmp_path / "data"))
+    assert info.value.retriable
+    monkeypatch.setattr(browse, "make_thumbnails", real)  # it holds still now
+    assert browse_file(str(path), str(tmp_path / "data")).asset_id == hash_bytes(path.read_bytes())
+
+
+def test_a_file_that_holds_still_keeps_its_own_failure(tmp_path: Path) -> None:
+    path = write_truncated(tmp_path / "cut.png", make_png(tmp_path / "a.png", size=(300, 200)), keep=0.5)
+    with pytest.raises(CorruptImage):
+        browse_file(str(path), str(tmp_path / "data"))
