@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import MultipartReader, web
+from aiohttp import HttpVersion11, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -143,6 +143,13 @@ def _error(status: int, message: str, code: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, "code": code, **extra}, status=status)
 
 
+def _refusal(exc: Refused) -> web.Response:
+    response = _error(exc.status, exc.message, exc.code)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="damflow"'
+    return response
+
+
 @web.middleware
 async def _answer_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Every error becomes a JSON answer; one structured log line per request."""
@@ -150,9 +157,7 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
     try:
         response = await handler(request)
     except Refused as exc:
-        response = _error(exc.status, exc.message, exc.code)
-        if isinstance(exc, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Bearer realm="damflow"'
+        response = _refusal(exc)
     except AmbiguousId as exc:
         response = _error(400, exc.message, exc.code)
     except web.HTTPException as exc:
@@ -241,8 +246,6 @@ async def _receive(request: web.Request, settings: Settings, spools: list[Spool]
         if not spools:
             raise Refused("no `file` field in the multipart body")
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
         spool = Spool(directory, limit, display_name(request.query.get("name")))
         spools.append(spool)
         while chunk := await _raw_chunk(request, idle):
@@ -308,12 +311,42 @@ def _wait_params(request: web.Request, settings: Settings) -> tuple[bool, float]
     return wait, timeout
 
 
+def _before_the_body(request: web.Request, settings: Settings) -> tuple[bool, float]:
+    """What refuses an upload before a byte of its body is read (a ``Refused`` raised): the token, the origin,
+    the wait's parameters, a raw body's declared length over the limit; else the wait's parameters."""
+    _check_token(request, settings)
+    _check_origin(request, settings)
+    wait, timeout = _wait_params(request, settings)
+    ctype, limit = request.content_type, settings.upload_max_bytes
+    raw = ctype.startswith("image/") or ctype == "application/octet-stream"
+    if raw and request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"upload of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    return wait, timeout
+
+
+async def _expect_upload(request: web.Request) -> web.StreamResponse | None:
+    """A client that asks before it sends the body (``Expect: 100-continue``: curl does for large ones) is told
+    "100 Continue" only if nothing refuses the upload before its body: aiohttp's own answer invited a client
+    with no token, or with a body over the limit, to send all of it first (hundreds of MB) to be refused."""
+    try:
+        _before_the_body(request, request.app[_SETTINGS])
+    except Refused as exc:
+        log.info("upload_refused", peer=request.remote, reason=exc.message, status=exc.status, expect=True)
+        return _refusal(exc)
+    # what aiohttp's own handler does (and its docs' example of one that checks first)
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the body of the answer has not begun
+    return None
+
+
 async def upload(request: web.Request) -> web.Response:
     app = request.app
     settings = app[_SETTINGS]
-    _check_token(request, settings)  # before a byte of the body is read
-    _check_origin(request, settings)
-    wait, timeout = _wait_params(request, settings)
+    wait, timeout = _before_the_body(request, settings)
     batch_id = f"upload-{new_id()}"
     ulog = log.bind(batch_id=batch_id, peer=request.remote)
     spools: list[Spool] = []
@@ -658,7 +691,7 @@ def create_app(settings: Settings, topics: Topics, bootstrap: str, producer: AIO
     app[_READINESS] = readiness  # type: ignore[assignment]
     app[_STOPPING] = asyncio.Event()
     app[_STREAMS] = []
-    app.router.add_post("/upload", upload)
+    app.router.add_post("/upload", upload, expect_handler=_expect_upload)
     app.router.add_get("/assets/{id}", asset)
     app.router.add_get("/thumbs/{size}/{id}", thumbnail)
     app.router.add_get("/progress", progress)

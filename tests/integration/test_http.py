@@ -295,6 +295,36 @@ async def _until_heartbeat(events: AsyncIterator[tuple[str, str]]) -> AsyncItera
 # -- refusals: no workers needed -----------------------------------------------------------------------------
 
 
+async def test_a_client_that_asks_before_sending_is_refused_before_it_sends(bare: Callable, tmp_path: Path) -> None:
+    # `Expect: 100-continue` (curl's, for a large body) was answered "100 Continue" before any check: a client
+    # without the token, or with a body over the limit, was invited to send all of it only to be refused
+    png = make_png(tmp_path / "a.png", size=(32, 32), seed=8).read_bytes()
+
+    async def ask(http: aiohttp.ClientSession, length: int, token: str | None = None) -> tuple[bool, bytes]:
+        """Whether the client was invited to send its body, and the status line of the answer."""
+        host, port = http.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        writer.write(f"POST /upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n{auth}"
+                     f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode())
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readline(), 10)
+        invited = first.startswith(b"HTTP/1.1 100")
+        if invited:  # the body goes, and the answer follows it
+            await reader.readline()
+            writer.write(png)
+            await writer.drain()
+            first = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        return invited, first.split(b" ")[1]
+
+    async with bare(upload_max_bytes=10_000, upload_token=SecretStr("s3cret-token")) as http:
+        assert await ask(http, 999_999_999, "s3cret-token") == (False, b"413")
+        assert await ask(http, len(png)) == (False, b"401")
+        assert leftovers(http.settings) == []  # nothing of the refused ones
+        assert await ask(http, len(png), "s3cret-token") == (True, b"202")
+
+
 async def test_a_body_over_the_limit_is_413_and_leaves_nothing(bare: Callable, tmp_path: Path) -> None:
     big = make_png(tmp_path / "big.png", size=(400, 400), seed=1).read_bytes()  # noise: ~300 KB
     assert len(big) > 100_000
