@@ -830,7 +830,7 @@ class Catalog:
         browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
         failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome (failed | retrying |
-        dead_lettered | recovered: retried, then done), attempts, failed_at}], metadata``: ``None`` until tier 2
+        dead_lettered | recovered: retried or replayed, then done), attempts, failed_at}], metadata``: ``None`` until tier 2
         has indexed the asset, else ``{parser_version, generator, model, models [str: every model the generation
         names, the main one first], loras [str], vae, seed, steps, cfg,
         sampler, scheduler, denoise, positive, negative, camera {field: text}, camera_make, camera_model, lens,
@@ -850,10 +850,10 @@ class Catalog:
             "SELECT path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at "
             "FROM locations WHERE asset_id = ? ORDER BY first_seen_at, path", (asset_id,))]
         # A failure names the asset, or (tier 1, before hashing) only a path that later became this asset.
-        # A failure that was retried and then succeeded (its event done in that tier) is shown as recovered.
+        # A failure whose event is done in that tier since (retried, or dead-lettered and replayed) is recovered.
         out["failures"] = [dict(r) for r in db.execute(
             "SELECT f.path, f.tier, f.event_id, f.batch_id, error_class, error_code, reason, "
-            "CASE WHEN f.outcome = 'retrying' AND b.state = 'done' THEN 'recovered' ELSE f.outcome END AS outcome, "
+            "CASE WHEN b.state = 'done' THEN 'recovered' ELSE f.outcome END AS outcome, "
             "f.attempts, failed_at FROM failures f LEFT JOIN batch_files b "
             "ON b.batch_id = f.batch_id AND b.event_id = f.event_id AND b.tier = f.tier "
             "WHERE f.asset_id = ? OR (f.asset_id IS NULL AND f.path IN "

@@ -345,7 +345,16 @@ def test_retry_that_succeeds_is_done_and_a_late_failure_does_not_undo_it(catalog
     assert (p.done, p.retrying, p.dead_lettered, p.failed) == (1, 0, 0, 0)
     asset = catalog.asset(A1)
     assert asset["tier1_state"] == "browsable"
-    assert asset["failures"][0]["outcome"] == "dead_lettered"  # the history stays readable
+    assert [(f["outcome"], f["reason"]) for f in asset["failures"]] == [("recovered", "truncated")]  # its history
+
+
+def test_a_dead_letter_replayed_and_then_done_shows_as_recovered(catalog: Catalog) -> None:
+    # `show` printed "tier 1 dead-lettered after 3 attempt(s)" beside "browsable" after `dlq replay` succeeded
+    path = f"{ROOT}/a.png"
+    catalog.apply([failed("e1", path, asset_id=A1, attempts=3, at=T0 + 5)])
+    assert [f["outcome"] for f in catalog.asset(A1)["failures"]] == ["dead_lettered"]
+    catalog.apply([browsable("e1", path, at=T0 + 50, replay_count=1)])
+    assert [(f["outcome"], f["attempts"]) for f in catalog.asset(A1)["failures"]] == [("recovered", 3)]
 
 
 def test_a_failure_retried_and_then_done_shows_as_recovered_and_attempts_count_per_event(catalog: Catalog) -> None:
