@@ -340,14 +340,15 @@ _STUB_ASSET = """
 INSERT INTO assets (asset_id, first_seen_at) VALUES (?, ?)
 ON CONFLICT (asset_id) DO UPDATE SET first_seen_at = MIN(assets.first_seen_at, excluded.first_seen_at)
 """
-# The content at a path is whatever was seen there last; a replay of older content does not win it back.
+# The content at a path is whatever was seen there last; a replay of older content does not win it back. So is
+# its name: the same bytes uploaded again under another name (one stored file) are found by the newer name.
 _UPSERT_LOCATION = f"""
 INSERT INTO locations (path, asset_id, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (path) DO UPDATE SET
     {_newer_wins("locations", "excluded.last_seen_at >= locations.last_seen_at",
                  ("asset_id", "size", "mtime_ns", "batch_id", "source"))},
-    display_name = COALESCE(locations.display_name, excluded.display_name),
+    {_newer_known("locations", "excluded.last_seen_at >= locations.last_seen_at", ("display_name",))},
     first_seen_at = MIN(locations.first_seen_at, excluded.first_seen_at),
     last_seen_at = MAX(locations.last_seen_at, excluded.last_seen_at)
 """

@@ -537,6 +537,22 @@ def test_a_version_8_catalog_filters_by_format_and_scheduler_in_the_index_once_m
     db.close()
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "newer first"])
+def test_the_same_bytes_uploaded_again_under_another_name_are_found_by_it(make_catalog, reverse: bool) -> None:
+    # one stored file (content-addressed) for both: its location kept the first name, and `file:kitty` found
+    # nothing however often kitty.png was uploaded
+    stored = f"/up/originals/{A1[:2]}/{A1}.png"
+    uploads = [browsable("u1", stored, at=T0 + 10, display_name="cat.png"),
+               browsable("u2", stored, at=T0 + 50, display_name="kitty.png"),
+               browsable("s1", stored, at=T0 + 60)]  # seen again with no name (a reconcile): the name stays
+    cat = make_catalog()
+    cat.apply([indexed(A1, positive="a cat")])
+    for event in reversed(uploads) if reverse else uploads:
+        cat.apply([event])
+    assert ids(cat.search("file:kitty")) == [A1] and cat.search("file:cat") == []
+    assert [loc["display_name"] for loc in cat.asset(A1)["locations"]] == ["kitty.png"]
+
+
 def test_the_search_names_the_columns_the_index_has(tmp_path: Path) -> None:
     # the index is made by the migration steps, the search from FTS_COLUMNS: a change of one without the other
     # (a new step that makes the index again) would search columns the index does not have
