@@ -94,16 +94,18 @@ def browse_file(
     )
 
 
-def _state(path: str) -> tuple[int, int] | None:
-    """Size and modification time of the file at ``path``; None where it cannot be looked at (hashing says why)."""
+def _state(path: str) -> tuple[int, ...] | None:
+    """What changes with the file at ``path``: its size, modification time, inode and change time (which no tool
+    can set back: a copy keeping the modification time, a file renamed over it); None where it cannot be looked
+    at (hashing says why)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
-def _holds_still(path: str, before: tuple[int, int] | None, cause: BaseException | None = None) -> None:
+def _holds_still(path: str, before: tuple[int, ...] | None, cause: BaseException | None = None) -> None:
     """Raise :class:`SourceInFlux` if the file at ``path`` changed since ``before``: it is being written, and
     what was read of it is a mix of contents, or a part (decoded, a truncated image: dead-lettered for good)."""
     if before is not None and _state(path) not in (before, None):

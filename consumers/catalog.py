@@ -116,7 +116,7 @@ CREATE TABLE IF NOT EXISTS batch_files (       -- one row per file (event id) an
 
 def _fts_index(columns: tuple[str, ...]) -> str:
     """The full-text index of ``metadata`` over ``columns`` (external content: it reads them from the table), and the
-    triggers that keep it in step with the table. Part of the v2 and v8 steps: a change here is a new step, with
+    triggers that keep it in step with the table. Part of the v2, v8 and v9 steps: a change here is a new step, with
     an index made again, never an edit (catalogs already past a step keep what it made)."""
     names = ", ".join(columns)
     new, old = ", ".join(f"new.{c}" for c in columns), ", ".join(f"old.{c}" for c in columns)
@@ -746,11 +746,11 @@ class Catalog:
         for asset_id in {e.asset_id, won["asset_id"]} - {None}:
             if asset_id == e.asset_id:  # a stub row, so `damflow show ID` explains an asset never browsable
                 db.execute(_STUB_ASSET, (asset_id, e.failed_at))
-            if won["state"] == DONE:  # done is sticky: this failure only counts where the asset is not done
-                db.execute(_UPSERT_ASSET_TIER, (asset_id, e.tier, *step, state, e.failed_at))
-            else:
+            if asset_id == won["asset_id"] and won["state"] != DONE:
                 db.execute(_UPSERT_ASSET_TIER, (asset_id, e.tier, won["chain_at"], won["replays"], won["attempts"],
                                                 won["state"], won["updated_at"]))
+            else:  # done is sticky; an asset another attempt hashed (the file changed since) keeps this step
+                db.execute(_UPSERT_ASSET_TIER, (asset_id, e.tier, *step, state, e.failed_at))
 
     # -- progress ----------------------------------------------------------------------------------
 
@@ -1119,7 +1119,8 @@ def _shown_state(tier: int, state: str | None) -> str | None:
 
 
 def metadata_row(e: AssetIndexed) -> tuple[Any, ...]:
-    """The ``metadata`` values of an event, in ``_METADATA_COLS`` order less ``file_names`` (read from locations).
+    """The ``metadata`` values of an event, in ``_METADATA_COLS`` order less ``file_names`` (read from locations)
+    and ``facets`` (with the asset's format, read from ``assets``).
 
     Values SQLite cannot hold are made safe rather than refused, since one odd file must not stop the sink:
     text loses lone surrogates, non-finite floats and integers past 64 bits become NULL (the full record stays

@@ -43,7 +43,8 @@ from streams.errors import PermanentError
 #: The full-text index's columns, in order (the catalog creates the index from this; bm25 weights follow it).
 #: ``models``: every model the generation names (the catalog's ``model`` is the main one, shown).
 #: ``facets``: the values of the column fields, as words (see :func:`facets_text`), so that the index narrows a
-#: search by them instead of every match being checked against them; never matched by free words, never ranked.
+#: search by them instead of every match being checked against them; never matched by free words, weighed 0 in
+#: the ranking (its few words count only in a row's length).
 FTS_COLUMNS = ("positive", "negative", "models", "loras", "sampler", "generator", "file_names", "camera_text",
                "photo_text", "facets")
 #: A match in a short, deliberate field (a model, a LoRA, a file name) says more than one word of a long prompt.
@@ -213,7 +214,8 @@ def to_sql(terms: list[Term], *, limit: int) -> tuple[str, list[Any]]:
       285 ms without, 5 ms with; the index's IDF of a common format costs a word with it about 10-20 ms more.
     * a seed: its index drives (a seed names a handful of images), each row checked against the words;
     * filters only, with a ``format:`` or ``scheduler:``: the index drives, newest first (a format no asset has
-      took 330-410 ms down the row ids, 0.1 ms so);
+      took 330-410 ms down the row ids, 0.1 ms so; a scheduler most assets have costs a few ms more than the
+      walk down the row ids did, its prefix's matches being read first);
     * other filters and exclusions only: newest first, down the row id.
     """
     text_terms = [t for t in terms if t.field is None or t.field in TEXT_FIELDS]

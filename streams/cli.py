@@ -75,7 +75,8 @@ async def _sigterm_cancels(coro: Awaitable[Any]) -> Any:
     batch open for good. The caller exits 143 on the ``CancelledError``."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    # once: a second SIGTERM would cancel the closing of the batch the first one asked for
+    loop.add_signal_handler(signal.SIGTERM, lambda: task.cancelling() or task.cancel())
     try:
         return await coro
     finally:

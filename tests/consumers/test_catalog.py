@@ -691,3 +691,20 @@ def test_an_asset_takes_its_files_last_step_also_when_that_step_could_not_name_i
         cat.apply([event])
     assert cat.asset(A1)["tier1_state"] == "dead_lettered"
     assert cat.status(now=T0 + 100)["asset_states"]["tier1"] == {"dead_lettered": 1, "pending": 0}
+
+
+def test_attempts_that_hashed_different_contents_leave_the_same_states_in_either_order(make_catalog) -> None:
+    # the file changed between attempts: each failure names another asset; the asset states a catalog ends with
+    # must not depend on which failure it read first
+    steps = [failed("e1", f"{ROOT}/x.png", outcome="retrying", asset_id=A1, at=T0 + 5, attempts=1, first=T0 + 5),
+             failed("e1", f"{ROOT}/x.png", outcome="dead_lettered", asset_id=A2, at=T0 + 40, attempts=2,
+                    first=T0 + 5)]
+    tables = []
+    for n, order in enumerate((steps, steps[::-1])):
+        cat = make_catalog(f"{n}.sqlite")
+        cat.apply([scanned(1, complete=True)])
+        for event in order:
+            cat.apply([event])
+        tables.append({t: rows for t, rows in dump(cat.path).items() if t in ("asset_tiers", "batch_files")})
+        assert cat.asset(A2)["tier1_state"] == "dead_lettered"
+    assert tables[0] == tables[1]

@@ -88,8 +88,9 @@ def test_a_long_run_of_skipped_files_reports_and_can_be_stopped(tmp_path: Path, 
     async def stop_at_the_fifth_report() -> None:
         task = asyncio.create_task(scan(settings, topics_for(settings), "unused:9092", prod,  # type: ignore[arg-type]
                                         tmp_path))
-        while prod.sent.count(topics_for(settings).progress) < 5:
-            await asyncio.sleep(0)
+        async with asyncio.timeout(10):  # without a chance to stop it, the walk ends first: no fifth report
+            while prod.sent.count(topics_for(settings).progress) < 5 and not task.done():
+                await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
