@@ -123,3 +123,68 @@ def test_a_file_changed_since_it_was_hashed_is_not_indexed_as_the_old_asset(tmp_
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     with pytest.raises(SourceChanged):  # it indexed the dog as the cat's asset
         index_file(str(path), asset_id, str(tmp_path), seen)
+
+
+def test_a_comment_of_brackets_nested_too_deep_is_a_record_not_a_failure(tmp_path: Path) -> None:
+    # json.loads raised RecursionError out of the comment check: "unexpected", a permanent dead letter for a
+    # readable file whose A1111 parameters were never indexed
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1")
+    info.add_text("Comment", "[" * 5000 + "]" * 5000)
+    path = tmp_path / "brackets.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    event = _event(path, tmp_path)
+    assert (event.generator, event.positive) == ("a1111", "a cat")
+    assert "[[[" not in (event.camera.get("comment") or "")  # JSON-like junk stays out of search
+
+
+def test_comments_are_read_only_as_far_as_they_are_kept(monkeypatch) -> None:
+    # 100k JPEG COM segments: each was checked against every one kept before (a list), and all of them were
+    # checked though only the first CAMERA_CHARS characters are kept: minutes, then a timeout and a dead letter
+    import agents.index as index
+
+    looked: list[str] = []
+    real = index._generators_own
+    monkeypatch.setattr(index, "_generators_own", lambda text, g: looked.append(text) or real(text, g))
+    comments = [f"note {i:06d}" for i in range(100_000)]
+    text = index.comment_text(Containers(format="JPEG", comments=comments))
+    assert text is not None and text.startswith("note 000000\nnote 000001") and len(text) <= index.CAMERA_CHARS
+    assert len(looked) <= index.CAMERA_CHARS // len("note 000000\n") + 1
+
+
+def _combined(encoders: int, samplers: int) -> dict:
+    """A ComfyUI graph: ``encoders`` text encoders joined by one ConditioningCombine, fed to ``samplers``."""
+    graph: dict = {"ck": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}}}
+    for i in range(encoders):
+        graph[f"e{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": f"w{i}", "clip": ["ck", 1]}}
+    graph["comb"] = {"class_type": "ConditioningCombine",
+                     "inputs": {f"conditioning_{i}": [f"e{i}", 0] for i in range(encoders)}}
+    for s in range(samplers):
+        graph[f"s{s}"] = {"class_type": "KSampler", "inputs": {
+            "seed": s, "steps": 20, "cfg": 7, "sampler_name": "euler", "scheduler": "normal", "denoise": 1,
+            "model": ["ck", 0], "positive": ["comb", 0], "negative": ["comb", 0]}}
+    return graph
+
+
+def test_a_graph_walked_past_its_step_budget_keeps_what_it_found(monkeypatch) -> None:
+    # a graph of thousands of encoders combined, walked for each of 64 samplers, took over a minute (a 79 KB PNG
+    # timed out three times, then was dead-lettered): the links one parse follows are bounded
+    from agents.metadata.generators import comfy_graph, detect
+
+    monkeypatch.setattr(comfy_graph, "MAX_STEPS", 150)  # the whole parse of this graph follows about 300
+    generation = detect(Containers(format="PNG", text={"prompt": json.dumps(_combined(100, 4))}))
+    assert generation is not None and (generation.generator, generation.model) == ("comfyui", "m.safetensors")
+    words = (generation.positive or "").split()
+    assert 0 < len(words) < 100 and words[0] == "w0"  # the start of the prompt, as far as the budget went
+
+
+def test_encoders_that_share_a_text_node_each_read_it() -> None:
+    # each encoder walks its text afresh (a copy of the conditioning walk's visited set made big graphs quadratic)
+    from agents.metadata.generators import detect
+
+    graph = _combined(2, 1)
+    graph["words"] = {"class_type": "PrimitiveString", "inputs": {"value": "a lighthouse"}}
+    graph["e0"]["inputs"]["text"] = graph["e1"]["inputs"]["text"] = ["words", 0]
+    graph["e1"]["class_type"] = "CLIPTextEncodeSDXL"  # another kind of node, the same text
+    generation = detect(Containers(format="PNG", text={"prompt": json.dumps(graph)}))
+    assert generation is not None and "a lighthouse" in (generation.positive or "")

@@ -20,6 +20,10 @@ from agents.metadata.model import LoRA
 
 Link = tuple[str, int]
 MAX_DEPTH = 64
+#: Links one parse of a graph follows at most, over all its walks: a graph of a few thousand encoders combined,
+#: walked for each of 64 samplers, took over a minute (and a 79 KB PNG timed out three times, then was
+#: dead-lettered); past it, walks end as at a dangling link and the parse keeps what it found.
+MAX_STEPS = 100_000
 
 _TEXT_KEYS = ("populated_text", "text", "string", "value", "prompt", "text_g", "t5xxl", "clip_g", "clip_l",
               "text_l", "texts", "wildcard_text", "positive", "str", "string_field", "text_positive")
@@ -65,6 +69,7 @@ class Graph:
             if isinstance(v, dict) and isinstance(v.get("class_type"), str) and isinstance(v.get("inputs", {}), dict)
         }
         self._consumers: dict[str, list[tuple[str, str]]] | None = None
+        self.steps = 0
 
     def cls(self, nid: str) -> str:
         return self.nodes[nid]["class_type"]
@@ -73,9 +78,13 @@ class Graph:
         return self.nodes[nid].get("inputs") or {}
 
     def target(self, v: Any) -> Link | None:
-        """The link in ``v`` if it points at a node that exists (dangling links read as absent)."""
+        """The link in ``v`` if it points at a node that exists (dangling links read as absent, and every link
+        once the parse has followed ``MAX_STEPS``)."""
         link = as_link(v)
-        return link if link is not None and link[0] in self.nodes else None
+        if link is None or link[0] not in self.nodes:
+            return None
+        self.steps += 1
+        return link if self.steps <= MAX_STEPS else None
 
     def consumers(self, nid: str) -> list[tuple[str, str]]:
         """(node id, input name) pairs fed by ``nid``; built once, lazily."""
@@ -163,13 +172,15 @@ class Graph:
     # -- conditioning -------------------------------------------------------------------------------------------
 
     def encoder_text(self, nid: str, seen: set[str], depth: int) -> str | None:
-        """The prompt of a text-encoder node; multi-encoder nodes (SDXL g/l, Flux t5/l, SD3) join distinct texts."""
+        """The prompt of a text-encoder node; multi-encoder nodes (SDXL g/l, Flux t5/l, SD3) join distinct texts.
+        Each text is walked afresh from the encoder (two encoders may share a text node): not with a copy of the
+        conditioning walk's ``seen``, which made thousands of encoders combined quadratic."""
         ins = self.inputs(nid)
         multi = [k for k in ("t5xxl", "text_g", "clip_g", "text_l", "clip_l") if k in ins]
         if multi and "text" not in ins:
             texts: list[str] = []
             for k in multi:
-                t = self.text(ins[k], set(seen), depth + 1)
+                t = self.text(ins[k], {nid}, depth + 1)
                 if t and t not in texts:
                     texts.append(t)
             return "\n".join(texts) if texts else ("" if any(ins[k] == "" for k in multi) else None)
@@ -177,7 +188,7 @@ class Graph:
         for name in _TEXT_KEYS:
             key = lowered.get(name)
             if key is not None:
-                t = self.text(ins[key], set(seen), depth + 1)
+                t = self.text(ins[key], {nid}, depth + 1)
                 if t is not None:
                     return t
         return None
