@@ -136,9 +136,13 @@ def _interpret(path: Path, fmt: str, out: Containers, blobs: Blobs) -> None:
             out.width, out.height = result.width, result.height
             if result.icc:
                 out.flags["icc"] = True
-    _fallbacks(out, blobs)
-    _user_comment(out, blobs)
-    out.gps = gps_position(out.exif)
+    # each step on its own: one that stops on odd data (a bug) does not take the others' readings with it
+    for step in (lambda: _fallbacks(out, blobs), lambda: _user_comment(out, blobs),
+                 lambda: setattr(out, "gps", gps_position(out.exif))):
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - a warning, as in read_containers
+            out.warnings.append(f"metadata: a reading step stopped ({type(exc).__name__}: {exc})")
     for name, present in (("exif", blobs.exif or out.exif), ("xmp", blobs.xmp or out.xmp),
                           ("iptc", blobs.iptc or out.iptc)):
         if present:

@@ -78,17 +78,24 @@ def _packet_xml(text: str) -> str | None:
     return None
 
 
-def _properties(node: ElementTree.Element, base: str, prefixes: dict[str, str], out: dict[str, Any]) -> None:
+#: Structures nested deeper than this are left out: real XMP nests a few levels; a packet of hundreds ran out of
+#: Python's stack, and the error stopped the reading of everything after the XMP (EXIF UserComment, IPTC, GPS).
+MAX_NESTING = 32
+
+
+def _properties(node: ElementTree.Element, base: str, prefixes: dict[str, str], out: dict[str, Any],
+                depth: int = 0) -> None:
     for attribute, value in node.attrib.items():
         if attribute.startswith(f"{{{_RDF}}}") or attribute == _XML_LANG:
             continue
         out.setdefault(base + _name(attribute, prefixes, base), value)
     for child in node:
         key = base + _name(child.tag, prefixes, base)
-        _value(child, key, prefixes, out)
+        _value(child, key, prefixes, out, depth)
 
 
-def _value(element: ElementTree.Element, key: str, prefixes: dict[str, str], out: dict[str, Any]) -> None:
+def _value(element: ElementTree.Element, key: str, prefixes: dict[str, str], out: dict[str, Any],
+           depth: int = 0) -> None:
     containers = [c for c in element if c.tag in (f"{{{_RDF}}}Bag", f"{{{_RDF}}}Seq", f"{{{_RDF}}}Alt")]
     if containers:
         container = containers[0]
@@ -100,7 +107,8 @@ def _value(element: ElementTree.Element, key: str, prefixes: dict[str, str], out
         return
     nested = element.find(f"{{{_RDF}}}Description")
     if element.get(f"{{{_RDF}}}parseType") == "Resource" or nested is not None or (len(element) and element.attrib):
-        _properties(nested if nested is not None else element, key + "/", prefixes, out)
+        if depth < MAX_NESTING:
+            _properties(nested if nested is not None else element, key + "/", prefixes, out, depth + 1)
         return
     resource = element.get(f"{{{_RDF}}}resource")
     out.setdefault(key, resource if resource is not None else (element.text or ""))

@@ -457,6 +457,22 @@ def test_fallback_xmp_parser_reads_what_exiv2_rejects() -> None:
     assert parse_packet(b'<!DOCTYPE x [<!ENTITY a "b">]><rdf:RDF/>') is None
 
 
+def test_an_xmp_packet_nested_hundreds_deep_keeps_everything_else_in_the_file(tmp_path: Path) -> None:
+    # the fallback parser ran out of Python's stack: its error stopped the reading of EXIF's UserComment, where
+    # A1111 keeps its parameters, and the file was indexed with no generation at all
+    body = '<dc:a rdf:parseType="Resource">' * 600 + "x" + "</dc:a>" * 600
+    packet = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" dc:title="t">' + body +
+              "</rdf:Description></rdf:RDF></x:xmpmeta>").encode()
+    values = parse_packet(packet)
+    assert values is not None and values["Xmp.dc.title"] == "t"
+    exif = _camera_exif()
+    text = "photo of a duck\nSteps: 15, Sampler: UniPC, Seed: 7"
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+    c = read_containers(_write(tmp_path, "deep.jpg", _jpeg(exif, xmp=packet)))
+    assert c.user_comment == text and c.gps is not None and c.xmp.get("Xmp.dc.title") == "t"
+
+
 @pytest.mark.timeout(60)  # every unclosed start was scanned to the end of the packet: this file took ~20 s
 def test_a_packet_of_unclosed_xmp_starts_is_refused_in_linear_time(tmp_path: Path) -> None:
     junk = ("<x:xmpmeta " * 8000 + "<rdf:RDF " * 8000).encode()
