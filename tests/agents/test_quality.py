@@ -38,6 +38,14 @@ def test_scores_are_in_range_and_tell_a_black_frame_from_a_picture(tmp_path: Pat
     assert black["brightness"] == 0 and black["sharpness"] == 0 and picture["score"] > black["score"] + 0.2
 
 
+@pytest.mark.parametrize(("shade", "size"), [(128, (256, 256)), (255, (256, 256)), (255, (256, 40)), (90, (2, 2))])
+def test_a_flat_frame_has_no_sharpness_whatever_its_shade_and_shape(tmp_path: Path, shade: int, size: tuple) -> None:
+    # the edge filter keeps the outermost pixels as they are: a flat white frame scored sharpness 0.49, a flat
+    # 256x40 banner 0.73, so a blank render got credit for edges it does not have
+    flat = quality_scores(_thumb(tmp_path, Image.new("RGB", size, (shade,) * 3)), ASSET)
+    assert flat["sharpness"] == 0 and flat["contrast"] == 0
+
+
 def test_a_transparent_region_is_not_part_of_the_picture_whatever_lies_under_it(tmp_path: Path) -> None:
     shown = []
     for i, under in enumerate([(0, 0, 0, 0), (255, 255, 255, 0), (255, 0, 0, 0)]):
