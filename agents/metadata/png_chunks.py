@@ -49,9 +49,10 @@ _RAW_PROFILE = "Raw profile type "
 
 @dataclass
 class _Inflation:
-    """What is left of one file's allowance of inflated text: :data:`MAX_INFLATED_BYTES` for all its compressed
-    chunks together. Capping each chunk alone let a 600-KB file of 40 zTXt bombs inflate 600 MB of text, and its
-    metadata document several times that: 3 GB, the pool's memory limit."""
+    """What is left of one file's allowance of text: :data:`MAX_INFLATED_BYTES` for all its text chunks together,
+    compressed ones as inflated. Capping each chunk alone let a 600-KB file of 40 zTXt bombs inflate 600 MB of
+    text, and its metadata document several times that: 3 GB, the pool's memory limit. Plain text counts too: a
+    20-MB PNG of four tEXt chunks took 570 MB to read and wrote a 240-MB document."""
 
     left: int
 
@@ -164,14 +165,19 @@ def _text_chunk(kind: bytes, data: bytes, out: Containers, blobs: Blobs, inflati
     what = f"png: {kind.decode('ascii')} {keyword[:80]!r}"  # a keyword is 1-79 bytes; a hostile one, megabytes
     if kind == b"tEXt":
         body: bytes | None = rest
+        plain = True
     elif kind == b"zTXt":
-        body = _inflate(rest[1:], what, out, inflation)
+        body, plain = _inflate(rest[1:], what, out, inflation), False
     else:  # iTXt: compression flag, method, language tag, translated keyword, text (UTF-8)
         flag = rest[:1]  # the method byte after it has one defined value (zlib); inflate judges the stream
         _language, _, rest = rest[2:].partition(b"\x00")
         _translated, _, body = rest.partition(b"\x00")
-        if flag == b"\x01":
+        plain = flag != b"\x01"
+        if not plain:
             body = _inflate(body, what, out, inflation)
+    if plain and body is not None and _past_allowance(body, what, out, inflation):
+        out.raw[_unique(out.raw, f"png:{keyword}")] = f"omitted:{len(body)} bytes"
+        return
     if body is None:
         return
     # tEXt/zTXt are Latin-1 by the letter of the spec, but many writers put UTF-8 there; valid UTF-8 is never
@@ -210,6 +216,16 @@ def _imagemagick_profile(profile: str, text: str, out: Containers, blobs: Blobs)
             blobs.iptc.append(iim)
     elif profile in ("icc", "icm"):
         out.flags["icc"] = True
+
+
+def _past_allowance(text: bytes, what: str, out: Containers, inflation: _Inflation) -> bool:
+    """Whether plain ``text`` is past what is left of the file's :data:`MAX_INFLATED_BYTES` (a warning says so);
+    else it is taken from it."""
+    if len(text) > inflation.left:
+        out.warnings.append(f"{what}: {len(text)} bytes of text past the file's {MAX_INFLATED_BYTES}; dropped")
+        return True
+    inflation.left -= len(text)
+    return False
 
 
 def _inflate(data: bytes, what: str, out: Containers, inflation: _Inflation) -> bytes | None:
