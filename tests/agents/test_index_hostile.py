@@ -171,11 +171,19 @@ def test_a_graph_walked_past_its_step_budget_keeps_what_it_found(monkeypatch) ->
     # timed out three times, then was dead-lettered): the links one parse follows are bounded
     from agents.metadata.generators import comfy_graph, detect
 
-    monkeypatch.setattr(comfy_graph, "MAX_STEPS", 150)  # the whole parse of this graph follows about 300
-    generation = detect(Containers(format="PNG", text={"prompt": json.dumps(_combined(100, 4))}))
-    assert generation is not None and (generation.generator, generation.model) == ("comfyui", "m.safetensors")
-    words = (generation.positive or "").split()
+    graph = _combined(100, 4)
+    graph["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sdxl_vae.safetensors"}}
+    graph["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["s0", 0], "vae": ["vae", 0]}}
+    whole = detect(Containers(format="PNG", text={"prompt": json.dumps(graph)}))
+    assert whole is not None and len((whole.positive or "").split()) == 100 and "graph_cut" not in whole.extra
+    monkeypatch.setattr(comfy_graph, "MAX_STEPS", 150)  # the whole parse follows about 1,500
+    cut = detect(Containers(format="PNG", text={"prompt": json.dumps(graph)}))
+    assert cut is not None and (cut.generator, cut.model) == ("comfyui", "m.safetensors")
+    words = (cut.positive or "").split()
     assert 0 < len(words) < 100 and words[0] == "w0"  # the start of the prompt, as far as the budget went
+    assert cut.extra["graph_cut"] is True  # and it says so
+    # walks that visit each node once are not counted: the decoder's VAE is found however far the others went
+    assert cut.vae == whole.vae == "sdxl_vae.safetensors"
 
 
 def test_encoders_that_share_a_text_node_each_read_it() -> None:

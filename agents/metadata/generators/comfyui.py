@@ -31,6 +31,7 @@ from agents.metadata.generators.coerce import (
     to_int,
     to_str,
 )
+from agents.metadata.generators import comfy_graph
 from agents.metadata.generators.comfy_graph import MAX_DEPTH, Graph
 from agents.metadata.generators.comfy_workflow import workflow_to_api
 from agents.metadata.model import Containers, Generation, LoRA, SamplerPass
@@ -142,7 +143,7 @@ def _upstream_samplers(g: Graph, nid: str, samplers: set[str]) -> set[str]:
     stack, seen = [nid], {nid}
     while stack:
         for v in g.inputs(stack.pop()).values():
-            link = g.target(v)
+            link = g.linked(v)
             if link is not None and link[0] not in seen:
                 seen.add(link[0])
                 if link[0] in samplers:
@@ -154,7 +155,7 @@ def _upstream_samplers(g: Graph, nid: str, samplers: set[str]) -> set[str]:
 def _decoder_vae(g: Graph, nid: str) -> str | None:
     for cid, key in g.consumers(nid):
         if key == "samples":
-            vae = g.target(g.inputs(cid).get("vae"))
+            vae = g.linked(g.inputs(cid).get("vae"))
             if vae is not None:
                 name = g.inputs(vae[0]).get("vae_name")
                 if isinstance(name, str) and name not in ("", "None", "Baked VAE"):
@@ -231,6 +232,8 @@ def generation_from_graph(prompt: dict[str, Any] | None, workflow: dict[str, Any
     models = list(dict.fromkeys(p.sp.model for p in chain if p.sp.model))
     if len(models) > 1:
         gen.extra["models"] = models
+    if g.steps > comfy_graph.MAX_STEPS:  # some walks were cut short: what they would have found is missing
+        gen.extra["graph_cut"] = True
     return gen
 
 
