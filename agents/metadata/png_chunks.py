@@ -233,7 +233,7 @@ def _inflate(data: bytes, what: str, out: Containers, inflation: _Inflation) -> 
     warning, not a crash."""
     too_much = f"{what}: inflates beyond {MAX_INFLATED_BYTES} bytes"
     if inflation.left < MAX_INFLATED_BYTES:
-        too_much += " with the file's compressed text before it"
+        too_much += " with the file's text before it"
     if inflation.left <= 0:  # (to zlib, a max_length of 0 is no limit at all)
         out.warnings.append(f"{too_much}; dropped")
         return None
