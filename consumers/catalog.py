@@ -737,9 +737,9 @@ class Catalog:
                                      e.error_code, e.reason, e.outcome, *step, e.failed_at, e.display_name))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, e.tier, e.path, e.asset_id, *step, state,
                                         e.failed_at))
-        # The asset's state in the tier is the file's winning step, whatever order the steps came in, for the asset
-        # this event names and the one an earlier step named (a later attempt that failed before hashing, the
-        # file gone, names none: its asset stayed "retrying" for good).
+        # The asset the file's winning step names takes that step, whatever order the steps came in: also when
+        # this event names none (a later attempt that failed before hashing, the file gone: its asset stayed
+        # "retrying" for good). An asset only this event names (the file held other bytes then) takes its step.
         won = db.execute("SELECT asset_id, state, chain_at, replays, attempts, updated_at FROM batch_files "
                          "WHERE batch_id = ? AND event_id = ? AND tier = ?",
                          (e.batch_id, e.event_id, e.tier)).fetchone()
