@@ -94,6 +94,11 @@ class Graph:
         self.steps += 1
         return link if self.steps <= MAX_STEPS else None
 
+    @property
+    def cut(self) -> bool:
+        """Whether walks were cut short by ``MAX_STEPS``: what they would have found is missing."""
+        return self.steps > MAX_STEPS
+
     def consumers(self, nid: str) -> list[tuple[str, str]]:
         """(node id, input name) pairs fed by ``nid``; built once, lazily."""
         if self._consumers is None:

@@ -31,7 +31,6 @@ from agents.metadata.generators.coerce import (
     to_int,
     to_str,
 )
-from agents.metadata.generators import comfy_graph
 from agents.metadata.generators.comfy_graph import MAX_DEPTH, Graph
 from agents.metadata.generators.comfy_workflow import workflow_to_api
 from agents.metadata.model import Containers, Generation, LoRA, SamplerPass
@@ -232,7 +231,7 @@ def generation_from_graph(prompt: dict[str, Any] | None, workflow: dict[str, Any
     models = list(dict.fromkeys(p.sp.model for p in chain if p.sp.model))
     if len(models) > 1:
         gen.extra["models"] = models
-    if g.steps > comfy_graph.MAX_STEPS:  # some walks were cut short: what they would have found is missing
+    if g.cut:
         gen.extra["graph_cut"] = True
     return gen
 
