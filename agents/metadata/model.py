@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PARSER_VERSION = 3
+PARSER_VERSION = 4
 
 
 @dataclass

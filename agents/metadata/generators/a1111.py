@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import re
 
-from agents.metadata.generators.coerce import parse_size, parser_id, to_float, to_int, without_surrogates
+from agents.metadata.generators.coerce import (
+    load_json, parse_size, parser_id, to_float, to_int, without_surrogates,
+)
 from agents.metadata.model import Containers, Generation, LoRA, SamplerPass
 
 _KEY = re.compile(r"(\w[\w \-/]*?):\s*")
@@ -227,7 +229,10 @@ def generation_from_text(text: str, source: str, generator: str | None = None) -
 
 
 def _is_text(v: object) -> bool:
-    return isinstance(v, str) and bool(v.strip()) and v.lstrip()[:1] not in "{["
+    """Text to read as A1111's, not JSON (which other generators' parsers read). Only text that *decodes* as JSON
+    is left out: a prompt may well begin like JSON, with A1111's prompt editing (``[fox:wolf:10]``, ``[word]``) or
+    NovelAI-style emphasis (``{masterpiece}``), and such a file lost its whole generation (prompt, seed, model)."""
+    return isinstance(v, str) and bool(v.strip()) and load_json(v) is None
 
 
 def parse(c: Containers) -> Generation | None:

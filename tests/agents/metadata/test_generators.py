@@ -202,6 +202,17 @@ def test_a1111_sources_and_duplicate_copies() -> None:
     assert both is not None and both.source == "png:parameters" and "stealth:alpha" in both.documents
 
 
+@pytest.mark.parametrize("prompt", ["[a red fox:a wolf:10], snow", "{masterpiece}, a red fox", " [fox], snow"])
+def test_a1111_prompt_that_begins_like_json_keeps_its_generation(prompt: str) -> None:
+    text = f"{prompt}\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Seed: 1234, Size: 512x512, Model: foxXL"
+    for containers in (Containers(text={"parameters": text}), Containers(user_comment=text)):
+        gen = detect(containers)
+        assert gen is not None and gen.generator == "a1111" and gen.positive == prompt.strip()
+        assert (gen.seed, gen.model, gen.negative) == (1234, "foxXL", "blurry")
+    # text that decodes as JSON is still left to the parsers of JSON
+    assert a1111.parse(Containers(text={"parameters": '["Steps: 20, Seed: 1, Size: 8x8"]'})) is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ComfyUI graphs
 # ---------------------------------------------------------------------------------------------------------------
