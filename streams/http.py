@@ -170,8 +170,11 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
         retriable = isinstance(exc, KafkaError) or exc.retriable
         log.error("http_failed", method=request.method, path=request.path, error=repr(exc))
         response = _error(503 if retriable else 500, str(exc), getattr(exc, "code", "broker"))
-    except (asyncio.CancelledError, ConnectionError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:  # the client went away (mid-body: Ctrl-C, a closed tab): nobody to answer
+        log.info("http_client_gone", method=request.method, path=request.path, peer=request.remote, error=repr(exc))
+        response = _error(499, "the client closed the connection", "client_gone")  # never sent: logged only
     except Exception as exc:
         log.exception("http_crashed", method=request.method, path=request.path)
         response = _error(500, f"internal error: {type(exc).__name__}", "internal")
@@ -337,7 +340,7 @@ async def _expect_upload(request: web.Request) -> web.StreamResponse | None:
     expect = request.headers.get("Expect", "")
     if request.version == HttpVersion11:
         if expect.lower() != "100-continue":
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+            return _error(417, f"unknown Expect: {expect}", "expectation_failed")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the body of the answer has not begun
     return None

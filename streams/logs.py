@@ -12,6 +12,7 @@ import sys
 from typing import Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 #: Libraries that chat at INFO; kept one step quieter than ours.
@@ -44,6 +45,23 @@ class _LibraryRepeats(logging.Filter):
             self._last.clear()
         self._last[key] = record.created
         return True
+
+
+class _BadRequests(logging.Filter):
+    """aiohttp's server logs a request it could not parse (a request line over its limit, a length *and* a chunked
+    encoding, a body with no length) at ERROR with a traceback, though it answers it with a 400 as it should: any
+    client could fill the log with tracebacks. Such a line becomes one line at INFO, the reason in it, or nothing
+    below the configured level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name != "aiohttp.server" or not isinstance(error, HttpProcessingError):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg, record.args = "bad_http_request from %s: %s", (peer, error.message or repr(error))
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger().isEnabledFor(logging.INFO)
 
 
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto", *, stream=None) -> None:
@@ -81,6 +99,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     handler.addFilter(_LibraryRepeats())
+    handler.addFilter(_BadRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     lvl = _LEVELS[level]

@@ -325,6 +325,21 @@ async def test_a_client_that_asks_before_sending_is_refused_before_it_sends(bare
         assert await ask(http, len(png), "s3cret-token") == (True, b"202")
 
 
+async def test_an_expectation_other_than_100_continue_is_a_json_417(bare: Callable) -> None:
+    async with bare() as http:
+        host, port = http.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"POST /upload HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/png\r\n"
+                     "Content-Length: 10\r\nExpect: 200-ok\r\n\r\n".encode())
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 417") and b"application/json" in head  # was text/plain, unlike every other
+    assert json.loads(body) == {"error": "unknown Expect: 200-ok", "code": "expectation_failed"}
+
+
 async def test_a_body_over_the_limit_is_413_and_leaves_nothing(bare: Callable, tmp_path: Path) -> None:
     big = make_png(tmp_path / "big.png", size=(400, 400), seed=1).read_bytes()  # noise: ~300 KB
     assert len(big) > 100_000

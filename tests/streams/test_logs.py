@@ -9,6 +9,7 @@ import logging
 
 import pytest
 import structlog
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from streams import logs
 
@@ -76,3 +77,27 @@ def test_a_repeated_library_line_goes_again_once_the_window_has_passed() -> None
     assert [repeats.filter(record(t)) for t in (0.0, 5.0, 9.9, 10.0, 12.0, 20.5)] == [
         True, False, False, True, False, True]
     assert repeats.filter(record(12.0, "another line"))
+
+
+def test_a_request_aiohttp_could_not_parse_is_one_info_line_without_a_traceback(configured) -> None:
+    # a request line over aiohttp's limit (or a length and a chunked encoding together) is answered 400 as it
+    # should be, but aiohttp logged it at ERROR with a traceback: any client could fill the log with them
+    server = logging.getLogger("aiohttp.server")
+    for error in (LineTooLong(b"GET /assets/aaaa", "8190"), RuntimeError("a bug")):
+        try:
+            raise error
+        except Exception:
+            server.exception("Error handling request from %s", "127.0.0.1")
+    bad, bug = (json.loads(line) for line in configured.getvalue().splitlines())
+    assert (bad["level"], "exception" in bad) == ("info", False)
+    assert bad["event"].startswith("bad_http_request from 127.0.0.1: Got more than 8190 bytes")
+    assert (bug["level"], "RuntimeError: a bug" in bug["exception"]) == ("error", True)  # a real fault stays one
+
+
+def test_a_request_aiohttp_could_not_parse_is_not_written_below_the_level(configured) -> None:
+    logging.getLogger().setLevel(logging.WARNING)  # `configure("warn")`; the fixture puts it back
+    try:
+        raise BadHttpMessage("Content-Length and chunked")
+    except BadHttpMessage:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1")
+    assert configured.getvalue() == ""
