@@ -83,6 +83,13 @@ async def _sigterm_cancels(coro: Awaitable[Any]) -> Any:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _stopped(command: str, batch_id: str, sig: signal.Signals) -> int:
+    """What ``ingest`` and ``run`` say when a signal stopped their scan: the batch it closed, to follow or ingest
+    again; the exit status of that signal."""
+    print(f"damflow {command}: stopped (batch {batch_id})", file=sys.stderr)
+    return 128 + sig
+
+
 def _stop_now() -> None:
     print("damflow: stopping now, without waiting", file=sys.stderr, flush=True)
     os._exit(130)
@@ -113,20 +120,24 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if not folder.is_dir():
         raise DamflowError(f"not a directory: {folder}")
 
+    batch_id = new_id()
+
     async def main() -> dict:
         async with Stack(settings, workers=args.workers, serve_http=False) as stack:
             lower_priority(settings.service_nice)  # scanner and sink: below urgent work (see streams.niceness)
             t0 = time.monotonic()
             bar = None if args.json else ProgressBar()
             result = await ingest_folder(settings, stack.topics, stack.bootstrap, folder, wait=True,
-                                         timeout=args.timeout, bar=bar, tier=args.tier)
+                                         timeout=args.timeout, bar=bar, tier=args.tier, batch_id=batch_id)
             return {**_jsonable(result.to_dict()), "seconds": round(time.monotonic() - t0, 2),
                     "data_dir": str(settings.data_path)}
 
     try:
         report = asyncio.run(_sigterm_cancels(main()))
     except asyncio.CancelledError:
-        return 128 + signal.SIGTERM
+        return _stopped("run", batch_id, signal.SIGTERM)
+    except KeyboardInterrupt:
+        return _stopped("run", batch_id, signal.SIGINT)
     if args.json:
         _print_json(report)
     else:
@@ -202,8 +213,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             settings, topics_for(settings), bootstrap, folder, wait=args.wait, lane=args.lane,
             timeout=args.timeout, bar=bar, tier=args.tier or 1, batch_id=batch_id)))
     except asyncio.CancelledError:  # SIGTERM: the scan closed its batch with what the broker took
-        print(f"damflow ingest: stopped (batch {batch_id})", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return _stopped("ingest", batch_id, signal.SIGTERM)
+    except KeyboardInterrupt:  # Ctrl-C: the same (asyncio.run cancelled the scan, which closed its batch)
+        return _stopped("ingest", batch_id, signal.SIGINT)
     except WaitTimedOut as exc:  # which batch to follow, and whether its scan was stopped short (see ingest_folder)
         print(f"damflow ingest: {exc}", file=sys.stderr)
         return 3

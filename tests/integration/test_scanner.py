@@ -159,9 +159,12 @@ async def test_a_wait_that_times_out_while_backpressure_holds_the_scan_stops_it_
     assert scanned[-1].complete and scanned[-1].found == len(discovered)
 
 
-async def test_sigterm_stops_an_ingest_and_its_batch_is_closed(broker: str, make_settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_an_ingest_and_its_batch_is_closed_and_named(
+        broker: str, make_settings, tmp_path: Path, sig: signal.Signals) -> None:
     # SIGTERM (`kill`, `timeout`, systemd, a container's stop) ended the process at once: its batch was never
-    # closed, so its progress never finished and `ingest --wait` followers waited for good
+    # closed, so its progress never finished and `ingest --wait` followers waited for good. Ctrl-C closed it, but
+    # did not say which batch it was.
     settings = make_settings(scan_high_water=3, scan_low_water=1, scan_lag_every=1)
     topics = topics_for(settings)
     await ensure_topics(broker, topics.all(), settings.partitions)
@@ -183,12 +186,12 @@ async def test_sigterm_stops_an_ingest_and_its_batch_is_closed(broker: str, make
         try:
             async with asyncio.timeout(60):
                 paused = await scanned(lambda e: e.paused)
-                ingest.send_signal(signal.SIGTERM)
+                ingest.send_signal(sig)
                 _, err = await ingest.communicate()
                 closed = await scanned(lambda e: e.complete)
         finally:
             if ingest.returncode is None:
                 ingest.kill()
                 await ingest.wait()
-    assert ingest.returncode == 128 + signal.SIGTERM and f"stopped (batch {paused.batch_id})" in err.decode()
+    assert ingest.returncode == 128 + sig and f"stopped (batch {paused.batch_id})" in err.decode()
     assert (closed.batch_id, closed.found) == (paused.batch_id, 3)
