@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "start everything, ingest FOLDER (or a generated demo set), show progress, stop",
             json_flag=True)
     p.add_argument("folder", nargs="?", help="folder to ingest (default: a generated demo set)")
-    p.add_argument("--workers", type=_at_least_one, default=1)
+    p.add_argument("--workers", type=_at_least_one, default=1, help="worker processes to start (default 1)")
     p.add_argument("--tier", type=int, choices=[1, 2, 3], default=2,
                    help="stop once this tier is done: 1 browsable, 2 searchable (default), 3 enriched")
     p.add_argument("--timeout", type=_positive, default=None, help="give up waiting after this many seconds")
@@ -472,21 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="show live progress until the batch is browsable")
     p.add_argument("--tier", type=int, choices=[1, 2, 3], default=None,
                    help="with --wait: wait for this tier (1 browsable, the default; 2 searchable, 3 enriched)")
-    p.add_argument("--lane", choices=["batch", "interactive"], default="batch")
+    p.add_argument("--lane", choices=["batch", "interactive"], default="batch",
+                   help="batch (the default: a folder import, behind urgent work) or interactive")
     p.add_argument("--timeout", type=_positive, default=None,
                    help="with --wait: give up waiting after this many seconds")
     p = add("upload", cmd_upload, "store FILEs and publish them on the interactive lane", json_flag=True)
     p.add_argument("files", nargs="+")
     p.add_argument("--wait", action="store_true", help="return when browsable and print the time it took")
-    p.add_argument("--timeout", type=_positive, default=60.0)
+    p.add_argument("--timeout", type=_positive, default=60.0,
+                   help="with --wait: seconds to wait for each outcome (default 60; then the row is pending, exit 3)")
     add("status", cmd_status, "asset counts per tier, and per batch", json_flag=True)
     p = add("search", cmd_search, "full-text search: words, \"phrases\", prefix*, model: seed: sampler: "
             "scheduler: generator: lora: camera: file: prompt: negative: format:, -exclusions", json_flag=True)
     p.add_argument("text", nargs="+")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="show at most this many matches, best first (default 50)")
     p = add("reprocess", cmd_reprocess, "re-emit tier-2 work for assets parsed by an older parser version",
             json_flag=True)
-    p.add_argument("--tier", type=int, default=2, choices=[2])
+    p.add_argument("--tier", type=int, default=2, choices=[2], help="the tier to do again (only 2 for now)")
     p.add_argument("--all", action="store_true", help="every indexed asset, not only older parser versions")
     p.add_argument("--limit", type=_at_least_one, default=None, help="at most this many assets")
     p.add_argument("--dry-run", action="store_true", help="say how many would go, send nothing")

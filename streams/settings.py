@@ -212,7 +212,7 @@ class Settings(BaseSettings):
                              f"DAMFLOW_SCAN_HIGH_WATER ({self.scan_high_water})")
         if self.heartbeat_interval_s >= self.session_timeout_s:
             raise ValueError(f"DAMFLOW_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s}) must be below "
-                             f"DAMFLOW_SESSION_TIMEOUT_S ({self.session_timeout_s}), a third of it or less")
+                             f"DAMFLOW_SESSION_TIMEOUT_S ({self.session_timeout_s}) (a third of it or less is best)")
         return self
 
     @field_validator("thumbnail_sizes")
