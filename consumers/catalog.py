@@ -57,8 +57,8 @@ from streams.errors import PermanentError
 #: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
 #: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``); 8: ``metadata.models``
 #: indexed in the place of ``model``, ``failures.display_name``; 9: ``metadata.facets`` indexed (format and
-#: scheduler as words).
-CATALOG_VERSION = 9
+#: scheduler as words); 10: ``upload_names``.
+CATALOG_VERSION = 10
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
 TIERS = tuple(DONE_NAMES)
@@ -271,9 +271,17 @@ UPDATE metadata SET facets = damflow_facets((SELECT a.format FROM assets a WHERE
 INSERT INTO metadata_fts (metadata_fts) VALUES ('rebuild');
 """
 
+# v10: ``upload_names``, every name a stored upload was sent under (the same bytes sent again under another name
+# share its content-addressed path, whose location keeps only the newest name): all of them are ``file:`` words.
+_SCHEMA_V10 = """
+CREATE TABLE IF NOT EXISTS upload_names (path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (path, name))
+    WITHOUT ROWID;
+INSERT OR IGNORE INTO upload_names SELECT path, display_name FROM locations WHERE display_name IS NOT NULL;
+"""
+
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
 _MIGRATIONS = {0: _SCHEMA, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4, 4: _SCHEMA_V5, 5: _SCHEMA_V6,
-               6: _SCHEMA_V7, 7: _SCHEMA_V8, 8: _SCHEMA_V9}
+               6: _SCHEMA_V7, 7: _SCHEMA_V8, 8: _SCHEMA_V9, 9: _SCHEMA_V10}
 #: The SQL function the writer's connection has for ``search_query.facets_text``.
 _FACETS = "damflow_facets"
 
@@ -654,6 +662,8 @@ class Catalog:
                                       e.display_name, e.discovered_at, e.discovered_at))
         db.execute(_UPSERT_BATCH_FILE, (e.batch_id, e.event_id, 1, e.path, e.asset_id, *_NO_CHAIN, DONE,
                                         e.browsable_at))
+        if e.display_name:
+            db.execute("INSERT OR IGNORE INTO upload_names VALUES (?, ?)", (e.path, e.display_name))
         # File names are searchable: the asset that gained the path, and the one whose content it no longer is.
         for asset_id in {e.asset_id, before[0] if before else e.asset_id}:
             self._refresh_file_names(asset_id)
@@ -710,13 +720,11 @@ class Catalog:
             doc_id += 1
 
     def _file_names(self, asset_id: str) -> str:
-        """Base names (and upload names) of the asset's locations, sorted: the ``file:`` text of the index."""
-        names: set[str] = set()
-        for path, display_name in self._db.execute(
-                "SELECT path, display_name FROM locations WHERE asset_id = ?", (asset_id,)):
-            names.add(path.replace("\\", "/").rsplit("/", 1)[-1])
-            if display_name:
-                names.add(display_name.replace("\\", "/").rsplit("/", 1)[-1])
+        """Base names of the asset's locations and every name it was uploaded under, sorted: the ``file:`` text of
+        the index."""
+        names = {name.replace("\\", "/").rsplit("/", 1)[-1] for (name,) in self._db.execute(
+            "SELECT path FROM locations WHERE asset_id = ?1 UNION SELECT u.name FROM upload_names u "
+            "JOIN locations l ON l.path = u.path WHERE l.asset_id = ?1", (asset_id,))}
         return "\n".join(sorted(_clean(n) for n in names if n))
 
     def _refresh_file_names(self, asset_id: str) -> None:

@@ -491,7 +491,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_rows(v1_catalog: Path) ->
         assert ids(cat.search("lighthouse file:old")) == [A1]
         assert cat.progress("b1", 2, now=T0 + 40).done == 1
     db = sqlite3.connect(v1_catalog)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 9
+    assert db.execute("PRAGMA user_version").fetchone()[0] == CATALOG_VERSION == 10
     db.close()
     check_index(v1_catalog)
     with Catalog(v1_catalog) as again:  # reopening a migrated catalog is a no-op
@@ -538,9 +538,9 @@ def test_a_version_8_catalog_filters_by_format_and_scheduler_in_the_index_once_m
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["in order", "newer first"])
-def test_the_same_bytes_uploaded_again_under_another_name_are_found_by_it(make_catalog, reverse: bool) -> None:
+def test_the_same_bytes_uploaded_again_under_another_name_are_found_by_each(make_catalog, reverse: bool) -> None:
     # one stored file (content-addressed) for both: its location kept the first name, and `file:kitty` found
-    # nothing however often kitty.png was uploaded
+    # nothing however often kitty.png was uploaded; then it kept the newest, and `file:cat` found nothing
     stored = f"/up/originals/{A1[:2]}/{A1}.png"
     uploads = [browsable("u1", stored, at=T0 + 10, display_name="cat.png"),
                browsable("u2", stored, at=T0 + 50, display_name="kitty.png"),
@@ -549,8 +549,27 @@ def test_the_same_bytes_uploaded_again_under_another_name_are_found_by_it(make_c
     cat.apply([indexed(A1, positive="a cat")])
     for event in reversed(uploads) if reverse else uploads:
         cat.apply([event])
-    assert ids(cat.search("file:kitty")) == [A1] and cat.search("file:cat") == []
-    assert [loc["display_name"] for loc in cat.asset(A1)["locations"]] == ["kitty.png"]
+    assert ids(cat.search("file:kitty")) == ids(cat.search("file:cat")) == [A1]
+    assert [loc["display_name"] for loc in cat.asset(A1)["locations"]] == ["kitty.png"]  # the newest, shown
+
+
+def test_a_version_9_catalog_keeps_its_upload_names_searchable_once_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v9.sqlite"
+    db = sqlite3.connect(path)
+    db.create_function("damflow_facets", 2, search_query.facets_text)
+    db.executescript(" ".join(_MIGRATIONS[v] for v in range(9)) + "PRAGMA user_version = 9;")
+    stored = f"/up/originals/{A1[:2]}/{A1}.png"
+    db.executescript(f"""
+        INSERT INTO locations VALUES ('{stored}', '{A1}', 1, 1, 'b', 'upload', 'kitty.png', {T0}, {T0});
+        INSERT INTO metadata (doc_id, asset_id, parser_version, positive, file_names, metadata_path, indexed_at)
+        VALUES (1, '{A1}', 3, 'a cat', '{A1}.png
+kitty.png', 'm.json', {T0});
+    """)
+    db.close()
+    with Catalog(path) as cat:
+        cat.apply([browsable("u3", stored, at=T0 + 50, display_name="tabby.png")])
+        assert ids(cat.search("file:kitty")) == ids(cat.search("file:tabby")) == [A1]
+    check_index(path)
 
 
 def test_the_search_names_the_columns_the_index_has(tmp_path: Path) -> None:
