@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from agents.handling import EventHandler, _with_payload
+from agents.handling import EventHandler
+from streams.dead_letters import with_payload as _with_payload
 from schemas import AssetFailed, AssetIndexed, DeadLetter, FileDiscovered, decode, encode
 from streams.errors import DamflowError, PermanentError, TransientError
 from streams.settings import Settings
