@@ -140,7 +140,8 @@ def failure(
         error_code=code, reason=str(exc)[:MESSAGE_LIMIT], retriable=retriable, outcome=outcome,
         attempts=history.attempts, first_failure_at=history.first_failure_at,
         replay_count=getattr(record, "replay_count", 0), failed_at=at,
-        display_name=getattr(record, "display_name", None),
+        # cut like the reason: a foreign producer's name of megabytes made the failure too large to send
+        display_name=(getattr(record, "display_name", None) or None) and record.display_name[:MESSAGE_LIMIT],
     )
 
 

@@ -165,6 +165,12 @@ class DecoderCrashed(TransientError):
     code = "decoder_crashed"
 
 
+class RetryRefused(PermanentError):
+    """The broker refused, for good, to take a retry back to its tier's topic (too large for it, say)."""
+
+    code = "retry_refused"
+
+
 class SourceChanged(PermanentError):
     """The file at an asset's path no longer holds the asset's bytes (it was edited or replaced since)."""
 

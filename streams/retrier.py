@@ -5,6 +5,12 @@ that message, and a timer resumes it at the due time — other partitions and to
 One retry topic per attempt level means the messages of a partition carry (nearly) increasing due times, so
 waiting on the head holds nothing up that is due earlier. Pauses are re-derived after a rebalance: a newly
 assigned partition is read, found not due, and paused again.
+
+A retry the broker refuses for good (too large for it, say) is given up as a tier gives up its work: a dead
+letter on ``t<tier>.dlq`` and an ``AssetFailed`` for its file, then passed. It stopped the retrier before, which
+restarted, read it again and stopped again, for good: no retry behind it went on, and those before it in the
+same fetch went again at every restart. A refusal that may pass (the broker away) stops the retrier as before,
+after what went is committed.
 """
 
 from __future__ import annotations
@@ -12,17 +18,25 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from schemas import now
-from streams.kafka import group_consumer, producer
+from aiokafka.structs import ConsumerRecord
+
+from schemas import decode, encode, now
+from streams import dead_letters
+from streams.errors import RetryRefused, SchemaError
+from streams.kafka import group_consumer, passes, producer
 from streams.logs import get
 from streams.retries import DUE_AT, FailureHistory, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
 from streams.topics import TIERS, Topics
 
 log = get(__name__)
+
+#: The most a dead letter of the retrier may weigh: aiokafka's default request size (``streams.kafka.producer``
+#: keeps it), less the framing.
+_LETTER_BUDGET = 1024 * 1024 - dead_letters.FRAMING
 
 
 class Retrier:
@@ -56,8 +70,7 @@ class Retrier:
                 self.ready.set()
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=500)
-                    commits: dict[TopicPartition, OffsetAndMetadata] = {}
-                    sends = []
+                    sends: list[tuple[TopicPartition, ConsumerRecord, asyncio.Future | BaseException]] = []
                     for tp, records in batches.items():
                         for rec in records:
                             history = FailureHistory.from_headers(rec.headers)
@@ -74,18 +87,79 @@ class Retrier:
                             held_since.pop((tp, rec.offset), None)
                             target = self.target(history.source_topic, rec.topic)
                             headers = [(k, v) for k, v in header_dict(rec.headers).items() if k != DUE_AT]
-                            sends.append(await prod.send(target, rec.value, key=rec.key, headers=headers))
-                            commits[tp] = OffsetAndMetadata(rec.offset + 1, "")
-                    if sends:
-                        await asyncio.gather(*sends)
-                        self.forwarded += len(sends)
-                    if commits:
-                        await consumer.commit(commits)
+                            try:
+                                sent: asyncio.Future | BaseException = await prod.send(
+                                    target, rec.value, key=rec.key, headers=headers)
+                            except Exception as exc:  # refused before it was even queued: too large, say
+                                sent = exc
+                            sends.append((tp, rec, sent))
+                    await self._settle(consumer, prod, sends)
         finally:
             self.ready.clear()
             for handle in timers.values():
                 handle.cancel()
             await consumer.stop()
+
+    async def _settle(self, consumer: AIOKafkaConsumer, prod: AIOKafkaProducer,
+                      sends: list[tuple[TopicPartition, ConsumerRecord, asyncio.Future | BaseException]]) -> None:
+        """Commit what the broker took, in each partition up to its first retry that may still go (the broker away:
+        raised once the rest is committed, the retrier restarting); a retry it refuses for good is given up."""
+        if not sends:
+            return
+        futures = [s for _, _, s in sends if isinstance(s, asyncio.Future)]
+        if futures:  # (none when the broker refused every one before queueing it)
+            await asyncio.wait(futures)
+        commits: dict[TopicPartition, OffsetAndMetadata] = {}
+        held: set[TopicPartition] = set()
+        error: BaseException | None = None
+        try:
+            for tp, rec, sent in sends:
+                if tp in held:
+                    continue
+                failed = sent if isinstance(sent, BaseException) else (
+                    asyncio.CancelledError() if sent.cancelled() else sent.exception())
+                if failed is not None and (isinstance(failed, asyncio.CancelledError) or passes(failed)):
+                    held.add(tp)
+                    error = error or failed
+                    continue
+                if failed is not None:
+                    await self._give_up(prod, rec, failed)
+                else:
+                    self.forwarded += 1
+                commits[tp] = OffsetAndMetadata(rec.offset + 1, "")
+        finally:
+            if commits:
+                await consumer.commit(commits)
+        if error is not None:
+            raise error
+
+    async def _give_up(self, prod: AIOKafkaProducer, rec: ConsumerRecord, refusal: BaseException) -> None:
+        """A retry the broker refused for good: its dead letter, and its file told dead-lettered."""
+        tier = int(rec.topic.removeprefix(self.topics.prefix).split(".")[0].removeprefix("t"))
+        history = FailureHistory.from_headers(rec.headers)
+        error = RetryRefused(f"the broker would not take this retry back to its tier's topic: {refusal!r}")
+        error.__cause__ = refusal  # the letter's traceback is the refusal's
+        value = rec.value or b""
+        try:
+            record = decode(value)
+        except SchemaError:
+            record = None
+        if not isinstance(record, dead_letters.Record):
+            record = None
+        received = dead_letters.Received(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, value)
+        key, letter, headers = dead_letters.letter(
+            received, error, history, tier=tier, group=f"{self.settings.group_id}-retrier", budget=_LETTER_BUDGET,
+            record=record, asset_id=getattr(record, "asset_id", None))
+        failed = (dead_letters.failure(record, error, history, tier=tier, outcome="dead_lettered",
+                                       asset_id=getattr(record, "asset_id", None), at=now())
+                  if record is not None else dead_letters.failure_of_unreadable(value, error, history, tier=tier))
+        log.error("retry_refused", topic=rec.topic, offset=rec.offset, error=repr(refusal),
+                  path=failed.path if failed else None)
+        sends = [await prod.send(self.topics.dlq(tier), letter, key=key, headers=list(headers.items()))]
+        if failed is not None:
+            sends.append(await prod.send(self.topics.assets, encode(failed),
+                                         key=(failed.asset_id or failed.path).encode()))
+        await asyncio.gather(*sends)
 
     def target(self, source_topic: str | None, retry_topic: str) -> str:
         """Where a retried event goes back to: the topic its header names when that is one of its tier's work
