@@ -40,6 +40,9 @@ class Browsed:
     thumbnails: dict[str, str]
     deduplicated: bool
     work_ms: float
+    #: The modification time of what was read (the file held still over the read); None where it could not be
+    #: looked at.
+    mtime_ns: int | None = None
 
 
 def browse_file(
@@ -91,6 +94,7 @@ def browse_file(
         thumbnails=thumbs.files,
         deduplicated=not thumbs.created and not redone,
         work_ms=(time.perf_counter() - started) * 1000,
+        mtime_ns=before[1] if before is not None else None,
     )
 
 

@@ -61,7 +61,10 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             )
             browsable = AssetBrowsable(
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
-                asset_id=result.asset_id, path=record.path, size=result.size, mtime_ns=record.mtime_ns,
+                # the size and modification time of what was read: a file changed since it was scanned (fixed,
+                # then replayed) kept the scan's mtime, and every later ingest sent it again as changed
+                asset_id=result.asset_id, path=record.path, size=result.size,
+                mtime_ns=record.mtime_ns if result.mtime_ns is None else result.mtime_ns,
                 format=result.format, width=result.width, height=result.height,
                 # a retry may find the thumbnails its own earlier attempt made: no duplicate of anything else, and
                 # tier 3 would skip it as one; enriching a true duplicate once more costs only the work. (A first

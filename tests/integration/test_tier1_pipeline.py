@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from schemas import decode
+from schemas import FileDiscovered, decode, encode, new_id, now
 from streams.ingest import ingest_folder, upload_files
-from streams.kafka import tail
+from streams.kafka import producer, tail
 from streams.supervisor import Stack
 from tests.images import make_jpeg, make_png
 from tests.integration.conftest import catalog_of, wait_until
@@ -210,3 +210,24 @@ def _sync_asset(settings, asset_id):
         return None
     with catalog_of(settings) as catalog:
         return catalog.asset(asset_id)
+
+
+async def test_a_file_changed_since_its_scan_is_recorded_as_it_was_read(stack: Stack, tmp_path: Path) -> None:
+    # a file fixed on disk after its scan (then replayed from the dead letters) kept the scan's mtime in the
+    # catalog, so every later ingest of its folder sent it again as changed
+    folder = tmp_path / "fixed"
+    folder.mkdir()
+    path = make_png(folder / "a.png", size=(64, 64), seed=3)
+    st = path.stat()
+    event = FileDiscovered(event_id=new_id(), batch_id=new_id(), lane="batch", source="scan", path=str(path),
+                           size=st.st_size, mtime_ns=st.st_mtime_ns - 10**9, discovered_at=now(), root=str(folder))
+    async with producer(stack.bootstrap, compression=None) as prod:
+        await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
+
+    def located():
+        with catalog_of(stack.settings) as catalog:
+            return catalog.location(str(path))
+
+    assert (await wait_until(located, what="the file browsable"))[:2] == (st.st_size, st.st_mtime_ns)
+    again = await ingest_folder(stack.settings, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
+    assert (again.found, again.skipped_unchanged) == (0, 1)
