@@ -68,6 +68,8 @@ MIN_PREFIX = 6
 DONE, RETRYING, FAILED, DEAD_LETTERED = "done", "retrying", "failed", "dead_lettered"
 #: ``status()``'s count, per tier after the first, of assets an earlier tier's failure keeps from it
 FAILED_EARLIER = "failed_earlier"
+#: The state shown for an asset that only failed and whose content no file holds any more: see ``_SUPERSEDED``
+SUPERSEDED = "superseded"
 _HEX = re.compile(r"[0-9a-f]+")
 
 _SCHEMA = """
@@ -277,6 +279,21 @@ _SCHEMA_V10 = """
 CREATE TABLE IF NOT EXISTS upload_names (path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (path, name))
     WITHOUT ROWID;
 INSERT OR IGNORE INTO upload_names SELECT path, display_name FROM locations WHERE display_name IS NOT NULL;
+"""
+
+#: Assets that only failed and whose content no file holds any more: no location, and every failure that named
+#: them is of a file done since in that tier under other content (fixed on disk and its dead letter replayed, or
+#: changed before its retry). Their failed state is history: shown as ``superseded``, counted neither as failed
+#: nor as pending (``status`` said "1 dead-lettered" with no letter left to replay, for good).
+_SUPERSEDED = f"""
+SELECT DISTINCT t.asset_id FROM asset_tiers t
+WHERE t.state <> '{DONE}'
+  AND NOT EXISTS (SELECT 1 FROM locations l WHERE l.asset_id = t.asset_id)
+  AND EXISTS (SELECT 1 FROM failures f WHERE f.asset_id = t.asset_id)
+  AND NOT EXISTS (SELECT 1 FROM failures f LEFT JOIN batch_files b
+                  ON b.batch_id = f.batch_id AND b.event_id = f.event_id AND b.tier = f.tier
+                  WHERE f.asset_id = t.asset_id
+                    AND (b.state IS NOT '{DONE}' OR b.asset_id IS NULL OR b.asset_id = t.asset_id))
 """
 
 #: ``_MIGRATIONS[v]`` takes a catalog from version ``v`` to ``v + 1`` (0 is an empty file).
@@ -836,7 +853,8 @@ class Catalog:
 
         Raises :class:`AmbiguousId` for a prefix matching several assets or shorter than 6 characters.
         Shape: ``asset_id, size, format, width, height, thumbnails {name: relative path}, first_seen_at,
-        browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | None),
+        browsable_at, tier1_state…tier3_state (DONE_NAMES value | retrying | failed | dead_lettered | superseded:
+        see ``_SUPERSEDED`` | None),
         locations [{path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at}],
         failures [{path, tier, event_id, batch_id, error_class, error_code, reason, outcome (failed | retrying |
         dead_lettered | recovered: retried or replayed, then done), attempts, failed_at}], metadata``: ``None`` until tier 2
@@ -853,8 +871,10 @@ class Catalog:
         out: dict[str, Any] = dict(row)
         out["thumbnails"] = json.loads(row["thumbnails"])
         states = dict(db.execute("SELECT tier, state FROM asset_tiers WHERE asset_id = ?", (asset_id,)).fetchall())
+        superseded = db.execute(f"SELECT 1 FROM ({_SUPERSEDED}) WHERE asset_id = ?", (asset_id,)).fetchone()
         for tier in sorted(set(TIERS) | set(states)):
-            out[f"tier{tier}_state"] = _shown_state(tier, states.get(tier))
+            state = SUPERSEDED if superseded and states.get(tier) not in (None, DONE) else states.get(tier)
+            out[f"tier{tier}_state"] = _shown_state(tier, state)
         out["locations"] = [dict(r) | {"mtime_ns": mtime_from_db(r["mtime_ns"])} for r in db.execute(
             "SELECT path, size, mtime_ns, batch_id, source, display_name, first_seen_at, last_seen_at "
             "FROM locations WHERE asset_id = ? ORDER BY first_seen_at, path", (asset_id,))]
@@ -1025,10 +1045,15 @@ class Catalog:
         now = time.time() if now is None else now
         counts = self.counts()
         states: dict[int, Counter[str]] = {t: Counter() for t in TIERS}
-        for tier, state, n in self._db.execute("SELECT tier, state, COUNT(*) FROM asset_tiers GROUP BY tier, state"):
+        superseded = self._scalar(f"SELECT COUNT(*) FROM ({_SUPERSEDED})")
+        besides = f"WHERE asset_id NOT IN ({_SUPERSEDED})" if superseded else ""  # (mostly none: a scan spared)
+        for tier, state, n in self._db.execute(
+                f"SELECT tier, state, COUNT(*) FROM asset_tiers {besides} GROUP BY tier, state"):
             states.setdefault(tier, Counter())[_shown_state(tier, state)] = n
-        for tier, n in self._failed_earlier().items():  # never to come to this tier: not pending
+        for tier, n in self._failed_earlier(bool(superseded)).items():  # never to come to this tier: not pending
             states.setdefault(tier, Counter())[FAILED_EARLIER] = n
+        for counter in states.values() if superseded else ():  # history, in every tier: not pending either
+            counter[SUPERSEDED] = superseded
         asset_states = {}
         for tier, counter in sorted(states.items()):
             asset_states[f"tier{tier}"] = {**counter, "pending": counts["assets"] - sum(counter.values())}
@@ -1042,14 +1067,16 @@ class Catalog:
                 "batch_count": counts["batches"], "held_events": counts["held_events"],
                 "asset_states": asset_states, "batches": batches}
 
-    def _failed_earlier(self) -> dict[int, int]:
+    def _failed_earlier(self, superseded: bool) -> dict[int, int]:
         """Per tier after the first: assets with no state in it whose earlier tier failed for good (failed or
-        dead-lettered), so that none of its work is on its way (a replay of the failure may send it)."""
+        dead-lettered), so that none of its work is on its way (a replay of the failure may send it); but for
+        ``superseded`` ones, if there are any."""
         out = {}
+        besides = f"AND p.asset_id NOT IN ({_SUPERSEDED})" if superseded else ""
         for tier in TIERS[1:]:
             (n,) = self._db.execute(
                 "SELECT COUNT(DISTINCT p.asset_id) FROM asset_tiers p WHERE p.tier < ? AND p.state IN (?, ?) "
-                "AND NOT EXISTS (SELECT 1 FROM asset_tiers t WHERE t.asset_id = p.asset_id AND t.tier = ?)",
+                f"AND NOT EXISTS (SELECT 1 FROM asset_tiers t WHERE t.asset_id = p.asset_id AND t.tier = ?) {besides}",
                 (tier, FAILED, DEAD_LETTERED, tier)).fetchone()
             if n:
                 out[tier] = n

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 #: Order of asset states in the summary: the good news first, what needs a person last.
-_STATE_ORDER = ("browsable", "indexed", "enriched", "retrying", "failed", "dead_lettered", "failed_earlier",
-                "pending")
+_STATE_ORDER = ("browsable", "indexed", "enriched", "superseded", "retrying", "failed", "dead_lettered",
+                "failed_earlier", "pending")
 #: States whose stored name does not read as prose
-_WORDS = {"failed_earlier": "failed in an earlier tier"}
+_WORDS = {"failed_earlier": "failed in an earlier tier",
+          "superseded": "superseded (failed; its file is done since, with other content)"}
 
 
 #: From this much memory held by the embedded broker on, ``damflow status`` says what to do about it.
@@ -80,7 +81,7 @@ def render_asset(asset: dict[str, Any]) -> str:
     for k in tiers:  # a tier after one that failed is not pending: nothing is on its way to it
         states.append(f"{k.removeprefix('tier').removesuffix('_state')} "
                       f"{_word(asset[k] or ('not reached' if stopped else 'pending'))}")
-        stopped = stopped or asset[k] in ("failed", "dead_lettered")
+        stopped = stopped or asset[k] in ("failed", "dead_lettered", "superseded")
     lines.append("tiers       " + " · ".join(states))
     seen = f"first seen {_when(asset['first_seen_at'])}"
     if asset["browsable_at"] is not None:

@@ -693,6 +693,37 @@ def test_an_asset_takes_its_files_last_step_also_when_that_step_could_not_name_i
     assert cat.status(now=T0 + 100)["asset_states"]["tier1"] == {"dead_lettered": 1, "pending": 0}
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "last step first"])
+@pytest.mark.parametrize("first_outcome", ["dead_lettered", "retrying"], ids=["fixed and replayed", "changed"])
+def test_an_asset_whose_file_is_done_since_under_other_content_is_superseded(
+        make_catalog, reverse: bool, first_outcome: str) -> None:
+    # a corrupt file dead-lettered (content A1), fixed on disk and its letter replayed (content A2); or a file that
+    # changed before its retry: A1's failure stayed in `status` ("1 dead-lettered", with no letter left to
+    # replay) and in `show`, for good; a retrying A1 counted as pending in every tier
+    steps = [failed("e1", f"{ROOT}/x.png", outcome=first_outcome, asset_id=A1, at=T0 + 5),
+             browsable("e1", f"{ROOT}/x.png", A2, at=T0 + 40, replay_count=1 if first_outcome != "retrying" else 0)]
+    cat = make_catalog()
+    cat.apply([scanned(1, complete=True)])
+    for event in reversed(steps) if reverse else steps:
+        cat.apply([event])
+    states = cat.status(now=T0 + 100)["asset_states"]
+    assert states["tier1"] == {"browsable": 1, "superseded": 1, "pending": 0}
+    assert states["tier2"] == {"superseded": 1, "pending": 1}  # A2's tier 2 is on its way; A1's never is
+    shown = cat.asset(A1)
+    assert shown["tier1_state"] == "superseded" and [f["outcome"] for f in shown["failures"]] == ["recovered"]
+    assert cat.asset(A2)["tier1_state"] == "browsable"
+
+
+def test_an_asset_a_file_still_fails_with_is_not_superseded(make_catalog) -> None:
+    # the same content failed at two paths; one of them was fixed since: the other one's letter still waits
+    steps = [failed("e1", f"{ROOT}/x.png", asset_id=A1, at=T0 + 5), failed("e2", f"{ROOT}/y.png", asset_id=A1),
+             browsable("e1", f"{ROOT}/x.png", A2, at=T0 + 40, replay_count=1)]
+    cat = make_catalog()
+    cat.apply([scanned(2, complete=True), *steps])
+    assert cat.status(now=T0 + 100)["asset_states"]["tier1"] == {"browsable": 1, "dead_lettered": 1, "pending": 0}
+    assert cat.asset(A1)["tier1_state"] == "dead_lettered"
+
+
 def test_attempts_that_hashed_different_contents_leave_the_same_states_in_either_order(make_catalog) -> None:
     # the file changed between attempts: each failure names another asset; the asset states a catalog ends with
     # must not depend on which failure it read first
