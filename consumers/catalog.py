@@ -40,7 +40,7 @@ import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -1118,6 +1118,12 @@ class Catalog:
             "batch_files": one("SELECT COUNT(*) FROM batch_files"),
             "held_events": one("SELECT COUNT(*) FROM held_events"),
         }
+
+    def dead_lettered_files(self, tiers: Sequence[int] = TIERS) -> int:
+        """Files (events) dead-lettered in ``tiers``, in every batch: what the dead-letter topics should explain."""
+        marks = ", ".join("?" * len(tiers))
+        return self._db.execute(f"SELECT COUNT(*) FROM batch_files WHERE state = ? AND tier IN ({marks})",
+                                (DEAD_LETTERED, *tiers)).fetchone()[0]
 
     def asset_count(self) -> int:
         """Distinct assets (by content), including those only a failure has named."""

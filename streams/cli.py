@@ -389,8 +389,12 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     until = dlq.parse_when(args.until) if args.until else None
     ids = getattr(args, "ids", None) or []
 
+    on_broker = 0
+
     async def main() -> object:
+        nonlocal on_broker
         letters = await dlq.read_letters(resolve_bootstrap(settings), topics, tiers)
+        on_broker = len(letters)
         ledger = dlq.Ledger(settings.dlq_ledger_path)
         try:
             ledger.annotate(letters)
@@ -419,6 +423,14 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(rows)
     else:
         print(render_dlq(rows, args.action))
+    if not on_broker and settings.catalog_path.exists():
+        with Catalog(settings.catalog_path, readonly=True) as catalog:
+            lost = catalog.dead_lettered_files(tiers)
+        if lost:  # the embedded broker keeps its letters in memory: a restart of `damflow up` lost them
+            print(f"damflow dlq: the broker holds no dead letters, but the catalog counts {lost} file(s) "
+                  "dead-lettered: their letters were lost with the broker's events (the embedded broker's, at a "
+                  "restart of `damflow up`); ingest their folders again, or upload the files again, to retry them "
+                  "(`damflow status` names their batches)", file=sys.stderr)
     # a script can tell that some stay: a letter not replayed, or one asked for by an id no letter has
     missing = any(r.get("result") == "no such letter" for r in rows) if args.action in ("replay", "purge") else False
     return 1 if missing or (args.action == "replay" and dlq.refused(rows)) else 0

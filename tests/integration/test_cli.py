@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from consumers.catalog import Catalog
+from schemas import AssetFailed
 from streams.kafka import ensure_topics
 from streams.settings import settings_env
 from streams.topics import topics_for
@@ -128,3 +130,23 @@ def test_an_ingest_that_times_out_while_its_scan_is_held_says_the_scan_stopped(m
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("damflow ingest: timed out waiting for batch ") and "the scan stopped" in line
     assert "ingest the folder again" in line
+
+
+def test_dlq_list_says_when_the_catalog_counts_dead_letters_the_broker_no_longer_holds(
+        make_settings, tmp_path: Path) -> None:
+    # the embedded broker keeps its letters in memory: after a restart of `damflow up`, `dlq list` said only "no
+    # dead letters match" while `status` still counted the files dead-lettered, and nothing said how to retry them
+    settings = make_settings()
+    asyncio.run(ensure_topics(settings.broker_url, topics_for(settings).all(), settings.partitions))
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([AssetFailed(event_id="e1", batch_id="b1", lane="batch", source="scan", tier=1,
+                                   path="/in/broken.png", error_class="CorruptImage", error_code="corrupt_image",
+                                   reason="truncated", retriable=False, outcome="dead_lettered", failed_at=1.0)])
+    env = dict(os.environ) | settings_env(settings) | {"DAMFLOW_LOG_LEVEL": "warn"}
+    listed = damflow("dlq", "list", env=env, timeout=60)
+    assert listed.returncode == 0 and listed.stdout.strip() == "no dead letters match", listed.stderr
+    assert "the catalog counts 1 file(s) dead-lettered" in listed.stderr and "ingest their folders again" in (
+        listed.stderr)
+    only_tier_2 = damflow("dlq", "list", "--tier", "2", env=env, timeout=60)
+    assert only_tier_2.stderr == ""
