@@ -48,6 +48,10 @@ class BadFilter(PermanentError):
 CLAIM_STALE_S = 600.0
 
 
+#: How much of a letter that is no envelope ``show`` prints (base64 of its first bytes).
+_RAW_SHOWN = 4096
+
+
 @dataclass
 class Letter:
     tier: int
@@ -58,6 +62,8 @@ class Letter:
     envelope: DeadLetter | None
     #: Why the envelope itself could not be read (it should never happen; kept visible if it does).
     unreadable: str | None = None
+    #: The letter's own bytes when they are no envelope: ``show`` prints their start, to look into.
+    raw: bytes | None = None
     #: The whole original value and key, read back from its topic (:func:`read_back`), when the envelope holds
     #: only part of them.
     fetched: bytes | None = None
@@ -113,7 +119,8 @@ class Letter:
         return self.summary() | {
             "topic": self.topic, "partition": self.partition, "offset": self.offset,
             "envelope": msgspec.to_builtins(self.envelope) if self.envelope else None, "history": self.history,
-        }
+        } | ({} if self.envelope else {"raw_start": base64.b64encode((self.raw or b"")[:_RAW_SHOWN]).decode(),
+                                      "raw_size": len(self.raw or b"")})
 
 
 #: The ledger's rows of one letter (``_its_rows``). A row from before fingerprints (fingerprint '') is the letter's
@@ -241,7 +248,8 @@ async def read_letters(bootstrap: str, topics: Topics, tiers: Iterable[int] = TI
                     except DamflowError as exc:
                         envelope, why = None, str(exc)
                     letters.append(Letter(tier_of[tp.topic], tp.topic, tp.partition, rec.offset,
-                                          rec.timestamp, envelope, why, fingerprint=_fingerprint(rec.value)))
+                                          rec.timestamp, envelope, why, raw=None if envelope else rec.value,
+                                          fingerprint=_fingerprint(rec.value)))
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
@@ -324,7 +332,7 @@ def select(
             continue
         if error_class and error_class not in (s["error_class"], s["error_code"]):
             continue
-        if batch and s["batch_id"] != batch:
+        if batch and not (s["batch_id"] or "").startswith(batch):  # `status` shows batches by their first 8
             continue
         if since is not None and s["failed_at"] < since:
             continue
@@ -422,8 +430,9 @@ def purge(letters: list[Letter], ledger: Ledger, *, dry_run: bool = False) -> li
     """Mark letters as dealt with; they leave ``list`` (their bytes stay on the topic until retention)."""
     out = []
     for letter in letters:
-        if dry_run:
-            out.append({"id": letter.id, "result": "would purge"})
+        if dry_run:  # what the real run would answer
+            taken = "purged" in {a["action"] for a in letter.history}
+            out.append({"id": letter.id, "result": "already purged" if taken else "would purge"})
         else:
             fresh = ledger.record(letter, "purged")
             out.append({"id": letter.id, "result": "purged" if fresh else "already purged"})

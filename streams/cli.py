@@ -368,6 +368,14 @@ def _at_least_one(text: str) -> int:
     return _whole(text, 1)
 
 
+def _batch_prefix(text: str) -> str:
+    """A batch id, or its first characters: as many as `damflow status` shows (8), so that a prefix rarely
+    names another batch's letters too (a replay by batch sends every letter it matches)."""
+    if len(text) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the batch id, or at least its first 8 characters")
+    return text
+
+
 def _positive(text: str) -> float:
     """A command-line number of seconds or a rate: finite and above zero ("nan" compares false with everything:
     a timeout of nan gave up at once, a rate of nan meant no limit)."""
@@ -389,10 +397,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     until = dlq.parse_when(args.until) if args.until else None
     ids = getattr(args, "ids", None) or []
 
-    on_broker = 0
+    on_broker, not_found = 0, []
 
     async def main() -> object:
-        nonlocal on_broker
+        nonlocal on_broker, not_found
         letters = await dlq.read_letters(resolve_bootstrap(settings), topics, tiers)
         on_broker = len(letters)
         ledger = dlq.Ledger(settings.dlq_ledger_path)
@@ -403,12 +411,13 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                                 until=until, statuses=statuses)
             if args.action == "list":
                 return [letter.summary() for letter in chosen]
+            known = {letter.id for letter in letters}
+            not_found = [i for i in dict.fromkeys(ids) if i not in known]
             if args.action == "show":
                 if not chosen:
                     raise DamflowError(f"no dead letter {', '.join(ids)}")
                 return [letter.to_dict() for letter in chosen]
-            known = {letter.id for letter in letters}
-            unknown = [{"id": i, "result": "no such letter"} for i in dict.fromkeys(ids) if i not in known]
+            unknown = [{"id": i, "result": "no such letter"} for i in not_found]
             if args.action == "purge":
                 return dlq.purge(chosen, ledger, dry_run=args.dry_run) + unknown
             await dlq.read_back(resolve_bootstrap(settings), chosen)  # the whole of any message a letter cut
@@ -431,8 +440,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                   "dead-lettered: their letters were lost with the broker's events (the embedded broker's, at a "
                   "restart of `damflow up`); ingest their folders again, or upload the files again, to retry them "
                   "(`damflow status` names their batches)", file=sys.stderr)
+    if args.action == "show" and not_found:  # shown are the others: an id no letter has was dropped silently
+        print(f"damflow dlq: no dead letter {', '.join(not_found)}", file=sys.stderr)
     # a script can tell that some stay: a letter not replayed, or one asked for by an id no letter has
-    missing = any(r.get("result") == "no such letter" for r in rows) if args.action in ("replay", "purge") else False
+    missing = bool(not_found)
     return 1 if missing or (args.action == "replay" and dlq.refused(rows)) else 0
 
 
@@ -518,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("ids", nargs="*" if action != "show" else "+", help="letter ids (tier:partition:offset)")
         d.add_argument("--tier", type=int, choices=[1, 2, 3])
         d.add_argument("--error-class", help="error class or code, e.g. CorruptImage or corrupt_image")
-        d.add_argument("--batch", help="batch id")
+        d.add_argument("--batch", type=_batch_prefix,
+                       help="batch id, or its start as `damflow status` shows it (8 characters at least)")
         d.add_argument("--since", help="failed after: 30m, 2h, 1d, an epoch or an ISO time")
         d.add_argument("--until", help="failed before (same forms)")
         d.add_argument("--json", action="store_true", help="machine-readable output")

@@ -43,6 +43,9 @@ def test_select_filters_by_class_batch_time_status_and_ids() -> None:
     assert [x.offset for x in select(letters)] == [2, 3, 4]
     assert [x.offset for x in select(letters, error_class="DecoderTimeout")] == [2]
     assert [x.offset for x in select(letters, batch="b2")] == [3]
+    long_batch = letter(5, batch="0123456789abcdef0123456789abcdef")
+    # by its start, as `damflow status` shows it: the whole id only matched, and its first 8 matched nothing
+    assert [x.offset for x in select([*letters, long_batch], batch="01234567")] == [5]
     assert [x.offset for x in select(letters, since=2000)] == [4]
     assert [x.offset for x in select(letters, until=2000)] == [2, 3]
     assert [x.offset for x in select(letters, ids=["1:0:1"])] == [1]  # explicit ids ignore the status
@@ -333,3 +336,15 @@ def test_a_replay_whose_send_failed_leaves_its_letter_to_the_next_one_at_once(tm
     [again] = asyncio.run(replay([letter(1)], prod, Ledger(tmp_path / "dlq.sqlite"),  # type: ignore[arg-type]
                                  settings, topics_for(settings)))
     assert again["result"] == "replayed to damflow.t1.batch" and len(prod.sent) == 1
+
+
+def test_a_dry_run_purge_of_a_letter_purged_already_says_so_as_the_real_run_does(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+    first = letter(7)
+    ledger.annotate([first])
+    assert purge([first], ledger) == [{"id": "1:0:7", "result": "purged"}]
+    again = letter(7)  # as the next `damflow dlq purge 1:0:7 --dry-run` reads it
+    ledger.annotate([again])
+    assert purge([again], ledger, dry_run=True) == [{"id": "1:0:7", "result": "already purged"}]
+    assert purge([again], ledger) == [{"id": "1:0:7", "result": "already purged"}]
+    assert purge([letter(8)], ledger, dry_run=True) == [{"id": "1:0:8", "result": "would purge"}]
