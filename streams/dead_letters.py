@@ -134,6 +134,7 @@ def failure(
 ) -> AssetFailed:
     """The ``AssetFailed`` of ``record``'s file, whose attempt failed with ``exc`` (``history`` counting it)."""
     code, retriable = classify(exc)
+    name = getattr(record, "display_name", None)
     return AssetFailed(
         event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
         tier=tier, path=record.path, asset_id=asset_id, error_class=type(exc).__name__,
@@ -141,7 +142,7 @@ def failure(
         attempts=history.attempts, first_failure_at=history.first_failure_at,
         replay_count=getattr(record, "replay_count", 0), failed_at=at,
         # cut like the reason: a foreign producer's name of megabytes made the failure too large to send
-        display_name=(getattr(record, "display_name", None) or None) and record.display_name[:MESSAGE_LIMIT],
+        display_name=name[:MESSAGE_LIMIT] if name else None,
     )
 
 
