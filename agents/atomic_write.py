@@ -42,7 +42,13 @@ def write_atomically(target: Path, data: bytes, *, what: str, note: tuple[str, b
 _notes_refused = False
 
 
-def _set_note(fd: int, name: str, value: bytes) -> None:
+def set_note(path: Path, name: str, value: bytes) -> None:
+    """Give the file at ``path`` the extended attribute ``name`` (see :func:`read_note`), where the platform and
+    file system keep them; left out elsewhere."""
+    _set_note(os.fspath(path), name, value)
+
+
+def _set_note(fd: int | str, name: str, value: bytes) -> None:
     global _notes_refused
     setxattr = getattr(os, "setxattr", None)
     if setxattr is None:  # not Linux: no extended attributes

@@ -19,6 +19,7 @@ from agents.hashing import hash_file
 from agents.thumbnails import (
     DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails, thumbnail_path,
 )
+from agents.quality import remembered_scores
 from streams.errors import DamflowError, SourceInFlux
 
 
@@ -28,8 +29,9 @@ class Browsed:
 
     ``width``/``height`` are as displayed (EXIF orientation applied); ``thumbnails`` maps size name to the path
     relative to the data directory; ``deduplicated`` is true when every thumbnail already existed (this content
-    was browsed before), unless they were made for the event the call named (an unknown maker, or no event named,
-    counts as another); ``work_ms`` is the wall time of the call, for progress and benchmarks.
+    was browsed before) and tier 3 has scored the content (see :func:`agents.quality.remember_scores`), unless
+    they were made for the event the call named (an unknown maker, or no event named, counts as another);
+    ``work_ms`` is the wall time of the call, for progress and benchmarks.
     """
 
     asset_id: str
@@ -82,9 +84,12 @@ def browse_file(
         exc.size = size  # type: ignore[attr-defined]
         raise
     _holds_still(path, before)  # else the hash (one read) and the thumbnails (another) may be of two contents
-    # found made: another copy of the content was browsed before, unless they were made for this very event
+    # found made: another copy of the content was browsed before, unless they were made for this very event; and
+    # a duplicate for tier 3 only once tier 3 scored the content (its scores kept with the thumbnail): a file
+    # whose first event's tier 3 was lost (with a broker) never got one, every later copy skipped as a duplicate
     redone = (not thumbs.created and event_id is not None
               and made_for(thumbnail_path(thumbs_dir, asset_id, sizes[0])) == event_id)
+    scored = not thumbs.created and remembered_scores(thumbs_dir, asset_id) is not None
     return Browsed(
         asset_id=asset_id,
         size=size,
@@ -92,7 +97,7 @@ def browse_file(
         width=thumbs.width,
         height=thumbs.height,
         thumbnails=thumbs.files,
-        deduplicated=not thumbs.created and not redone,
+        deduplicated=scored and not redone,
         work_ms=(time.perf_counter() - started) * 1000,
         mtime_ns=before[1] if before is not None else None,
     )

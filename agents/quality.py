@@ -9,14 +9,40 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageFilter, ImageStat
 
+from agents.atomic_write import read_note, set_note
 from agents.hashing import hash_file
 from agents.thumbnails import made_for, make_thumbnails, thumbnail_path
 from streams.errors import SourceChanged, StorageUnavailable
+
+
+#: The extended attribute of a 256-px thumbnail holding tier 3's scores of its content (see
+#: :func:`remember_scores`).
+SCORES_NOTE = "user.damflow.quality"
+
+
+def remember_scores(thumbs_dir: str, asset_id: str, scores: dict[str, float]) -> None:
+    """Keep tier 3's ``scores`` with the content's thumbnail: that tier 3 was done for this content is then known
+    from the disk, not from the thumbnails' being there (which tier 1 of an event whose tier 3 was lost, with a
+    broker, also leaves behind): see :func:`agents.browse.browse_file`'s ``deduplicated``."""
+    set_note(thumbnail_path(Path(thumbs_dir), asset_id, 256), SCORES_NOTE, json.dumps(scores).encode())
+
+
+def remembered_scores(thumbs_dir: str | Path, asset_id: str) -> dict[str, float] | None:
+    """The scores :func:`remember_scores` kept for the content, or ``None`` (never scored, or not known: a
+    platform or file system that keeps no extended attributes)."""
+    note = read_note(thumbnail_path(Path(thumbs_dir), asset_id, 256), SCORES_NOTE)
+    try:
+        scores = json.loads(note) if note else None
+    except ValueError:
+        return None
+    ok = isinstance(scores, dict) and all(isinstance(v, int | float) for v in scores.values())
+    return scores if ok else None
 
 
 def quality_scores(thumbs_dir: str, asset_id: str, source: str | None = None, **thumbnail_args: Any,

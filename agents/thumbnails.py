@@ -101,7 +101,7 @@ def made_for(thumb: Path | str) -> str | None:
     """The id of the event whose work made the thumbnail at ``thumb``, if one was named and it is known: finding
     the thumbnails made then tells a redo of that same event (its results lost with a worker) from another copy
     of the content. ``None`` when unknown: made before this was kept, or on a platform or file system that keeps
-    no extended attributes (then finding them made counts as finding a duplicate, as it always did)."""
+    no extended attributes (where no copy counts as a duplicate either: see :func:`agents.quality.remember_scores`)."""
     note = read_note(Path(thumb), MAKER_NOTE)
     try:
         return note.decode() if note else None

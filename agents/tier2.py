@@ -14,6 +14,7 @@ from agents.handling import EventHandler
 from agents.index import index_file
 from agents.metadata.model import PARSER_VERSION
 from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
+from agents.quality import remembered_scores
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, now
 from streams.logs import get
 from streams.settings import Settings
@@ -37,7 +38,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
     """Attach the tier-2 agents (one per lane) to ``app``."""
     handler = EventHandler(app, topics, settings, tier=2, expected=AssetBrowsable)
     tier3 = app.topic(topics.t3_background)
-    data_dir = str(settings.data_path)
+    data_dir, thumbs_dir = str(settings.data_path), str(settings.thumbs_dir)
 
     async def index(record: AssetBrowsable, attempt: int) -> None:
         seen = (record.size, record.mtime_ns) if record.mtime_ns else None  # 0: not known
@@ -52,9 +53,13 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
         skipped = cost_gate(settings, record)
         await handler.emit(indexed, record.asset_id, *([] if skipped else [tier3]))
         if skipped:
+            # a duplicate's content was scored before: its scores go with it, for a catalog whose copy of them was
+            # lost with a broker (tier 3 done, its result never read)
+            scores = remembered_scores(thumbs_dir, record.asset_id) if skipped == "duplicate" else None
             await handler.emit(AssetEnriched(
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
                 asset_id=record.asset_id, path=record.path, enriched_at=now(), skipped=skipped,
+                quality=scores or {},
             ), record.asset_id)
         log.debug("indexed", asset_id=record.asset_id, generator=indexed.generator, work_ms=round(result.work_ms, 1))
 

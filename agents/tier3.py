@@ -11,7 +11,7 @@ import faust
 
 from agents.handling import EventHandler
 from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
-from agents.quality import quality_scores
+from agents.quality import quality_scores, remember_scores
 from schemas import AssetEnriched, AssetIndexed, now
 from streams.settings import Settings
 from streams.topics import Topics
@@ -27,6 +27,7 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             quality_scores, thumbs_dir, record.asset_id, source=record.path, sizes=settings.thumbnail_sizes,
             quality=settings.thumbnail_quality, max_pixels=settings.max_image_pixels,
             level=level_of(3, "background"))  # after any tier-1 or tier-2 calls waiting for the batch pool
+        remember_scores(thumbs_dir, record.asset_id, quality)  # what tells a later copy's tier 1 it is a duplicate
         await handler.emit(AssetEnriched(
             event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
             asset_id=record.asset_id, path=record.path, quality=quality, enriched_at=now(), attempts=attempt,

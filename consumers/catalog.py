@@ -707,8 +707,9 @@ class Catalog:
 
     def _enriched(self, e: AssetEnriched) -> None:
         self._later_tier_done(e, 3, e.enriched_at)
-        if e.skipped:  # the cost gate kept it out of tier 3: settled, with no scores
+        if e.skipped and not e.quality:  # the cost gate kept it out of tier 3: settled, with no scores
             return
+        # (a duplicate's skip carries the scores tier 3 gave its content before, if it did)
         # the latest scores win; a replay of an older event changes nothing
         self._db.execute(
             "INSERT INTO enrichments VALUES (?, ?, ?, ?) ON CONFLICT (asset_id) DO UPDATE SET quality = "

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from agents.browse import browse_file
+from agents.quality import remember_scores
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, BatchScanned, decode
 from streams.ingest import ingest_folder, upload_files
 from streams.kafka import tail
 from streams.supervisor import Stack
+from tests.agents.test_browse import keeps_notes
 from tests.images import make_png
+from tests.integration.conftest import catalog_of
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +114,27 @@ async def test_tier3_finishes_for_a_batch_with_files_the_cost_gate_keeps_out(sta
     enriched = {e.path.rsplit("/", 1)[-1]: e for e in events if isinstance(e, AssetEnriched)}
     assert enriched["icon.png"].skipped == "small" and not enriched["icon.png"].quality
     assert all(e.skipped is None and e.quality for name, e in enriched.items() if name != "icon.png")
+
+
+async def test_content_whose_tier_3_was_lost_is_scored_by_its_next_copy(stack: Stack, tmp_path: Path) -> None:
+    # the broker lost the events of a file after tier 1 made its thumbnails (`damflow up` killed): ingested
+    # again, the file found its thumbnails made by another event and was a duplicate, so tier 3 skipped it and no
+    # copy of the content was ever scored. A content scored before whose scores the catalog lost goes with them.
+    s = stack.settings
+    if not keeps_notes(tmp_path):
+        pytest.skip("this file system keeps no extended attributes: every copy is scored anyway")
+    folder = folder_of(tmp_path, 2, size=(256, 256))
+    lost, scored = sorted(folder.iterdir())
+    browse_file(str(lost), str(s.data_path), event_id="lost-with-the-broker")  # its tier 1, and nothing after it
+    kept = browse_file(str(scored), str(s.data_path), event_id="also-lost")
+    remember_scores(str(s.thumbs_dir), kept.asset_id, {"score": 0.25})  # its tier 3 too, its result lost
+    async with tail(stack.bootstrap, stack.topics.assets, s) as assets:
+        result = await ingest_folder(s, stack.topics, stack.bootstrap, folder, wait=True, tier=3, timeout=90)
+        events = await collect(assets, lambda ev: sum(isinstance(e, AssetEnriched) for e in ev) >= 2)
+    assert result.progress.done == 2
+    enriched = {e.path: e for e in events if isinstance(e, AssetEnriched)}
+    assert enriched[str(lost)].skipped is None and 0.0 <= enriched[str(lost)].quality["score"] <= 1.0
+    assert (enriched[str(scored)].skipped, enriched[str(scored)].quality) == ("duplicate", {"score": 0.25})
+    with catalog_of(s) as catalog:
+        assert catalog.asset(kept.asset_id)["quality"] == {"score": 0.25}
+        assert catalog.asset(str(lost))["quality"]["score"] == enriched[str(lost)].quality["score"]
