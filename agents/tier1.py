@@ -9,6 +9,7 @@ the pure function :func:`agents.browse.browse_file`; this module only schedules 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import OrderedDict
 
 import faust
@@ -17,6 +18,7 @@ from agents.browse import browse_file
 from agents.handling import EventHandler, Work
 from agents.lanes import LaneGovernor, LanePools, lane_agent, level_of
 from schemas import AssetBrowsable, FileDiscovered, encode, now
+from streams.errors import CorruptImage, SourceInFlux
 from streams.express import (
     ExpressEvent, ExpressRequest, ExpressServer, OnceLedger, answer_early, tell_early, told_early,
 )
@@ -25,6 +27,18 @@ from streams.settings import Settings
 from streams.topics import LANES, Topics
 
 log = get(__name__)
+
+
+def _changed_since_found(record: FileDiscovered) -> bool:
+    """Whether the file is not as the scan found it (size, modification time): a file being written by a writer
+    that pauses between writes (a slow copy, a download) held still while tier 1 read it, and the part written so
+    far was dead-lettered as a corrupt image. Asked of a first attempt only: a corrupt file changed since its
+    scan is a corrupt image on the next."""
+    try:
+        st = os.stat(record.path)
+    except OSError:
+        return False  # gone or unreadable: the decode's own failure says so
+    return record.mtime_ns != 0 and (st.st_size, st.st_mtime_ns) != (record.size, record.mtime_ns)
 
 #: How long a stopping worker lets the results of records already answered by express reach the broker.
 _FINISH_ON_STOP_S = 5.0
@@ -52,13 +66,19 @@ def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePool
             browsable = told
         else:
             told = None
-            result = await pools.for_lane(record.lane).run(
-                browse_file, record.path, data_dir,
-                sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
-                max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
-                faults=settings.fault_injection, event_id=record.event_id, reads=record.path, read_bytes=record.size,
-                level=level_of(1, record.lane), tier=1,
-            )
+            try:
+                result = await pools.for_lane(record.lane).run(
+                    browse_file, record.path, data_dir,
+                    sizes=settings.thumbnail_sizes, quality=settings.thumbnail_quality,
+                    max_pixels=settings.max_image_pixels, max_file_bytes=settings.max_file_bytes,
+                    faults=settings.fault_injection, event_id=record.event_id, reads=record.path,
+                    read_bytes=record.size, level=level_of(1, record.lane), tier=1,
+                )
+            except CorruptImage as exc:
+                if attempt == 1 and _changed_since_found(record):
+                    raise SourceInFlux("the file does not decode, and it changed since it was found (still being "
+                                       "written?): it is read again later", path=record.path) from exc
+                raise
             browsable = AssetBrowsable(
                 event_id=record.event_id, batch_id=record.batch_id, lane=record.lane, source=record.source,
                 # the size and modification time of what was read: a file changed since it was scanned (fixed,

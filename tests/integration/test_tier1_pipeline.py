@@ -231,3 +231,30 @@ async def test_a_file_changed_since_its_scan_is_recorded_as_it_was_read(stack: S
     assert (await wait_until(located, what="the file browsable"))[:2] == (st.st_size, st.st_mtime_ns)
     again = await ingest_folder(stack.settings, stack.topics, stack.bootstrap, folder, wait=True, timeout=60)
     assert (again.found, again.skipped_unchanged) == (0, 1)
+
+
+async def test_a_file_still_being_copied_is_read_again_once_whole(stack: Stack, tmp_path: Path) -> None:
+    # a copy that pauses between writes held still while tier 1 read it: the part written so far was
+    # dead-lettered at once as a corrupt image (a truncated PNG), though the file was only being written
+    folder = tmp_path / "copying"
+    folder.mkdir()
+    whole = make_png(tmp_path / "whole.png", size=(300, 200), seed=8).read_bytes()
+    path = folder / "a.png"
+    path.write_bytes(whole[: len(whole) // 3])
+    found = path.stat()  # as the scan found it
+    path.write_bytes(whole[: len(whole) // 2])  # the copy went on since, and pauses now
+    event = FileDiscovered(event_id=new_id(), batch_id=new_id(), lane="batch", source="scan", path=str(path),
+                           size=found.st_size, mtime_ns=found.st_mtime_ns, discovered_at=now(), root=str(folder))
+    async with producer(stack.bootstrap, compression=None) as prod:
+        await prod.send_and_wait(stack.topics.t1_batch, encode(event), key=event.path.encode())
+
+    def state(wanted: str):
+        with catalog_of(stack.settings) as catalog:
+            rows = catalog._db.execute("SELECT state, f.error_code FROM batch_files b LEFT JOIN failures f "
+                                       "ON f.path = b.path AND f.tier = 1 WHERE b.event_id = ? AND b.tier = 1",
+                                       (event.event_id,)).fetchall()
+            return rows and rows[0][0] == wanted and tuple(rows[0])
+
+    assert await wait_until(lambda: state("retrying"), what="a retry") == ("retrying", "source_in_flux")
+    path.write_bytes(whole)  # the copy is done before the retry
+    await wait_until(lambda: state("done"), what="the file browsable")
