@@ -1023,13 +1023,22 @@ class Catalog:
     def unheard(self) -> list[dict[str, Any]]:
         """Batches with files the catalog never heard of: counted by their scan, with no outcome in any tier (lost
         on the broker before their first tier ended for them, or still on their way). Each row: ``batch_id, lane,
-        root, first_tier, files`` (how many). Only the scan knew their paths: ingesting ``root`` again sends what
-        is not browsable; a reprocess's (``first_tier`` 2) go again with the next ``damflow reprocess``."""
+        root, first_tier, started_at, updated_at, files`` (how many). Only the scan knew their paths: ingesting
+        ``root`` again sends what is not browsable; a reprocess's (``first_tier`` 2) go again with the next
+        ``damflow reprocess``; an upload's are found among the stored originals (:meth:`known_paths`)."""
         rows = self._db.execute(
-            "SELECT b.batch_id, b.lane, b.root, b.first_tier, b.scanned_total - COALESCE(t.files, 0) AS files "
+            "SELECT b.batch_id, b.lane, b.root, b.first_tier, b.started_at, b.updated_at, "
+            "b.scanned_total - COALESCE(t.files, 0) AS files "
             "FROM batches b LEFT JOIN batch_tallies t ON t.batch_id = b.batch_id AND t.tier = 0 AND t.state = 'seen' "
             "WHERE b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
         return [dict(r) for r in rows]
+
+    def known_paths(self, under: str) -> set[str]:
+        """The paths under ``under`` (a folder) the catalog has heard of: browsable there, or failed."""
+        start, end = under.rstrip("/") + "/", under.rstrip("/") + "0"  # "0" sorts right after "/"
+        return {p for (p,) in self._db.execute(
+            "SELECT path FROM locations WHERE path >= ?1 AND path < ?2 "
+            "UNION SELECT path FROM failures WHERE path >= ?1 AND path < ?2", (start, end))}
 
     # -- overview ----------------------------------------------------------------------------------
 

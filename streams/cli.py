@@ -338,7 +338,9 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     verb = "would resume" if args.dry_run else "resumed"
     print(f"{verb} {result['resumed']} files of {result['batches']} batches: {result['tier1']} at tier 1 (their "
-          f"retry), {result['tier2']} at tier 2 (tier 3 follows), {result['tier3']} at tier 3")
+          f"retry), {result['tier2']} at tier 2 (tier 3 follows), {result['tier3']} at tier 3"
+          + (f"; of them {result['uploads']} uploads the catalog never heard of, from their stored originals"
+             if result["uploads"] else ""))
     for row in result["gone"]:
         print(f"  not resumed, no path holds its bytes any more: {printable(row['path'])} (batch {row['batch_id']})")
     for batch in result["unheard"]:

@@ -12,7 +12,8 @@ own batch and event ids, so its batch's progress finishes: a file retrying in ti
 ``AssetBrowsable`` (rebuilt from the catalog: its thumbnails exist) on ``t2.<lane>``, whose cost gate sends tier 3
 on. Every effect is keyed by asset id, so a file whose work was in fact still on its way is worked on twice and
 changes nothing. Files a scan counted that the catalog never heard of have no path
-here; they are reported, and ingesting their folder again sends them.
+here; they are reported, and ingesting their folder again sends them. An upload's have one: the original it
+stored (the bytes outlive the broker's events), sent on again under its batch (see :func:`_uploads`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from agents.tier2 import cost_gate
 from consumers.catalog import Catalog
-from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, FileDiscovered, encode, now
+from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, BatchScanned, FileDiscovered, encode, new_id, now
 from streams.kafka import check_delivered, producer
 from streams.logs import get
 from streams.settings import Settings
@@ -33,8 +36,11 @@ log = get(__name__)
 
 
 #: What a reconcile sends for a file: the event its next tier takes, or the ``AssetEnriched`` tier 2's cost gate
-#: sends in tier 3's place.
-Resumed = FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched
+#: sends in tier 3's place; and the close of a batch it makes for uploads no batch explains.
+Resumed = FileDiscovered | AssetBrowsable | AssetIndexed | AssetEnriched | BatchScanned
+#: How far outside an upload batch's start and close a stored original's modification time may lie and still be
+#: taken for one of its files (it is written between the two).
+_UPLOAD_SLACK_S = 2.0
 
 
 @dataclass
@@ -44,12 +50,15 @@ class Plan:
     events: list[tuple[str, bytes, Resumed]] = field(default_factory=list)
     #: Unfinished files whose bytes no path holds any more: nothing is left to read.
     lost: list[dict[str, Any]] = field(default_factory=list)
-    #: Batches with files only their scan knew (``Catalog.unheard``).
+    #: Batches with files only their scan knew (``Catalog.unheard``), less the uploads found among the originals.
     unheard: list[dict[str, Any]] = field(default_factory=list)
+    #: Of ``events``, the uploads the catalog never heard of, sent on from their stored originals.
+    uploads: int = 0
 
     def summary(self) -> dict[str, Any]:
-        by_tier = {f"tier{t}": sum(1 for _, _, e in self.events if _tier(e) == t) for t in (1, 2, 3)}
-        return {"resumed": len(self.events), **by_tier, "batches": len({e.batch_id for _, _, e in self.events}),
+        files = [e for _, _, e in self.events if not isinstance(e, BatchScanned)]
+        by_tier = {f"tier{t}": sum(1 for e in files if _tier(e) == t) for t in (1, 2, 3)}
+        return {"resumed": len(files), **by_tier, "uploads": self.uploads, "batches": len({e.batch_id for e in files}),
                 "gone": [{"batch_id": r["batch_id"], "event_id": r["event_id"], "path": r["path"]}
                          for r in self.lost],
                 "unheard": self.unheard}
@@ -66,7 +75,11 @@ def plan(settings: Settings, topics: Topics) -> Plan:
         return out
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         rows, out.unheard = catalog.unfinished(), catalog.unheard()
+        known = catalog.known_paths(str(settings.originals_dir))
     at = now()
+    uploads, out.unheard = _uploads(settings, topics, known, out.unheard, at)
+    out.events += uploads
+    out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
     for row in rows:
         lane = row["lane"] if row["lane"] in ("interactive", "batch") else "batch"
         if row["tier"] == 1:
@@ -80,6 +93,50 @@ def plan(settings: Settings, topics: Topics) -> Plan:
             event = _browsable(row, lane, at)
             out.events.append((topics.tier2(lane), event.asset_id.encode(), event))
     return out
+
+
+def _uploads(settings: Settings, topics: Topics, known: set[str], unheard: list[dict[str, Any]],
+             at: float) -> tuple[list[tuple[str, bytes, Resumed]], list[dict[str, Any]]]:
+    """Uploads the catalog never heard of (answered, their events then lost with the broker), from the originals
+    they stored: each goes on again as a ``FileDiscovered`` of the upload batch whose time it falls in, so that
+    batch finishes; originals no batch the catalog knows explains (its close was lost too) go as a batch of their
+    own. Returns the events, and ``unheard`` less what they explain."""
+    originals: list[tuple[float, str, os.stat_result]] = []
+    for path in settings.originals_dir.glob("*/*"):
+        name = str(path)
+        if path.name.startswith(".") or name in known:  # (a write in progress, or heard of)
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        originals.append((st.st_mtime, name, st))
+    if not originals:
+        return [], unheard
+    batches = [dict(b) for b in unheard if b["batch_id"].startswith("upload-") and not b["root"]]
+    events: list[tuple[str, bytes, Resumed]] = []
+    alone: list[FileDiscovered] = []
+    for mtime, name, st in sorted(originals):
+        batch = next((b for b in batches if b["files"] > 0
+                      and b["started_at"] - _UPLOAD_SLACK_S <= mtime <= b["updated_at"] + _UPLOAD_SLACK_S), None)
+        event = FileDiscovered(event_id=new_id(), batch_id=batch["batch_id"] if batch else "", lane="interactive",
+                               source="reconcile", path=name, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                               discovered_at=at)
+        if batch is None:
+            alone.append(event)
+            continue
+        batch["files"] -= 1
+        events.append((topics.tier1("interactive"), name.encode(), event))
+    if alone:
+        batch_id = f"upload-{new_id()}"
+        events.append((topics.progress, batch_id.encode(), BatchScanned(
+            batch_id=batch_id, lane="interactive", root="", found=len(alone), complete=True, started_at=at,
+            scanned_at=at)))
+        events += [(topics.tier1("interactive"), e.path.encode(), msgspec.structs.replace(e, batch_id=batch_id))
+                   for e in alone]
+    left = {b["batch_id"]: b["files"] for b in batches}
+    still = [b | {"files": left.get(b["batch_id"], b["files"])} for b in unheard]
+    return events, [b for b in still if b["files"] > 0]
 
 
 def _tier3(settings: Settings, topics: Topics, row: dict[str, Any], lane: str,
@@ -146,6 +203,6 @@ async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_r
         await send(bootstrap, work, compression=settings.compression_type)
     summary = work.summary()
     if not dry_run and (work.events or work.lost or work.unheard):  # (a dry run's caller shows the summary)
-        log.info("reconciled", resumed=summary["resumed"], batches=summary["batches"],
+        log.info("reconciled", resumed=summary["resumed"], batches=summary["batches"], uploads=work.uploads,
                  gone=len(work.lost), unheard_files=sum(b["files"] for b in work.unheard))
     return summary

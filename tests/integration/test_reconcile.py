@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from consumers.catalog import Catalog
 from schemas import AssetBrowsable, AssetFailed, AssetIndexed, BatchScanned
 from streams.settings import Settings
 from streams.supervisor import Stack
+from streams.upload import store_original
 from tests.images import make_png
 from tests.integration.conftest import catalog_of, wait_until
 from tests.integration.test_tier2_search import A1111
@@ -103,3 +105,27 @@ def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: C
                            capture_output=True, text=True, timeout=60)
     assert human.returncode == 0 and "would resume 3 files of 1 batches" in human.stdout
     assert "reconciled" not in human.stderr  # a dry run's summary is its output, not also a log line
+
+
+async def test_an_upload_answered_before_the_broker_was_lost_is_made_browsable_at_the_next_up(
+        make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    # answered (its original stored, its event acked), then `damflow up` was killed before a worker took it: the
+    # next `up` left its batch in flight for good, and said only "their uploaders must send them again"
+    settings = make_settings(broker_url=None)
+    started = time.time()
+    stored = store_original(settings, make_png(tmp_path / "urgent.png", size=(320, 240), seed=11))
+    with Catalog(settings.catalog_path) as catalog:  # its batch's close reached the catalog; its file did not
+        catalog.apply([BatchScanned(batch_id="upload-lost", lane="interactive", root="", found=1, complete=True,
+                                    started_at=started, scanned_at=time.time())])
+
+    async with Stack(settings, serve_http=False) as stack:
+        assert stack.reconciled is not None and stack.reconciled["uploads"] == 1
+        assert stack.reconciled["unheard"] == []
+
+        def finished() -> bool:
+            with catalog_of(settings) as catalog:
+                done = catalog.progress("upload-lost", 1)
+                return done is not None and done.done == 1 and done.in_flight == 0
+        await wait_until(finished, timeout=90, what="the lost upload browsable")
+    with catalog_of(settings) as catalog:
+        assert catalog.asset(stored.asset_id)["tier1_state"] == "browsable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from aiokafka.errors import RequestTimedOutError
 
 from consumers.catalog import Catalog
 from schemas import decode, encode
-from schemas.events import AssetBrowsable, FileDiscovered
+from schemas.events import AssetBrowsable, BatchScanned, FileDiscovered
 from streams.errors import BrokerError
 from streams.reconcile import plan
 from streams.settings import Settings
@@ -177,3 +178,43 @@ async def test_a_reprocess_whose_assets_the_broker_did_not_take_fails(tmp_path: 
     rows = [{"asset_id": A1, "path": "/data/a.png"}]
     with pytest.raises(BrokerError, match="did not take 1 of the 1"):  # it said "1 assets sent to tier 2"
         await module.reprocess_tier2(settings, topics_for(settings), "127.0.0.1:9", rows)
+
+
+def test_uploads_the_catalog_never_heard_of_go_on_from_their_stored_originals(tmp_path: Path) -> None:
+    # answered (their originals stored, their events published), then the broker was lost before a worker took
+    # them: `reconcile` said only "their uploaders must send them again", naming no file, and their batches
+    # stayed in flight for good
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    topics = topics_for(settings)
+    T = 1_700_000_000.0
+
+    def original(name: str, at: float) -> Path:
+        path = settings.originals_dir / name[:2] / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
+        os.utime(path, (at, at))
+        return path
+
+    lost = original("aa" * 32, T + 0.05)  # stored during the first upload batch
+    heard = original(A1, T + 0.05)  # became browsable: known
+    unexplained = original("bb" * 32, T + 500)  # its batch's close was lost too
+    (settings.originals_dir / "cc").mkdir()
+    (settings.originals_dir / "cc" / ".cc.png.123.tmp").write_bytes(b"half")  # a write in progress
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([
+            BatchScanned(batch_id="upload-1", lane="interactive", root="", found=1, complete=True, started_at=T,
+                         scanned_at=T + 0.1),
+            BatchScanned(batch_id="upload-2", lane="interactive", root="", found=1, complete=True,
+                         started_at=T + 200, scanned_at=T + 200.1),  # its file heard of: not unheard
+            browsable("u2", str(heard), A1, batch="upload-2", at=T + 200.2),
+        ])
+    work = plan(settings, topics)
+    sent = [(topic, event) for topic, _, event in work.events]
+    files = {e.path: e for _, e in sent if isinstance(e, FileDiscovered)}
+    assert set(files) == {str(lost), str(unexplained)} and work.uploads == 2
+    assert files[str(lost)].batch_id == "upload-1" and work.unheard == []  # its batch can finish now
+    [(topic, close)] = [(t, e) for t, e in sent if isinstance(e, BatchScanned)]
+    assert (topic, close.batch_id, close.found, close.complete) == (
+        topics.progress, files[str(unexplained)].batch_id, 1, True)
+    assert {t for t, e in sent if isinstance(e, FileDiscovered)} == {topics.tier1("interactive")}
+    assert (work.summary()["resumed"], work.summary()["uploads"]) == (3, 2)  # and the heard one's tier 2
