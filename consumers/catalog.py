@@ -1033,6 +1033,13 @@ class Catalog:
             "WHERE b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
         return [dict(r) for r in rows]
 
+    def open_scans(self) -> list[dict[str, Any]]:
+        """Batches whose scan never said it was complete: ``batch_id, lane, root, scanned_total, skipped_unchanged,
+        skipped_other, started_at, first_tier``."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, started_at, first_tier "
+            "FROM batches WHERE scan_complete = 0 ORDER BY started_at, batch_id")]
+
     def known_paths(self, under: str) -> set[str]:
         """The paths under ``under`` (a folder) the catalog has heard of: browsable there, or failed."""
         start, end = under.rstrip("/") + "/", under.rstrip("/") + "0"  # "0" sorts right after "/"

@@ -350,6 +350,9 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             again = (f"`damflow ingest {printable(batch['root'])}` sends those not browsable" if batch["root"]
                      else "their uploaders must send them again")
         print(f"  batch {batch['batch_id']}: {batch['files']} files never reached the catalog; {again}")
+    for batch in result["cut_short"]:
+        print(f"  batch {batch['batch_id']}: its scan was cut short with the broker after {batch['scanned_total']} "
+              f"files, and is closed with them; `damflow ingest {printable(batch['root'] or '?')}` sends the rest")
     return 0
 
 

@@ -54,6 +54,8 @@ class Plan:
     unheard: list[dict[str, Any]] = field(default_factory=list)
     #: Of ``events``, the uploads the catalog never heard of, sent on from their stored originals.
     uploads: int = 0
+    #: Batches whose scan was cut short with the broker, closed with what it had found (``scans_stopped``).
+    cut_short: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         files = [e for _, _, e in self.events if not isinstance(e, BatchScanned)]
@@ -61,22 +63,35 @@ class Plan:
         return {"resumed": len(files), **by_tier, "uploads": self.uploads, "batches": len({e.batch_id for e in files}),
                 "gone": [{"batch_id": r["batch_id"], "event_id": r["event_id"], "path": r["path"]}
                          for r in self.lost],
-                "unheard": self.unheard}
+                "unheard": self.unheard,
+                "cut_short": [{k: b[k] for k in ("batch_id", "root", "scanned_total")} for b in self.cut_short]}
 
 
 def _tier(event: Resumed) -> int:
     return 1 if isinstance(event, FileDiscovered) else 2 if isinstance(event, AssetBrowsable) else 3
 
 
-def plan(settings: Settings, topics: Topics) -> Plan:
-    """Read the catalog and build what to send; sends nothing. An absent catalog: nothing to do."""
+def plan(settings: Settings, topics: Topics, *, scans_stopped: bool = False) -> Plan:
+    """Read the catalog and build what to send; sends nothing. An absent catalog: nothing to do.
+
+    ``scans_stopped``: no scan can be going on (the broker is new: ``damflow up`` starting its embedded one, whose
+    port a scanner of the last one cannot find). A scan still open was then cut short with the broker: it is
+    closed with what it had found, as a scan stopped by Ctrl-C closes itself, so its batch can finish rather than
+    show "scanning" for ever; ingesting its folder again sends the rest (reported in ``cut_short``)."""
     out = Plan()
     if not settings.catalog_path.exists():
         return out
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         rows, out.unheard = catalog.unfinished(), catalog.unheard()
         known = catalog.known_paths(str(settings.originals_dir))
+        out.cut_short = catalog.open_scans() if scans_stopped else []
     at = now()
+    for b in out.cut_short:
+        out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
+            batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
+            root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
+            skipped_other=b["skipped_other"], complete=True, started_at=b["started_at"], scanned_at=at,
+            first_tier=b["first_tier"])))
     uploads, out.unheard = _uploads(settings, topics, known, out.unheard, at)
     out.events += uploads
     out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
@@ -196,13 +211,17 @@ async def send(bootstrap: str, work: Plan, *, compression: str | None) -> None:
         await check_delivered(sent, "events sent on")
 
 
-async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False) -> dict[str, Any]:
+async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False,
+                    scans_stopped: bool = False) -> dict[str, Any]:
     """Plan and (unless ``dry_run``) send; returns the plan's summary, logged too."""
-    work = plan(settings, topics)
+    work = plan(settings, topics, scans_stopped=scans_stopped)
     if not dry_run:
         await send(bootstrap, work, compression=settings.compression_type)
     summary = work.summary()
     if not dry_run and (work.events or work.lost or work.unheard):  # (a dry run's caller shows the summary)
         log.info("reconciled", resumed=summary["resumed"], batches=summary["batches"], uploads=work.uploads,
                  gone=len(work.lost), unheard_files=sum(b["files"] for b in work.unheard))
+    for b in work.cut_short:
+        log.warning("scan_cut_short", batch_id=b["batch_id"], root=b["root"], found=b["scanned_total"],
+                    hint="its scan stopped with the broker: ingest its folder again for the rest")
     return summary

@@ -107,7 +107,7 @@ def test_reconcile_dry_run_says_what_would_go_and_sends_nothing(make_settings: C
     assert "reconciled" not in human.stderr  # a dry run's summary is its output, not also a log line
 
 
-async def test_an_upload_answered_before_the_broker_was_lost_is_made_browsable_at_the_next_up(
+async def test_the_next_up_makes_a_lost_upload_browsable_and_closes_a_scan_cut_short(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     # answered (its original stored, its event acked), then `damflow up` was killed before a worker took it: the
     # next `up` left its batch in flight for good, and said only "their uploaders must send them again"
@@ -116,11 +116,15 @@ async def test_an_upload_answered_before_the_broker_was_lost_is_made_browsable_a
     stored = store_original(settings, make_png(tmp_path / "urgent.png", size=(320, 240), seed=11))
     with Catalog(settings.catalog_path) as catalog:  # its batch's close reached the catalog; its file did not
         catalog.apply([BatchScanned(batch_id="upload-lost", lane="interactive", root="", found=1, complete=True,
-                                    started_at=started, scanned_at=time.time())])
+                                    started_at=started, scanned_at=time.time()),
+                       # and a scan cut short with the broker: "scanning" for good
+                       BatchScanned(batch_id="b-cut", lane="batch", root=str(tmp_path), found=0,
+                                    started_at=started, scanned_at=started)])
 
     async with Stack(settings, serve_http=False) as stack:
         assert stack.reconciled is not None and stack.reconciled["uploads"] == 1
         assert stack.reconciled["unheard"] == []
+        assert stack.reconciled["cut_short"] == [{"batch_id": "b-cut", "root": str(tmp_path), "scanned_total": 0}]
 
         def finished() -> bool:
             with catalog_of(settings) as catalog:
@@ -129,3 +133,4 @@ async def test_an_upload_answered_before_the_broker_was_lost_is_made_browsable_a
         await wait_until(finished, timeout=90, what="the lost upload browsable")
     with catalog_of(settings) as catalog:
         assert catalog.asset(stored.asset_id)["tier1_state"] == "browsable"
+        assert catalog.open_scans() == []  # closed with what it had found

@@ -20,7 +20,7 @@ from streams.errors import BrokerError
 from streams.reconcile import plan
 from streams.settings import Settings
 from streams.topics import topics_for
-from tests.consumers.test_catalog import A1, A2, browsable, failed, scanned
+from tests.consumers.test_catalog import A1, A2, ROOT, browsable, failed, scanned
 
 
 def test_the_plan_resumes_each_file_under_its_own_ids_and_says_what_it_cannot(tmp_path: Path) -> None:
@@ -218,3 +218,23 @@ def test_uploads_the_catalog_never_heard_of_go_on_from_their_stored_originals(tm
         topics.progress, files[str(unexplained)].batch_id, 1, True)
     assert {t for t, e in sent if isinstance(e, FileDiscovered)} == {topics.tier1("interactive")}
     assert (work.summary()["resumed"], work.summary()["uploads"]) == (3, 2)  # and the heard one's tier 2
+
+
+def test_a_scan_cut_short_with_the_broker_is_closed_with_what_it_found_when_no_scan_can_go_on(
+        tmp_path: Path) -> None:
+    # `damflow up` killed mid-scan: the next `up` showed the batch "scanning" for good, and said nothing of the
+    # rest of its folder, never walked
+    settings = Settings(data_dir=tmp_path / "data", topic_prefix="t.")
+    topics = topics_for(settings)
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([scanned(140, skipped=3), browsable("e1", "/shoot/a.png", A1),  # a running total only
+                       scanned(1, complete=True, batch="b2")])
+    assert plan(settings, topics).cut_short == []  # a reconcile by hand: a scan may still be going on
+    work = plan(settings, topics, scans_stopped=True)
+    [(topic, key, close)] = [(t, k, e) for t, k, e in work.events if isinstance(e, BatchScanned)]
+    assert (topic, key) == (topics.progress, b"b1")
+    assert (close.batch_id, close.found, close.skipped_unchanged, close.complete) == ("b1", 140, 3, True)
+    assert work.summary()["cut_short"] == [{"batch_id": "b1", "root": ROOT, "scanned_total": 140}]
+    with Catalog(settings.catalog_path) as catalog:
+        catalog.apply([close])
+        assert catalog.open_scans() == [] and catalog.progress("b1", 1, now=2e9).total_final
