@@ -57,7 +57,7 @@ from streams.errors import PermanentError
 #: ``enrichments``; 4: ``batch_tallies``; 5: ``held_events``; 6: ``batches.first_tier``; 7: failure states
 #: ordered by their retry chain and step in it (``chain_at``, ``replays``, ``attempts``); 8: ``metadata.models``
 #: indexed in the place of ``model``, ``failures.display_name``; 9: ``metadata.facets`` indexed (format and
-#: scheduler as words); 10: ``upload_names``.
+#: scheduler as words); 10: ``upload_names``, ``batches.lost_total``.
 CATALOG_VERSION = 10
 #: What "done" is called per tier when shown to people.
 DONE_NAMES = {1: "browsable", 2: "indexed", 3: "enriched"}
@@ -274,11 +274,13 @@ INSERT INTO metadata_fts (metadata_fts) VALUES ('rebuild');
 """
 
 # v10: ``upload_names``, every name a stored upload was sent under (the same bytes sent again under another name
-# share its content-addressed path, whose location keeps only the newest name): all of them are ``file:`` words.
+# share its content-addressed path, whose location keeps only the newest name): all of them are ``file:`` words;
+# ``batches.lost_total``, files of a batch lost with a broker (``BatchScanned.lost``).
 _SCHEMA_V10 = """
 CREATE TABLE IF NOT EXISTS upload_names (path TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (path, name))
     WITHOUT ROWID;
 INSERT OR IGNORE INTO upload_names SELECT path, display_name FROM locations WHERE display_name IS NOT NULL;
+ALTER TABLE batches ADD COLUMN lost_total INTEGER NOT NULL DEFAULT 0;
 """
 
 #: Assets that only failed and whose content no file holds any more: no location, and every failure that named
@@ -396,11 +398,12 @@ ON CONFLICT (batch_id) DO UPDATE SET
 """
 _UPSERT_SCAN = """
 INSERT INTO batches (batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, scan_complete,
-                     started_at, updated_at, first_tier)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     started_at, updated_at, first_tier, lost_total)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (batch_id) DO UPDATE SET
     lane = excluded.lane, root = excluded.root, first_tier = excluded.first_tier,
     scanned_total = MAX(batches.scanned_total, excluded.scanned_total),
+    lost_total = MAX(batches.lost_total, excluded.lost_total),
     skipped_unchanged = MAX(batches.skipped_unchanged, excluded.skipped_unchanged),
     skipped_other = MAX(batches.skipped_other, excluded.skipped_other),
     scan_complete = MAX(batches.scan_complete, excluded.scan_complete),
@@ -615,7 +618,7 @@ class Catalog:
                     db.execute(_UPSERT_SCAN, (
                         event.batch_id, event.lane, event.root, event.found, event.skipped_unchanged,
                         event.skipped_other, int(event.complete), event.started_at, event.scanned_at,
-                        event.first_tier,
+                        event.first_tier, event.lost,
                     ))
                 else:
                     continue
@@ -822,21 +825,22 @@ class Catalog:
         first = batch["first_tier"]
         known = max(batch["scanned_total"], tally.seen) if tier >= first else 0
         final = bool(batch["scan_complete"]) or tier < first
-        done = failed = dead = retrying = in_flight = 0
+        done = failed = dead = retrying = in_flight = lost = 0
         for t in range(first, tier + 1):
             counts = tally.states.get(t, Counter())
             if t > first:  # a later tier gets exactly what the tier before finished as done
                 known = max(done, sum(counts.values()))
                 final = final and in_flight == 0
             done, failed, dead, retrying = counts[DONE], counts[FAILED], counts[DEAD_LETTERED], counts[RETRYING]
-            in_flight = max(known - done - failed - dead, 0)
+            lost = batch["lost_total"] if t == first else 0  # never to come: no tier after gets them either
+            in_flight = max(known - done - failed - dead - lost, 0)
         finished = final and in_flight == 0
         end = tally.last_done.get(tier, now) if finished else now
         elapsed = end - batch["started_at"]
         rate = done / elapsed if done and elapsed > 0 else 0.0
         eta = 0.0 if finished else (in_flight / rate if rate > 0 else None)
         return {"known_total": known, "total_final": final, "done": done, "failed": failed,
-                "retrying": retrying, "dead_lettered": dead, "in_flight": in_flight,
+                "retrying": retrying, "dead_lettered": dead, "in_flight": in_flight, "lost": lost,
                 "rate": rate, "eta_s": eta, "at": now}
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -1028,17 +1032,25 @@ class Catalog:
         ``damflow reprocess``; an upload's are found among the stored originals (:meth:`known_paths`)."""
         rows = self._db.execute(
             "SELECT b.batch_id, b.lane, b.root, b.first_tier, b.started_at, b.updated_at, "
-            "b.scanned_total - COALESCE(t.files, 0) AS files "
+            "b.scanned_total - b.lost_total - COALESCE(t.files, 0) AS files "
             "FROM batches b LEFT JOIN batch_tallies t ON t.batch_id = b.batch_id AND t.tier = 0 AND t.state = 'seen' "
-            "WHERE b.scanned_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
+            "WHERE b.scanned_total - b.lost_total > COALESCE(t.files, 0) ORDER BY b.started_at, b.batch_id")
         return [dict(r) for r in rows]
+
+    _SCAN_COLUMNS = "batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, started_at, first_tier"
 
     def open_scans(self) -> list[dict[str, Any]]:
         """Batches whose scan never said it was complete: ``batch_id, lane, root, scanned_total, skipped_unchanged,
         skipped_other, started_at, first_tier``."""
         return [dict(r) for r in self._db.execute(
-            "SELECT batch_id, lane, root, scanned_total, skipped_unchanged, skipped_other, started_at, first_tier "
-            "FROM batches WHERE scan_complete = 0 ORDER BY started_at, batch_id")]
+            f"SELECT {self._SCAN_COLUMNS} FROM batches WHERE scan_complete = 0 ORDER BY started_at, batch_id")]
+
+    def scans(self, batch_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What the scans of ``batch_ids`` said (as :meth:`open_scans`), and ``lost_total``, in start order."""
+        ids = sorted(set(batch_ids))
+        return [dict(r) for r in self._db.execute(
+            f"SELECT {self._SCAN_COLUMNS}, lost_total FROM batches WHERE batch_id IN ({', '.join('?' * len(ids))}) "
+            "ORDER BY started_at, batch_id", ids)] if ids else []
 
     def known_paths(self, under: str) -> set[str]:
         """The paths under ``under`` (a folder) the catalog has heard of: browsable there, or failed."""

@@ -47,7 +47,7 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("no batches yet")
         return "\n".join(lines)
     lines.append(f"batches ({len(batches)} of {status['batch_count']}, newest first):")
-    header = ("BATCH", "LANE", "TIER", "DONE", "TOTAL", "FAILED", "DEAD", "RETRY", "IN FLIGHT", "RATE/s",
+    header = ("BATCH", "LANE", "TIER", "DONE", "TOTAL", "FAILED", "DEAD", "LOST", "RETRY", "IN FLIGHT", "RATE/s",
               "ETA", "SCAN", "STARTED")
     rows = []
     for batch in batches:
@@ -55,7 +55,8 @@ def render_status(status: dict[str, Any]) -> str:
             total = f"{t['known_total']:,}" + ("" if t["total_final"] else "+")
             rows.append((
                 short_batch(batch["batch_id"]), batch["lane"], tier.removeprefix("tier"), f"{t['done']:,}", total,
-                f"{t['failed']:,}", f"{t['dead_lettered']:,}", f"{t['retrying']:,}", f"{t['in_flight']:,}",
+                f"{t['failed']:,}", f"{t['dead_lettered']:,}", f"{t.get('lost', 0):,}", f"{t['retrying']:,}",
+                f"{t['in_flight']:,}",
                 f"{t['rate']:.1f}", _duration(t["eta_s"]), "complete" if batch["scan_complete"] else "scanning",
                 _when(batch["started_at"]),
             ))

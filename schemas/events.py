@@ -201,6 +201,10 @@ class BatchScanned(Event, frozen=True, kw_only=True):
     scanned_at: float
     #: The tier the batch's files enter at: 1 for a scan or an upload, 2 for ``damflow reprocess``.
     first_tier: int = 1
+    #: Files of the batch given up as lost with a broker: published, never heard of by the catalog, and no longer
+    #: anywhere (sent by the reconcile of a ``damflow up`` starting a new embedded broker). Counted in neither
+    #: done nor in flight; ingesting the folder again sends them.
+    lost: int = 0
 
 
 class ProgressEvent(Event, frozen=True, kw_only=True):
@@ -216,6 +220,8 @@ class ProgressEvent(Event, frozen=True, kw_only=True):
     retrying: int = 0
     dead_lettered: int = 0
     in_flight: int = 0
+    #: Files of the batch lost with a broker (see ``BatchScanned.lost``): in its first tier only.
+    lost: int = 0
     #: Files per second over the batch so far.
     rate: float = 0.0
     #: Estimated seconds to finish, ``None`` while unknown.

@@ -74,27 +74,31 @@ def _tier(event: Resumed) -> int:
 def plan(settings: Settings, topics: Topics, *, scans_stopped: bool = False) -> Plan:
     """Read the catalog and build what to send; sends nothing. An absent catalog: nothing to do.
 
-    ``scans_stopped``: no scan can be going on (the broker is new: ``damflow up`` starting its embedded one, whose
-    port a scanner of the last one cannot find). A scan still open was then cut short with the broker: it is
-    closed with what it had found, as a scan stopped by Ctrl-C closes itself, so its batch can finish rather than
-    show "scanning" for ever; ingesting its folder again sends the rest (reported in ``cut_short``)."""
+    ``scans_stopped``: no scan can be going on, and nothing the catalog has not heard of is on its way (the broker
+    is new: ``damflow up`` starting its embedded one, whose port a scanner of the last one cannot find). A scan
+    still open was then cut short with the broker: it is closed with what it had found, as a scan stopped by
+    Ctrl-C closes itself (reported in ``cut_short``: ingesting its folder again sends the rest); and a batch's
+    files the catalog never heard of (``unheard``, less the uploads found again) are lost (``BatchScanned.lost``).
+    Either batch can then finish, rather than show "scanning", or files in flight, for ever."""
     out = Plan()
     if not settings.catalog_path.exists():
         return out
+    at = now()
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         rows, out.unheard = catalog.unfinished(), catalog.unheard()
-        known = catalog.known_paths(str(settings.originals_dir))
-        out.cut_short = catalog.open_scans() if scans_stopped else []
-    at = now()
-    for b in out.cut_short:
-        out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
-            batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
-            root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
-            skipped_other=b["skipped_other"], complete=True, started_at=b["started_at"], scanned_at=at,
-            first_tier=b["first_tier"])))
-    uploads, out.unheard = _uploads(settings, topics, known, out.unheard, at)
-    out.events += uploads
-    out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
+        uploads, out.unheard = _uploads(settings, topics, catalog.known_paths(str(settings.originals_dir)),
+                                        out.unheard, at)
+        out.events += uploads
+        out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
+        if scans_stopped:
+            out.cut_short = catalog.open_scans()
+            lost = {b["batch_id"]: b["files"] for b in out.unheard}
+            for b in catalog.scans({*lost, *(c["batch_id"] for c in out.cut_short)}):
+                out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
+                    batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
+                    root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
+                    skipped_other=b["skipped_other"], complete=True, started_at=b["started_at"], scanned_at=at,
+                    first_tier=b["first_tier"], lost=b["lost_total"] + lost.get(b["batch_id"], 0))))
     for row in rows:
         lane = row["lane"] if row["lane"] in ("interactive", "batch") else "batch"
         if row["tier"] == 1:

@@ -60,7 +60,16 @@ def test_batches_with_files_the_catalog_never_heard_of(catalog: Catalog) -> None
                    failed("e2", f"{ROOT}/e2.png"),
                    scanned(2, complete=True, batch="b2"), browsable("e3", f"{ROOT}/e3.png", A2, batch="b2"),
                    failed("e4", f"{ROOT}/e4.png", batch="b2")])
-    assert catalog.unheard() == [{"batch_id": "b1", "lane": "batch", "root": ROOT, "first_tier": 1, "files": 3}]
+    assert [{k: b[k] for k in ("batch_id", "lane", "root", "first_tier", "files")} for b in catalog.unheard()] == [
+        {"batch_id": "b1", "lane": "batch", "root": ROOT, "first_tier": 1, "files": 3}]
+    from schemas.events import BatchScanned
+
+    # given up as lost (at a `damflow up`, whose new broker has none of them): not unheard any more
+    catalog.apply([BatchScanned(batch_id="b1", lane="batch", root=ROOT, found=5, complete=True, started_at=T0,
+                                scanned_at=T0 + 50, lost=3)])
+    assert catalog.unheard() == []
+    p = catalog.progress("b1", 1, now=T0 + 60)
+    assert (p.known_total, p.done, p.dead_lettered, p.lost, p.in_flight, p.eta_s) == (5, 1, 1, 3, 0, 0.0)
 
 
 def test_a_reprocess_whose_files_the_catalog_never_heard_of_is_reported_too(catalog: Catalog) -> None:
@@ -72,7 +81,7 @@ def test_a_reprocess_whose_files_the_catalog_never_heard_of_is_reported_too(cata
                                 started_at=T0, scanned_at=T0 + 1, first_tier=2),
                    failed("e1", f"{ROOT}/e1.png", tier=2, asset_id=A1, batch="reprocess-1")])
     assert catalog.unheard() == [{"batch_id": "reprocess-1", "lane": "batch", "root": "", "first_tier": 2,
-                                  "files": 2}]
+                                  "started_at": T0, "updated_at": T0 + 20, "files": 2}]
 
 
 def test_a_finished_catalog_has_nothing_unfinished(catalog: Catalog) -> None:

@@ -52,11 +52,11 @@ def test_status_table_shows_each_batch_and_tier(catalog: Catalog) -> None:
     assert header[:5] == ["BATCH", "LANE", "TIER", "DONE", "TOTAL"]
 
     one = _row(text, "batch-on", "1")
-    assert one[1:10] == ["batch", "1", "1", "1,200+", "0", "0", "1", "1,199", "0.1"]  # total not final yet
-    assert one[11] == "scanning"
+    assert one[1:11] == ["batch", "1", "1", "1,200+", "0", "0", "0", "1", "1,199", "0.1"]  # total not final yet
+    assert one[12] == "scanning"
     assert _row(text, "batch-on", "2")[3:7] == ["0", "1+", "0", "1"]  # tier 1 may still hand it more
     two = _row(text, "batch-tw", "1")
-    assert two[4] == "1" and two[11] == "complete"
+    assert two[4] == "1" and two[12] == "complete"
     assert lines.index(next(line for line in lines if "batch-tw" in line)) < lines.index(
         next(line for line in lines if "batch-on" in line))  # newest first
 
@@ -76,7 +76,7 @@ def test_status_says_how_much_memory_the_embedded_broker_holds_and_past_a_point_
 def test_status_eta_is_shown_as_a_duration(catalog: Catalog) -> None:
     catalog.apply([scanned(10)] + [browsable(f"e{i}", f"{ROOT}/{i}.png", f"{i:02d}" * 32) for i in range(5)])
     text = render_status(catalog.status(now=T0 + 100))  # 5 done in 100 s, 5 to go: ~100 s
-    assert _row(text, "b1", "1")[10] == "1m40s"
+    assert _row(text, "b1", "1")[11] == "1m40s"
 
 
 def test_asset_view_shows_what_a_person_needs(catalog: Catalog) -> None:

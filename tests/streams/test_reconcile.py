@@ -229,12 +229,18 @@ def test_a_scan_cut_short_with_the_broker_is_closed_with_what_it_found_when_no_s
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([scanned(140, skipped=3), browsable("e1", "/shoot/a.png", A1),  # a running total only
                        scanned(1, complete=True, batch="b2")])
-    assert plan(settings, topics).cut_short == []  # a reconcile by hand: a scan may still be going on
+    by_hand = plan(settings, topics)  # a reconcile by hand: a scan may still be going on, and files on their way
+    assert by_hand.cut_short == [] and not [e for _, _, e in by_hand.events if isinstance(e, BatchScanned)]
     work = plan(settings, topics, scans_stopped=True)
-    [(topic, key, close)] = [(t, k, e) for t, k, e in work.events if isinstance(e, BatchScanned)]
-    assert (topic, key) == (topics.progress, b"b1")
-    assert (close.batch_id, close.found, close.skipped_unchanged, close.complete) == ("b1", 140, 3, True)
+    closes = {k: (t, e) for t, k, e in work.events if isinstance(e, BatchScanned)}
+    assert set(closes) == {b"b1", b"b2"} and {t for t, _ in closes.values()} == {topics.progress}
+    close, other = closes[b"b1"][1], closes[b"b2"][1]
+    assert (close.batch_id, close.found, close.skipped_unchanged, close.complete, close.lost) == (
+        "b1", 140, 3, True, 139)  # what it had found, of which 139 never reached the catalog: lost
+    assert (other.found, other.complete, other.lost) == (1, True, 1)  # closed, its one file lost with the broker
     assert work.summary()["cut_short"] == [{"batch_id": "b1", "root": ROOT, "scanned_total": 140}]
     with Catalog(settings.catalog_path) as catalog:
-        catalog.apply([close])
-        assert catalog.open_scans() == [] and catalog.progress("b1", 1, now=2e9).total_final
+        catalog.apply([close, other])
+        assert catalog.open_scans() == [] and catalog.unheard() == []
+        progress = catalog.progress("b1", 1, now=2e9)
+        assert (progress.total_final, progress.in_flight, progress.lost, progress.done) == (True, 0, 139, 1)
