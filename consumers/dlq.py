@@ -368,6 +368,10 @@ def replayable(letter: Letter, settings: Settings) -> tuple[FileDiscovered | Ass
     return msgspec.structs.replace(record, replay_count=record.replay_count + 1), ""
 
 
+#: A replay's answer for a letter of the same failure as one it sent (see :func:`replay`).
+SAME_FAILURE = "skipped: the same failure as"
+
+
 async def replay(
     letters: list[Letter], prod: AIOKafkaProducer, ledger: Ledger, settings: Settings, topics: Topics, *,
     dry_run: bool = False, rate: float | None = None,
@@ -376,6 +380,9 @@ async def replay(
     replayed before is skipped, purged since or not. A purged letter that was never replayed is sent when named by
     its id: purging hides a letter from the filters' selection, it does not forbid a replay asked for by name."""
     results = []
+    #: (tier, event id, replay count) -> the letter sent for it in this run: a second letter of the same failure
+    #: (the same event's attempt chain run twice, by a `damflow reconcile` while its retry was held) goes with it
+    sent: dict[tuple[int, str, int], str] = {}
     for letter in letters:
         row = {"id": letter.id, "path": letter.summary()["path"]}
         if letter.replayed:
@@ -385,12 +392,20 @@ async def replay(
         if event is None:
             results.append(row | {"result": why})
             continue
+        same = (letter.tier, event.event_id, event.replay_count)
+        if same in sent:
+            if not dry_run and ledger.claim(letter) is None:
+                ledger.replayed(letter, f"with {sent[same]}, the same failure")
+                letter.status = "replayed"
+            results.append(row | {"result": f"{SAME_FAILURE} {sent[same]}"})
+            continue
         # back to its tier's topic; to its batch lane when the letter names none of them (a garbled source
         # header, a changed topic prefix) rather than another tier's, which cannot read it
         lanes = topics.work(letter.tier if letter.tier in TIERS else 1)
         target = letter.envelope.original_topic if letter.envelope.original_topic in lanes else lanes[-1]
         if dry_run:
             results.append(row | {"result": f"would replay to {target}", "replay_count": event.replay_count})
+            sent[same] = letter.id
             continue
         kept_key = None if letter.envelope.key_truncated else letter.envelope.original_key
         key = letter.fetched_key or (kept_key or getattr(event, "asset_id", None) or event.path).encode()
@@ -412,6 +427,7 @@ async def replay(
             raise
         ledger.replayed(letter, f"to {target} as replay {event.replay_count}")  # after the send: at-least-once
         letter.status = "replayed"
+        sent[same] = letter.id
         results.append(row | {"result": f"replayed to {target}", "replay_count": event.replay_count})
         if rate:
             await asyncio.sleep(1 / rate)  # a rate limit, not synchronisation
@@ -422,7 +438,7 @@ def refused(rows: Iterable[dict]) -> list[dict]:
     """The rows of a :func:`replay` whose letter was not sent and will not be on its own: refused, unreadable,
     not read back, or claimed by another run (which this one cannot know will send it; a letter replayed before,
     or a dry run's, is not one)."""
-    fine = ("replayed to ", "skipped: already replayed", "would replay to ")
+    fine = ("replayed to ", "skipped: already replayed", "would replay to ", SAME_FAILURE)
     return [r for r in rows if not str(r.get("result", "")).startswith(fine)]
 
 

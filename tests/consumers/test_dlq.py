@@ -348,3 +348,26 @@ def test_a_dry_run_purge_of_a_letter_purged_already_says_so_as_the_real_run_does
     assert purge([again], ledger, dry_run=True) == [{"id": "1:0:7", "result": "already purged"}]
     assert purge([again], ledger) == [{"id": "1:0:7", "result": "already purged"}]
     assert purge([letter(8)], ledger, dry_run=True) == [{"id": "1:0:8", "result": "would purge"}]
+
+
+def test_two_letters_of_the_same_failure_are_replayed_once(tmp_path: Path) -> None:
+    # a `damflow reconcile` on a live stack while a file's retry was held ran its attempts twice: two letters of
+    # one failure, and `dlq replay` sent the file through every tier twice (15 letters for 5 files, thrice)
+    settings = Settings(data_dir=tmp_path)
+    prod = _Producer()
+    ledger = Ledger(tmp_path / "dlq.sqlite")
+    twice, other = [letter(1), letter(1)], letter(2)
+    twice[1].offset = 9  # the same event (e1), dead-lettered again at another offset
+    letters = [*twice, other]
+    ledger.annotate(letters)
+    dry = asyncio.run(replay(letters, prod, ledger, settings, topics_for(settings), dry_run=True))  # type: ignore
+    assert [r["result"].split(" to ")[0] for r in dry] == ["would replay", "skipped: the same failure as 1:0:1",
+                                                         "would replay"]
+    rows = asyncio.run(replay(letters, prod, ledger, settings, topics_for(settings)))  # type: ignore[arg-type]
+    assert [r["result"].split(" to ")[0] for r in rows] == ["replayed", "skipped: the same failure as 1:0:1",
+                                                          "replayed"]
+    assert len(prod.sent) == 2 and refused(rows) == []
+    again = [letter(1), letter(1), letter(2)]
+    again[1].offset = 9
+    ledger.annotate(again)
+    assert all(x.replayed for x in again)  # none stays pending in `dlq list`
