@@ -12,7 +12,6 @@ import sys
 from typing import Literal
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 #: Libraries that chat at INFO; kept one step quieter than ours.
@@ -54,8 +53,13 @@ class _BadRequests(logging.Filter):
     below the configured level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if record.name != "aiohttp.server" or not isinstance(error, HttpProcessingError):
+        if record.name != "aiohttp.server" or not record.exc_info:
+            return True
+        # aiohttp is loaded wherever its server logs; not imported here, which every process (pools too) imports:
+        # it weighed 11 MB and a startup's worth of imports in each
+        errors = sys.modules.get("aiohttp.http_exceptions")
+        error = record.exc_info[1]
+        if errors is None or not isinstance(error, errors.HttpProcessingError):
             return True
         peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         record.msg, record.args = "bad_http_request from %s: %s", (peer, error.message or repr(error))
