@@ -374,10 +374,12 @@ def _at_least_one(text: str) -> int:
 
 
 def _batch_prefix(text: str) -> str:
-    """A batch id, or its first characters: as many as `damflow status` shows (8), so that a prefix rarely
-    names another batch's letters too (a replay by batch sends every letter it matches)."""
-    if len(text) < 8:
-        raise argparse.ArgumentTypeError(f"{text!r}: give the batch id, or at least its first 8 characters")
+    """A batch id, or its start: at least as much as `damflow status` shows (8 characters after the kind it names,
+    ``upload-``), so that a prefix rarely names another batch's letters too (a replay by batch sends every letter
+    it matches)."""
+    if len(text.rpartition("-")[2]) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the batch id, or its start as `damflow status` shows it "
+                                         "(8 characters at least, after `upload-` or `reprocess-`)")
     return text
 
 
@@ -437,9 +439,11 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(rows)
     else:
         print(render_dlq(rows, args.action))
+    lost = 0
     if not on_broker and settings.catalog_path.exists():
-        with Catalog(settings.catalog_path, readonly=True) as catalog:
-            lost = catalog.dead_lettered_files(tiers)
+        with contextlib.suppress(DamflowError, sqlite3.Error):  # (a catalog not upgraded yet: no hint, no failure)
+            with Catalog(settings.catalog_path, readonly=True) as catalog:
+                lost = catalog.dead_lettered_files(tiers)
         if lost:  # the embedded broker keeps its letters in memory: a restart of `damflow up` lost them
             print(f"damflow dlq: the broker holds no dead letters, but the catalog counts {lost} file(s) "
                   "dead-lettered: their letters were lost with the broker's events (the embedded broker's, at a "

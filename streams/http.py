@@ -350,7 +350,7 @@ async def upload(request: web.Request) -> web.Response:
     app = request.app
     settings = app[_SETTINGS]
     wait, timeout = _before_the_body(request, settings)
-    batch_id = f"upload-{new_id()}"
+    batch_id, opened = f"upload-{new_id()}", now()  # it starts as its body comes (its first file is stored then)
     ulog = log.bind(batch_id=batch_id, peer=request.remote)
     spools: list[Spool] = []
     try:
@@ -366,7 +366,7 @@ async def upload(request: web.Request) -> web.Response:
         if refusal is not None:
             ulog.info("upload_refused", status=refusal.status, reason=refusal.message)
             raise refusal
-        return await _accept(app, spools, batch_id, wait, timeout, ulog)
+        return await _accept(app, spools, batch_id, opened, wait, timeout, ulog)
     finally:
         for spool in spools:
             spool.discard()
@@ -378,8 +378,8 @@ def _settled(task: asyncio.Future) -> None:
         task.exception()
 
 
-async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait: bool, timeout: float,
-                  ulog: Any) -> web.Response:
+async def _accept(app: web.Application, spools: list[Spool], batch_id: str, opened: float, wait: bool,
+                  timeout: float, ulog: Any) -> web.Response:
     """Store and publish every received file; with ``wait``, follow ``assets`` until each has its outcome."""
     settings, topics = app[_SETTINGS], app[_TOPICS]
     rows: list[dict[str, Any]] = []
@@ -388,7 +388,6 @@ async def _accept(app: web.Application, spools: list[Spool], batch_id: str, wait
     pending: dict[str, asyncio.Future] = {}
     watcher, express = app[_OUTCOMES], app[_EXPRESS]
     syncs: dict[str, asyncio.Future] = {}  # event id -> its file's sync to disk, while published and worked on
-    opened = now()
     try:
         for spool in spools:
             # hashed and sniffed while it streamed in: storing is a rename, no second read or copy of the bytes

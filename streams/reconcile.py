@@ -25,12 +25,14 @@ from typing import Any
 import msgspec
 
 from agents.tier2 import cost_gate
+from agents.atomic_write import read_note
 from consumers.catalog import Catalog
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, BatchScanned, FileDiscovered, encode, new_id, now
 from streams.kafka import check_delivered, producer
 from streams.logs import get
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.upload import BATCH_NOTE
 
 log = get(__name__)
 
@@ -54,7 +56,7 @@ class Plan:
     unheard: list[dict[str, Any]] = field(default_factory=list)
     #: Of ``events``, the uploads the catalog never heard of, sent on from their stored originals.
     uploads: int = 0
-    #: Batches whose scan was cut short with the broker, closed with what it had found (``scans_stopped``).
+    #: Batches whose scan was cut short with the broker, closed with what it had found (``broker_new``).
     cut_short: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -71,10 +73,10 @@ def _tier(event: Resumed) -> int:
     return 1 if isinstance(event, FileDiscovered) else 2 if isinstance(event, AssetBrowsable) else 3
 
 
-def plan(settings: Settings, topics: Topics, *, scans_stopped: bool = False) -> Plan:
+def plan(settings: Settings, topics: Topics, *, broker_new: bool = False) -> Plan:
     """Read the catalog and build what to send; sends nothing. An absent catalog: nothing to do.
 
-    ``scans_stopped``: no scan can be going on, and nothing the catalog has not heard of is on its way (the broker
+    ``broker_new``: no scan can be going on, and nothing the catalog has not heard of is on its way (the broker
     is new: ``damflow up`` starting its embedded one, whose port a scanner of the last one cannot find). A scan
     still open was then cut short with the broker: it is closed with what it had found, as a scan stopped by
     Ctrl-C closes itself (reported in ``cut_short``: ingesting its folder again sends the rest); and a batch's
@@ -86,14 +88,15 @@ def plan(settings: Settings, topics: Topics, *, scans_stopped: bool = False) -> 
     at = now()
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         rows, out.unheard = catalog.unfinished(), catalog.unheard()
-        uploads, out.unheard = _uploads(settings, topics, catalog.known_paths(str(settings.originals_dir)),
-                                        out.unheard, at)
-        out.events += uploads
-        out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
-        if scans_stopped:
-            out.cut_short = catalog.open_scans()
+        if broker_new:  # (else an upload's events may still be on their way: it would go twice, counted twice)
+            uploads, out.unheard = _uploads(settings, topics, catalog.known_paths(str(settings.originals_dir)),
+                                            out.unheard, at)
+            out.events += uploads
+            out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
+            open_scans = catalog.open_scans()
+            out.cut_short = [b for b in open_scans if b["root"]]  # (an upload's or reprocess's lost close: closed)
             lost = {b["batch_id"]: b["files"] for b in out.unheard}
-            for b in catalog.scans({*lost, *(c["batch_id"] for c in out.cut_short)}):
+            for b in catalog.scans({*lost, *(c["batch_id"] for c in open_scans)}):
                 out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
                     batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
                     root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
@@ -120,7 +123,7 @@ def _uploads(settings: Settings, topics: Topics, known: set[str], unheard: list[
     they stored: each goes on again as a ``FileDiscovered`` of the upload batch whose time it falls in, so that
     batch finishes; originals no batch the catalog knows explains (its close was lost too) go as a batch of their
     own. Returns the events, and ``unheard`` less what they explain."""
-    originals: list[tuple[float, str, os.stat_result]] = []
+    originals: list[tuple[float, str, os.stat_result, str | None]] = []
     for path in settings.originals_dir.glob("*/*"):
         name = str(path)
         if path.name.startswith(".") or name in known:  # (a write in progress, or heard of)
@@ -129,15 +132,24 @@ def _uploads(settings: Settings, topics: Topics, known: set[str], unheard: list[
             st = path.stat()
         except OSError:
             continue
-        originals.append((st.st_mtime, name, st))
+        noted = read_note(path, BATCH_NOTE)
+        originals.append((st.st_mtime, name, st, noted.decode("utf-8", "replace") if noted else None))
     if not originals:
         return [], unheard
-    batches = [dict(b) for b in unheard if b["batch_id"].startswith("upload-") and not b["root"]]
+    batches = {b["batch_id"]: dict(b) for b in unheard if b["batch_id"].startswith("upload-") and not b["root"]}
+
+    def batch_of(mtime: float, noted: str | None) -> dict[str, Any] | None:
+        """The batch noted on the original; where no note is kept, the one whose time it falls in."""
+        if noted is not None:
+            batch = batches.get(noted)
+            return batch if batch is not None and batch["files"] > 0 else None
+        return next((b for b in batches.values() if b["files"] > 0
+                     and b["started_at"] - _UPLOAD_SLACK_S <= mtime <= b["updated_at"] + _UPLOAD_SLACK_S), None)
+
     events: list[tuple[str, bytes, Resumed]] = []
     alone: list[FileDiscovered] = []
-    for mtime, name, st in sorted(originals):
-        batch = next((b for b in batches if b["files"] > 0
-                      and b["started_at"] - _UPLOAD_SLACK_S <= mtime <= b["updated_at"] + _UPLOAD_SLACK_S), None)
+    for mtime, name, st, noted in sorted(originals):
+        batch = batch_of(mtime, noted)
         event = FileDiscovered(event_id=new_id(), batch_id=batch["batch_id"] if batch else "", lane="interactive",
                                source="reconcile", path=name, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                discovered_at=at)
@@ -153,7 +165,7 @@ def _uploads(settings: Settings, topics: Topics, known: set[str], unheard: list[
             scanned_at=at)))
         events += [(topics.tier1("interactive"), e.path.encode(), msgspec.structs.replace(e, batch_id=batch_id))
                    for e in alone]
-    left = {b["batch_id"]: b["files"] for b in batches}
+    left = {b["batch_id"]: b["files"] for b in batches.values()}
     still = [b | {"files": left.get(b["batch_id"], b["files"])} for b in unheard]
     return events, [b for b in still if b["files"] > 0]
 
@@ -216,9 +228,9 @@ async def send(bootstrap: str, work: Plan, *, compression: str | None) -> None:
 
 
 async def reconcile(settings: Settings, topics: Topics, bootstrap: str, *, dry_run: bool = False,
-                    scans_stopped: bool = False) -> dict[str, Any]:
+                    broker_new: bool = False) -> dict[str, Any]:
     """Plan and (unless ``dry_run``) send; returns the plan's summary, logged too."""
-    work = plan(settings, topics, scans_stopped=scans_stopped)
+    work = plan(settings, topics, broker_new=broker_new)
     if not dry_run:
         await send(bootstrap, work, compression=settings.compression_type)
     summary = work.summary()

@@ -39,6 +39,11 @@ log = get(__name__)
 _LETTER_BUDGET = 1024 * 1024 - dead_letters.FRAMING
 
 
+def _may_pass(sent: asyncio.Future | BaseException) -> bool:
+    """Whether a send was refused before it was queued for a reason that may pass (the broker away)."""
+    return isinstance(sent, BaseException) and passes(sent)
+
+
 class Retrier:
     def __init__(self, settings: Settings, topics: Topics, bootstrap: str) -> None:
         self.settings = settings
@@ -72,6 +77,8 @@ class Retrier:
                     batches = await consumer.getmany(timeout_ms=500, max_records=500)
                     sends: list[tuple[TopicPartition, ConsumerRecord, asyncio.Future | BaseException]] = []
                     for tp, records in batches.items():
+                        if sends and _may_pass(sends[-1][2]):
+                            break  # the broker is away: what went is settled, and the retrier starts again
                         for rec in records:
                             history = FailureHistory.from_headers(rec.headers)
                             first = held_since.setdefault((tp, rec.offset), time.monotonic())
@@ -93,6 +100,8 @@ class Retrier:
                             except Exception as exc:  # refused before it was even queued: too large, say
                                 sent = exc
                             sends.append((tp, rec, sent))
+                            if _may_pass(sent):  # each next send would wait out its own timeout first
+                                break
                     await self._settle(consumer, prod, sends)
         finally:
             self.ready.clear()

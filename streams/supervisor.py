@@ -162,7 +162,7 @@ class Stack:
             # the embedded broker is new, on a port of its own unless one is set: no scan of the last one can be
             # going on then (a scanner with a fixed port would find the new one, and go on)
             self.reconciled = await reconcile(self.settings, self.topics, self.bootstrap,
-                                              scans_stopped=self.settings.embedded_port == 0)
+                                              broker_new=self.settings.embedded_port == 0)
         except (KafkaError, DamflowError, OSError, sqlite3.Error) as exc:
             log.error("reconcile_failed", error=repr(exc), hint="run `damflow reconcile` once the stack is up")
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from aiokafka import AIOKafkaProducer
 from blake3 import blake3
 
-from agents.atomic_write import sync_to_disk
+from agents.atomic_write import set_note, sync_to_disk
 from agents.hashing import source_error
 from agents.sniff import HEAD_BYTES, sniff
 from schemas import BatchScanned, FileDiscovered, encode, new_id, now
@@ -264,7 +264,14 @@ def display_name(raw: str | None) -> str | None:
     return None if name in ("", ".", "..") else name
 
 
+#: The extended attribute of a stored original naming the upload batch that sent it: a reconcile that finds an
+#: original the catalog never heard of (its events lost with the broker) sends it on under that batch.
+BATCH_NOTE = "user.damflow.batch"
+
+
 def upload_event(stored: StoredUpload, *, batch_id: str, display_name: str | None) -> FileDiscovered:
+    """The event of a stored upload, and its batch noted on the stored file (see :data:`BATCH_NOTE`)."""
+    set_note(stored.path, BATCH_NOTE, batch_id.encode())
     st = stored.path.stat()
     return FileDiscovered(
         event_id=new_id(), batch_id=batch_id, lane="interactive", source="upload", path=str(stored.path),

@@ -210,3 +210,17 @@ def test_reconcile_tells_how_a_reprocess_whose_files_were_lost_goes_again(tmp_pa
                           capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
     assert done.returncode == 0, done.stderr
     assert "batch reprocess-1: 2 files never reached the catalog; `damflow reprocess`" in done.stdout
+
+
+@pytest.mark.parametrize(("batch", "taken"), [("0123abcd", True), ("upload-0123abcd", True), ("0123abc", False),
+                                               ("upload-a", False), ("reprocess-0123", False)])
+def test_dlq_takes_a_batch_by_as_much_of_its_id_as_status_shows(batch: str, taken: bool, capsys) -> None:
+    # `upload-a` passed as 8 characters, and `dlq replay --batch upload-a` replayed one upload batch in 16
+    from streams.cli import build_parser
+
+    if taken:
+        assert build_parser().parse_args(["dlq", "replay", "--batch", batch]).batch == batch
+    else:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["dlq", "replay", "--batch", batch])
+        assert "8 characters at least" in capsys.readouterr().err

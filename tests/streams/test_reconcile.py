@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from aiokafka.errors import RequestTimedOutError
 
+from agents.atomic_write import set_note
 from consumers.catalog import Catalog
 from schemas import decode, encode
 from schemas.events import AssetBrowsable, BatchScanned, FileDiscovered
@@ -20,6 +21,8 @@ from streams.errors import BrokerError
 from streams.reconcile import plan
 from streams.settings import Settings
 from streams.topics import topics_for
+from streams.upload import BATCH_NOTE
+from tests.agents.test_browse import keeps_notes
 from tests.consumers.test_catalog import A1, A2, ROOT, browsable, failed, scanned
 
 
@@ -196,28 +199,34 @@ def test_uploads_the_catalog_never_heard_of_go_on_from_their_stored_originals(tm
         return path
 
     lost = original("aa" * 32, T + 0.05)  # stored during the first upload batch
+    early = original("dd" * 32, T - 30)  # its batch's first file, stored as the rest of the request came
+    set_note(early, BATCH_NOTE, b"upload-1")
     heard = original(A1, T + 0.05)  # became browsable: known
     unexplained = original("bb" * 32, T + 500)  # its batch's close was lost too
     (settings.originals_dir / "cc").mkdir()
     (settings.originals_dir / "cc" / ".cc.png.123.tmp").write_bytes(b"half")  # a write in progress
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([
-            BatchScanned(batch_id="upload-1", lane="interactive", root="", found=1, complete=True, started_at=T,
+            BatchScanned(batch_id="upload-1", lane="interactive", root="", found=2, complete=True, started_at=T,
                          scanned_at=T + 0.1),
             BatchScanned(batch_id="upload-2", lane="interactive", root="", found=1, complete=True,
                          started_at=T + 200, scanned_at=T + 200.1),  # its file heard of: not unheard
             browsable("u2", str(heard), A1, batch="upload-2", at=T + 200.2),
         ])
-    work = plan(settings, topics)
+    # by hand, on a broker that may still hold their events: they would go twice
+    assert plan(settings, topics).uploads == 0
+    work = plan(settings, topics, broker_new=True)
     sent = [(topic, event) for topic, _, event in work.events]
     files = {e.path: e for _, e in sent if isinstance(e, FileDiscovered)}
-    assert set(files) == {str(lost), str(unexplained)} and work.uploads == 2
-    assert files[str(lost)].batch_id == "upload-1" and work.unheard == []  # its batch can finish now
-    [(topic, close)] = [(t, e) for t, e in sent if isinstance(e, BatchScanned)]
-    assert (topic, close.batch_id, close.found, close.complete) == (
-        topics.progress, files[str(unexplained)].batch_id, 1, True)
+    assert set(files) == {str(lost), str(early), str(unexplained)} and work.uploads == 3
+    if keeps_notes(tmp_path):  # the batch noted on it; else the time it falls in, which `early`'s does not
+        assert files[str(lost)].batch_id == files[str(early)].batch_id == "upload-1" and work.unheard == []
+    closes = [(t, e) for t, e in sent if isinstance(e, BatchScanned)]
+    alone = [e for _, e in closes if e.batch_id == files[str(unexplained)].batch_id]
+    assert len(alone) == 1 and (alone[0].found, alone[0].complete) == (1 + (not keeps_notes(tmp_path)), True)
+    assert {t for t, _ in closes} == {topics.progress}
     assert {t for t, e in sent if isinstance(e, FileDiscovered)} == {topics.tier1("interactive")}
-    assert (work.summary()["resumed"], work.summary()["uploads"]) == (3, 2)  # and the heard one's tier 2
+    assert (work.summary()["resumed"], work.summary()["uploads"]) == (4, 3)  # and the heard one's tier 2
 
 
 def test_a_scan_cut_short_with_the_broker_is_closed_with_what_it_found_when_no_scan_can_go_on(
@@ -228,19 +237,22 @@ def test_a_scan_cut_short_with_the_broker_is_closed_with_what_it_found_when_no_s
     topics = topics_for(settings)
     with Catalog(settings.catalog_path) as catalog:
         catalog.apply([scanned(140, skipped=3), browsable("e1", "/shoot/a.png", A1),  # a running total only
-                       scanned(1, complete=True, batch="b2")])
+                       scanned(1, complete=True, batch="b2"),
+                       browsable("u9", "/up/x.png", A2, batch="upload-9")])  # an upload whose close was lost
     by_hand = plan(settings, topics)  # a reconcile by hand: a scan may still be going on, and files on their way
     assert by_hand.cut_short == [] and not [e for _, _, e in by_hand.events if isinstance(e, BatchScanned)]
-    work = plan(settings, topics, scans_stopped=True)
+    work = plan(settings, topics, broker_new=True)
     closes = {k: (t, e) for t, k, e in work.events if isinstance(e, BatchScanned)}
-    assert set(closes) == {b"b1", b"b2"} and {t for t, _ in closes.values()} == {topics.progress}
+    assert set(closes) == {b"b1", b"b2", b"upload-9"} and {t for t, _ in closes.values()} == {topics.progress}
+    assert (closes[b"upload-9"][1].found, closes[b"upload-9"][1].root) == (0, "")  # closed, but no scan to name
     close, other = closes[b"b1"][1], closes[b"b2"][1]
     assert (close.batch_id, close.found, close.skipped_unchanged, close.complete, close.lost) == (
         "b1", 140, 3, True, 139)  # what it had found, of which 139 never reached the catalog: lost
     assert (other.found, other.complete, other.lost) == (1, True, 1)  # closed, its one file lost with the broker
     assert work.summary()["cut_short"] == [{"batch_id": "b1", "root": ROOT, "scanned_total": 140}]
     with Catalog(settings.catalog_path) as catalog:
-        catalog.apply([close, other])
+        catalog.apply([close, other, closes[b"upload-9"][1]])
         assert catalog.open_scans() == [] and catalog.unheard() == []
+        assert catalog.progress("upload-9", 1, now=2e9).total_final
         progress = catalog.progress("b1", 1, now=2e9)
         assert (progress.total_final, progress.in_flight, progress.lost, progress.done) == (True, 0, 139, 1)

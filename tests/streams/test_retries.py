@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.structs import ConsumerRecord
+
+import streams.retrier as retrier
 from streams.retries import FailureHistory, backoff_s, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
+from streams.topics import topics_for
 
 
 def test_history_round_trips_through_headers_in_any_shape() -> None:
@@ -64,3 +73,36 @@ def test_a_retry_is_held_until_it_is_due_but_never_past_the_longest_backoff() ->
     assert wait_before_forwarding_s(1e300, 1000.0, s) == 375.0  # not for good:
     assert wait_before_forwarding_s(1e300, 1375.0, s, held_for_s=375.0) == 0.0  # once held that long, it goes
     assert wait_before_forwarding_s(1e300, 1100.0, s, held_for_s=100.0) == 275.0
+
+
+def test_the_retrier_stops_sending_at_the_first_refusal_that_may_pass(monkeypatch) -> None:
+    # the broker away: each of a fetch's 500 retries waited out its own send timeout (40 s) before the retrier
+    # restarted; one is enough to know (a unit test of the loop: the broker's part is in tests/integration)
+    settings = Settings(topic_prefix="t.")
+    topics = topics_for(settings)
+    tp = TopicPartition(topics.retry(1, 1), 0)
+    headers = list(FailureHistory(1, 1.0, topics.t1_batch, 2.0).headers().items())  # due long ago
+    records = [ConsumerRecord(tp.topic, 0, i, 0, 0, b"k", b"v", None, 1, 1, headers) for i in range(20)]
+    attempts, commits = [], []
+
+    class Consumer:
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+        async def getmany(self, **_kw): return {tp: records}
+        async def commit(self, offsets) -> None: commits.append(offsets)
+        def assignment(self): return {tp}
+
+    class Producer:
+        async def send(self, *_a, **_kw):
+            attempts.append(1)
+            raise KafkaTimeoutError()
+
+    @contextlib.asynccontextmanager
+    async def producer(*_a, **_kw):
+        yield Producer()
+
+    monkeypatch.setattr(retrier, "group_consumer", lambda *_a, **_kw: Consumer())
+    monkeypatch.setattr(retrier, "producer", producer)
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(retrier.Retrier(settings, topics, "unused:9092").run())
+    assert (len(attempts), commits) == (1, [])  # nothing went: nothing committed
