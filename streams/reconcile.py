@@ -89,19 +89,7 @@ def plan(settings: Settings, topics: Topics, *, broker_new: bool = False) -> Pla
     with Catalog(settings.catalog_path, readonly=True) as catalog:
         rows, out.unheard = catalog.unfinished(), catalog.unheard()
         if broker_new:  # (else an upload's events may still be on their way: it would go twice, counted twice)
-            uploads, out.unheard = _uploads(settings, topics, catalog.known_paths(str(settings.originals_dir)),
-                                            out.unheard, at)
-            out.events += uploads
-            out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
-            open_scans = catalog.open_scans()
-            out.cut_short = [b for b in open_scans if b["root"]]  # (an upload's or reprocess's lost close: closed)
-            lost = {b["batch_id"]: b["files"] for b in out.unheard}
-            for b in catalog.scans({*lost, *(c["batch_id"] for c in open_scans)}):
-                out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
-                    batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
-                    root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
-                    skipped_other=b["skipped_other"], complete=True, started_at=b["started_at"], scanned_at=at,
-                    first_tier=b["first_tier"], lost=b["lost_total"] + lost.get(b["batch_id"], 0))))
+            _after_broker_loss(catalog, settings, topics, out, at)
     for row in rows:
         lane = row["lane"] if row["lane"] in ("interactive", "batch") else "batch"
         if row["tier"] == 1:
@@ -117,12 +105,31 @@ def plan(settings: Settings, topics: Topics, *, broker_new: bool = False) -> Pla
     return out
 
 
+def _after_broker_loss(catalog: Catalog, settings: Settings, topics: Topics, out: Plan, at: float) -> None:
+    """What only a new broker allows (see :func:`plan`): the uploads found again, and the batches the last one left
+    open closed: a scan cut short, or files lost (what is still unheard once the uploads are found)."""
+    uploads, out.unheard = _uploads(settings, topics, catalog.known_paths(str(settings.originals_dir)),
+                                    out.unheard, at)
+    out.events += uploads
+    out.uploads = sum(1 for _, _, e in uploads if isinstance(e, FileDiscovered))
+    open_scans = catalog.open_scans()
+    out.cut_short = [b for b in open_scans if b["root"]]  # (an upload's or reprocess's lost close: closed, unnamed)
+    lost = {b["batch_id"]: b["files"] for b in out.unheard}
+    for b in catalog.scans({*lost, *(c["batch_id"] for c in open_scans)}):
+        out.events.append((topics.progress, b["batch_id"].encode(), BatchScanned(
+            batch_id=b["batch_id"], lane=b["lane"] if b["lane"] in ("interactive", "batch") else "batch",
+            root=b["root"] or "", found=b["scanned_total"], skipped_unchanged=b["skipped_unchanged"],
+            skipped_other=b["skipped_other"], complete=True, started_at=b["started_at"], scanned_at=at,
+            first_tier=b["first_tier"], lost=b["lost_total"] + lost.get(b["batch_id"], 0))))
+
+
 def _uploads(settings: Settings, topics: Topics, known: set[str], unheard: list[dict[str, Any]],
              at: float) -> tuple[list[tuple[str, bytes, Resumed]], list[dict[str, Any]]]:
     """Uploads the catalog never heard of (answered, their events then lost with the broker), from the originals
-    they stored: each goes on again as a ``FileDiscovered`` of the upload batch whose time it falls in, so that
-    batch finishes; originals no batch the catalog knows explains (its close was lost too) go as a batch of their
-    own. Returns the events, and ``unheard`` less what they explain."""
+    they stored: each goes on again as a ``FileDiscovered`` of the upload batch noted on it (``BATCH_NOTE``; where
+    no note is kept, the one whose time it falls in), so that batch finishes; originals no batch the catalog knows
+    explains (its close was lost too) go as a batch of their own. Returns the events, and ``unheard`` less what
+    they explain."""
     originals: list[tuple[float, str, os.stat_result, str | None]] = []
     for path in settings.originals_dir.glob("*/*"):
         name = str(path)
