@@ -832,7 +832,9 @@ class Catalog:
                 known = max(done, sum(counts.values()))
                 final = final and in_flight == 0
             done, failed, dead, retrying = counts[DONE], counts[FAILED], counts[DEAD_LETTERED], counts[RETRYING]
-            lost = batch["lost_total"] if t == first else 0  # never to come: no tier after gets them either
+            # never to come (no tier after gets them either); at most what is still missing: a file counted lost
+            # may turn up after all (its event held back by the catalog, and applied at the sink's next start)
+            lost = min(batch["lost_total"], max(batch["scanned_total"] - tally.seen, 0)) if t == first else 0
             in_flight = max(known - done - failed - dead - lost, 0)
         finished = final and in_flight == 0
         end = tally.last_done.get(tier, now) if finished else now

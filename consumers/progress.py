@@ -26,8 +26,9 @@ PROBE_S = 2.0
 
 
 def finished(p: ProgressEvent) -> bool:
-    """The batch's tier is done: the scan is over and every file found has an outcome."""
-    return p.total_final and p.done + p.failed + p.dead_lettered >= p.known_total
+    """The batch's tier is done: the scan is over and every file found has an outcome (or was lost with a broker:
+    ``ProgressEvent.lost``)."""
+    return p.total_final and p.done + p.failed + p.dead_lettered + p.lost >= p.known_total
 
 
 def ending(p: ProgressEvent, within_s: float) -> bool:
@@ -45,7 +46,7 @@ def _fmt_eta(eta: float | None) -> str:
 
 def render(p: ProgressEvent, width: int = 30) -> str:
     total = max(p.known_total, 1)
-    ended = p.done + p.failed + p.dead_lettered
+    ended = p.done + p.failed + p.dead_lettered + p.lost
     filled = int(width * min(ended, total) / total)
     bar = "#" * filled + "." * (width - filled)
     total_txt = f"{p.known_total}" if p.total_final else f"{p.known_total}+"

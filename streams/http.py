@@ -786,7 +786,7 @@ tr.done td{color:#2a7a2a}.bad{color:#b22}
 <script>
 "use strict";
 const body = document.getElementById("rows"), state = document.getElementById("state"), rows = new Map();
-const finished = p => p.total_final && p.done + p.failed + p.dead_lettered >= p.known_total;
+const finished = p => p.total_final && p.done + p.failed + p.dead_lettered + (p.lost || 0) >= p.known_total;
 function eta(p) {
   if (finished(p)) return "done";
   if (p.eta_s == null) return "--";
