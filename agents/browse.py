@@ -16,10 +16,10 @@ from pathlib import Path
 
 from agents.faults import inject
 from agents.hashing import hash_file
+from agents.quality import remembered_scores
 from agents.thumbnails import (
     DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_SIZES, made_for, make_thumbnails, thumbnail_path,
 )
-from agents.quality import remembered_scores
 from streams.errors import DamflowError, SourceInFlux
 
 

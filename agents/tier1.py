@@ -29,6 +29,12 @@ from streams.topics import LANES, Topics
 log = get(__name__)
 
 
+#: How long a stopping worker lets the results of records already answered by express reach the broker.
+_FINISH_ON_STOP_S = 5.0
+#: How many outcomes told by express but not published a worker keeps for their records' redos.
+_UNPUBLISHED_KEPT = 1000
+
+
 def _changed_since_found(record: FileDiscovered) -> bool:
     """Whether the file is not as the scan found it (size, modification time): a file being written by a writer
     that pauses between writes (a slow copy, a download) held still while tier 1 read it, and the part written so
@@ -39,11 +45,6 @@ def _changed_since_found(record: FileDiscovered) -> bool:
     except OSError:
         return False  # gone or unreadable: the decode's own failure says so
     return record.mtime_ns != 0 and (st.st_size, st.st_mtime_ns) != (record.size, record.mtime_ns)
-
-#: How long a stopping worker lets the results of records already answered by express reach the broker.
-_FINISH_ON_STOP_S = 5.0
-#: How many outcomes told by express but not published a worker keeps for their records' redos.
-_UNPUBLISHED_KEPT = 1000
 
 
 def register(app: faust.App, settings: Settings, topics: Topics, pools: LanePools, governor: LaneGovernor) -> None:

@@ -55,7 +55,7 @@ def render_status(status: dict[str, Any]) -> str:
             total = f"{t['known_total']:,}" + ("" if t["total_final"] else "+")
             rows.append((
                 short_batch(batch["batch_id"]), batch["lane"], tier.removeprefix("tier"), f"{t['done']:,}", total,
-                f"{t['failed']:,}", f"{t['dead_lettered']:,}", f"{t.get('lost', 0):,}", f"{t['retrying']:,}",
+                f"{t['failed']:,}", f"{t['dead_lettered']:,}", f"{t['lost']:,}", f"{t['retrying']:,}",
                 f"{t['in_flight']:,}",
                 f"{t['rate']:.1f}", _duration(t["eta_s"]), "complete" if batch["scan_complete"] else "scanning",
                 _when(batch["started_at"]),

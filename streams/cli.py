@@ -352,7 +352,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  batch {batch['batch_id']}: {batch['files']} files never reached the catalog; {again}")
     for batch in result["cut_short"]:
         print(f"  batch {batch['batch_id']}: its scan was cut short with the broker after {batch['scanned_total']} "
-              f"files, and is closed with them; `damflow ingest {printable(batch['root'] or '?')}` sends the rest")
+              f"files, and is closed with them; `damflow ingest {printable(batch['root'])}` sends the rest")
     return 0
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import msgspec
 
-from agents.tier2 import cost_gate
 from agents.atomic_write import read_note
+from agents.tier2 import cost_gate
 from consumers.catalog import Catalog
 from schemas import AssetBrowsable, AssetEnriched, AssetIndexed, BatchScanned, FileDiscovered, encode, new_id, now
 from streams.kafka import check_delivered, producer

@@ -19,9 +19,7 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
-
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from schemas import decode, encode, now
 from streams import dead_letters
@@ -30,7 +28,7 @@ from streams.kafka import group_consumer, passes, producer
 from streams.logs import get
 from streams.retries import DUE_AT, FailureHistory, header_dict, wait_before_forwarding_s
 from streams.settings import Settings
-from streams.topics import TIERS, Topics
+from streams.topics import Topics
 
 log = get(__name__)
 
@@ -144,7 +142,7 @@ class Retrier:
 
     async def _give_up(self, prod: AIOKafkaProducer, rec: ConsumerRecord, refusal: BaseException) -> None:
         """A retry the broker refused for good: its dead letter, and its file told dead-lettered."""
-        tier = int(rec.topic.removeprefix(self.topics.prefix).split(".")[0].removeprefix("t"))
+        tier = self.topics.tier_of(rec.topic) or 1  # (a retry topic's: of a tier)
         history = FailureHistory.from_headers(rec.headers)
         error = RetryRefused(f"the broker would not take this retry back to its tier's topic: {refusal!r}")
         error.__cause__ = refusal  # the letter's traceback is the refusal's
@@ -175,8 +173,8 @@ class Retrier:
         topics; else (header lost or garbled) its tier's batch lane rather than nowhere, or a topic that does
         not exist (a send there would fail again at every restart)."""
         t = self.topics
-        tier = retry_topic.removeprefix(t.prefix).split(".")[0]
-        lanes = {f"t{n}": t.work(n) for n in TIERS}.get(tier, (t.t1_batch,))
+        tier = t.tier_of(retry_topic)
+        lanes = t.work(tier) if tier is not None else (t.t1_batch,)
         if source_topic in lanes:
             return source_topic
         log.warning("retry_without_source", topic=retry_topic, header=source_topic)

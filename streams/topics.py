@@ -78,6 +78,11 @@ class Topics:
         return {1: (self.t1_interactive, self.t1_batch), 2: (self.t2_interactive, self.t2_batch),
                 3: (self.t3_background,)}[tier]
 
+    def tier_of(self, topic: str) -> int | None:
+        """The tier of one of the tiers' topics (``t<tier>.…``: work, retries, dead letters); None for another."""
+        head = topic.removeprefix(self.prefix).split(".")[0]
+        return next((n for n in TIERS if head == f"t{n}"), None)
+
     def dlq(self, tier: int) -> str:
         return self._n(f"t{tier}.dlq")
 
